@@ -1,0 +1,298 @@
+package httpapi
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/google/uuid"
+
+	"github.com/cao-run/cao/pkg/events"
+	"github.com/cao-run/cao/pkg/orchestrator"
+	"github.com/cao-run/cao/pkg/store"
+)
+
+// maxIdempotencyKey bounds the Idempotency-Key header length.
+const maxIdempotencyKey = 255
+
+// readJSON reads a JSON object body into dst (unknown fields rejected); it writes the error response
+// and returns false on failure. An empty body is allowed when emptyOK.
+func (s *Server) readJSON(c *gin.Context, dst any, emptyOK bool) bool {
+	if ct := c.GetHeader("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
+			abort(c, http.StatusUnsupportedMediaType, codeUnsupportedContent, "Content-Type must be application/json", nil)
+			return false
+		}
+	}
+	limit := s.n.Config.MaxBodyBytes
+	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, limit))
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		abort(c, http.StatusRequestEntityTooLarge, codeBodyTooLarge, fmt.Sprintf("request body larger than %d bytes", limit), nil)
+		return false
+	}
+	if err != nil {
+		abort(c, http.StatusBadRequest, codeInvalidJSON, "could not read the request body", nil)
+		return false
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		if emptyOK {
+			return true
+		}
+		abort(c, http.StatusBadRequest, codeInvalidJSON, "request body is empty; expected a JSON object", nil)
+		return false
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &typeErr):
+			abort(c, http.StatusBadRequest, codeInvalidRequest,
+				fmt.Sprintf("field %q must be %s", typeErr.Field, jsonKind(typeErr.Type.Kind().String())), nil)
+		case strings.HasPrefix(err.Error(), "json: unknown field"):
+			abort(c, http.StatusBadRequest, codeInvalidRequest, strings.TrimPrefix(err.Error(), "json: "), nil)
+		default:
+			abort(c, http.StatusBadRequest, codeInvalidJSON, "malformed JSON: "+err.Error(), nil)
+		}
+		return false
+	}
+	if dec.More() {
+		abort(c, http.StatusBadRequest, codeInvalidJSON, "malformed JSON: unexpected data after the object", nil)
+		return false
+	}
+	return true
+}
+
+func jsonKind(goKind string) string {
+	switch goKind {
+	case "string":
+		return "a string"
+	case "map", "struct":
+		return "an object"
+	case "slice":
+		return "an array"
+	}
+	return "of another type"
+}
+
+type createBody struct {
+	FeatureName *string         `json:"feature_name"`
+	InputData   json.RawMessage `json:"input_data"`
+}
+
+func (s *Server) createJob(c *gin.Context) {
+	var body createBody
+	if !s.readJSON(c, &body, false) {
+		return
+	}
+	if body.FeatureName == nil || strings.TrimSpace(*body.FeatureName) == "" {
+		abort(c, http.StatusBadRequest, codeInvalidRequest, "feature_name is required", nil)
+		return
+	}
+	key := c.GetHeader("Idempotency-Key")
+	if len(key) > maxIdempotencyKey {
+		abort(c, http.StatusBadRequest, codeInvalidRequest, fmt.Sprintf("Idempotency-Key longer than %d characters", maxIdempotencyKey), nil)
+		return
+	}
+	view, created, err := s.n.Orchestrator.CreateJob(c.Request.Context(), orchestrator.CreateRequest{
+		Feature: *body.FeatureName, Input: body.InputData, IdempotencyKey: key,
+	})
+	if err != nil {
+		s.fail(c, err)
+		return
+	}
+	if created {
+		s.n.Metrics.JobsCreated.WithLabelValues(view.Job.FeatureName).Inc()
+	} else {
+		c.Header("Idempotent-Replayed", "true")
+	}
+	s.accepted(c, view)
+}
+
+// accepted writes the 202 answer of POST /jobs and /resume.
+func (s *Server) accepted(c *gin.Context, v *orchestrator.JobView) {
+	c.JSON(http.StatusAccepted, gin.H{
+		"success": true, "job_id": v.Job.ID, "monitor_url": s.monitorURL(c, v.Job.ID), "status": v.Job.Status,
+	})
+}
+
+// monitorURL is ws(s)://HOST/ws/ID from CAO_PUBLIC_URL or the request.
+func (s *Server) monitorURL(c *gin.Context, id string) string {
+	if pub := s.n.Config.PublicURL; pub != "" {
+		return "ws" + strings.TrimPrefix(pub, "http") + "/ws/" + id
+	}
+	scheme := "ws"
+	if c.Request.TLS != nil || strings.EqualFold(c.GetHeader("X-Forwarded-Proto"), "https") {
+		scheme = "wss"
+	}
+	return scheme + "://" + c.Request.Host + "/ws/" + id
+}
+
+// jobID validates the :id path parameter.
+func jobID(c *gin.Context) (string, bool) {
+	id := c.Param("id")
+	u, err := uuid.Parse(id)
+	if err != nil || len(id) != 36 {
+		abort(c, http.StatusBadRequest, codeInvalidJobID, "job id must be a UUID", nil)
+		return "", false
+	}
+	return u.String(), true
+}
+
+func (s *Server) getJob(c *gin.Context) {
+	id, ok := jobID(c)
+	if !ok {
+		return
+	}
+	v, err := s.n.Orchestrator.GetJob(c.Request.Context(), id)
+	if err != nil {
+		s.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"success": true, "job": JobJSON(v)})
+}
+
+func (s *Server) listJobs(c *gin.Context) {
+	f := store.JobFilter{Limit: 50, Feature: c.Query("feature")}
+	if st := c.Query("status"); st != "" {
+		f.Status = store.JobStatus(strings.ToUpper(st))
+		if !f.Status.Valid() {
+			abort(c, http.StatusBadRequest, codeInvalidQuery, "status must be one of PENDING, RUNNING, COMPLETED, FAILED, CANCELLED", nil)
+			return
+		}
+	}
+	if l := c.Query("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 || n > 500 {
+			abort(c, http.StatusBadRequest, codeInvalidQuery, "limit must be an integer from 1 to 500", nil)
+			return
+		}
+		f.Limit = n
+	}
+	if cur := c.Query("cursor"); cur != "" {
+		pos, err := decodeCursor(cur)
+		if err != nil {
+			abort(c, http.StatusBadRequest, codeInvalidQuery, "cursor is not one returned by this API", nil)
+			return
+		}
+		f.After = pos
+	}
+	jobs, next, err := s.n.Orchestrator.ListJobs(c.Request.Context(), f)
+	if err != nil {
+		s.fail(c, err)
+		return
+	}
+	out := make([]jobJSON, len(jobs))
+	for i := range jobs {
+		out[i] = summaryJSON(&jobs[i])
+	}
+	var nextCursor any
+	if next != nil {
+		nextCursor = encodeCursor(*next)
+	}
+	c.JSON(http.StatusOK, gin.H{"success": true, "jobs": out, "next_cursor": nextCursor})
+}
+
+func encodeCursor(c store.Cursor) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(c.CreatedAt.UnixMicro(), 10) + "|" + c.ID))
+}
+
+func decodeCursor(s string) (*store.Cursor, error) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return nil, err
+	}
+	ts, id, ok := strings.Cut(string(b), "|")
+	if !ok {
+		return nil, errors.New("bad cursor")
+	}
+	us, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := uuid.Parse(id); err != nil {
+		return nil, err
+	}
+	return &store.Cursor{CreatedAt: time.UnixMicro(us).UTC(), ID: id}, nil
+}
+
+type resumeBody struct {
+	FromStep  string          `json:"from_step"`
+	InputData json.RawMessage `json:"input_data"`
+}
+
+func (s *Server) resumeJob(c *gin.Context) {
+	id, ok := jobID(c)
+	if !ok {
+		return
+	}
+	var body resumeBody
+	if !s.readJSON(c, &body, true) {
+		return
+	}
+	v, err := s.n.Orchestrator.Resume(c.Request.Context(), id, orchestrator.ResumeRequest{FromStep: body.FromStep, Input: body.InputData})
+	if err != nil {
+		s.fail(c, err)
+		return
+	}
+	s.accepted(c, v)
+}
+
+func (s *Server) cancelJob(c *gin.Context) {
+	id, ok := jobID(c)
+	if !ok {
+		return
+	}
+	v, err := s.n.Orchestrator.Cancel(c.Request.Context(), id)
+	if err != nil {
+		s.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusAccepted, gin.H{"success": true, "job_id": v.Job.ID, "status": v.Job.Status})
+}
+
+func (s *Server) jobEvents(c *gin.Context) {
+	id, ok := jobID(c)
+	if !ok {
+		return
+	}
+	after := int64(0)
+	if a := c.Query("after_seq"); a != "" {
+		n, err := strconv.ParseInt(a, 10, 64)
+		if err != nil || n < 0 {
+			abort(c, http.StatusBadRequest, codeInvalidQuery, "after_seq must be a non-negative integer", nil)
+			return
+		}
+		after = n
+	}
+	limit := 1000
+	if l := c.Query("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 || n > 10000 {
+			abort(c, http.StatusBadRequest, codeInvalidQuery, "limit must be an integer from 1 to 10000", nil)
+			return
+		}
+		limit = n
+	}
+	evs, err := s.n.Orchestrator.Events(c.Request.Context(), id, after, limit)
+	if err != nil {
+		s.fail(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"success": true, "events": events.FromEvents(evs)})
+}
+
+func (s *Server) features(c *gin.Context) {
+	c.JSON(http.StatusOK, gin.H{"success": true, "features": featuresJSON(s.n.Registry)})
+}

@@ -1,0 +1,165 @@
+// Package httpapi is CAO's HTTP surface (Gin): the REST API, health, metrics, the WebSocket monitor,
+// the browser pages and the asynqmon UI. Handlers decode, call one method of the core, and map the
+// result; the core lives in pkg/ and knows nothing of HTTP.
+package httpapi
+
+import (
+	"context"
+	"crypto/subtle"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/cao-run/cao/pkg/node"
+)
+
+// Options are the API's settings beyond the node's configuration.
+type Options struct {
+	// Monitoring serves the asynqmon UI under /monitoring/ (nil: not served).
+	Monitoring http.Handler
+}
+
+// Server is the HTTP API over one node.
+type Server struct {
+	n    *node.Node
+	log  *slog.Logger
+	opts Options
+	ws   *wsHub
+}
+
+// New returns the API server for the node.
+func New(n *node.Node, opts Options) *Server {
+	s := &Server{n: n, log: n.Logger, opts: opts}
+	s.ws = newWSHub(s)
+	return s
+}
+
+// Handler builds the Gin engine with every route.
+func (s *Server) Handler() http.Handler {
+	gin.SetMode(gin.ReleaseMode)
+	r := gin.New()
+	r.HandleMethodNotAllowed = true
+	r.ContextWithFallback = true
+	r.Use(s.recovery(), s.accessLog(), s.cors())
+	r.NoRoute(func(c *gin.Context) { abort(c, http.StatusNotFound, codeNotFound, "no such route", nil) })
+	r.NoMethod(func(c *gin.Context) {
+		abort(c, http.StatusMethodNotAllowed, codeMethodNotAllowed, "method not allowed on this route", nil)
+	})
+
+	r.GET("/health", s.live)
+	r.GET("/health/services", s.services)
+	r.GET("/metrics", s.auth(), gin.WrapH(promhttp.HandlerFor(s.n.Metrics.Registry, promhttp.HandlerOpts{})))
+
+	v1 := r.Group("/api/v1")
+	v1.GET("/health", s.live)
+	v1.GET("/health/services", s.services)
+	authed := v1.Group("", s.auth())
+	authed.POST("/jobs", s.createJob)
+	authed.GET("/jobs", s.listJobs)
+	authed.GET("/jobs/:id", s.getJob)
+	authed.POST("/jobs/:id/resume", s.resumeJob)
+	authed.POST("/jobs/:id/cancel", s.cancelJob)
+	authed.GET("/jobs/:id/events", s.jobEvents)
+	authed.GET("/features", s.features)
+
+	r.GET("/ws/:id", s.auth(), s.ws.serve)
+	s.registerUI(r)
+	if s.opts.Monitoring != nil {
+		mon := gin.WrapH(s.opts.Monitoring)
+		r.Any("/monitoring", s.auth(), func(c *gin.Context) { c.Redirect(http.StatusMovedPermanently, "/monitoring/") })
+		r.Any("/monitoring/*path", s.auth(), mon)
+	}
+	return r
+}
+
+// Stop closes every WebSocket connection (used on shutdown before the HTTP server drains).
+func (s *Server) Stop(ctx context.Context) error { return s.ws.stop(ctx) }
+
+func (s *Server) live(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) }
+
+func (s *Server) services(c *gin.Context) {
+	rep := s.n.Health.Run(c.Request.Context())
+	status := http.StatusOK
+	if rep.Status == "down" {
+		status = http.StatusServiceUnavailable
+		c.Header("Retry-After", "5")
+	}
+	c.JSON(status, rep)
+}
+
+// unavailable reports whether the database or Redis is down right now (to answer 503, not 500).
+func (s *Server) unavailable(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	return s.n.Store.Ping(ctx) != nil || s.n.Redis.Ping(ctx).Err() != nil
+}
+
+// auth requires one of CAO_API_KEYS (Authorization: Bearer, X-API-Key, or ?api_key= for WebSocket
+// upgrades from browsers, which cannot set headers) unless authentication is off.
+func (s *Server) auth() gin.HandlerFunc {
+	keys := s.n.Config.APIKeys
+	return func(c *gin.Context) {
+		if len(keys) == 0 {
+			c.Next()
+			return
+		}
+		got := c.GetHeader("X-API-Key")
+		if h := c.GetHeader("Authorization"); got == "" && strings.HasPrefix(h, "Bearer ") {
+			got = strings.TrimPrefix(h, "Bearer ")
+		}
+		if got == "" {
+			got = c.Query("api_key")
+		}
+		for _, k := range keys {
+			if got != "" && subtle.ConstantTimeCompare([]byte(got), []byte(k)) == 1 {
+				c.Next()
+				return
+			}
+		}
+		c.Header("WWW-Authenticate", `Bearer realm="cao"`)
+		abort(c, http.StatusUnauthorized, codeUnauthorized, "a valid API key is required (Authorization: Bearer <key> or X-API-Key)", nil)
+	}
+}
+
+// cors answers preflights and sets CORS headers for origins in CAO_ALLOWED_ORIGINS.
+func (s *Server) cors() gin.HandlerFunc {
+	allowed := s.n.Config.AllowedOrigins
+	return func(c *gin.Context) {
+		origin := c.GetHeader("Origin")
+		if origin != "" && (slices.Contains(allowed, origin) || slices.Contains(allowed, "*")) {
+			h := c.Writer.Header()
+			h.Set("Access-Control-Allow-Origin", origin)
+			h.Add("Vary", "Origin")
+			h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Idempotency-Key, X-API-Key")
+			h.Set("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+			h.Set("Access-Control-Max-Age", "600")
+			if c.Request.Method == http.MethodOptions {
+				c.AbortWithStatus(http.StatusNoContent)
+				return
+			}
+		}
+		c.Next()
+	}
+}
+
+func (s *Server) recovery() gin.HandlerFunc {
+	return gin.CustomRecovery(func(c *gin.Context, err any) {
+		s.log.Error("panic in handler", "path", c.Request.URL.Path, "panic", err)
+		abort(c, http.StatusInternalServerError, codeInternal, "internal error", nil)
+	})
+}
+
+func (s *Server) accessLog() gin.HandlerFunc {
+	return func(c *gin.Context) {
+		start := time.Now()
+		c.Next()
+		// The query string is not logged: it may carry an api_key.
+		s.log.Debug("http", "method", c.Request.Method, "path", c.Request.URL.Path, "status", c.Writer.Status(),
+			"ms", time.Since(start).Milliseconds())
+	}
+}

@@ -1,0 +1,145 @@
+// Package serve runs the API gateway process against Postgres and Redis, and the migrate command.
+package serve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/hibiken/asynqmon"
+
+	"github.com/cao-run/cao/api/internal/httpapi"
+	"github.com/cao-run/cao/pkg/config"
+	"github.com/cao-run/cao/pkg/migrate"
+	"github.com/cao-run/cao/pkg/node"
+)
+
+// Run starts the API from the environment and serves until ctx ends, then shuts down gracefully.
+func Run(ctx context.Context) error {
+	cfg, err := config.FromEnv()
+	if err != nil {
+		return err
+	}
+	if err := cfg.CheckAuth(); err != nil {
+		return err
+	}
+	log := cfg.Logger()
+	host, _ := os.Hostname()
+	n, err := node.Open(ctx, cfg, log, fmt.Sprintf("api-%s-%d", host, os.Getpid()))
+	if err != nil {
+		return err
+	}
+	mon, err := Monitoring(cfg.RedisURL)
+	if err != nil {
+		_ = n.Stop(context.Background())
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		_ = n.Stop(context.Background())
+		return fmt.Errorf("CAO_HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
+	}
+	log.Info("api listening", "addr", ln.Addr().String())
+	return Serve(ctx, n, ln, httpapi.Options{Monitoring: mon})
+}
+
+// Monitoring returns the asynqmon UI for the Redis at redisURL, mounted under /monitoring.
+func Monitoring(redisURL string) (http.Handler, error) {
+	opt, err := asynq.ParseRedisURI(redisURL)
+	if err != nil {
+		return nil, fmt.Errorf("CAO_REDIS_URL: %w", err)
+	}
+	return asynqmon.New(asynqmon.Options{RootPath: "/monitoring", RedisConnOpt: opt}), nil
+}
+
+// Serve runs the node and the HTTP API on ln until ctx ends; then it stops accepting requests, closes
+// WebSockets, drains in-flight requests and stops the node.
+func Serve(ctx context.Context, n *node.Node, ln net.Listener, opts httpapi.Options) error {
+	if err := n.Start(ctx); err != nil {
+		_ = n.Stop(context.Background())
+		return err
+	}
+	api := httpapi.New(n, opts)
+	srv := &http.Server{
+		Handler:           api.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(n.Logger.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	n.Logger.Info("api shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	_ = api.Stop(sctx)
+	if err := srv.Shutdown(sctx); err != nil {
+		n.Logger.Warn("http shutdown", "err", err)
+	}
+	if err := n.Stop(sctx); err != nil {
+		n.Logger.Warn("node stop", "err", err)
+	}
+	if errors.Is(serveErr, http.ErrServerClosed) {
+		serveErr = nil
+	}
+	return serveErr
+}
+
+// Migrate runs `migrate up|down N|version` against CAO_DATABASE_URL.
+func Migrate(ctx context.Context, args []string, out io.Writer) error {
+	cfg, err := config.FromEnv()
+	if err != nil {
+		return err
+	}
+	if len(args) == 0 {
+		return errors.New("migrate: expected up, down N or version")
+	}
+	switch args[0] {
+	case "up":
+		if len(args) != 1 {
+			return errors.New("migrate up takes no arguments")
+		}
+		if err := migrate.Up(ctx, "postgres", cfg.DatabaseURL); err != nil {
+			return err
+		}
+	case "down":
+		if len(args) != 2 {
+			return errors.New("migrate down: expected the number of migrations to roll back, e.g. migrate down 1")
+		}
+		steps, err := strconv.Atoi(args[1])
+		if err != nil || steps < 1 {
+			return fmt.Errorf("migrate down: %q is not a positive number", args[1])
+		}
+		if err := migrate.Down(ctx, "postgres", cfg.DatabaseURL, steps); err != nil {
+			return err
+		}
+	case "version":
+		if len(args) != 1 {
+			return errors.New("migrate version takes no arguments")
+		}
+	default:
+		return fmt.Errorf("migrate: unknown subcommand %q (expected up, down N or version)", args[0])
+	}
+	v, dirty, err := migrate.Version(ctx, "postgres", cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "version %d", v)
+	if dirty {
+		fmt.Fprint(out, " (dirty)")
+	}
+	fmt.Fprintln(out)
+	return nil
+}

@@ -1,0 +1,3 @@
+module github.com/cao-run/cao/db
+
+go 1.26.0

@@ -1,0 +1,7 @@
+DROP TABLE IF EXISTS idempotency_keys;
+DROP TABLE IF EXISTS outbox;
+DROP TABLE IF EXISTS job_inputs;
+DROP TABLE IF EXISTS job_events;
+DROP TABLE IF EXISTS step_attempts;
+DROP TABLE IF EXISTS job_steps;
+DROP TABLE IF EXISTS jobs;

@@ -1,0 +1,79 @@
+// Package backoff computes retry and requeue delays.
+package backoff
+
+import "time"
+
+// Exponential returns the "full jitter" delay before retry number attempt (1 for the first retry):
+// rnd() * min(max, initial * 2^(attempt-1)). It never overflows, whatever attempt is.
+// rnd returns values in [0, 1), like math/rand.Float64; a nil rnd means no jitter (the full ceiling).
+func Exponential(attempt int, initial, max time.Duration, rnd func() float64) time.Duration {
+	ceiling := Ceiling(attempt, initial, max)
+	if rnd == nil {
+		return ceiling
+	}
+	return scale(ceiling, clamp01(rnd()))
+}
+
+// Ceiling returns min(max, initial * 2^(attempt-1)) without overflow; attempt < 1 counts as 1.
+func Ceiling(attempt int, initial, max time.Duration) time.Duration {
+	if initial <= 0 || max <= 0 {
+		return 0
+	}
+	if initial >= max {
+		return max
+	}
+	if attempt < 1 {
+		attempt = 1
+	}
+	d := initial
+	for i := 1; i < attempt; i++ {
+		// Doubling past max/2 would reach max anyway (and may overflow), so stop there.
+		if d > max/2 {
+			return max
+		}
+		d *= 2
+	}
+	if d > max {
+		return max
+	}
+	return d
+}
+
+// Jitter returns d spread uniformly over [d*(1-fraction), d*(1+fraction)], for short requeue delays
+// that should not fire in lockstep; fraction is clamped to [0, 1] and the result is never negative.
+func Jitter(d time.Duration, fraction float64, rnd func() float64) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	if fraction <= 0 || rnd == nil {
+		return d
+	}
+	if fraction > 1 {
+		fraction = 1
+	}
+	f := clamp01(rnd())
+	factor := 1 - fraction + 2*fraction*f
+	return scale(d, factor)
+}
+
+// scale multiplies d by factor (>= 0), saturating instead of overflowing.
+func scale(d time.Duration, factor float64) time.Duration {
+	if factor <= 0 || d <= 0 {
+		return 0
+	}
+	r := float64(d) * factor
+	if r >= float64(1<<63-1) {
+		return time.Duration(1<<63 - 1)
+	}
+	return time.Duration(r)
+}
+
+func clamp01(f float64) float64 {
+	switch {
+	case f != f || f < 0: // NaN or negative
+		return 0
+	case f > 1:
+		return 1
+	}
+	return f
+}

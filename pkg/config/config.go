@@ -1,0 +1,242 @@
+// Package config reads CAO's process settings from the environment (the CAO_* variables of the
+// public contract) and checks them at start: a bad value names its variable.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is the validated environment of an api or worker process.
+type Config struct {
+	DatabaseURL       string         // CAO_DATABASE_URL
+	RedisURL          string         // CAO_REDIS_URL
+	RegistryPath      string         // CAO_REGISTRY
+	HTTPAddr          string         // CAO_HTTP_ADDR
+	PublicURL         string         // CAO_PUBLIC_URL; empty: from the request's Host
+	APIKeys           []string       // CAO_API_KEYS
+	AuthOff           bool           // CAO_AUTH=off
+	AllowedOrigins    []string       // CAO_ALLOWED_ORIGINS
+	WorkerQueues      map[string]int // CAO_WORKER_QUEUES
+	WorkerConcurrency int            // CAO_WORKER_CONCURRENCY
+	AutoMigrate       bool           // CAO_AUTO_MIGRATE
+	LogLevel          slog.Level     // CAO_LOG_LEVEL
+	LogFormat         string         // CAO_LOG_FORMAT: json | text
+
+	StepLeaseTTL   time.Duration // CAO_STEP_LEASE_TTL: heartbeat lease of a running step (default 10s)
+	StuckJobAfter  time.Duration // CAO_STUCK_JOB_AFTER: no progress before a job is reported stuck (5m)
+	FailStuckAfter time.Duration // CAO_FAIL_STUCK_AFTER: stuck time before a job is failed (15m)
+	ShutdownGrace  time.Duration // CAO_SHUTDOWN_GRACE: running steps may finish this long on SIGTERM (30s)
+	MaxBodyBytes   int64         // CAO_MAX_BODY_BYTES: largest accepted request body (1 MiB)
+	IdempotencyTTL time.Duration // CAO_IDEMPOTENCY_TTL: how long Idempotency-Keys are kept (24h)
+	DataDir        string        // CAO_DATA_DIR: where dev mode keeps its SQLite database (.cao)
+}
+
+// Defaults for every variable.
+const (
+	DefaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+	DefaultRedisURL    = "redis://127.0.0.1:6379/0"
+	DefaultRegistry    = "deploy/registry.yaml"
+	DefaultHTTPAddr    = ":8000"
+	DefaultQueues      = "heavy=6,medium=3,default=1"
+)
+
+// FromEnv reads the configuration from the process environment.
+func FromEnv() (Config, error) { return Parse(os.LookupEnv) }
+
+// Parse reads the configuration through lookup; the error lists every bad variable.
+func Parse(lookup func(string) (string, bool)) (Config, error) {
+	p := parser{lookup: lookup}
+	c := Config{
+		DatabaseURL:       p.str("CAO_DATABASE_URL", DefaultDatabaseURL),
+		RedisURL:          p.str("CAO_REDIS_URL", DefaultRedisURL),
+		RegistryPath:      p.str("CAO_REGISTRY", DefaultRegistry),
+		HTTPAddr:          p.str("CAO_HTTP_ADDR", DefaultHTTPAddr),
+		PublicURL:         strings.TrimRight(p.str("CAO_PUBLIC_URL", ""), "/"),
+		APIKeys:           p.list("CAO_API_KEYS"),
+		AllowedOrigins:    p.list("CAO_ALLOWED_ORIGINS"),
+		WorkerConcurrency: p.integer("CAO_WORKER_CONCURRENCY", 20, 1, 10000),
+		AutoMigrate:       p.boolean("CAO_AUTO_MIGRATE", true),
+		LogFormat:         p.oneOf("CAO_LOG_FORMAT", "json", "json", "text"),
+		StepLeaseTTL:      p.duration("CAO_STEP_LEASE_TTL", 10*time.Second, time.Second),
+		StuckJobAfter:     p.duration("CAO_STUCK_JOB_AFTER", 5*time.Minute, time.Second),
+		FailStuckAfter:    p.duration("CAO_FAIL_STUCK_AFTER", 15*time.Minute, time.Second),
+		ShutdownGrace:     p.duration("CAO_SHUTDOWN_GRACE", 30*time.Second, 0),
+		MaxBodyBytes:      int64(p.integer("CAO_MAX_BODY_BYTES", 1<<20, 1024, 1<<30)),
+		IdempotencyTTL:    p.duration("CAO_IDEMPOTENCY_TTL", 24*time.Hour, time.Minute),
+		DataDir:           p.str("CAO_DATA_DIR", ".cao"),
+	}
+	switch auth := strings.ToLower(p.str("CAO_AUTH", "on")); auth {
+	case "off", "false", "0", "no":
+		c.AuthOff = true
+	case "on", "true", "1", "yes":
+	default:
+		p.bad("CAO_AUTH", auth, `"on" or "off"`)
+	}
+	c.LogLevel = p.level("CAO_LOG_LEVEL")
+	c.WorkerQueues = p.queues("CAO_WORKER_QUEUES")
+	p.url("CAO_DATABASE_URL", c.DatabaseURL, "postgres", "postgresql")
+	p.url("CAO_REDIS_URL", c.RedisURL, "redis", "rediss", "unix")
+	if c.PublicURL != "" {
+		p.url("CAO_PUBLIC_URL", c.PublicURL, "http", "https")
+	}
+	if c.HTTPAddr != "" && !strings.Contains(c.HTTPAddr, ":") {
+		p.bad("CAO_HTTP_ADDR", c.HTTPAddr, "host:port or :port")
+	}
+	for _, o := range c.AllowedOrigins {
+		if o != "*" {
+			p.url("CAO_ALLOWED_ORIGINS", o, "http", "https")
+		}
+	}
+	if len(p.errs) > 0 {
+		return c, errors.Join(p.errs...)
+	}
+	return c, nil
+}
+
+// CheckAuth fails when the API would start open to anyone without saying so.
+func (c Config) CheckAuth() error {
+	if len(c.APIKeys) == 0 && !c.AuthOff {
+		return errors.New("CAO_API_KEYS: no API keys configured; set CAO_API_KEYS=key1,key2 or CAO_AUTH=off to run without authentication")
+	}
+	return nil
+}
+
+// Logger builds the process logger from CAO_LOG_LEVEL and CAO_LOG_FORMAT.
+func (c Config) Logger() *slog.Logger {
+	opts := &slog.HandlerOptions{Level: c.LogLevel}
+	if c.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+}
+
+type parser struct {
+	lookup func(string) (string, bool)
+	errs   []error
+}
+
+func (p *parser) bad(name, val, want string) {
+	p.errs = append(p.errs, fmt.Errorf("%s: invalid value %q: expected %s", name, val, want))
+}
+
+func (p *parser) str(name, def string) string {
+	if v, ok := p.lookup(name); ok && strings.TrimSpace(v) != "" {
+		return strings.TrimSpace(v)
+	}
+	return def
+}
+
+func (p *parser) list(name string) []string {
+	var out []string
+	for _, part := range strings.Split(p.str(name, ""), ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
+}
+
+func (p *parser) integer(name string, def, lo, hi int) int {
+	v := p.str(name, "")
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < lo || n > hi {
+		p.bad(name, v, fmt.Sprintf("an integer from %d to %d", lo, hi))
+		return def
+	}
+	return n
+}
+
+func (p *parser) boolean(name string, def bool) bool {
+	v := p.str(name, "")
+	if v == "" {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		p.bad(name, v, "true or false")
+		return def
+	}
+	return b
+}
+
+func (p *parser) duration(name string, def, lo time.Duration) time.Duration {
+	v := p.str(name, "")
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < lo {
+		p.bad(name, v, fmt.Sprintf("a duration such as 30s or 5m, at least %s", lo))
+		return def
+	}
+	return d
+}
+
+func (p *parser) oneOf(name, def string, allowed ...string) string {
+	v := strings.ToLower(p.str(name, def))
+	if !slices.Contains(allowed, v) {
+		p.bad(name, v, "one of "+strings.Join(allowed, ", "))
+		return def
+	}
+	return v
+}
+
+func (p *parser) level(name string) slog.Level {
+	v := strings.ToLower(p.str(name, "info"))
+	switch v {
+	case "debug":
+		return slog.LevelDebug
+	case "info":
+		return slog.LevelInfo
+	case "warn", "warning":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	p.bad(name, v, "one of debug, info, warn, error")
+	return slog.LevelInfo
+}
+
+func (p *parser) url(name, v string, schemes ...string) {
+	u, err := url.Parse(v)
+	if err != nil || !slices.Contains(schemes, u.Scheme) || (u.Host == "" && u.Scheme != "unix") {
+		// Never echo a URL that may carry a password.
+		p.errs = append(p.errs, fmt.Errorf("%s: invalid URL: expected %s://host...", name, schemes[0]))
+	}
+}
+
+// queues parses "heavy=6,medium=3,default=1".
+func (p *parser) queues(name string) map[string]int {
+	v := p.str(name, DefaultQueues)
+	out := map[string]int{}
+	for _, part := range strings.Split(v, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		q, w, ok := strings.Cut(part, "=")
+		q = strings.TrimSpace(q)
+		n, err := strconv.Atoi(strings.TrimSpace(w))
+		if !ok || q == "" || err != nil || n < 1 || strings.ContainsAny(q, " :{}") {
+			p.bad(name, v, "comma-separated queue=weight pairs with weights >= 1, e.g. heavy=6,medium=3,default=1")
+			return map[string]int{"heavy": 6, "medium": 3, "default": 1}
+		}
+		out[q] = n
+	}
+	if len(out) == 0 {
+		p.bad(name, v, "at least one queue=weight pair")
+		return map[string]int{"heavy": 6, "medium": 3, "default": 1}
+	}
+	return out
+}

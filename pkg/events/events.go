@@ -1,0 +1,70 @@
+// Package events turns job and step state changes into the messages clients see (REST /events and the
+// WebSocket) and fans them out across processes through Redis pub/sub.
+package events
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/cao-run/cao/pkg/store"
+)
+
+// Channel is the Redis pub/sub channel every CAO process publishes committed events on.
+const Channel = "cao:events"
+
+// Message is the wire form of one event, identical for REST, WebSocket and pub/sub.
+type Message struct {
+	Type    string    `json:"type"` // "job" or "step"
+	Seq     int64     `json:"seq"`
+	JobID   string    `json:"job_id"`
+	Step    string    `json:"step,omitempty"`
+	Status  string    `json:"status"`
+	Attempt *int      `json:"attempt,omitempty"`
+	Run     int       `json:"run,omitempty"`
+	At      time.Time `json:"at"`
+	Error   string    `json:"error,omitempty"`
+	Reason  string    `json:"reason,omitempty"`
+}
+
+// FromEvent converts a stored event to its wire form.
+func FromEvent(e store.Event) Message {
+	m := Message{Type: e.Type, Seq: e.Seq, JobID: e.JobID, Status: e.Status, At: e.At.UTC(), Error: e.Error, Reason: e.Reason}
+	if e.Type == store.EventStep {
+		m.Step = e.Step
+		attempt := e.Attempt
+		m.Attempt = &attempt
+		m.Run = e.Run
+	}
+	return m
+}
+
+// FromEvents converts stored events to their wire form.
+func FromEvents(evs []store.Event) []Message {
+	out := make([]Message, len(evs))
+	for i, e := range evs {
+		out[i] = FromEvent(e)
+	}
+	return out
+}
+
+// Terminal reports whether the message ends its job (a job message with a terminal status).
+func (m Message) Terminal() bool {
+	return m.Type == store.EventJob && store.JobStatus(m.Status).Terminal()
+}
+
+// Publisher sends committed events to every interested process. Publishing is best effort: a lost
+// message is recovered by readers from the event log in the database (they detect the seq gap).
+type Publisher interface {
+	Publish(ctx context.Context, evs []store.Event) error
+}
+
+// Encode marshals messages for the pub/sub channel (a JSON array).
+func Encode(msgs []Message) ([]byte, error) { return json.Marshal(msgs) }
+
+// Decode parses a pub/sub payload.
+func Decode(b []byte) ([]Message, error) {
+	var msgs []Message
+	err := json.Unmarshal(b, &msgs)
+	return msgs, err
+}

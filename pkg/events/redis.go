@@ -1,0 +1,214 @@
+package events
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cao-run/cao/pkg/store"
+)
+
+// RedisPublisher publishes events on Channel.
+type RedisPublisher struct {
+	rdb redis.UniversalClient
+}
+
+// NewRedisPublisher returns a publisher on the given client.
+func NewRedisPublisher(rdb redis.UniversalClient) *RedisPublisher { return &RedisPublisher{rdb: rdb} }
+
+// Publish sends the events as one message.
+func (p *RedisPublisher) Publish(ctx context.Context, evs []store.Event) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	b, err := Encode(FromEvents(evs))
+	if err != nil {
+		return fmt.Errorf("events: encode: %w", err)
+	}
+	if err := p.rdb.Publish(ctx, Channel, b).Err(); err != nil {
+		return fmt.Errorf("events: publish: %w", err)
+	}
+	return nil
+}
+
+// Hub holds one Redis subscription per process and fans messages out to local subscribers, by job or
+// to every-job listeners. Delivery to a subscriber never blocks the hub: a subscriber whose buffer is
+// full is marked overflowed and its channel closed, and it must resynchronise from the event log.
+type Hub struct {
+	rdb redis.UniversalClient
+
+	mu     sync.Mutex
+	byJob  map[string]map[*Subscription]struct{}
+	all    map[*Subscription]struct{}
+	pubsub *redis.PubSub
+	done   chan struct{}
+	ready  chan struct{}
+}
+
+// Subscription receives messages; C is closed when the subscription ends or overflows.
+type Subscription struct {
+	C          chan Message
+	hub        *Hub
+	jobID      string // empty: all jobs
+	overflowed bool
+	closed     bool
+}
+
+// Overflowed reports whether messages were dropped because the subscriber was too slow.
+func (s *Subscription) Overflowed() bool {
+	s.hub.mu.Lock()
+	defer s.hub.mu.Unlock()
+	return s.overflowed
+}
+
+// Close ends the subscription.
+func (s *Subscription) Close() {
+	s.hub.mu.Lock()
+	defer s.hub.mu.Unlock()
+	s.hub.removeLocked(s)
+}
+
+// NewHub returns a hub reading Channel from rdb; call Start before subscribing.
+func NewHub(rdb redis.UniversalClient) *Hub {
+	return &Hub{
+		rdb:   rdb,
+		byJob: map[string]map[*Subscription]struct{}{},
+		all:   map[*Subscription]struct{}{},
+		ready: make(chan struct{}),
+	}
+}
+
+// Start subscribes to Channel and begins fanning out; it returns once the subscription is confirmed.
+func (h *Hub) Start(ctx context.Context) error {
+	h.mu.Lock()
+	if h.pubsub != nil {
+		h.mu.Unlock()
+		return nil
+	}
+	ps := h.rdb.Subscribe(context.WithoutCancel(ctx), Channel)
+	h.pubsub = ps
+	h.done = make(chan struct{})
+	h.mu.Unlock()
+	if _, err := ps.Receive(ctx); err != nil {
+		return fmt.Errorf("events: subscribe %s: %w", Channel, err)
+	}
+	go h.loop(ps)
+	return nil
+}
+
+func (h *Hub) loop(ps *redis.PubSub) {
+	defer close(h.done)
+	for msg := range ps.Channel() {
+		msgs, err := Decode([]byte(msg.Payload))
+		if err != nil {
+			continue
+		}
+		h.deliver(msgs)
+	}
+}
+
+// Deliver fans messages out to local subscribers (used by the loop and by in-process publishers).
+func (h *Hub) deliver(msgs []Message) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, m := range msgs {
+		for s := range h.byJob[m.JobID] {
+			h.sendLocked(s, m)
+		}
+		for s := range h.all {
+			h.sendLocked(s, m)
+		}
+	}
+}
+
+func (h *Hub) sendLocked(s *Subscription, m Message) {
+	if s.closed {
+		return
+	}
+	select {
+	case s.C <- m:
+	default:
+		s.overflowed = true
+		h.removeLocked(s)
+	}
+}
+
+func (h *Hub) removeLocked(s *Subscription) {
+	if s.closed {
+		return
+	}
+	s.closed = true
+	close(s.C)
+	if s.jobID == "" {
+		delete(h.all, s)
+		return
+	}
+	if m := h.byJob[s.jobID]; m != nil {
+		delete(m, s)
+		if len(m) == 0 {
+			delete(h.byJob, s.jobID)
+		}
+	}
+}
+
+// Subscribe returns a subscription to one job's messages with a buffer of buf messages.
+func (h *Hub) Subscribe(jobID string, buf int) *Subscription {
+	s := &Subscription{C: make(chan Message, buf), hub: h, jobID: jobID}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	m := h.byJob[jobID]
+	if m == nil {
+		m = map[*Subscription]struct{}{}
+		h.byJob[jobID] = m
+	}
+	m[s] = struct{}{}
+	return s
+}
+
+// SubscribeAll returns a subscription to every job's messages.
+func (h *Hub) SubscribeAll(buf int) *Subscription {
+	s := &Subscription{C: make(chan Message, buf), hub: h}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.all[s] = struct{}{}
+	return s
+}
+
+// Subscribers returns the number of local subscriptions (for metrics).
+func (h *Hub) Subscribers() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := len(h.all)
+	for _, m := range h.byJob {
+		n += len(m)
+	}
+	return n
+}
+
+// Stop closes the Redis subscription and every local subscription. Safe to call twice.
+func (h *Hub) Stop(ctx context.Context) error {
+	h.mu.Lock()
+	ps, done := h.pubsub, h.done
+	h.pubsub = nil
+	for s := range h.all {
+		h.removeLocked(s)
+	}
+	for _, m := range h.byJob {
+		for s := range m {
+			h.removeLocked(s)
+		}
+	}
+	h.mu.Unlock()
+	if ps == nil {
+		return nil
+	}
+	err := ps.Close()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return err
+}

@@ -1,0 +1,208 @@
+// Package maintenance runs CAO's periodic recovery work — reclaiming steps of dead workers, detecting
+// stuck jobs, re-enqueueing tasks Redis lost, expiring idempotency keys — in exactly one process of
+// the fleet at a time, elected through a lease in Redis.
+package maintenance
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cao-run/cao/pkg/dispatch"
+	"github.com/cao-run/cao/pkg/orchestrator"
+)
+
+// LeaderKey is the Redis key holding the maintenance leader's lease.
+const LeaderKey = "cao:maintenance:leader"
+
+// Config tunes the maintenance loop; zero values take the defaults.
+type Config struct {
+	// ID names this process as a leader candidate (the worker or API instance id).
+	ID string
+	// Tick is the base period: leadership renewal, Redis-loss check and expired-step reaping. Default 1s.
+	Tick time.Duration
+	// LeaderTTL is the leader lease; another process takes over this long after a leader dies. Default 5s.
+	LeaderTTL time.Duration
+	// StuckEvery is how often stuck jobs are looked for. Default 15s.
+	StuckEvery time.Duration
+	// KeysEvery is how often expired idempotency keys are deleted. Default 10m.
+	KeysEvery time.Duration
+	Logger    *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Tick <= 0 {
+		c.Tick = time.Second
+	}
+	if c.LeaderTTL <= 0 {
+		c.LeaderTTL = 5 * time.Second
+	}
+	if c.StuckEvery <= 0 {
+		c.StuckEvery = 15 * time.Second
+	}
+	if c.KeysEvery <= 0 {
+		c.KeysEvery = 10 * time.Minute
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Maintainer runs the periodic recovery work while it is the leader.
+type Maintainer struct {
+	orch *orchestrator.Orchestrator
+	rec  *dispatch.Reconciler
+	rdb  redis.UniversalClient
+	cfg  Config
+
+	mu      sync.Mutex
+	cancel  context.CancelFunc
+	done    chan struct{}
+	leader  bool
+	reaped  int64
+	stuck   int64
+	lastKey time.Time
+}
+
+// New returns a maintainer; rec may be nil (no Redis reconciliation).
+func New(orch *orchestrator.Orchestrator, rec *dispatch.Reconciler, rdb redis.UniversalClient, cfg Config) *Maintainer {
+	return &Maintainer{orch: orch, rec: rec, rdb: rdb, cfg: cfg.withDefaults()}
+}
+
+// IsLeader reports whether this process currently holds the maintenance lease.
+func (m *Maintainer) IsLeader() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.leader
+}
+
+// Stats returns how many steps were reaped and jobs marked stuck by this process.
+func (m *Maintainer) Stats() (reaped, stuck int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.reaped, m.stuck
+}
+
+// Start runs the loop until Stop. Safe to call twice.
+func (m *Maintainer) Start(ctx context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cancel != nil {
+		return nil
+	}
+	// The loop outlives the start request; Stop ends it.
+	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	m.cancel = cancel
+	m.done = make(chan struct{})
+	go m.loop(lctx)
+	return nil
+}
+
+// Stop ends the loop and gives up leadership. Safe to call twice.
+func (m *Maintainer) Stop(ctx context.Context) error {
+	m.mu.Lock()
+	cancel, done := m.cancel, m.done
+	m.cancel = nil
+	m.mu.Unlock()
+	if cancel == nil {
+		return nil
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if m.IsLeader() {
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer rcancel()
+		_ = releaseScript.Run(rctx, m.rdb, []string{LeaderKey}, m.cfg.ID).Err()
+		m.mu.Lock()
+		m.leader = false
+		m.mu.Unlock()
+	}
+	return nil
+}
+
+// acquireScript takes or renews the leader lease if it is free or already ours.
+var acquireScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0`)
+
+var releaseScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0`)
+
+func (m *Maintainer) loop(ctx context.Context) {
+	defer close(m.done)
+	t := time.NewTicker(m.cfg.Tick)
+	defer t.Stop()
+	var lastStuck time.Time
+	for {
+		ok, err := acquireScript.Run(ctx, m.rdb, []string{LeaderKey}, m.cfg.ID, m.cfg.LeaderTTL.Milliseconds()).Int()
+		leader := err == nil && ok == 1
+		m.mu.Lock()
+		was := m.leader
+		m.leader = leader
+		m.mu.Unlock()
+		if leader != was {
+			m.cfg.Logger.Info("maintenance leadership", "leader", leader, "id", m.cfg.ID)
+		}
+		if leader {
+			m.tick(ctx, &lastStuck)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (m *Maintainer) tick(ctx context.Context, lastStuck *time.Time) {
+	if n, err := m.orch.ReapExpiredSteps(ctx, 200); err != nil {
+		m.warn(ctx, "reap expired steps", err)
+	} else if n > 0 {
+		m.mu.Lock()
+		m.reaped += int64(n)
+		m.mu.Unlock()
+		m.cfg.Logger.Info("re-queued steps of lost workers", "count", n)
+	}
+	if m.rec != nil {
+		if err := m.rec.Tick(ctx); err != nil {
+			m.warn(ctx, "reconcile redis", err)
+		}
+	}
+	if time.Since(*lastStuck) >= m.cfg.StuckEvery {
+		*lastStuck = time.Now()
+		if n, err := m.orch.DetectStuckJobs(ctx, 100); err != nil {
+			m.warn(ctx, "detect stuck jobs", err)
+		} else if n > 0 {
+			m.mu.Lock()
+			m.stuck += int64(n)
+			m.mu.Unlock()
+		}
+	}
+	if time.Since(m.lastKey) >= m.cfg.KeysEvery {
+		m.lastKey = time.Now()
+		if _, err := m.orch.ExpireIdempotencyKeys(ctx); err != nil {
+			m.warn(ctx, "expire idempotency keys", err)
+		}
+	}
+}
+
+func (m *Maintainer) warn(ctx context.Context, what string, err error) {
+	if ctx.Err() != nil {
+		return
+	}
+	m.cfg.Logger.Warn(fmt.Sprintf("maintenance: %s", what), "err", err)
+}

@@ -1,0 +1,202 @@
+// Package node builds the dependencies every CAO process shares — registry, store, Redis client,
+// orchestrator, outbox relay, maintenance, event hub, limiter, caller, metrics — once, from the
+// configuration, and starts and stops them in order.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cao-run/cao/pkg/caller"
+	"github.com/cao-run/cao/pkg/config"
+	"github.com/cao-run/cao/pkg/dispatch"
+	"github.com/cao-run/cao/pkg/events"
+	"github.com/cao-run/cao/pkg/health"
+	"github.com/cao-run/cao/pkg/limiter"
+	"github.com/cao-run/cao/pkg/maintenance"
+	"github.com/cao-run/cao/pkg/metrics"
+	"github.com/cao-run/cao/pkg/migrate"
+	"github.com/cao-run/cao/pkg/orchestrator"
+	"github.com/cao-run/cao/pkg/registry"
+	"github.com/cao-run/cao/pkg/runner"
+	"github.com/cao-run/cao/pkg/store"
+	"github.com/cao-run/cao/pkg/store/sqlstore"
+)
+
+// Node is one CAO process's shared dependencies.
+type Node struct {
+	Config       config.Config
+	Logger       *slog.Logger
+	ID           string
+	Registry     *registry.Registry
+	Store        store.Store
+	Redis        redis.UniversalClient
+	Queue        *asynq.Client
+	Orchestrator *orchestrator.Orchestrator
+	Relay        *dispatch.Relay
+	Reconciler   *dispatch.Reconciler
+	Maintainer   *maintenance.Maintainer
+	Hub          *events.Hub
+	Semaphore    *limiter.Semaphore
+	RateLimiter  *limiter.RateLimiter
+	Caller       *caller.Caller
+	Health       *health.Checker
+	Metrics      *metrics.Metrics
+
+	closers []func() error
+	mu      sync.Mutex
+	started bool
+}
+
+// Open connects to Postgres and Redis from cfg (migrating first when CAO_AUTO_MIGRATE is on), loads
+// the registry and builds the node.
+func Open(ctx context.Context, cfg config.Config, log *slog.Logger, id string) (*Node, error) {
+	reg, err := registry.Load(cfg.RegistryPath)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.AutoMigrate {
+		if err := migrate.Up(ctx, "postgres", cfg.DatabaseURL); err != nil {
+			return nil, fmt.Errorf("migrate: %w", err)
+		}
+	}
+	st, err := sqlstore.OpenPostgres(ctx, cfg.DatabaseURL, sqlstore.Config{})
+	if err != nil {
+		return nil, fmt.Errorf("open postgres: %w", err)
+	}
+	opt, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		_ = st.Close()
+		return nil, fmt.Errorf("CAO_REDIS_URL: %w", err)
+	}
+	rdb := redis.NewClient(opt)
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		_ = st.Close()
+		_ = rdb.Close()
+		return nil, fmt.Errorf("redis at %s: %w", opt.Addr, err)
+	}
+	n := Build(cfg, log, id, reg, st, rdb)
+	n.closers = append(n.closers, rdb.Close, st.Close)
+	return n, nil
+}
+
+// Build wires a node over an open store and Redis client (which the caller keeps owning unless it
+// adds them to the node's closers with OnClose).
+func Build(cfg config.Config, log *slog.Logger, id string, reg *registry.Registry, st store.Store, rdb redis.UniversalClient) *Node {
+	n := &Node{Config: cfg, Logger: log, ID: id, Registry: reg, Store: st, Redis: rdb}
+	n.Queue = asynq.NewClientFromRedisClient(rdb)
+	n.Relay = dispatch.NewRelay(st, n.Queue, dispatch.RelayConfig{Logger: log})
+	n.Hub = events.NewHub(rdb)
+	n.Orchestrator = orchestrator.New(st, reg, events.NewRedisPublisher(rdb), n.Relay.Notify, orchestrator.Config{
+		StepLeaseTTL:   cfg.StepLeaseTTL,
+		StuckJobAfter:  cfg.StuckJobAfter,
+		FailStuckAfter: cfg.FailStuckAfter,
+		IdempotencyTTL: cfg.IdempotencyTTL,
+		Logger:         log,
+	})
+	n.Reconciler = dispatch.NewReconciler(st, rdb, n.Queue, dispatch.ReconcilerConfig{Logger: log})
+	n.Maintainer = maintenance.New(n.Orchestrator, n.Reconciler, rdb, maintenance.Config{ID: id, Logger: log})
+	n.Semaphore = limiter.NewSemaphore(rdb, limiter.Config{})
+	n.RateLimiter = limiter.NewRateLimiter(rdb, limiter.Config{})
+	n.Caller = caller.New(caller.Config{})
+	n.Health = health.NewChecker(st, rdb, reg, n.Semaphore, n.Caller, reg.Queues())
+	n.Metrics = metrics.New(func() float64 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		c, _ := st.CountOutbox(ctx)
+		return float64(c)
+	})
+	n.Metrics.Registry.MustRegister(metrics.NewLeaseCollector(n.leases))
+	return n
+}
+
+// OnClose adds a function run by Stop after everything else stopped (closing pools, servers).
+func (n *Node) OnClose(f func() error) { n.closers = append(n.closers, f) }
+
+func (n *Node) leases() map[string][2]int {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	out := map[string][2]int{}
+	for name, svc := range n.Registry.Services {
+		used, _ := n.Semaphore.InUse(ctx, name)
+		out[name] = [2]int{used, svc.MaxConcurrency}
+	}
+	return out
+}
+
+// NewRunner returns a worker runner over this node's dependencies.
+func (n *Node) NewRunner(cfg runner.Config) *runner.Runner {
+	if cfg.Logger == nil {
+		cfg.Logger = n.Logger
+	}
+	if cfg.WorkerID == "" {
+		cfg.WorkerID = n.ID
+	}
+	if cfg.Hooks.OnAttempt == nil {
+		cfg.Hooks.OnAttempt = func(service string, out orchestrator.Outcome, d time.Duration) {
+			outcome := "succeeded"
+			switch {
+			case out.Interrupted:
+				outcome = "interrupted"
+			case out.Err != nil && out.Retryable:
+				outcome = "retryable_error"
+			case out.Err != nil:
+				outcome = "error"
+			}
+			n.Metrics.ObserveAttempt(service, outcome, d)
+		}
+	}
+	if cfg.Hooks.OnBusy == nil {
+		cfg.Hooks.OnBusy = func(service string) { n.Metrics.Busy.WithLabelValues(service).Inc() }
+	}
+	return runner.New(n.Orchestrator, n.Redis, n.Semaphore, n.RateLimiter, n.Caller, n.Hub, cfg)
+}
+
+// Start pings the backends and starts the event hub, the relay and the maintenance loop.
+func (n *Node) Start(ctx context.Context) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.started {
+		return nil
+	}
+	if err := n.Store.Ping(ctx); err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	if err := n.Redis.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	if err := n.Hub.Start(ctx); err != nil {
+		return err
+	}
+	if err := n.Relay.Start(ctx); err != nil {
+		return err
+	}
+	if err := n.Maintainer.Start(ctx); err != nil {
+		return err
+	}
+	n.started = true
+	return nil
+}
+
+// Stop stops the loops in reverse order and closes what the node owns. Safe to call twice.
+func (n *Node) Stop(ctx context.Context) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var errs []error
+	if n.started {
+		errs = append(errs, n.Maintainer.Stop(ctx), n.Relay.Stop(ctx), n.Hub.Stop(ctx))
+		n.started = false
+	}
+	for _, c := range n.closers {
+		errs = append(errs, c())
+	}
+	n.closers = nil
+	return errors.Join(errs...)
+}

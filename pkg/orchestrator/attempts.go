@@ -1,0 +1,234 @@
+package orchestrator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cao-run/cao/pkg/backoff"
+	"github.com/cao-run/cao/pkg/registry"
+	"github.com/cao-run/cao/pkg/store"
+	"github.com/cao-run/cao/pkg/task"
+)
+
+// Target is what a step task asks to run, resolved against the registry.
+type Target struct {
+	Payload task.StepPayload
+	Feature *registry.Feature
+	Step    *registry.Step
+	Service *registry.Service
+}
+
+// WaiterID identifies this run of the step across requeues (for the semaphore's fair queue).
+func (t Target) WaiterID() string { return task.IdempotencyKey(t.Payload.JobID, t.Payload.Step, t.Payload.Run) }
+
+// Prepare checks, without locking, that a task still matches its step and resolves the step's
+// definition and service. ErrStale means the task should be acknowledged without effect.
+func (o *Orchestrator) Prepare(ctx context.Context, p task.StepPayload) (*Target, error) {
+	job, err := o.store.GetJob(ctx, p.JobID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("%w: job %s does not exist", ErrStale, p.JobID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if job.Status.Terminal() {
+		return nil, fmt.Errorf("%w: job is %s", ErrStale, job.Status)
+	}
+	steps, err := o.store.GetSteps(ctx, p.JobID)
+	if err != nil {
+		return nil, err
+	}
+	var st *store.Step
+	for i := range steps {
+		if steps[i].Name == p.Step {
+			st = &steps[i]
+		}
+	}
+	if st == nil || !st.Status.Waiting() || st.Run != p.Run || st.Attempts != p.Attempt-1 {
+		return nil, fmt.Errorf("%w: step no longer waits for attempt %d of run %d", ErrStale, p.Attempt, p.Run)
+	}
+	t := &Target{Payload: p}
+	f, ok := o.reg.Feature(job.FeatureName)
+	if ok {
+		t.Feature = f
+		t.Step, ok = f.Step(p.Step)
+	}
+	if ok {
+		t.Service, ok = o.reg.Service(t.Step.Service)
+	}
+	if !ok {
+		// The registry changed under a running job: fail the step rather than loop forever.
+		o.failUnrunnable(ctx, p, fmt.Sprintf("feature %q or step %q or its service is no longer registered", job.FeatureName, p.Step))
+		return nil, fmt.Errorf("%w: step definition missing from the registry", ErrStale)
+	}
+	return t, nil
+}
+
+func (o *Orchestrator) failUnrunnable(ctx context.Context, p task.StepPayload, msg string) {
+	err := o.withJob(ctx, p.JobID, func(u *unit) error {
+		s := u.byName[p.Step]
+		if s == nil || !s.Status.Waiting() || s.Run != p.Run {
+			return nil
+		}
+		s.Error, s.ErrorClass = msg, "registry"
+		u.setStep(s, store.StepFailed, msg, "")
+		u.advance()
+		return nil
+	})
+	if err != nil {
+		o.cfg.Logger.Warn("fail unrunnable step", "job_id", p.JobID, "step", p.Step, "err", err)
+	}
+}
+
+// Attempt is a running attempt owned by one worker; it is the fencing token for its heartbeats and result.
+type Attempt struct {
+	Target
+	WorkerID  string
+	StartedAt time.Time
+	// Input and Outputs are the template data: the job's input and the outputs of its succeeded steps.
+	Input   json.RawMessage
+	Outputs map[string]json.RawMessage
+}
+
+// StartAttempt claims the step for this worker: compare-and-set QUEUED/RETRYING -> RUNNING with the
+// attempt number from the task, so a duplicate delivery cannot start it twice (ErrStale).
+func (o *Orchestrator) StartAttempt(ctx context.Context, t *Target, workerID string) (*Attempt, error) {
+	var a *Attempt
+	p := t.Payload
+	err := o.withJob(ctx, p.JobID, func(u *unit) error {
+		s := u.byName[p.Step]
+		if u.job.Status.Terminal() || s == nil || !s.Status.Waiting() || s.Run != p.Run || s.Attempts != p.Attempt-1 {
+			return ErrStale
+		}
+		s.Attempts++
+		exp := u.now.Add(o.cfg.StepLeaseTTL)
+		s.LeaseOwner, s.LeaseExpiresAt = workerID, &exp
+		s.NextAttemptAt = nil
+		if s.StartedAt == nil {
+			s.StartedAt = nowPtr(u.now)
+		}
+		u.setStep(s, store.StepRunning, "", "")
+		if u.job.Status == store.JobPending {
+			u.setJob(store.JobRunning, "", "")
+		}
+		if err := u.tx.UpsertAttempt(u.ctx, &store.Attempt{
+			JobID: p.JobID, Step: p.Step, Run: p.Run, Attempt: s.Attempts, WorkerID: workerID,
+			Status: store.AttemptRunning, StartedAt: u.now,
+		}); err != nil {
+			return err
+		}
+		outs := map[string]json.RawMessage{}
+		for _, other := range u.steps {
+			if other.Status == store.StepSucceeded {
+				outs[other.Name] = other.Output
+			}
+		}
+		a = &Attempt{Target: *t, WorkerID: workerID, StartedAt: u.now, Input: u.job.Input, Outputs: outs}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// owns reports whether the attempt still owns step s.
+func (a *Attempt) owns(s *store.Step) bool {
+	return s != nil && s.Status == store.StepRunning && s.Run == a.Payload.Run &&
+		s.Attempts == a.Payload.Attempt && s.LeaseOwner == a.WorkerID
+}
+
+// Heartbeat extends the attempt's lease; ErrFenced means the attempt lost the step (reclaimed after
+// its lease expired, or the job was cancelled) and its call must be abandoned.
+func (o *Orchestrator) Heartbeat(ctx context.Context, a *Attempt) error {
+	return o.withJob(ctx, a.Payload.JobID, func(u *unit) error {
+		s := u.byName[a.Payload.Step]
+		if !a.owns(s) || u.job.Status.Terminal() {
+			return ErrFenced
+		}
+		exp := u.now.Add(o.cfg.StepLeaseTTL)
+		s.LeaseExpiresAt = &exp
+		u.dirty[s.Name] = true
+		return nil
+	})
+}
+
+// Outcome is the result of one attempt.
+type Outcome struct {
+	Output     json.RawMessage // on success
+	Err        error           // nil on success
+	Retryable  bool
+	RetryAfter time.Duration // server-requested delay before the next attempt (0: use backoff)
+	ErrorClass string
+	HTTPStatus int
+	// Interrupted means the worker is shutting down: the step goes back to its queue and the attempt
+	// does not count against the retry budget.
+	Interrupted bool
+}
+
+// FinishAttempt records the attempt's outcome and moves the DAG on. ErrFenced means the result came
+// too late (the step was reclaimed, cancelled or finished by someone else) and was not recorded.
+func (o *Orchestrator) FinishAttempt(ctx context.Context, a *Attempt, out Outcome) error {
+	p := a.Payload
+	err := o.withJob(ctx, p.JobID, func(u *unit) error {
+		s := u.byName[p.Step]
+		rec := &store.Attempt{
+			JobID: p.JobID, Step: p.Step, Run: p.Run, Attempt: p.Attempt, WorkerID: a.WorkerID,
+			StartedAt: a.StartedAt, FinishedAt: nowPtr(u.now), HTTPStatus: out.HTTPStatus, ErrorClass: out.ErrorClass,
+		}
+		if out.Err != nil {
+			rec.Error = out.Err.Error()
+		}
+		if !a.owns(s) {
+			// Fenced: keep the late attempt's record for the history, change nothing else.
+			rec.Status = store.AttemptLost
+			if u.job.Status == store.JobCancelled {
+				rec.Status = store.AttemptCancelled
+			}
+			if err := u.tx.UpsertAttempt(u.ctx, rec); err != nil {
+				return err
+			}
+			return ErrFenced
+		}
+		switch {
+		case out.Err == nil:
+			rec.Status = store.AttemptSucceeded
+			s.Output = out.Output
+			if len(s.Output) == 0 {
+				s.Output = json.RawMessage("null")
+			}
+			s.Error, s.ErrorClass = "", ""
+			u.setStep(s, store.StepSucceeded, "", "")
+			u.advance()
+		case out.Interrupted:
+			rec.Status = store.AttemptInterrupted
+			s.Lost++
+			u.enqueue(s, nil, "", "worker shutting down")
+		default:
+			rec.Status = store.AttemptFailed
+			msg := out.Err.Error()
+			s.Error, s.ErrorClass = msg, out.ErrorClass
+			failures := s.Attempts - s.Lost
+			if out.Retryable && failures < a.Step.Retry.MaxAttempts {
+				delay := backoff.Exponential(failures, a.Step.Retry.InitialBackoff, a.Step.Retry.MaxBackoff, o.cfg.Rand)
+				if out.RetryAfter > delay {
+					delay = out.RetryAfter
+				}
+				at := u.now.Add(delay)
+				u.enqueue(s, &at, msg, fmt.Sprintf("retry in %s", delay.Round(time.Millisecond)))
+			} else {
+				reason := "not retryable"
+				if out.Retryable {
+					reason = fmt.Sprintf("%d attempts exhausted", failures)
+				}
+				u.setStep(s, store.StepFailed, msg, reason)
+				u.advance()
+			}
+		}
+		return u.tx.UpsertAttempt(u.ctx, rec)
+	})
+	return err
+}

@@ -1,0 +1,367 @@
+package orchestrator
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/cao-run/cao/pkg/registry"
+	"github.com/cao-run/cao/pkg/schema"
+	"github.com/cao-run/cao/pkg/store"
+)
+
+// CreateRequest asks for a new job.
+type CreateRequest struct {
+	Feature        string
+	Input          json.RawMessage // a JSON object; empty means {}
+	IdempotencyKey string          // optional
+}
+
+// JobView is a job with its steps and their attempts, as returned by the API.
+type JobView struct {
+	Job      store.Job
+	Steps    []store.Step
+	Attempts []store.Attempt
+}
+
+// CreateJob validates the input against the feature, stores the job, its steps and the tasks of its
+// root steps in one transaction. With an idempotency key, a repeat of the same request returns the
+// original job (created=false).
+func (o *Orchestrator) CreateJob(ctx context.Context, req CreateRequest) (view *JobView, created bool, err error) {
+	f, ok := o.reg.Feature(req.Feature)
+	if !ok {
+		return nil, false, fmt.Errorf("%w: %q", ErrFeatureNotFound, req.Feature)
+	}
+	input, err := o.checkInput(f, req.Input)
+	if err != nil {
+		return nil, false, err
+	}
+	if req.IdempotencyKey == "" {
+		v, err := o.insertJob(ctx, f, input, "")
+		return v, err == nil, err
+	}
+	hash := requestHash(req.Feature, input)
+	for range 3 {
+		existing, err := o.reserveKey(ctx, req.IdempotencyKey, hash)
+		if err != nil {
+			return nil, false, err
+		}
+		if existing == nil {
+			v, err := o.insertJob(ctx, f, input, req.IdempotencyKey)
+			if err != nil {
+				o.releaseKey(ctx, req.IdempotencyKey)
+				return nil, false, err
+			}
+			return v, true, nil
+		}
+		if existing.RequestHash != hash {
+			return nil, false, ErrIdempotencyMismatch
+		}
+		if existing.JobID == "" {
+			if o.now().Sub(existing.CreatedAt) < o.cfg.IdempotencyAbandonAfter {
+				return nil, false, ErrIdempotencyInFlight
+			}
+			// The first request died before creating its job: take the key over.
+			o.releaseKey(ctx, req.IdempotencyKey)
+			continue
+		}
+		v, err := o.GetJob(ctx, existing.JobID)
+		if errors.Is(err, ErrJobNotFound) {
+			o.releaseKey(ctx, req.IdempotencyKey)
+			continue
+		}
+		return v, false, err
+	}
+	return nil, false, ErrIdempotencyInFlight
+}
+
+// reserveKey stores the key for a first request (returning nil) or returns the live record.
+func (o *Orchestrator) reserveKey(ctx context.Context, key, hash string) (*store.IdempotencyRecord, error) {
+	now := o.now()
+	var existing *store.IdempotencyRecord
+	err := o.store.Tx(ctx, func(tx store.Tx) error {
+		existing = nil
+		err := tx.InsertIdempotencyKey(ctx, &store.IdempotencyRecord{
+			Key: key, RequestHash: hash, CreatedAt: now, ExpiresAt: now.Add(o.cfg.IdempotencyTTL),
+		})
+		if err == nil || !errors.Is(err, store.ErrDuplicate) {
+			return err
+		}
+		return errDuplicateKey
+	})
+	if errors.Is(err, errDuplicateKey) {
+		rec, gerr := o.store.GetIdempotencyKey(ctx, key)
+		if errors.Is(gerr, store.ErrNotFound) {
+			return o.reserveKey(ctx, key, hash)
+		}
+		if gerr != nil {
+			return nil, gerr
+		}
+		if rec.ExpiresAt.Before(now) {
+			o.releaseKey(ctx, key)
+			return o.reserveKey(ctx, key, hash)
+		}
+		existing = rec
+		return existing, nil
+	}
+	return nil, err
+}
+
+var errDuplicateKey = errors.New("duplicate idempotency key")
+
+func (o *Orchestrator) releaseKey(ctx context.Context, key string) {
+	err := o.store.Tx(context.WithoutCancel(ctx), func(tx store.Tx) error {
+		return tx.DeleteIdempotencyKey(ctx, key)
+	})
+	if err != nil {
+		o.cfg.Logger.Warn("release idempotency key", "err", err)
+	}
+}
+
+func requestHash(feature string, input json.RawMessage) string {
+	h := sha256.New()
+	h.Write([]byte(feature))
+	h.Write([]byte{0})
+	h.Write(input)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// checkInput parses and validates input against the feature's schema; it returns the canonical JSON.
+func (o *Orchestrator) checkInput(f *registry.Feature, raw json.RawMessage) (json.RawMessage, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
+		raw = json.RawMessage("{}")
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, &InputError{Fields: []schema.FieldError{{Field: "$", Message: "must be valid JSON: " + err.Error()}}}
+	}
+	if _, ok := v.(map[string]any); !ok {
+		return nil, &InputError{Fields: []schema.FieldError{{Field: "$", Message: "must be an object"}}}
+	}
+	if f.Input != nil {
+		if errs := f.Input.Validate(v); len(errs) > 0 {
+			return nil, &InputError{Fields: errs}
+		}
+	}
+	canon, err := json.Marshal(v)
+	if err != nil {
+		return nil, &InputError{Fields: []schema.FieldError{{Field: "$", Message: err.Error()}}}
+	}
+	return canon, nil
+}
+
+func (o *Orchestrator) insertJob(ctx context.Context, f *registry.Feature, input json.RawMessage, key string) (*JobView, error) {
+	now := o.now()
+	job := &store.Job{
+		ID: uuid.NewString(), FeatureName: f.Name, Status: store.JobPending, Input: input, InputVersion: 1,
+		IdempotencyKey: key, CreatedAt: now, UpdatedAt: now,
+	}
+	steps := make([]store.Step, len(f.Steps))
+	for i, sd := range f.Steps {
+		steps[i] = store.Step{
+			JobID: job.ID, Name: sd.Name, Position: i, Service: sd.Service, Queue: sd.Queue,
+			Needs: slices.Clone(sd.Needs), Status: store.StepPending, Run: 1, CreatedAt: now, UpdatedAt: now,
+		}
+		if steps[i].Needs == nil {
+			steps[i].Needs = []string{}
+		}
+	}
+	var committed *unit
+	err := o.store.Tx(ctx, func(tx store.Tx) error {
+		if err := tx.InsertJob(ctx, job); err != nil {
+			return fmt.Errorf("insert job: %w", err)
+		}
+		if err := tx.InsertSteps(ctx, steps); err != nil {
+			return fmt.Errorf("insert steps: %w", err)
+		}
+		if err := tx.InsertJobInput(ctx, &store.JobInput{JobID: job.ID, Version: 1, Input: input, CreatedAt: now}); err != nil {
+			return fmt.Errorf("insert job input: %w", err)
+		}
+		if key != "" {
+			rec, err := tx.GetIdempotencyKey(ctx, key)
+			if err != nil {
+				return fmt.Errorf("idempotency key: %w", err)
+			}
+			rec.JobID = job.ID
+			if err := tx.UpdateIdempotencyKey(ctx, rec); err != nil {
+				return fmt.Errorf("idempotency key: %w", err)
+			}
+		}
+		u := o.newUnit(ctx, tx, job, steps)
+		u.setJob(store.JobPending, "", "created")
+		u.advance()
+		if err := u.flush(); err != nil {
+			return err
+		}
+		committed = u
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	o.afterCommit(ctx, committed)
+	return o.GetJob(ctx, job.ID)
+}
+
+// GetJob returns the job with its steps and attempts.
+func (o *Orchestrator) GetJob(ctx context.Context, id string) (*JobView, error) {
+	job, err := o.store.GetJob(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, ErrJobNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	steps, err := o.store.GetSteps(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	attempts, err := o.store.GetAttempts(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return &JobView{Job: *job, Steps: steps, Attempts: attempts}, nil
+}
+
+// ListJobs returns a page of jobs, newest first, and the cursor of the next page (nil at the end).
+func (o *Orchestrator) ListJobs(ctx context.Context, f store.JobFilter) ([]store.Job, *store.Cursor, error) {
+	if f.Limit <= 0 {
+		f.Limit = 50
+	}
+	want := f.Limit
+	f.Limit = want + 1
+	jobs, err := o.store.ListJobs(ctx, f)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(jobs) <= want {
+		return jobs, nil, nil
+	}
+	jobs = jobs[:want]
+	last := jobs[want-1]
+	return jobs, &store.Cursor{CreatedAt: last.CreatedAt, ID: last.ID}, nil
+}
+
+// Events returns the job's events after afterSeq (ErrJobNotFound if the job does not exist).
+func (o *Orchestrator) Events(ctx context.Context, jobID string, afterSeq int64, limit int) ([]store.Event, error) {
+	if _, err := o.store.GetJob(ctx, jobID); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, ErrJobNotFound
+		}
+		return nil, err
+	}
+	if limit <= 0 || limit > 10000 {
+		limit = 10000
+	}
+	return o.store.ListEvents(ctx, jobID, afterSeq, limit)
+}
+
+// ResumeRequest asks to re-run a failed, cancelled or stuck job.
+type ResumeRequest struct {
+	FromStep string          // optional: re-run this step and everything downstream of it
+	Input    json.RawMessage // optional: replaces the input for re-executed steps
+}
+
+// Resume re-runs the job's failed, skipped, cancelled and stuck steps (and, with FromStep, that step
+// and its downstream steps) in a new run each; SUCCEEDED steps outside that set are kept.
+func (o *Orchestrator) Resume(ctx context.Context, id string, req ResumeRequest) (*JobView, error) {
+	err := o.withJob(ctx, id, func(u *unit) error {
+		if u.feature == nil {
+			return fmt.Errorf("%w: %q is no longer registered", ErrFeatureNotFound, u.job.FeatureName)
+		}
+		switch {
+		case u.job.Status == store.JobCompleted:
+			return fmt.Errorf("%w: job is COMPLETED", ErrNotResumable)
+		case !u.job.Status.Terminal() && u.job.StuckAt == nil:
+			return fmt.Errorf("%w: job is %s and not stuck", ErrNotResumable, u.job.Status)
+		}
+		rerun := map[string]bool{}
+		if req.FromStep != "" {
+			if _, ok := u.byName[req.FromStep]; !ok {
+				return fmt.Errorf("%w: %q", ErrStepNotFound, req.FromStep)
+			}
+			rerun[req.FromStep] = true
+			for _, d := range u.feature.Downstream(req.FromStep) {
+				rerun[d] = true
+			}
+		}
+		if len(bytes.TrimSpace(req.Input)) > 0 {
+			input, err := u.o.checkInput(u.feature, req.Input)
+			if err != nil {
+				return err
+			}
+			u.job.Input = input
+			u.job.InputVersion++
+			if err := u.tx.InsertJobInput(u.ctx, &store.JobInput{JobID: id, Version: u.job.InputVersion, Input: input, CreatedAt: u.now}); err != nil {
+				return err
+			}
+		}
+		for _, s := range u.steps {
+			if s.Status == store.StepSucceeded && !rerun[s.Name] {
+				continue
+			}
+			s.Run++
+			s.Attempts, s.Lost = 0, 0
+			s.Output, s.Error, s.ErrorClass = nil, "", ""
+			s.StartedAt, s.FinishedAt, s.NextAttemptAt = nil, nil, nil
+			s.LeaseOwner, s.LeaseExpiresAt = "", nil
+			u.setStep(s, store.StepPending, "", "resumed")
+			s.FinishedAt = nil
+		}
+		u.job.Output = nil
+		u.job.StuckAt, u.job.StuckReason = nil, ""
+		u.setJob(store.JobPending, "", "resumed")
+		u.advance()
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return o.GetJob(ctx, id)
+}
+
+// Cancel ends a job: waiting and running steps become CANCELLED (running calls are cancelled by their
+// workers when they see the job's CANCELLED event or lose their lease) and the job ends CANCELLED.
+func (o *Orchestrator) Cancel(ctx context.Context, id string) (*JobView, error) {
+	err := o.withJob(ctx, id, func(u *unit) error {
+		if u.job.Status.Terminal() {
+			return fmt.Errorf("%w: job is %s", ErrAlreadyTerminal, u.job.Status)
+		}
+		for _, s := range u.steps {
+			if !s.Status.Terminal() {
+				u.setStep(s, store.StepCancelled, "", "job cancelled")
+			}
+		}
+		u.setJob(store.JobCancelled, "", "cancelled by request")
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return o.GetJob(ctx, id)
+}
+
+// nowPtr returns a pointer to t.
+func nowPtr(t time.Time) *time.Time { return &t }
+
+// ExpireIdempotencyKeys deletes Idempotency-Keys past their retention and returns how many.
+func (o *Orchestrator) ExpireIdempotencyKeys(ctx context.Context) (int64, error) {
+	var n int64
+	err := o.store.Tx(ctx, func(tx store.Tx) error {
+		var err error
+		n, err = tx.DeleteExpiredIdempotencyKeys(ctx, o.now())
+		return err
+	})
+	return n, err
+}

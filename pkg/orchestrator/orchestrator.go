@@ -1,0 +1,153 @@
+// Package orchestrator is CAO's core: it creates jobs, moves jobs and steps through their states with
+// compare-and-set transactions, decides what runs next in each feature's DAG, and records every change
+// as an event and every task it implies in the outbox, in the same transaction.
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/cao-run/cao/pkg/events"
+	"github.com/cao-run/cao/pkg/registry"
+	"github.com/cao-run/cao/pkg/schema"
+	"github.com/cao-run/cao/pkg/store"
+)
+
+// Domain errors; the API maps them to HTTP statuses in one place.
+var (
+	// ErrFeatureNotFound means the feature is not in the registry.
+	ErrFeatureNotFound = errors.New("feature not found")
+	// ErrJobNotFound means no job has that id.
+	ErrJobNotFound = errors.New("job not found")
+	// ErrNotResumable means the job is completed, or running and not stuck.
+	ErrNotResumable = errors.New("job not resumable")
+	// ErrAlreadyTerminal means the job already ended.
+	ErrAlreadyTerminal = errors.New("job already terminal")
+	// ErrStepNotFound means a step name given by the client is not part of the job's feature.
+	ErrStepNotFound = errors.New("step not found")
+	// ErrIdempotencyInFlight means a request with the same Idempotency-Key is still being processed.
+	ErrIdempotencyInFlight = errors.New("idempotency key in flight")
+	// ErrIdempotencyMismatch means the Idempotency-Key was used before with another request body.
+	ErrIdempotencyMismatch = errors.New("idempotency key reused with a different request")
+	// ErrStale means a task no longer matches the step's state (duplicate or late delivery): acknowledge it.
+	ErrStale = errors.New("stale task")
+	// ErrFenced means an attempt's result or heartbeat was rejected because the attempt no longer owns
+	// the step (it was reclaimed, cancelled or already finished).
+	ErrFenced = errors.New("attempt fenced")
+)
+
+// InputError lists what is wrong with a job's input_data.
+type InputError struct {
+	Fields []schema.FieldError
+}
+
+func (e *InputError) Error() string {
+	if len(e.Fields) == 0 {
+		return "invalid input"
+	}
+	f := e.Fields[0]
+	return fmt.Sprintf("invalid input: %s %s", f.Field, f.Message)
+}
+
+// Config holds the orchestrator's tunables; zero values take the documented defaults.
+type Config struct {
+	// StepLeaseTTL is how long a RUNNING step's heartbeat lease lasts; a worker renews it about every
+	// third of it, and a step whose lease expired is re-run. Default 10s.
+	StepLeaseTTL time.Duration
+	// MaxLostAttempts is how many attempts of one run may be lost to dead workers before the step fails
+	// (protects against a step that crashes every worker). Default 5.
+	MaxLostAttempts int
+	// StuckJobAfter is how long a job may go without progress (no step running on a live lease and no
+	// state change) before it is reported stuck and recovered. Default 5m.
+	StuckJobAfter time.Duration
+	// FailStuckAfter is how long a job may stay stuck after recovery before it is failed. Default 15m.
+	FailStuckAfter time.Duration
+	// IdempotencyTTL is how long POST /jobs Idempotency-Keys are remembered. Default 24h.
+	IdempotencyTTL time.Duration
+	// IdempotencyAbandonAfter is when a key whose first request never finished may be taken over. Default 1m.
+	IdempotencyAbandonAfter time.Duration
+	// Now is the clock (tests). Default time.Now.
+	Now func() time.Time
+	// Rand returns a float in [0,1) for backoff jitter. Default math/rand/v2.
+	Rand func() float64
+	// Logger receives operational logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// WithDefaults returns c with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	if c.StepLeaseTTL <= 0 {
+		c.StepLeaseTTL = 10 * time.Second
+	}
+	if c.MaxLostAttempts <= 0 {
+		c.MaxLostAttempts = 5
+	}
+	if c.StuckJobAfter <= 0 {
+		c.StuckJobAfter = 5 * time.Minute
+	}
+	if c.FailStuckAfter <= 0 {
+		c.FailStuckAfter = 15 * time.Minute
+	}
+	if c.IdempotencyTTL <= 0 {
+		c.IdempotencyTTL = 24 * time.Hour
+	}
+	if c.IdempotencyAbandonAfter <= 0 {
+		c.IdempotencyAbandonAfter = time.Minute
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Float64
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Orchestrator owns every state transition of jobs and steps.
+type Orchestrator struct {
+	store store.Store
+	reg   *registry.Registry
+	pub   events.Publisher
+	cfg   Config
+	// notify wakes the outbox relay after a commit that added tasks.
+	notify func()
+}
+
+// New returns an orchestrator. pub may be nil (events are then only in the database); notify may be nil.
+func New(st store.Store, reg *registry.Registry, pub events.Publisher, notify func(), cfg Config) *Orchestrator {
+	if notify == nil {
+		notify = func() {}
+	}
+	return &Orchestrator{store: st, reg: reg, pub: pub, cfg: cfg.WithDefaults(), notify: notify}
+}
+
+// Registry returns the registry the orchestrator runs.
+func (o *Orchestrator) Registry() *registry.Registry { return o.reg }
+
+// Store returns the underlying store (for health checks and read paths).
+func (o *Orchestrator) Store() store.Store { return o.store }
+
+// Config returns the effective configuration.
+func (o *Orchestrator) Config() Config { return o.cfg }
+
+func (o *Orchestrator) now() time.Time { return o.cfg.Now().UTC().Truncate(time.Microsecond) }
+
+// publish sends committed events; failures are logged, readers recover from the event log.
+func (o *Orchestrator) publish(ctx context.Context, evs []store.Event) {
+	if o.pub == nil || len(evs) == 0 {
+		return
+	}
+	// The events are committed; publishing must not be skipped because the request was cancelled.
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if err := o.pub.Publish(pctx, evs); err != nil {
+		o.cfg.Logger.Warn("publish events", "job_id", evs[0].JobID, "err", err)
+	}
+}

@@ -1,0 +1,121 @@
+// Package registry loads and validates the services and features file (CAO_REGISTRY): which external
+// APIs exist, their limits and secrets, and which DAG of steps each feature runs.
+package registry
+
+import (
+	"time"
+
+	"github.com/cao-run/cao/pkg/render"
+	"github.com/cao-run/cao/pkg/schema"
+)
+
+// Service kinds.
+const (
+	KindHTTP = "http"
+	KindMock = "mock"
+)
+
+// Defaults applied by the loader where the file is silent.
+const (
+	DefaultTimeout          = 30 * time.Second
+	DefaultLeaseTTL         = 30 * time.Second
+	DefaultMaxAttempts      = 3
+	DefaultInitialBackoff   = time.Second
+	DefaultMaxBackoff       = time.Minute
+	DefaultQueue            = "default"
+	DefaultMaxResponseBytes = 1 << 20
+)
+
+// Registry is a loaded, validated registry file.
+type Registry struct {
+	Path     string              // the file it was loaded from
+	Services map[string]*Service // by name
+	Features map[string]*Feature // by name
+}
+
+// Service is one external API (or built-in mock) with its fleet-wide limits.
+type Service struct {
+	Name             string
+	Kind             string            // KindHTTP or KindMock
+	BaseURL          string            // absolute http(s) URL without a trailing slash; request paths are appended
+	Headers          map[string]string // may hold secrets: never log or return them
+	Timeout          time.Duration
+	MaxConcurrency   int // fleet-wide concurrent calls; 0 = unlimited
+	LeaseTTL         time.Duration
+	RateLimit        *RateLimit // nil: none
+	Retry            RetryPolicy
+	Health           *HealthProbe // nil: no probe
+	Mock             MockSpec     // for KindMock
+	MaxResponseBytes int64        // responses larger than this fail the step
+	// Secrets are the literal values that must be redacted from anything CAO logs, stores or returns:
+	// every header value and every ${VAR} expansion inside the service definition.
+	Secrets []string
+}
+
+// RateLimit is a fleet-wide request budget: Requests per Per.
+type RateLimit struct {
+	Requests int
+	Per      time.Duration
+}
+
+// RetryPolicy bounds the attempts of one run of a step; delays grow exponentially with full jitter.
+type RetryPolicy struct {
+	MaxAttempts    int
+	InitialBackoff time.Duration
+	MaxBackoff     time.Duration
+}
+
+// HealthProbe is an optional request used by /health/services.
+type HealthProbe struct {
+	Method string
+	Path   string
+}
+
+// MockSpec configures the built-in mock service kind (no network).
+type MockSpec struct {
+	Latency     time.Duration
+	FailTimes   int     // the first FailTimes attempts of each step run fail with a retryable error
+	FailureRate float64 // probability in [0,1] that an attempt fails with a retryable error
+	Output      any     // optional template value returned as the output; default echoes the request
+	// OutputTemplate is Output compiled at load time; nil when Output is nil.
+	OutputTemplate *render.Template
+}
+
+// Feature is a named DAG of steps.
+type Feature struct {
+	Name        string
+	Description string
+	Input       *schema.Schema // nil: any JSON object
+	Steps       []*Step        // in file order
+}
+
+// Step is one node of a feature's DAG, with its service settings merged with its own overrides.
+type Step struct {
+	Name    string
+	Service string
+	Queue   string
+	Needs   []string
+	// Request is the call to make. The loader fills it for every step of an http service (default: a
+	// POST of {} to "/"); it is nil for steps of mock services.
+	Request *Request
+	// Effective settings: the service's, overridden by the step's own.
+	Timeout time.Duration
+	Retry   RetryPolicy
+	Mock    MockSpec
+}
+
+// Request describes the HTTP call of a step; every string value inside Query, Headers and Body (and
+// Path) may be a template (see package render), compiled at load time.
+type Request struct {
+	Method  string
+	Path    string
+	Query   map[string]string
+	Headers map[string]string
+	Body    any // JSON-compatible value: map[string]any, []any, string, float64/int, bool, nil
+
+	// Compiled at load time from the fields above; render them with a render.Data map.
+	PathTemplate    *render.Template            // renders to a string
+	QueryTemplates  map[string]*render.Template // by query parameter name; each renders to a string
+	HeaderTemplates map[string]*render.Template // by header name; each renders to a string
+	BodyTemplate    *render.Template            // renders to the JSON body value; nil: send no body
+}

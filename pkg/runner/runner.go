@@ -1,0 +1,501 @@
+// Package runner is the worker side of CAO: an Asynq server that executes step tasks. For each task it
+// takes a lease on the service's fleet-wide semaphore (and rate budget), claims the step in the
+// database, calls the service while heart-beating both leases, and records the outcome.
+package runner
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cao-run/cao/pkg/backoff"
+	"github.com/cao-run/cao/pkg/caller"
+	"github.com/cao-run/cao/pkg/events"
+	"github.com/cao-run/cao/pkg/limiter"
+	"github.com/cao-run/cao/pkg/orchestrator"
+	"github.com/cao-run/cao/pkg/render"
+	"github.com/cao-run/cao/pkg/store"
+	"github.com/cao-run/cao/pkg/task"
+)
+
+// Config holds the runner's settings; zero values take the documented defaults.
+type Config struct {
+	// Queues maps queue names to priority weights. Default heavy=6, medium=3, default=1.
+	Queues map[string]int
+	// Concurrency is how many steps this process runs at once. Default 20.
+	Concurrency int
+	// WorkerID names this process in leases and attempt records. Default host-pid-random.
+	WorkerID string
+	// ShutdownGrace is how long Stop lets running steps finish before interrupting them (they go back
+	// to their queue without using an attempt). Default 30s.
+	ShutdownGrace time.Duration
+	// BusyDelay is the base delay before a step that found its service full (or out of rate budget)
+	// is tried again; it is jittered ±50%. Default 1s.
+	BusyDelay time.Duration
+	// PollInterval is how often Asynq moves due scheduled and retry tasks to their queues. Default 250ms.
+	PollInterval time.Duration
+	// Logger receives operational logs. Default slog.Default().
+	Logger *slog.Logger
+	// Hooks observe the runner (metrics, tests). Optional.
+	Hooks Hooks
+}
+
+// Hooks are optional callbacks fired by the runner.
+type Hooks struct {
+	// OnBusy is called when a step is requeued because its service is full or rate limited.
+	OnBusy func(service string)
+	// OnAttempt is called after an attempt finished, with its outcome.
+	OnAttempt func(service string, out orchestrator.Outcome, d time.Duration)
+}
+
+// WithDefaults returns c with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	if len(c.Queues) == 0 {
+		c.Queues = map[string]int{"heavy": 6, "medium": 3, "default": 1}
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 20
+	}
+	if c.WorkerID == "" {
+		host, _ := os.Hostname()
+		c.WorkerID = fmt.Sprintf("%s-%d-%04x", host, os.Getpid(), rand.IntN(1<<16))
+	}
+	if c.ShutdownGrace <= 0 {
+		c.ShutdownGrace = 30 * time.Second
+	}
+	if c.BusyDelay <= 0 {
+		c.BusyDelay = time.Second
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = 250 * time.Millisecond
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// errShutdown is the cancellation cause of calls interrupted by Stop.
+var errShutdown = errors.New("worker shutting down")
+
+// errJobCancelled is the cancellation cause of calls whose job was cancelled.
+var errJobCancelled = errors.New("job cancelled")
+
+// busyError asks Asynq to try the task again after delay without counting a failure.
+type busyError struct {
+	service string
+	delay   time.Duration
+	why     string
+}
+
+func (e *busyError) Error() string {
+	return fmt.Sprintf("service %s %s; retry in %s", e.service, e.why, e.delay)
+}
+
+// Runner executes step tasks.
+type Runner struct {
+	orch   *orchestrator.Orchestrator
+	rdb    redis.UniversalClient
+	sem    *limiter.Semaphore
+	rate   *limiter.RateLimiter
+	caller *caller.Caller
+	hub    *events.Hub
+	cfg    Config
+
+	mu       sync.Mutex
+	srv      *asynq.Server
+	runCtx   context.Context
+	stopRun  context.CancelCauseFunc
+	inflight map[string]map[*running]struct{} // by job id
+	wg       sync.WaitGroup
+	cancelSub *events.Subscription
+	subDone   chan struct{}
+}
+
+type running struct {
+	cancel context.CancelCauseFunc
+}
+
+// New returns a runner. hub may be nil (cancellation then reaches running calls through their
+// heartbeats only).
+func New(orch *orchestrator.Orchestrator, rdb redis.UniversalClient, sem *limiter.Semaphore, rate *limiter.RateLimiter,
+	c *caller.Caller, hub *events.Hub, cfg Config) *Runner {
+	return &Runner{
+		orch: orch, rdb: rdb, sem: sem, rate: rate, caller: c, hub: hub, cfg: cfg.WithDefaults(),
+		inflight: map[string]map[*running]struct{}{},
+	}
+}
+
+// WorkerID returns this runner's worker id.
+func (r *Runner) WorkerID() string { return r.cfg.WorkerID }
+
+// Start begins pulling tasks from the configured queues. Safe to call twice.
+func (r *Runner) Start(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.srv != nil {
+		return nil
+	}
+	if err := r.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("runner: redis: %w", err)
+	}
+	srv := asynq.NewServerFromRedisClient(r.rdb, asynq.Config{
+		Concurrency:              r.cfg.Concurrency,
+		Queues:                   r.cfg.Queues,
+		IsFailure:                isFailure,
+		RetryDelayFunc:           retryDelay,
+		ShutdownTimeout:          r.cfg.ShutdownGrace + 15*time.Second,
+		DelayedTaskCheckInterval: r.cfg.PollInterval,
+		Logger:                   asynqLogger{r.cfg.Logger},
+		LogLevel:                 asynq.WarnLevel,
+	})
+	// Calls outlive the start request; Stop cancels them after the grace period.
+	r.runCtx, r.stopRun = context.WithCancelCause(context.WithoutCancel(ctx))
+	if r.hub != nil {
+		r.cancelSub = r.hub.SubscribeAll(4096)
+		r.subDone = make(chan struct{})
+		go r.watchCancels(r.cancelSub)
+	}
+	mux := asynq.NewServeMux()
+	mux.HandleFunc(task.TypeStep, r.handle)
+	if err := srv.Start(mux); err != nil {
+		r.stopRun(err)
+		return fmt.Errorf("runner: start asynq server: %w", err)
+	}
+	r.srv = srv
+	r.cfg.Logger.Info("worker started", "worker_id", r.cfg.WorkerID, "queues", r.cfg.Queues, "concurrency", r.cfg.Concurrency)
+	return nil
+}
+
+// Stop stops intake, lets running steps finish within the grace period (or ctx), interrupts the rest
+// (they are put back without using an attempt) and shuts the Asynq server down. Safe to call twice.
+func (r *Runner) Stop(ctx context.Context) error {
+	r.mu.Lock()
+	srv := r.srv
+	r.srv = nil
+	r.mu.Unlock()
+	if srv == nil {
+		return nil
+	}
+	srv.Stop() // no new tasks
+	finished := make(chan struct{})
+	go func() { r.wg.Wait(); close(finished) }()
+	grace := time.NewTimer(r.cfg.ShutdownGrace)
+	defer grace.Stop()
+	select {
+	case <-finished:
+	case <-grace.C:
+	case <-ctx.Done():
+	}
+	r.stopRun(errShutdown)
+	select {
+	case <-finished:
+	case <-time.After(10 * time.Second):
+		r.cfg.Logger.Warn("steps still recording their outcome after shutdown")
+	}
+	srv.Shutdown()
+	if r.cancelSub != nil {
+		r.cancelSub.Close()
+		<-r.subDone
+	}
+	r.cfg.Logger.Info("worker stopped", "worker_id", r.cfg.WorkerID)
+	return nil
+}
+
+// watchCancels cancels running calls of jobs that get cancelled, wherever the cancel was requested.
+func (r *Runner) watchCancels(sub *events.Subscription) {
+	defer close(r.subDone)
+	for {
+		for m := range sub.C {
+			if m.Type == store.EventJob && m.Status == string(store.JobCancelled) {
+				r.cancelJob(m.JobID)
+			}
+		}
+		// Closed: either Stop, or the subscriber overflowed (heartbeats still fence); resubscribe.
+		if !sub.Overflowed() {
+			return
+		}
+		r.mu.Lock()
+		if r.srv == nil {
+			r.mu.Unlock()
+			return
+		}
+		sub = r.hub.SubscribeAll(4096)
+		r.cancelSub = sub
+		r.mu.Unlock()
+	}
+}
+
+func (r *Runner) cancelJob(jobID string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for run := range r.inflight[jobID] {
+		run.cancel(errJobCancelled)
+	}
+}
+
+func (r *Runner) track(jobID string, run *running) func() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.inflight[jobID]
+	if m == nil {
+		m = map[*running]struct{}{}
+		r.inflight[jobID] = m
+	}
+	m[run] = struct{}{}
+	return func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		delete(m, run)
+		if len(m) == 0 {
+			delete(r.inflight, jobID)
+		}
+	}
+}
+
+func isFailure(err error) bool {
+	var b *busyError
+	return !errors.As(err, &b)
+}
+
+func retryDelay(n int, err error, t *asynq.Task) time.Duration {
+	var b *busyError
+	if errors.As(err, &b) {
+		return b.delay
+	}
+	return asynq.DefaultRetryDelayFunc(n, err, t)
+}
+
+// handle runs one step task. Returning nil acknowledges it; a busyError requeues it without counting
+// a failure; other errors (database or Redis unreachable) let Asynq retry it later.
+func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
+	p, err := task.ParseStepPayload(t.Payload())
+	if err != nil {
+		r.cfg.Logger.Error("drop malformed step task", "err", err)
+		return fmt.Errorf("%w: %v", asynq.SkipRetry, err)
+	}
+	r.wg.Add(1)
+	defer r.wg.Done()
+	log := r.cfg.Logger.With("job_id", p.JobID, "step", p.Step, "run", p.Run, "attempt", p.Attempt)
+
+	target, err := r.orch.Prepare(ctx, p)
+	if errors.Is(err, orchestrator.ErrStale) {
+		log.Debug("stale step task acknowledged", "reason", err)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	svc := target.Service
+
+	lease, err := r.sem.Acquire(ctx, svc.Name, svc.MaxConcurrency, svc.LeaseTTL, target.WaiterID())
+	if errors.Is(err, limiter.ErrFull) {
+		return r.busy(svc.Name, "is at max_concurrency", 0)
+	}
+	if err != nil {
+		return err
+	}
+	held := true
+	release := func() {
+		if !held {
+			return
+		}
+		held = false
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := r.sem.Release(rctx, lease); err != nil && !errors.Is(err, limiter.ErrLeaseLost) {
+			log.Warn("release lease", "err", err)
+		}
+	}
+	defer release()
+
+	if rl := svc.RateLimit; rl != nil {
+		ok, wait, err := r.rate.Allow(ctx, svc.Name, rl.Requests, rl.Per)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			release()
+			return r.busy(svc.Name, "is out of rate budget", wait)
+		}
+	}
+
+	a, err := r.orch.StartAttempt(ctx, target, r.cfg.WorkerID)
+	if errors.Is(err, orchestrator.ErrStale) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	out, dur := r.execute(ctx, a, lease)
+	// Record even if the task's context ended: the outcome is what matters now.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	err = r.orch.FinishAttempt(rctx, a, out)
+	if r.cfg.Hooks.OnAttempt != nil {
+		r.cfg.Hooks.OnAttempt(svc.Name, out, dur)
+	}
+	switch {
+	case errors.Is(err, orchestrator.ErrFenced):
+		log.Info("late result rejected: the attempt no longer owns the step")
+		return nil
+	case err != nil:
+		// The database did not take the result; the step's lease will expire and it is re-run in the
+		// same run (same Idempotency-Key), so nothing is lost.
+		log.Error("record outcome", "err", err)
+		return nil
+	}
+	return nil
+}
+
+func (r *Runner) busy(service, why string, wait time.Duration) error {
+	if r.cfg.Hooks.OnBusy != nil {
+		r.cfg.Hooks.OnBusy(service)
+	}
+	d := backoff.Jitter(r.cfg.BusyDelay, 0.5, rand.Float64)
+	if wait > d {
+		d = wait + backoff.Jitter(100*time.Millisecond, 1, rand.Float64)
+	}
+	return &busyError{service: service, delay: d, why: why}
+}
+
+// execute calls the service while keeping both leases alive; losing either cancels the call.
+func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, lease limiter.Lease) (orchestrator.Outcome, time.Duration) {
+	callCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stopMerge := context.AfterFunc(r.runCtx, func() { cancel(context.Cause(r.runCtx)) })
+	defer stopMerge()
+	untrack := r.track(a.Payload.JobID, &running{cancel: cancel})
+	defer untrack()
+
+	hbDone := make(chan struct{})
+	hbStopped := make(chan struct{})
+	go func() {
+		defer close(hbStopped)
+		r.heartbeat(callCtx, a, lease, cancel, hbDone)
+	}()
+	defer func() { close(hbDone); <-hbStopped }()
+
+	data, err := templateData(a)
+	if err != nil {
+		return orchestrator.Outcome{Err: err, ErrorClass: "template"}, 0
+	}
+	start := time.Now()
+	res, err := r.caller.Call(callCtx, caller.Call{
+		JobID: a.Payload.JobID, Step: a.Step, Service: a.Service, Run: a.Payload.Run, Attempt: a.Payload.Attempt,
+		IdempotencyKey: task.IdempotencyKey(a.Payload.JobID, a.Payload.Step, a.Payload.Run), Data: data,
+	})
+	dur := time.Since(start)
+	if err == nil {
+		return orchestrator.Outcome{Output: res.Output, HTTPStatus: res.HTTPStatus}, dur
+	}
+	out := orchestrator.Outcome{Err: err, ErrorClass: "internal"}
+	var ce *caller.Error
+	if errors.As(err, &ce) {
+		out.ErrorClass, out.Retryable, out.RetryAfter, out.HTTPStatus = ce.Class, ce.Retryable, ce.RetryAfter, ce.HTTPStatus
+	}
+	if cause := context.Cause(callCtx); callCtx.Err() != nil && errors.Is(cause, errShutdown) {
+		out.Interrupted = true
+	}
+	return out, dur
+}
+
+// heartbeat renews the step's database lease and the service semaphore lease about every third of
+// their TTLs; if either is lost (or cannot be renewed before it expires) the call is cancelled.
+func (r *Runner) heartbeat(ctx context.Context, a *orchestrator.Attempt, lease limiter.Lease, cancel context.CancelCauseFunc, done <-chan struct{}) {
+	stepTTL := r.orch.Config().StepLeaseTTL
+	semTTL := a.Service.LeaseTTL
+	interval := min(stepTTL/3, semTTL/3)
+	if lease.Token == 0 {
+		interval = stepTTL / 3
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	stepOK, semOK := time.Now(), time.Now()
+	for {
+		select {
+		case <-done:
+			return
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		now := time.Now()
+		// A process that was stopped (SIGSTOP, GC pause, VM freeze) must not act on a lease that may
+		// already belong to someone else: give up before sending anything more.
+		if now.Sub(stepOK) >= stepTTL || (lease.Token != 0 && now.Sub(semOK) >= semTTL) {
+			cancel(fmt.Errorf("%w: lease expired before it could be renewed", limiter.ErrLeaseLost))
+			return
+		}
+		hctx, hcancel := context.WithTimeout(ctx, interval)
+		err := r.orch.Heartbeat(hctx, a)
+		hcancel()
+		switch {
+		case errors.Is(err, orchestrator.ErrFenced):
+			cancel(fmt.Errorf("%w: step reclaimed or cancelled", limiter.ErrLeaseLost))
+			return
+		case err == nil:
+			stepOK = now
+		}
+		if lease.Token != 0 {
+			hctx, hcancel := context.WithTimeout(ctx, interval)
+			nl, err := r.sem.Renew(hctx, lease, semTTL)
+			hcancel()
+			switch {
+			case errors.Is(err, limiter.ErrLeaseLost):
+				cancel(fmt.Errorf("%w: service slot lost", limiter.ErrLeaseLost))
+				return
+			case err == nil:
+				lease, semOK = nl, now
+			}
+		}
+	}
+}
+
+// templateData builds the template data of an attempt: input, outputs of succeeded steps, ids.
+func templateData(a *orchestrator.Attempt) (render.Data, error) {
+	d := render.Data{JobID: a.Payload.JobID, StepName: a.Payload.Step, Attempt: a.Payload.Attempt, Run: a.Payload.Run,
+		Steps: make(map[string]any, len(a.Outputs))}
+	var err error
+	if d.Input, err = decode(a.Input); err != nil {
+		return d, fmt.Errorf("decode job input: %w", err)
+	}
+	for name, out := range a.Outputs {
+		v, err := decode(out)
+		if err != nil {
+			return d, fmt.Errorf("decode output of step %s: %w", name, err)
+		}
+		d.Steps[name] = v
+	}
+	return d, nil
+}
+
+func decode(b json.RawMessage) (any, error) {
+	if len(b) == 0 {
+		return nil, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var v any
+	err := dec.Decode(&v)
+	return v, err
+}
+
+// asynqLogger adapts slog to Asynq's logger interface.
+type asynqLogger struct{ l *slog.Logger }
+
+func (a asynqLogger) Debug(args ...any) { a.l.Debug(fmt.Sprint(args...)) }
+func (a asynqLogger) Info(args ...any)  { a.l.Info(fmt.Sprint(args...)) }
+func (a asynqLogger) Warn(args ...any)  { a.l.Warn(fmt.Sprint(args...)) }
+func (a asynqLogger) Error(args ...any) { a.l.Error(fmt.Sprint(args...)) }
+func (a asynqLogger) Fatal(args ...any) { a.l.Error(fmt.Sprint(args...)); os.Exit(1) }

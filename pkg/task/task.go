@@ -1,0 +1,58 @@
+// Package task is the contract between the API, the relay and the workers: the Asynq task types CAO
+// enqueues, their payloads and their deterministic task ids.
+package task
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// TypeStep is the Asynq task type that runs one attempt of one step.
+const TypeStep = "cao:step"
+
+// StepPayload names the attempt a step task is for. A task whose (Run, Attempt) no longer matches the
+// step's state in the database is stale and acknowledged without effect.
+type StepPayload struct {
+	JobID   string `json:"job_id"`
+	Step    string `json:"step"`
+	Run     int    `json:"run"`
+	Attempt int    `json:"attempt"`
+}
+
+// Marshal encodes the payload.
+func (p StepPayload) Marshal() []byte {
+	b, _ := json.Marshal(p) // cannot fail: plain strings and ints
+	return b
+}
+
+// ParseStepPayload decodes and checks a step task payload.
+func ParseStepPayload(b []byte) (StepPayload, error) {
+	var p StepPayload
+	if err := json.Unmarshal(b, &p); err != nil {
+		return p, fmt.Errorf("decode step payload: %w", err)
+	}
+	if p.JobID == "" || p.Step == "" || p.Run < 1 || p.Attempt < 1 {
+		return p, fmt.Errorf("invalid step payload %s", b)
+	}
+	return p, nil
+}
+
+// TaskID is the deterministic Asynq task id of this attempt: enqueueing it twice is harmless.
+func (p StepPayload) TaskID() string {
+	return "step:" + p.JobID + ":" + strconv.Itoa(p.Run) + ":" + strconv.Itoa(p.Attempt) + ":" + p.Step
+}
+
+// IdempotencyKey is the key sent to the service for every attempt of this run.
+func IdempotencyKey(jobID, step string, run int) string {
+	return jobID + "/" + step + "/" + strconv.Itoa(run)
+}
+
+// ValidQueueName reports whether q can be used as an Asynq queue name.
+func ValidQueueName(q string) bool {
+	if q == "" || len(q) > 100 {
+		return false
+	}
+	return !strings.ContainsAny(q, " \t\r\n{}:")
+}

@@ -1,0 +1,64 @@
+// Command cao-worker runs CAO steps: an Asynq server over the weighted queues of CAO_WORKER_QUEUES
+// that calls the registered services under their fleet-wide limits. Run as many as you like.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/cao-run/cao/pkg/config"
+	"github.com/cao-run/cao/pkg/node"
+	"github.com/cao-run/cao/pkg/runner"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "cao-worker:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("cao-worker takes no arguments (configure it with CAO_* environment variables), got %q", args)
+	}
+	cfg, err := config.FromEnv()
+	if err != nil {
+		return err
+	}
+	log := cfg.Logger()
+	host, _ := os.Hostname()
+	id := fmt.Sprintf("worker-%s-%d", host, os.Getpid())
+	n, err := node.Open(ctx, cfg, log, id)
+	if err != nil {
+		return err
+	}
+	return Serve(ctx, n, runner.Config{Queues: cfg.WorkerQueues, Concurrency: cfg.WorkerConcurrency, ShutdownGrace: cfg.ShutdownGrace})
+}
+
+// Serve runs the node and a runner until ctx ends, then drains: stop intake, let running steps finish
+// within the grace period, put the rest back, stop the node.
+func Serve(ctx context.Context, n *node.Node, rc runner.Config) error {
+	if err := n.Start(ctx); err != nil {
+		_ = n.Stop(context.Background())
+		return err
+	}
+	r := n.NewRunner(rc)
+	if err := r.Start(ctx); err != nil {
+		_ = n.Stop(context.Background())
+		return err
+	}
+	<-ctx.Done()
+	n.Logger.Info("worker shutting down")
+	stopCtx := context.Background()
+	err := r.Stop(stopCtx)
+	if nerr := n.Stop(stopCtx); err == nil {
+		err = nerr
+	}
+	return err
+}
