@@ -112,12 +112,12 @@ type Runner struct {
 	hub    *events.Hub
 	cfg    Config
 
-	mu       sync.Mutex
-	srv      *asynq.Server
-	runCtx   context.Context
-	stopRun  context.CancelCauseFunc
-	inflight map[string]map[*running]struct{} // by job id
-	wg       sync.WaitGroup
+	mu        sync.Mutex
+	srv       *asynq.Server
+	runCtx    context.Context
+	stopRun   context.CancelCauseFunc
+	inflight  map[string]map[*running]struct{} // by job id
+	wg        sync.WaitGroup
 	cancelSub *events.Subscription
 	subDone   chan struct{}
 }
