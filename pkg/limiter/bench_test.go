@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cao-run/cao/pkg/internal/testinfra"
+	"github.com/cao-run/cao/pkg/testinfra"
 )
 
 // BenchmarkAcquireRelease measures one Acquire and one Release of a semaphore that is never full.

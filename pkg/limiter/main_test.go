@@ -8,7 +8,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
-	"github.com/cao-run/cao/pkg/internal/testinfra"
+	"github.com/cao-run/cao/pkg/testinfra"
 )
 
 func TestMain(m *testing.M) {

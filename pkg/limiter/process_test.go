@@ -21,7 +21,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
-	"github.com/cao-run/cao/pkg/internal/testinfra"
+	"github.com/cao-run/cao/pkg/testinfra"
 )
 
 // Child processes are this test binary re-executed with these variables set.

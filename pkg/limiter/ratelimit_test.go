@@ -9,7 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/cao-run/cao/pkg/internal/testinfra"
+	"github.com/cao-run/cao/pkg/testinfra"
 )
 
 func TestAllowBurstThenRetryAfter(t *testing.T) {

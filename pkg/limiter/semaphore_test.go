@@ -9,7 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
-	"github.com/cao-run/cao/pkg/internal/testinfra"
+	"github.com/cao-run/cao/pkg/testinfra"
 )
 
 func TestAcquireUpToLimitThenFull(t *testing.T) {

@@ -11,8 +11,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/cao-run/cao/pkg/internal/testinfra"
 	"github.com/cao-run/cao/pkg/migrate"
+	"github.com/cao-run/cao/pkg/testinfra"
 )
 
 var tables = []string{"jobs", "job_steps", "step_attempts", "job_events", "job_inputs", "outbox", "idempotency_keys"}

@@ -175,6 +175,7 @@ type Outcome struct {
 // too late (the step was reclaimed, cancelled or finished by someone else) and was not recorded.
 func (o *Orchestrator) FinishAttempt(ctx context.Context, a *Attempt, out Outcome) error {
 	p := a.Payload
+	fenced := false
 	err := o.withJob(ctx, p.JobID, func(u *unit) error {
 		s := u.byName[p.Step]
 		rec := &store.Attempt{
@@ -190,10 +191,8 @@ func (o *Orchestrator) FinishAttempt(ctx context.Context, a *Attempt, out Outcom
 			if u.job.Status == store.JobCancelled {
 				rec.Status = store.AttemptCancelled
 			}
-			if err := u.tx.UpsertAttempt(u.ctx, rec); err != nil {
-				return err
-			}
-			return ErrFenced
+			fenced = true
+			return u.tx.UpsertAttempt(u.ctx, rec)
 		}
 		switch {
 		case out.Err == nil:
@@ -232,5 +231,8 @@ func (o *Orchestrator) FinishAttempt(ctx context.Context, a *Attempt, out Outcom
 		}
 		return u.tx.UpsertAttempt(u.ctx, rec)
 	})
+	if err == nil && fenced {
+		return ErrFenced
+	}
 	return err
 }

@@ -1,6 +1,7 @@
 package sqlstore
 
 import (
+	"context"
 	"database/sql"
 	"database/sql/driver"
 	"errors"
@@ -23,6 +24,8 @@ func interpretError(err error) error {
 	switch {
 	case err == nil:
 		return nil
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return err // the caller gave up; the database may be fine
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrDuplicate),
 		errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrUnavailable):
 		return err // already interpreted

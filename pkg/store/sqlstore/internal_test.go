@@ -1,0 +1,185 @@
+package sqlstore
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/stretchr/testify/require"
+	"gorm.io/gorm"
+
+	"github.com/cao-run/cao/pkg/migrate"
+	"github.com/cao-run/cao/pkg/store"
+	"github.com/cao-run/cao/pkg/testinfra"
+)
+
+func TestInterpretError(t *testing.T) {
+	t.Parallel()
+	driverErr := errors.New("some driver error")
+	cases := []struct {
+		name string
+		err  error
+		want error // nil: returned unchanged
+	}{
+		{"record not found", gorm.ErrRecordNotFound, store.ErrNotFound},
+		{"wrapped record not found", fmt.Errorf("x: %w", gorm.ErrRecordNotFound), store.ErrNotFound},
+		{"pg unique violation", &pgconn.PgError{Code: "23505"}, store.ErrDuplicate},
+		{"pg connection failure", &pgconn.PgError{Code: "08006"}, store.ErrUnavailable},
+		{"pg admin shutdown", &pgconn.PgError{Code: "57P01"}, store.ErrUnavailable},
+		{"connection refused", &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, store.ErrUnavailable},
+		{"pg check violation", &pgconn.PgError{Code: "23514"}, nil},
+		{"pg serialization failure", &pgconn.PgError{Code: "40001"}, nil},
+		{"other", driverErr, nil},
+	}
+	for _, tc := range cases {
+		got := interpretError(tc.err)
+		if tc.want == nil {
+			require.Equal(t, tc.err, got, tc.name)
+			continue
+		}
+		require.ErrorIs(t, got, tc.want, tc.name)
+		if !errors.Is(tc.err, gorm.ErrRecordNotFound) {
+			require.ErrorIs(t, got, tc.err, "%s: the driver error stays in the chain", tc.name)
+		}
+	}
+	require.NoError(t, interpretError(nil))
+}
+
+func TestRetryable(t *testing.T) {
+	t.Parallel()
+	require.True(t, retryable(&pgconn.PgError{Code: "40001"}))
+	require.True(t, retryable(fmt.Errorf("lock job: %w", &pgconn.PgError{Code: "40P01"})))
+	require.False(t, retryable(&pgconn.PgError{Code: "23505"}))
+	require.False(t, retryable(errors.New("boom")))
+}
+
+// TestTxRetries checks that Tx runs fn again after a serialization failure, and gives up after
+// txAttempts runs.
+func TestTxRetries(t *testing.T) {
+	t.Parallel()
+	for _, s := range []*Store{openTestSQLite(t), openTestPostgres(t)} {
+		ctx := testinfra.Context(t, time.Minute)
+		serialization := &pgconn.PgError{Code: "40001"}
+
+		calls := 0
+		err := s.Tx(ctx, func(tx store.Tx) error {
+			calls++
+			if calls < 3 {
+				return fmt.Errorf("update job: %w", serialization)
+			}
+			return nil
+		})
+		require.NoError(t, err, s.Dialect())
+		require.Equal(t, 3, calls, s.Dialect())
+
+		calls = 0
+		err = s.Tx(ctx, func(tx store.Tx) error { calls++; return serialization })
+		require.ErrorIs(t, err, serialization, s.Dialect())
+		require.Equal(t, txAttempts, calls, s.Dialect())
+	}
+}
+
+// TestPostgresDeadlockRetried provokes a real deadlock and checks that Tx runs the victim again.
+func TestPostgresDeadlockRetried(t *testing.T) {
+	t.Parallel()
+	ctx := testinfra.Context(t, time.Minute)
+	s := openTestPostgres(t)
+	a, b := newTestJob(), newTestJob()
+	require.NoError(t, s.Tx(ctx, func(tx store.Tx) error {
+		if err := tx.InsertJob(ctx, a); err != nil {
+			return err
+		}
+		return tx.InsertJob(ctx, b)
+	}))
+
+	// Two transactions lock the two jobs in opposite orders; Postgres kills one as a deadlock
+	// victim, and Tx runs it again.
+	lockedFirst := make(chan struct{}, 2)
+	bothLocked := make(chan struct{})
+	var calls [2]int
+	run := func(i int, first, second string) error {
+		return s.Tx(ctx, func(tx store.Tx) error {
+			calls[i]++
+			if _, err := tx.LockJob(ctx, first); err != nil {
+				return err
+			}
+			if calls[i] == 1 {
+				lockedFirst <- struct{}{}
+				<-bothLocked
+			}
+			j, err := tx.LockJob(ctx, second)
+			if err != nil {
+				return err
+			}
+			j.LastSeq++
+			return tx.UpdateJob(ctx, j)
+		})
+	}
+	errs := make(chan error, 2)
+	go func() { errs <- run(0, a.ID, b.ID) }()
+	go func() { errs <- run(1, b.ID, a.ID) }()
+	<-lockedFirst
+	<-lockedFirst
+	close(bothLocked)
+	require.NoError(t, <-errs)
+	require.NoError(t, <-errs)
+	require.Equal(t, 3, calls[0]+calls[1], "the deadlock victim ran twice")
+	ja, err := s.GetJob(ctx, a.ID)
+	require.NoError(t, err)
+	jb, err := s.GetJob(ctx, b.ID)
+	require.NoError(t, err)
+	require.EqualValues(t, 2, ja.LastSeq+jb.LastSeq)
+}
+
+// TestSQLiteStoresIntegerMicroseconds checks the time representation the SQLite schema relies on.
+func TestSQLiteStoresIntegerMicroseconds(t *testing.T) {
+	t.Parallel()
+	ctx := testinfra.Context(t, time.Minute)
+	s := openTestSQLite(t)
+	j := newTestJob()
+	j.CreatedAt = time.Date(2030, 1, 2, 3, 4, 5, 6007008, time.UTC)
+	require.NoError(t, s.Tx(ctx, func(tx store.Tx) error { return tx.InsertJob(ctx, j) }))
+	var typ string
+	var micros int64
+	require.NoError(t, s.db.WithContext(ctx).Raw(
+		"SELECT typeof(created_at), CAST(created_at AS INTEGER) FROM jobs WHERE id = ?", j.ID).Row().Scan(&typ, &micros))
+	require.Equal(t, "integer", typ)
+	require.Equal(t, j.CreatedAt.UnixMicro(), micros)
+	require.Equal(t, time.Date(2030, 1, 2, 3, 4, 5, 6007000, time.UTC), j.CreatedAt)
+}
+
+func newTestJob() *store.Job {
+	return &store.Job{
+		ID:          "0d6f4a4e-3b7e-4f43-9a59-" + testinfra.RandomSuffix(),
+		FeatureName: "f",
+		Status:      store.JobRunning,
+		Input:       []byte(`{}`),
+	}
+}
+
+func openTestSQLite(t *testing.T) *Store {
+	t.Helper()
+	ctx := testinfra.Context(t, time.Minute)
+	path := filepath.Join(t.TempDir(), "cao.db")
+	require.NoError(t, migrate.Up(ctx, migrate.SQLite, path))
+	s, err := OpenSQLite(ctx, path, Config{})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func openTestPostgres(t *testing.T) *Store {
+	t.Helper()
+	ctx := testinfra.Context(t, time.Minute)
+	url := testinfra.PostgresSchema(t)
+	require.NoError(t, migrate.Up(ctx, migrate.Postgres, url))
+	s, err := OpenPostgres(ctx, url, Config{})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
