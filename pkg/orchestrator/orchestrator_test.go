@@ -11,11 +11,11 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/cao-run/cao/pkg/testinfra/teststore"
 	"github.com/cao-run/cao/pkg/orchestrator"
 	"github.com/cao-run/cao/pkg/registry"
 	"github.com/cao-run/cao/pkg/store"
 	"github.com/cao-run/cao/pkg/task"
+	"github.com/cao-run/cao/pkg/testinfra/teststore"
 )
 
 const testRegistry = `

@@ -7,10 +7,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cao-run/cao/pkg/testinfra"
 	"github.com/cao-run/cao/pkg/migrate"
 	"github.com/cao-run/cao/pkg/store"
 	"github.com/cao-run/cao/pkg/store/sqlstore"
+	"github.com/cao-run/cao/pkg/testinfra"
 )
 
 // Postgres returns a store on a fresh, migrated schema of the test database, and its URL.
