@@ -324,6 +324,7 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 		if err != nil {
 			return err
 		}
+		log.Info("DEBUGRATE allow", "ok", ok, "at", time.Now().UnixMicro())
 		if !ok {
 			release()
 			return r.busy(svc.Name, "is out of rate budget", wait)
@@ -391,6 +392,7 @@ func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, lease lim
 		return orchestrator.Outcome{Err: err, ErrorClass: "template"}, 0
 	}
 	start := time.Now()
+	r.cfg.Logger.Info("DEBUGRATE call", "key", a.Payload.JobID, "at", start.UnixMicro())
 	res, err := r.caller.Call(callCtx, caller.Call{
 		JobID: a.Payload.JobID, Step: a.Step, Service: a.Service, Run: a.Payload.Run, Attempt: a.Payload.Attempt,
 		IdempotencyKey: task.IdempotencyKey(a.Payload.JobID, a.Payload.Step, a.Payload.Run), Data: data,

@@ -32,6 +32,7 @@ type jobRow struct {
 	FinishedAt     *time.Time `gorm:"column:finished_at"`
 }
 
+// TableName names the table for GORM.
 func (jobRow) TableName() string { return "jobs" }
 
 type stepRow struct {
@@ -57,6 +58,7 @@ type stepRow struct {
 	FinishedAt     *time.Time `gorm:"column:finished_at"`
 }
 
+// TableName names the table for GORM.
 func (stepRow) TableName() string { return "job_steps" }
 
 type attemptRow struct {
@@ -73,6 +75,7 @@ type attemptRow struct {
 	FinishedAt *time.Time `gorm:"column:finished_at"`
 }
 
+// TableName names the table for GORM.
 func (attemptRow) TableName() string { return "step_attempts" }
 
 type eventRow struct {
@@ -88,6 +91,7 @@ type eventRow struct {
 	At      time.Time `gorm:"column:at"`
 }
 
+// TableName names the table for GORM.
 func (eventRow) TableName() string { return "job_events" }
 
 type jobInputRow struct {
@@ -97,6 +101,7 @@ type jobInputRow struct {
 	CreatedAt time.Time `gorm:"column:created_at;autoCreateTime:false"`
 }
 
+// TableName names the table for GORM.
 func (jobInputRow) TableName() string { return "job_inputs" }
 
 type outboxRow struct {
@@ -109,6 +114,7 @@ type outboxRow struct {
 	CreatedAt time.Time  `gorm:"column:created_at;autoCreateTime:false"`
 }
 
+// TableName names the table for GORM.
 func (outboxRow) TableName() string { return "outbox" }
 
 type idempotencyRow struct {
@@ -119,6 +125,7 @@ type idempotencyRow struct {
 	ExpiresAt   time.Time `gorm:"column:expires_at"`
 }
 
+// TableName names the table for GORM.
 func (idempotencyRow) TableName() string { return "idempotency_keys" }
 
 // jsonText is a JSON column: jsonb on Postgres, TEXT on SQLite. Empty means SQL NULL. It is written
@@ -200,9 +207,9 @@ func orNow(t time.Time) time.Time {
 	return dbTime(t)
 }
 
-// jobID returns the canonical form of a job id (lowercase UUID), so that both dialects store and
+// canonicalID returns the canonical form of a job id (lowercase UUID), so that both dialects store and
 // compare ids alike; ok is false when id is not a UUID.
-func jobID(id string) (string, bool) {
+func canonicalID(id string) (string, bool) {
 	u, err := uuid.Parse(id)
 	if err != nil {
 		return "", false
@@ -231,7 +238,7 @@ func derefString(s *string) string {
 
 // normalizeJob canonicalizes j in place (id, times, defaults) before it is written.
 func normalizeJob(j *store.Job, insert bool) error {
-	id, ok := jobID(j.ID)
+	id, ok := canonicalID(j.ID)
 	if !ok {
 		return errInvalidJobID(j.ID)
 	}
@@ -295,7 +302,7 @@ func (r *jobRow) toJob() store.Job {
 
 // normalizeStep canonicalizes s in place before it is written.
 func normalizeStep(s *store.Step, insert bool) error {
-	id, ok := jobID(s.JobID)
+	id, ok := canonicalID(s.JobID)
 	if !ok {
 		return errInvalidJobID(s.JobID)
 	}

@@ -36,7 +36,7 @@ func withLimit(db *gorm.DB, limit int) *gorm.DB {
 
 // GetJob returns the job or store.ErrNotFound.
 func (q *queries) GetJob(ctx context.Context, id string) (*store.Job, error) {
-	key, ok := jobID(id)
+	key, ok := canonicalID(id)
 	if !ok {
 		return nil, fmt.Errorf("get job %q: %w", id, store.ErrNotFound)
 	}
@@ -49,8 +49,8 @@ func (q *queries) GetJob(ctx context.Context, id string) (*store.Job, error) {
 }
 
 // GetSteps returns the job's steps ordered by Position (none if the job does not exist).
-func (q *queries) GetSteps(ctx context.Context, jobIDStr string) ([]store.Step, error) {
-	key, ok := jobID(jobIDStr)
+func (q *queries) GetSteps(ctx context.Context, jobID string) ([]store.Step, error) {
+	key, ok := canonicalID(jobID)
 	if !ok {
 		return []store.Step{}, nil
 	}
@@ -62,8 +62,8 @@ func (q *queries) GetSteps(ctx context.Context, jobIDStr string) ([]store.Step, 
 }
 
 // GetAttempts returns the job's attempts ordered by step position, run, attempt.
-func (q *queries) GetAttempts(ctx context.Context, jobIDStr string) ([]store.Attempt, error) {
-	key, ok := jobID(jobIDStr)
+func (q *queries) GetAttempts(ctx context.Context, jobID string) ([]store.Attempt, error) {
+	key, ok := canonicalID(jobID)
 	if !ok {
 		return []store.Attempt{}, nil
 	}
@@ -86,8 +86,8 @@ func (q *queries) GetAttempts(ctx context.Context, jobIDStr string) ([]store.Att
 }
 
 // GetJobInputs returns the job's input history ordered by version.
-func (q *queries) GetJobInputs(ctx context.Context, jobIDStr string) ([]store.JobInput, error) {
-	key, ok := jobID(jobIDStr)
+func (q *queries) GetJobInputs(ctx context.Context, jobID string) ([]store.JobInput, error) {
+	key, ok := canonicalID(jobID)
 	if !ok {
 		return []store.JobInput{}, nil
 	}
@@ -118,7 +118,7 @@ func (q *queries) ListJobs(ctx context.Context, f store.JobFilter) ([]store.Job,
 		db = db.Where("feature_name = ?", f.Feature)
 	}
 	if f.After != nil {
-		id, ok := jobID(f.After.ID)
+		id, ok := canonicalID(f.After.ID)
 		if !ok {
 			return nil, fmt.Errorf("list jobs: cursor: %w", errInvalidJobID(f.After.ID))
 		}
@@ -143,8 +143,8 @@ func jobsFromRows(rows []jobRow) []store.Job {
 
 // ListEvents returns up to limit events of the job with Seq > afterSeq, in Seq order; limit <= 0
 // means all of them.
-func (q *queries) ListEvents(ctx context.Context, jobIDStr string, afterSeq int64, limit int) ([]store.Event, error) {
-	key, ok := jobID(jobIDStr)
+func (q *queries) ListEvents(ctx context.Context, jobID string, afterSeq int64, limit int) ([]store.Event, error) {
+	key, ok := canonicalID(jobID)
 	if !ok {
 		return []store.Event{}, nil
 	}
@@ -244,7 +244,7 @@ var _ store.Tx = (*txn)(nil)
 // LockJob reads the job and locks its row until the end of the transaction (SELECT ... FOR UPDATE on
 // Postgres; a SQLite write transaction already excludes every other writer).
 func (t *txn) LockJob(ctx context.Context, id string) (*store.Job, error) {
-	key, ok := jobID(id)
+	key, ok := canonicalID(id)
 	if !ok {
 		return nil, fmt.Errorf("lock job %q: %w", id, store.ErrNotFound)
 	}
@@ -378,7 +378,7 @@ func (t *txn) UpdateStep(ctx context.Context, s *store.Step, expect store.StepEx
 // UpsertAttempt inserts or replaces the attempt (key: job, step, run, attempt). Its step must
 // exist. Times are normalized in place.
 func (t *txn) UpsertAttempt(ctx context.Context, a *store.Attempt) error {
-	key, ok := jobID(a.JobID)
+	key, ok := canonicalID(a.JobID)
 	if !ok {
 		return fmt.Errorf("upsert attempt: %w", errInvalidJobID(a.JobID))
 	}
@@ -401,7 +401,7 @@ func (t *txn) UpsertAttempt(ctx context.Context, a *store.Attempt) error {
 // InsertJobInput records an input version (store.ErrDuplicate if the version exists). A zero
 // CreatedAt is set to now; times are normalized in place.
 func (t *txn) InsertJobInput(ctx context.Context, in *store.JobInput) error {
-	key, ok := jobID(in.JobID)
+	key, ok := canonicalID(in.JobID)
 	if !ok {
 		return fmt.Errorf("insert job input: %w", errInvalidJobID(in.JobID))
 	}
@@ -423,7 +423,7 @@ func (t *txn) AppendEvents(ctx context.Context, events []store.Event) error {
 	rows := make([]eventRow, len(events))
 	for i := range events {
 		e := &events[i]
-		key, ok := jobID(e.JobID)
+		key, ok := canonicalID(e.JobID)
 		if !ok {
 			return fmt.Errorf("append events: %w", errInvalidJobID(e.JobID))
 		}
@@ -526,7 +526,7 @@ func (t *txn) UpdateIdempotencyKey(ctx context.Context, r *store.IdempotencyReco
 
 func idempotencyToRow(r *store.IdempotencyRecord) (idempotencyRow, error) {
 	if r.JobID != "" {
-		key, ok := jobID(r.JobID)
+		key, ok := canonicalID(r.JobID)
 		if !ok {
 			return idempotencyRow{}, errInvalidJobID(r.JobID)
 		}
