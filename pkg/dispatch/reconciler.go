@@ -19,6 +19,9 @@ import (
 // triggers an immediate full re-enqueue of waiting steps.
 const EpochKey = "cao:epoch"
 
+// asynqQueuesKey is the set in which Asynq lists known queues (asynq/internal/base.AllQueues).
+const asynqQueuesKey = "asynq:queues"
+
 // ReconcilerConfig tunes the reconciler; zero values take the defaults.
 type ReconcilerConfig struct {
 	// Interval between sweeps of waiting steps. Default 10s.
@@ -128,7 +131,13 @@ func (r *Reconciler) Sweep(ctx context.Context, all bool) (int, error) {
 			if derr := r.insp.DeleteTask(s.Queue, id); derr != nil && !errors.Is(derr, asynq.ErrTaskNotFound) {
 				return n, fmt.Errorf("delete archived task %s: %w", id, derr)
 			}
-		case errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound):
+		case errors.Is(err, asynq.ErrQueueNotFound):
+			// Redis lost its data: Asynq clients remember which queues they registered and do not
+			// register them again, so inspection (health, asynqmon) would miss the queue.
+			if err := r.rdb.SAdd(ctx, asynqQueuesKey, s.Queue).Err(); err != nil {
+				return n, fmt.Errorf("register queue %s: %w", s.Queue, err)
+			}
+		case errors.Is(err, asynq.ErrTaskNotFound):
 		default:
 			return n, fmt.Errorf("inspect task %s: %w", id, err)
 		}

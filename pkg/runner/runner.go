@@ -268,12 +268,16 @@ func isFailure(err error) bool {
 	return !errors.As(err, &b)
 }
 
-func retryDelay(n int, err error, t *asynq.Task) time.Duration {
+// retryDelay is Asynq's delay before retrying a task: the requested delay for busy services, and for
+// infrastructure errors (database or Redis unreachable) 1s doubling to at most 30s, ±50%, so work
+// resumes soon after an outage without hammering a recovering database.
+func retryDelay(n int, err error, _ *asynq.Task) time.Duration {
 	var b *busyError
 	if errors.As(err, &b) {
 		return b.delay
 	}
-	return asynq.DefaultRetryDelayFunc(n, err, t)
+	d := time.Second << min(n, 5)
+	return backoff.Jitter(min(d, 30*time.Second), 0.5, rand.Float64)
 }
 
 // handle runs one step task. Returning nil acknowledges it; a busyError requeues it without counting
@@ -319,16 +323,17 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	}
 	defer release()
 
+	var rsv limiter.Reservation
 	if rl := svc.RateLimit; rl != nil {
-		ok, wait, err := r.rate.Allow(ctx, svc.Name, rl.Requests, rl.Per)
+		res, ok, wait, err := r.rate.Reserve(ctx, svc.Name, rl.Requests, rl.Per)
 		if err != nil {
 			return err
 		}
-		log.Info("DEBUGRATE allow", "ok", ok, "at", time.Now().UnixMicro())
 		if !ok {
 			release()
 			return r.busy(svc.Name, "is out of rate budget", wait)
 		}
+		rsv = res
 	}
 
 	a, err := r.orch.StartAttempt(ctx, target, r.cfg.WorkerID)
@@ -338,11 +343,11 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	if err != nil {
 		return err
 	}
-	out, dur := r.execute(ctx, a, lease)
+	out, dur := r.execute(ctx, a, lease, rsv)
 	// Record even if the task's context ended: the outcome is what matters now.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	err = r.orch.FinishAttempt(rctx, a, out)
+	err = r.finish(rctx, a, out)
 	if r.cfg.Hooks.OnAttempt != nil {
 		r.cfg.Hooks.OnAttempt(svc.Name, out, dur)
 	}
@@ -359,6 +364,26 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	return nil
 }
 
+// finish records the outcome, retrying while the database is unreachable (until ctx ends): a result
+// that is not recorded makes the step run again after its lease expires.
+func (r *Runner) finish(ctx context.Context, a *orchestrator.Attempt, out orchestrator.Outcome) error {
+	wait := 200 * time.Millisecond
+	for {
+		err := r.orch.FinishAttempt(ctx, a, out)
+		if err == nil || errors.Is(err, orchestrator.ErrFenced) || !errors.Is(err, store.ErrUnavailable) {
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+}
+
 func (r *Runner) busy(service, why string, wait time.Duration) error {
 	if r.cfg.Hooks.OnBusy != nil {
 		r.cfg.Hooks.OnBusy(service)
@@ -370,8 +395,9 @@ func (r *Runner) busy(service, why string, wait time.Duration) error {
 	return &busyError{service: service, delay: d, why: why}
 }
 
-// execute calls the service while keeping both leases alive; losing either cancels the call.
-func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, lease limiter.Lease) (orchestrator.Outcome, time.Duration) {
+// execute calls the service while keeping both leases alive; losing either cancels the call. rsv is
+// the call's rate limit reservation (zero when the service has no rate limit).
+func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, lease limiter.Lease, rsv limiter.Reservation) (orchestrator.Outcome, time.Duration) {
 	callCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stopMerge := context.AfterFunc(r.runCtx, func() { cancel(context.Cause(r.runCtx)) })
@@ -391,8 +417,12 @@ func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, lease lim
 	if err != nil {
 		return orchestrator.Outcome{Err: err, ErrorClass: "template"}, 0
 	}
+	// The budget was taken before the attempt was recorded, which takes a variable time: space this
+	// call from the others by when it leaves, not by when it was admitted.
+	if err := r.rate.Sent(callCtx, rsv); err != nil {
+		r.cfg.Logger.Warn("rate limit: record send time", "service", a.Service.Name, "err", err)
+	}
 	start := time.Now()
-	r.cfg.Logger.Info("DEBUGRATE call", "key", a.Payload.JobID, "at", start.UnixMicro())
 	res, err := r.caller.Call(callCtx, caller.Call{
 		JobID: a.Payload.JobID, Step: a.Step, Service: a.Service, Run: a.Payload.Run, Attempt: a.Payload.Attempt,
 		IdempotencyKey: task.IdempotencyKey(a.Payload.JobID, a.Payload.Step, a.Payload.Run), Data: data,

@@ -1,0 +1,167 @@
+package dispatch_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cao-run/cao/pkg/dispatch"
+	"github.com/cao-run/cao/pkg/orchestrator"
+	"github.com/cao-run/cao/pkg/registry"
+	"github.com/cao-run/cao/pkg/store"
+	"github.com/cao-run/cao/pkg/task"
+	"github.com/cao-run/cao/pkg/testinfra"
+	"github.com/cao-run/cao/pkg/testinfra/teststore"
+)
+
+type bundle struct {
+	st   store.Store
+	rdb  *testinfra.RedisDB
+	q    *asynq.Client
+	insp *asynq.Inspector
+}
+
+func setup(t *testing.T) *bundle {
+	t.Helper()
+	st, _ := teststore.Postgres(t)
+	rdb := testinfra.Redis(t)
+	b := &bundle{st: st, rdb: rdb, q: asynq.NewClientFromRedisClient(rdb.Client), insp: asynq.NewInspectorFromRedisClient(rdb.Client)}
+	return b
+}
+
+func (b *bundle) addOutbox(t *testing.T, n int, prefix string) {
+	t.Helper()
+	ctx := context.Background()
+	require.NoError(t, b.st.Tx(ctx, func(tx store.Tx) error {
+		var rows []store.OutboxTask
+		for i := range n {
+			p := task.StepPayload{JobID: fmt.Sprintf("%s-%d", prefix, i), Step: "s", Run: 1, Attempt: 1}
+			rows = append(rows, store.OutboxTask{TaskID: p.TaskID(), Queue: "default", TypeName: task.TypeStep, Payload: p.Marshal(), CreatedAt: time.Now()})
+		}
+		return tx.InsertOutbox(ctx, rows)
+	}))
+}
+
+func TestRelayMovesOutboxOnceAndDuplicatesAreHarmless(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	b.addOutbox(t, 5, "a")
+	b.addOutbox(t, 5, "a") // the same task ids again (e.g. a crash after enqueue, before delete)
+	r := dispatch.NewRelay(b.st, b.q, dispatch.RelayConfig{BatchSize: 3})
+	total := 0
+	for {
+		n, err := r.RunOnce(ctx)
+		require.NoError(t, err)
+		if n == 0 {
+			break
+		}
+		total += n
+	}
+	require.Equal(t, 10, total)
+	left, err := b.st.CountOutbox(ctx)
+	require.NoError(t, err)
+	require.Zero(t, left)
+	info, err := b.insp.GetQueueInfo("default")
+	require.NoError(t, err)
+	require.Equal(t, 5, info.Pending, "deterministic ids: one task per id")
+}
+
+func TestConcurrentRelaysNeverDoubleClaim(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	b.addOutbox(t, 200, "c")
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	total := 0
+	for range 3 {
+		wg.Go(func() {
+			r := dispatch.NewRelay(b.st, b.q, dispatch.RelayConfig{BatchSize: 10})
+			for {
+				n, err := r.RunOnce(ctx)
+				require.NoError(t, err)
+				if n == 0 {
+					return
+				}
+				mu.Lock()
+				total += n
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	require.Equal(t, 200, total, "every row claimed exactly once")
+	info, err := b.insp.GetQueueInfo("default")
+	require.NoError(t, err)
+	require.Equal(t, 200, info.Pending)
+}
+
+func TestRelayStartNotifyStop(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	r := dispatch.NewRelay(b.st, b.q, dispatch.RelayConfig{PollInterval: time.Hour})
+	require.NoError(t, r.Start(ctx))
+	require.NoError(t, r.Start(ctx), "Start twice is safe")
+	b.addOutbox(t, 3, "n")
+	r.Notify()
+	testinfra.Eventually(t, 10*time.Second, func() bool { return r.Enqueued() == 3 }, "relay woken by Notify")
+	require.NoError(t, r.Stop(ctx))
+	require.NoError(t, r.Stop(ctx), "Stop twice is safe")
+}
+
+const reg = `
+services: {sim: {kind: mock}}
+features:
+  one: {steps: [{name: a, service: sim, queue: medium}, {name: b, service: sim, needs: [a]}]}
+`
+
+func TestReconcilerRestoresTasksRedisLost(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	r, err := registry.Parse("r.yaml", []byte(reg), func(string) (string, bool) { return "", false })
+	require.NoError(t, err)
+	orch := orchestrator.New(b.st, r, nil, nil, orchestrator.Config{})
+	relay := dispatch.NewRelay(b.st, b.q, dispatch.RelayConfig{})
+	var ids []string
+	for range 4 {
+		v, _, err := orch.CreateJob(ctx, orchestrator.CreateRequest{Feature: "one", Input: json.RawMessage(`{}`)})
+		require.NoError(t, err)
+		ids = append(ids, v.Job.ID)
+	}
+	_, err = relay.RunOnce(ctx)
+	require.NoError(t, err)
+
+	rec := dispatch.NewReconciler(b.st, b.rdb.Client, b.q, dispatch.ReconcilerConfig{Interval: time.Hour})
+	require.NoError(t, rec.Tick(ctx), "first tick: full sweep, nothing missing")
+	require.Zero(t, rec.Fixed())
+
+	// Redis loses everything.
+	require.NoError(t, b.rdb.Client.FlushDB(ctx).Err())
+	require.NoError(t, rec.Tick(ctx))
+	require.EqualValues(t, 4, rec.Fixed(), "epoch key gone: every waiting step re-enqueued at once")
+	for _, id := range ids {
+		p := task.StepPayload{JobID: id, Step: "a", Run: 1, Attempt: 1}
+		info, err := b.insp.GetTaskInfo("medium", p.TaskID())
+		require.NoError(t, err)
+		require.Equal(t, asynq.TaskStatePending, info.State)
+	}
+
+	// An archived task (retries exhausted by infrastructure failures) is replaced.
+	p := task.StepPayload{JobID: ids[0], Step: "a", Run: 1, Attempt: 1}
+	require.NoError(t, b.insp.ArchiveTask("medium", p.TaskID()))
+	n, err := rec.Sweep(ctx, true)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	info, err := b.insp.GetTaskInfo("medium", p.TaskID())
+	require.NoError(t, err)
+	require.Equal(t, asynq.TaskStatePending, info.State)
+}
