@@ -30,7 +30,10 @@ func TestHubFansOutAcrossProcessesByJob(t *testing.T) {
 	h1, h2 := events.NewHub(rdb.Client), events.NewHub(rdb.Client)
 	require.NoError(t, h1.Start(ctx))
 	require.NoError(t, h2.Start(ctx))
-	defer func() { require.NoError(t, h1.Stop(context.Background())); require.NoError(t, h2.Stop(context.Background())) }()
+	defer func() {
+		require.NoError(t, h1.Stop(context.Background()))
+		require.NoError(t, h2.Stop(context.Background()))
+	}()
 	a1, a2 := h1.Subscribe("job-a", 16), h2.Subscribe("job-a", 16)
 	b1 := h1.Subscribe("job-b", 16)
 	all := h2.SubscribeAll(16)
