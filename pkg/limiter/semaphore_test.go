@@ -253,3 +253,27 @@ func TestInvalidArguments(t *testing.T) {
 	_, _, err = b.rate.Allow(b.ctx, "llm", 1, 0)
 	require.ErrorContains(t, err, "per")
 }
+
+func TestWaitersInQueueOrder(t *testing.T) {
+	t.Parallel()
+	rdb, prefix := testinfra.KeyPrefix(t)
+	s := NewSemaphore(rdb, Config{Prefix: prefix})
+	ctx := context.Background()
+	l, err := s.Acquire(ctx, "w", 1, time.Minute, "holder")
+	require.NoError(t, err)
+	for _, id := range []string{"first", "second", "third"} {
+		_, err := s.Acquire(ctx, "w", 1, time.Minute, id)
+		require.ErrorIs(t, err, ErrFull)
+	}
+	ids, err := s.Waiters(ctx, "w", 2)
+	require.NoError(t, err)
+	require.Equal(t, []string{"first", "second"}, ids)
+	require.NoError(t, s.Release(ctx, l))
+	_, err = s.Acquire(ctx, "w", 1, time.Minute, "second")
+	require.ErrorIs(t, err, ErrFull, "the first waiter is served first")
+	_, err = s.Acquire(ctx, "w", 1, time.Minute, "first")
+	require.NoError(t, err)
+	ids, err = s.Waiters(ctx, "w", 5)
+	require.NoError(t, err)
+	require.Equal(t, []string{"second", "third"}, ids)
+}

@@ -21,11 +21,6 @@ type Target struct {
 	Service *registry.Service
 }
 
-// WaiterID identifies this run of the step across requeues (for the semaphore's fair queue).
-func (t Target) WaiterID() string {
-	return task.IdempotencyKey(t.Payload.JobID, t.Payload.Step, t.Payload.Run)
-}
-
 // Prepare checks, without locking, that a task still matches its step and resolves the step's
 // definition and service. ErrStale means the task should be acknowledged without effect.
 func (o *Orchestrator) Prepare(ctx context.Context, p task.StepPayload) (*Target, error) {

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -110,6 +111,7 @@ type Runner struct {
 	rate   *limiter.RateLimiter
 	caller *caller.Caller
 	hub    *events.Hub
+	insp   *asynq.Inspector
 	cfg    Config
 
 	mu        sync.Mutex
@@ -132,6 +134,7 @@ func New(orch *orchestrator.Orchestrator, rdb redis.UniversalClient, sem *limite
 	c *caller.Caller, hub *events.Hub, cfg Config) *Runner {
 	return &Runner{
 		orch: orch, rdb: rdb, sem: sem, rate: rate, caller: c, hub: hub, cfg: cfg.WithDefaults(),
+		insp:     asynq.NewInspectorFromRedisClient(rdb),
 		inflight: map[string]map[*running]struct{}{},
 	}
 }
@@ -302,7 +305,11 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	}
 	svc := target.Service
 
-	lease, err := r.sem.Acquire(ctx, svc.Name, svc.MaxConcurrency, svc.LeaseTTL, target.WaiterID())
+	// The waiter id names the task (queue|id), so whoever frees a slot can wake this task at once.
+	taskID, _ := asynq.GetTaskID(ctx)
+	queue, _ := asynq.GetQueueName(ctx)
+	waiter := queue + "|" + taskID
+	lease, err := r.sem.Acquire(ctx, svc.Name, svc.MaxConcurrency, svc.LeaseTTL, waiter)
 	if errors.Is(err, limiter.ErrFull) {
 		return r.busy(svc.Name, "is at max_concurrency", 0)
 	}
@@ -319,6 +326,9 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 		defer cancel()
 		if err := r.sem.Release(rctx, lease); err != nil && !errors.Is(err, limiter.ErrLeaseLost) {
 			log.Warn("release lease", "err", err)
+		}
+		if lease.Token != 0 {
+			r.wakeNext(rctx, svc.Name)
 		}
 	}
 	defer release()
@@ -362,6 +372,21 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 		return nil
 	}
 	return nil
+}
+
+// wakeNext moves the task of the longest-waiting step of a service from Asynq's retry set to its queue,
+// so a freed slot is taken at once rather than when that step would have polled again.
+func (r *Runner) wakeNext(ctx context.Context, service string) {
+	ids, err := r.sem.Waiters(ctx, service, 1)
+	if err != nil || len(ids) == 0 {
+		return
+	}
+	queue, taskID, ok := strings.Cut(ids[0], "|")
+	if !ok {
+		return
+	}
+	// Fails harmlessly when the task is already pending or running.
+	_ = r.insp.RunTask(queue, taskID)
 }
 
 // finish records the outcome, retrying while the database is unreachable (until ctx ends): a result
