@@ -5,7 +5,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"os"
 	"net/http/httptest"
 	"slices"
 	"strings"
@@ -227,7 +226,7 @@ func TestLimitsCrashedHolderLeaseFrees(t *testing.T) {
 
 	a.signal(t, syscall.SIGKILL)
 	killed := time.Now()
-	c.startWorker()
+	b := c.start("worker", bin.worker) // not waiting for it to start: the clock runs from the kill
 
 	// The slot frees within lease_ttl of the last renewal (which was before the kill).
 	tick := time.NewTicker(25 * time.Millisecond)
@@ -242,6 +241,7 @@ func TestLimitsCrashedHolderLeaseFrees(t *testing.T) {
 	}
 	freed := time.Since(killed)
 
+	c.waitLog(b, "worker started", 30*time.Second)
 	j := cl.waitJob(id, 30*time.Second, "COMPLETED", "FAILED")
 	require.Equal(t, "COMPLETED", j["status"])
 	s := steps(j)["s0"]
@@ -284,7 +284,7 @@ func TestLimitsRateLimitWindows(t *testing.T) {
 	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
 	// The limiter admits by the Redis clock; a call reaches the server after the attempt is recorded,
 	// so arrivals may be a little closer than admissions.
-	const tolerance = 50 * time.Millisecond
+	const tolerance = 10 * time.Millisecond
 	minSpan := time.Hour
 	for i := 0; i+5 < len(at); i++ {
 		span := at[i+5].Sub(at[i])
@@ -293,15 +293,6 @@ func TestLimitsRateLimitWindows(t *testing.T) {
 	}
 	t.Logf("20 calls over %s; narrowest span of 6 consecutive calls %s (must be >= 1s)",
 		at[len(at)-1].Sub(at[0]).Round(time.Millisecond), minSpan.Round(time.Millisecond))
-	for _, a := range at {
-		t.Logf("ARRIVAL %d", a.UnixMicro())
-	}
-	c.mu.Lock()
-	for _, p := range c.procs {
-		b, _ := os.ReadFile(p.log)
-		t.Log(string(b))
-	}
-	c.mu.Unlock()
 }
 
 func TestLimitsLeasesInHealthAndMetrics(t *testing.T) {

@@ -161,8 +161,8 @@ type Outcome struct {
 	RetryAfter time.Duration // server-requested delay before the next attempt (0: use backoff)
 	ErrorClass string
 	HTTPStatus int
-	// Interrupted means the worker is shutting down: the step goes back to its queue and the attempt
-	// does not count against the retry budget.
+	// Interrupted means the worker abandoned the call (it is shutting down, or lost its lease): the step
+	// goes back to its queue and the attempt does not count against the retry budget.
 	Interrupted bool
 }
 
@@ -202,7 +202,11 @@ func (o *Orchestrator) FinishAttempt(ctx context.Context, a *Attempt, out Outcom
 		case out.Interrupted:
 			rec.Status = store.AttemptInterrupted
 			s.Lost++
-			u.enqueue(s, nil, "", "worker shutting down")
+			reason := "attempt interrupted"
+			if out.Err != nil {
+				reason += ": " + out.Err.Error()
+			}
+			u.enqueue(s, nil, "", reason)
 		default:
 			rec.Status = store.AttemptFailed
 			msg := out.Err.Error()

@@ -461,7 +461,11 @@ func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, lease lim
 	if errors.As(err, &ce) {
 		out.ErrorClass, out.Retryable, out.RetryAfter, out.HTTPStatus = ce.Class, ce.Retryable, ce.RetryAfter, ce.HTTPStatus
 	}
-	if cause := context.Cause(callCtx); callCtx.Err() != nil && errors.Is(cause, errShutdown) {
+	if cause := context.Cause(callCtx); callCtx.Err() != nil &&
+		(errors.Is(cause, errShutdown) || errors.Is(cause, limiter.ErrLeaseLost)) {
+		// Abandoned by this worker (shutdown, or a lease it could not keep: the step was reclaimed,
+		// Redis lost the service slot, the database was unreachable past the lease) rather than failed
+		// by the service: put the step back without using an attempt. A reclaimed step fences it.
 		out.Interrupted = true
 	}
 	return out, dur
