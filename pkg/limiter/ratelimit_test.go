@@ -93,3 +93,47 @@ func TestAllowNeverExceedsWindow(t *testing.T) {
 	require.Positive(t, denials)
 	t.Logf("%d allowed and %d denied over %s", len(times), denials, span)
 }
+
+// TestSentMovesTheWindowToTheSendTime admits a full budget, marks one request as sent later, and checks
+// that the window is measured from the send: the next admission waits for the sent request's window.
+func TestSentMovesTheWindowToTheSendTime(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	per := 400 * time.Millisecond
+	var last Reservation
+	for range 2 {
+		res, allowed, _, err := b.rate.Reserve(b.ctx, "sent", 2, per)
+		require.NoError(t, err)
+		require.True(t, allowed)
+		last = res
+	}
+	_, allowed, _, err := b.rate.Reserve(b.ctx, "sent", 2, per)
+	require.NoError(t, err)
+	require.False(t, allowed, "budget used")
+
+	// Wait until the first admission has nearly left the window, then send the second request.
+	var firstFree time.Time
+	testinfra.Eventually(t, 3*time.Second, func() bool {
+		_, allowed, retry, err := b.rate.Reserve(b.ctx, "sent", 2, per)
+		require.NoError(t, err)
+		if allowed {
+			firstFree = time.Now()
+			return true
+		}
+		if retry < 100*time.Millisecond {
+			require.NoError(t, b.rate.Sent(b.ctx, last))
+		}
+		return false
+	}, "a slot frees once the first admission leaves the window")
+	// The sent request now occupies the window from its send time: the next one must wait.
+	_, allowed, retry, err := b.rate.Reserve(b.ctx, "sent", 2, per)
+	require.NoError(t, err)
+	require.False(t, allowed, "the second request counts from when it was sent (%s after first free)", time.Since(firstFree))
+	require.Greater(t, retry, 200*time.Millisecond)
+
+	// Sent on an unlimited reservation is a no-op.
+	res, allowed, _, err := b.rate.Reserve(b.ctx, "free", 0, per)
+	require.NoError(t, err)
+	require.True(t, allowed)
+	require.NoError(t, b.rate.Sent(b.ctx, res))
+}
