@@ -5,9 +5,14 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/cao-run/cao/pkg/config"
 	"github.com/cao-run/cao/pkg/node"
@@ -38,7 +43,29 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if cfg.MetricsAddr != "" {
+		ln, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			_ = n.Stop(context.Background())
+			return fmt.Errorf("CAO_METRICS_ADDR %s: %w", cfg.MetricsAddr, err)
+		}
+		srv := metricsServer(n)
+		go func() { _ = srv.Serve(ln) }()
+		defer func() { _ = srv.Close() }()
+		log.Info("worker metrics listening", "addr", ln.Addr().String())
+	}
 	return Serve(ctx, n, runner.Config{Queues: cfg.WorkerQueues, Concurrency: cfg.WorkerConcurrency, ShutdownGrace: cfg.ShutdownGrace})
+}
+
+// metricsServer serves the worker's Prometheus metrics at /metrics and liveness at /health.
+func metricsServer(n *node.Node) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(n.Metrics.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"status":"ok"}`))
+	})
+	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 }
 
 // Serve runs the node and a runner until ctx ends, then drains: stop intake, let running steps finish

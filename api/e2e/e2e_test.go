@@ -3,6 +3,7 @@ package e2e
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -39,7 +40,8 @@ func TestSplitSystemRunsDAGAcrossTwoWorkers(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, dagRegistry)
 	api := c.startAPI()
-	c.startWorker("CAO_WORKER_CONCURRENCY=4")
+	metricsAddr := freeAddr(t)
+	c.startWorker("CAO_WORKER_CONCURRENCY=4", "CAO_METRICS_ADDR="+metricsAddr)
 	c.startWorker("CAO_WORKER_CONCURRENCY=4")
 	cl := c.client(api)
 
@@ -68,6 +70,14 @@ func TestSplitSystemRunsDAGAcrossTwoWorkers(t *testing.T) {
 		require.Contains(t, j["output"], "publish")
 	}
 	require.Len(t, workers, 2, "both workers ran steps: %v", workers)
+
+	// A worker's own metrics endpoint counts its attempts.
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	require.NoError(t, err)
+	metrics, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	_ = resp.Body.Close()
+	require.Contains(t, string(metrics), `cao_step_attempts_total{outcome="succeeded",service="fast"}`)
 
 	// The list endpoint pages through them with a cursor.
 	seen := map[string]bool{}

@@ -37,6 +37,7 @@ type Config struct {
 	MaxBodyBytes   int64         // CAO_MAX_BODY_BYTES: largest accepted request body (1 MiB)
 	IdempotencyTTL time.Duration // CAO_IDEMPOTENCY_TTL: how long Idempotency-Keys are kept (24h)
 	DataDir        string        // CAO_DATA_DIR: where dev mode keeps its SQLite database (.cao)
+	MetricsAddr    string        // CAO_METRICS_ADDR: a worker's /metrics and /health listener (none)
 }
 
 // Defaults for every variable.
@@ -72,6 +73,7 @@ func Parse(lookup func(string) (string, bool)) (Config, error) {
 		MaxBodyBytes:      int64(p.integer("CAO_MAX_BODY_BYTES", 1<<20, 1024, 1<<30)),
 		IdempotencyTTL:    p.duration("CAO_IDEMPOTENCY_TTL", 24*time.Hour, time.Minute),
 		DataDir:           p.str("CAO_DATA_DIR", ".cao"),
+		MetricsAddr:       p.str("CAO_METRICS_ADDR", ""),
 	}
 	switch auth := strings.ToLower(p.str("CAO_AUTH", "on")); auth {
 	case "off", "false", "0", "no":
@@ -89,6 +91,9 @@ func Parse(lookup func(string) (string, bool)) (Config, error) {
 	}
 	if c.HTTPAddr != "" && !strings.Contains(c.HTTPAddr, ":") {
 		p.bad("CAO_HTTP_ADDR", c.HTTPAddr, "host:port or :port")
+	}
+	if c.MetricsAddr != "" && !strings.Contains(c.MetricsAddr, ":") {
+		p.bad("CAO_METRICS_ADDR", c.MetricsAddr, "host:port or :port")
 	}
 	for _, o := range c.AllowedOrigins {
 		if o != "*" {
