@@ -45,6 +45,9 @@ type Config struct {
 	BusyDelay time.Duration
 	// PollInterval is how often Asynq moves due scheduled and retry tasks to their queues. Default 250ms.
 	PollInterval time.Duration
+	// IdlePoll is how long an idle worker waits before looking at empty queues again: the latency
+	// between a step finishing and its dependents starting. Default 50ms (Asynq's own is 1s).
+	IdlePoll time.Duration
 	// Logger receives operational logs. Default slog.Default().
 	Logger *slog.Logger
 	// Hooks observe the runner (metrics, tests). Optional.
@@ -79,6 +82,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = 250 * time.Millisecond
+	}
+	if c.IdlePoll <= 0 {
+		c.IdlePoll = 50 * time.Millisecond
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -159,6 +165,7 @@ func (r *Runner) Start(ctx context.Context) error {
 		RetryDelayFunc:           retryDelay,
 		ShutdownTimeout:          r.cfg.ShutdownGrace + 15*time.Second,
 		DelayedTaskCheckInterval: r.cfg.PollInterval,
+		TaskCheckInterval:        r.cfg.IdlePoll,
 		Logger:                   asynqLogger{r.cfg.Logger},
 		LogLevel:                 asynq.WarnLevel,
 	})
