@@ -42,15 +42,20 @@ func expand(s string, env func(string) (string, bool)) (out string, vars, values
 			return "", nil, nil, fmt.Errorf("invalid variable reference ${%s} (expected ${NAME} or ${NAME:-default})", expr)
 		}
 		val, ok := env(name)
+		fromEnv := true
 		switch {
 		case hasDef && val == "":
-			val = def
+			val, fromEnv = def, false
 		case !ok:
 			return "", nil, nil, fmt.Errorf("environment variable %s is not set (set it, or write ${%s:-default})", name, name)
 		}
 		b.WriteString(val)
 		vars = append(vars, name)
-		values = append(values, val)
+		if fromEnv {
+			// A default is written in the file for all to read: only values from the environment can
+			// be secrets.
+			values = append(values, val)
+		}
 		i += 2 + end
 	}
 	return b.String(), vars, values, nil

@@ -988,7 +988,8 @@ func (l *loader) step(feature, path string, n *yaml.Node, f map[string]*yaml.Nod
 		st.Request = defaultRequest()
 	}
 	if svc != nil {
-		svc.Secrets = append(svc.Secrets, l.secretsOf(n)...)
+		// A step's request headers and query carry credentials (literal header values count too); its
+		// body and other settings are content, such as a model name, and would be mangled by redaction.
 		svc.Secrets = append(svc.Secrets, secrets...)
 	}
 	return st
@@ -1020,6 +1021,8 @@ func (l *loader) request(n *yaml.Node, path string) (*Request, []string) {
 		return nil, nil
 	}
 	r := &Request{Method: "POST", Path: "/"}
+	// Values from the environment in the headers and query are credentials.
+	secrets := append(l.secretsOf(f["headers"]), l.secretsOf(f["query"])...)
 	if v := f["method"]; v != nil {
 		if m, ok := l.method(v, join(path, "method")); ok {
 			r.Method = m
@@ -1059,7 +1062,6 @@ func (l *loader) request(n *yaml.Node, path string) (*Request, []string) {
 		}
 		r.QueryTemplates = compileMap("query", r.Query)
 	}
-	var secrets []string
 	if v := f["headers"]; v != nil {
 		r.Headers = l.headers(v, join(path, "headers"))
 		r.HeaderTemplates = compileMap("headers", r.Headers)

@@ -218,8 +218,9 @@ features:
 	require.Equal(t, 7, api.Retry.MaxAttempts)
 
 	// Expanded values and header values (literal too), but nothing shorter than 4 bytes.
+	// Defaults written in the file are not secrets; header values always are.
 	require.ElementsMatch(t, []string{
-		"http://localhost:8080/", "key-from-env", "fallback-value", "$5 and fallback-value", "application/json", "step-secret",
+		"key-from-env", "$5 and fallback-value", "application/json", "step-secret",
 	}, api.Secrets)
 	for i := 1; i < len(api.Secrets); i++ {
 		require.GreaterOrEqual(t, len(api.Secrets[i-1]), len(api.Secrets[i]))
@@ -711,4 +712,29 @@ services:
 	want := registry.RetryPolicy{MaxAttempts: 2, InitialBackoff: time.Second, MaxBackoff: 5 * time.Second}
 	require.Equal(t, want, reg.Services["a"].Retry)
 	require.Equal(t, want, reg.Services["b"].Retry)
+}
+
+func TestSecretsAreCredentialsNotContent(t *testing.T) {
+	t.Parallel()
+	reg := parse(t, `
+services:
+  llm:
+    base_url: ${LLM_URL:-https://api.example.com/v1}
+    headers: {Authorization: "Bearer ${LLM_KEY}"}
+features:
+  f:
+    steps:
+      - name: s
+        service: llm
+        request:
+          query: {key: "${QUERY_KEY}"}
+          body: {model: "${MODEL}", prompt: "hello"}
+`, map[string]string{"LLM_KEY": "sk-secret-value", "QUERY_KEY": "q-secret-value", "MODEL": "gpt-4o-mini"})
+	svc, _ := reg.Service("llm")
+	require.Contains(t, svc.Secrets, "sk-secret-value")
+	require.Contains(t, svc.Secrets, "Bearer sk-secret-value")
+	require.Contains(t, svc.Secrets, "q-secret-value")
+	require.NotContains(t, svc.Secrets, "gpt-4o-mini", "a model name in the body is content, not a credential")
+	require.NotContains(t, svc.Secrets, "https://api.example.com/v1", "a default is written in the file")
+	require.Equal(t, `{"model":"gpt-4o-mini","auth":"[REDACTED]"}`, svc.Redact(`{"model":"gpt-4o-mini","auth":"Bearer sk-secret-value"}`))
 }

@@ -166,7 +166,9 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), ou
 	// Serve stops HTTP intake (and closes WebSockets) when ctx ends, then stops the node: its loops
 	// (maintenance, relay, event hub), then the closers above. Tasks in miniredis are lost on exit by
 	// design: the next start re-enqueues them from the database.
-	return serve.Serve(ctx, n, ln, httpapi.Options{Monitoring: mon})
+	err = serve.Serve(ctx, n, ln, httpapi.Options{Monitoring: mon})
+	log.Info("dev mode stopped; jobs and their state are kept", "database", b.dbPath)
+	return err
 }
 
 // backends are dev mode's embedded Redis and SQLite database.
@@ -181,7 +183,7 @@ type backends struct {
 // with a client for it.
 func openBackends(ctx context.Context, cfg config.Config, log *slog.Logger) (*backends, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
-		return nil, fmt.Errorf("CAO_DATA_DIR %s: %w", cfg.DataDir, err)
+		return nil, fmt.Errorf("data directory (--data-dir or CAO_DATA_DIR) %s: %w", cfg.DataDir, err)
 	}
 	// Keep the database out of git without touching the repository's .gitignore.
 	ignore := filepath.Join(cfg.DataDir, ".gitignore")
@@ -207,10 +209,12 @@ func openBackends(ctx context.Context, cfg config.Config, log *slog.Logger) (*ba
 	}
 	rdb := redis.NewClient(&redis.Options{
 		Addr: mr.Addr(),
-		// miniredis speaks RESP2 fully; RESP3 and CLIENT SETINFO would only add failed handshakes.
+		// miniredis lacks CLIENT SETINFO and CLIENT MAINT_NOTIFICATIONS (sent on RESP3 connections):
+		// skip those handshakes instead of failing them on every new connection.
 		Protocol:        2,
 		DisableIdentity: true,
-		PoolSize:        4 * cfg.WorkerConcurrency,
+		// Running steps use Redis for their leases and heartbeats, beside Asynq's and the hub's own.
+		PoolSize: 4 * cfg.WorkerConcurrency,
 	})
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		_ = rdb.Close()
@@ -247,7 +251,7 @@ func printBanner(out io.Writer, cfg config.Config, reg *registry.Registry, addr,
 	authHeader := ""
 	if len(cfg.APIKeys) > 0 {
 		auth = "on: send one of CAO_API_KEYS as Authorization: Bearer <key> or X-API-Key"
-		authHeader = "  -H \"Authorization: Bearer $CAO_API_KEY\" \\\n"
+		authHeader = "  -H \"Authorization: Bearer <one of CAO_API_KEYS>\" \\\n"
 	}
 	names := slices.Sorted(maps.Keys(queues))
 	qs := make([]string, len(names))

@@ -17,12 +17,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 )
 
 // Paths set by TestMain: the repository root and the cao-api binary built from it.
@@ -56,7 +56,13 @@ func testMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "go build ./api in %s: %v\n%s", root, err, out)
 		return 1
 	}
-	return m.Run()
+	code := m.Run()
+	http.DefaultClient.CloseIdleConnections()
+	if err := goleak.Find(); code == 0 && err != nil {
+		fmt.Fprintln(os.Stderr, "goroutines leaked:", err)
+		return 1
+	}
+	return code
 }
 
 // devProcess is one running `cao-api dev`.
@@ -373,6 +379,15 @@ func TestWalkthrough(t *testing.T) {
 	flaky := startJob(t, p.base, "flaky", map[string]any{})
 	fan := startJob(t, p.base, "fan_out", map[string]any{})
 
+	// Cancel a job while its first step runs, then resume it.
+	cancelled := startJob(t, p.base, "business_plan", map[string]any{"business_name": "Cancel Me"})
+	waitStep(t, p.base, cancelled, "market_research", "RUNNING", 20*time.Second)
+	status, body := call(t, http.MethodPost, p.base+"/api/v1/jobs/"+cancelled+"/cancel", nil)
+	require.Equal(t, http.StatusAccepted, status, "cancel: %v", body)
+	require.Equal(t, "CANCELLED", waitJob(t, p.base, cancelled, 20*time.Second).Status)
+	status, body = call(t, http.MethodPost, p.base+"/api/v1/jobs/"+cancelled+"/resume", map[string]any{})
+	require.Equal(t, http.StatusAccepted, status, "resume: %v", body)
+
 	j := waitJob(t, p.base, id, 40*time.Second)
 	requireCompleted(t, j)
 	require.Len(t, j.Steps, 5)
@@ -391,7 +406,9 @@ func TestWalkthrough(t *testing.T) {
 		require.NoError(t, r.err, "WebSocket messages: %v", r.types)
 		require.Equal(t, "COMPLETED", r.last)
 		require.Equal(t, websocket.StatusNormalClosure, r.closeCode)
+		t.Logf("followed over the WebSocket too: %d messages, closed with 1000", len(r.types))
 	}
+	requireCompleted(t, waitJob(t, p.base, cancelled, 30*time.Second))
 
 	e := waitJob(t, p.base, echo, 20*time.Second)
 	requireCompleted(t, e)
@@ -434,7 +451,7 @@ func TestWalkthrough(t *testing.T) {
 		require.Equal(t, http.StatusOK, status, path)
 		require.Equal(t, "ok", body["status"], "%s: %v", path, body)
 	}
-	_, body := call(t, http.MethodGet, p.base+"/api/v1/health/services", nil)
+	_, body = call(t, http.MethodGet, p.base+"/api/v1/health/services", nil)
 	require.Equal(t, "sqlite", body["postgres"].(map[string]any)["backend"])
 
 	for _, path := range []string{"/metrics", "/monitoring/", "/api/v1/features"} {
@@ -462,7 +479,7 @@ func TestResumeAfterRestart(t *testing.T) {
 		stop func(t *testing.T, p *devProcess)
 	}{
 		{"crash", func(t *testing.T, p *devProcess) {
-			require.NoError(t, p.cmd.Process.Signal(syscall.SIGKILL))
+			require.NoError(t, p.cmd.Process.Kill()) // SIGKILL
 			require.Error(t, p.wait(t, 10*time.Second))
 		}},
 		{"interrupt", func(t *testing.T, p *devProcess) {
@@ -485,7 +502,18 @@ func TestResumeAfterRestart(t *testing.T) {
 			p2 := startDev(t, dir, args, env...)
 			j := waitJob(t, p2.base, id, 30*time.Second)
 			requireCompleted(t, j)
-			require.JSONEq(t, fmt.Sprintf(`{"name":%q}`, tc.name), string(j.Output), "the job's output")
+			require.JSONEq(t, fmt.Sprintf(`{"name":%q}`, tc.name), string(mustField(t, j.Output, "last")), "the last step's output")
+
+			// The interrupted step ran again after the restart.
+			status, body := call(t, http.MethodGet, p2.base+"/api/v1/jobs/"+id+"/events", nil)
+			require.Equal(t, http.StatusOK, status)
+			runs := 0
+			for _, e := range body["events"].([]any) {
+				if e := e.(map[string]any); e["step"] == "long" && e["status"] == "RUNNING" {
+					runs++
+				}
+			}
+			require.GreaterOrEqual(t, runs, 2, "RUNNING events of the interrupted step: %v", body["events"])
 		})
 	}
 }
