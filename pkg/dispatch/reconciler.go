@@ -106,6 +106,63 @@ func (r *Reconciler) Tick(ctx context.Context) error {
 	return nil
 }
 
+// OrphanSuffix ends the id of the copy of a task whose worker died before claiming its step.
+const OrphanSuffix = ":orphan"
+
+// Asynq keeps the leases of a queue's active tasks in a sorted set (task id -> expiry in Unix
+// seconds) and a live server extends them to now+asynqLease every 5s.
+const (
+	asynqLease = 30 * time.Second
+	// orphanAfter is how long a lease may go unrenewed before its task counts as orphaned.
+	orphanAfter = 12 * time.Second
+)
+
+func asynqLeaseKey(queue string) string { return "asynq:{" + queue + "}:lease" }
+
+type taskState int
+
+const (
+	taskMissing  taskState = iota // not in Redis, or archived/completed (deleted so the id can be reused)
+	taskPresent                   // waiting to be processed, or processed by a live worker
+	taskOrphaned                  // active on a worker that stopped renewing its lease
+)
+
+// taskState reports what Redis holds for the task id.
+func (r *Reconciler) taskState(ctx context.Context, queue, id string) (taskState, error) {
+	info, err := r.insp.GetTaskInfo(queue, id)
+	switch {
+	case errors.Is(err, asynq.ErrQueueNotFound):
+		// Redis lost its data: Asynq clients remember which queues they registered and do not
+		// register them again, so inspection (health, asynqmon) would miss the queue.
+		if err := r.rdb.SAdd(ctx, asynqQueuesKey, queue).Err(); err != nil {
+			return 0, fmt.Errorf("register queue %s: %w", queue, err)
+		}
+		return taskMissing, nil
+	case errors.Is(err, asynq.ErrTaskNotFound):
+		return taskMissing, nil
+	case err != nil:
+		return 0, fmt.Errorf("inspect task %s: %w", id, err)
+	case info.State == asynq.TaskStateArchived || info.State == asynq.TaskStateCompleted:
+		// Archived (retries exhausted by infrastructure failures) or completed without effect:
+		// delete it so the id can be enqueued again.
+		if derr := r.insp.DeleteTask(queue, id); derr != nil && !errors.Is(derr, asynq.ErrTaskNotFound) {
+			return 0, fmt.Errorf("delete archived task %s: %w", id, derr)
+		}
+		return taskMissing, nil
+	case info.State == asynq.TaskStateActive:
+		score, err := r.rdb.ZScore(ctx, asynqLeaseKey(queue), id).Result()
+		switch {
+		case errors.Is(err, redis.Nil):
+			return taskPresent, nil
+		case err != nil:
+			return 0, fmt.Errorf("task lease %s: %w", id, err)
+		case time.Unix(int64(score), 0).Before(r.now().Add(asynqLease - orphanAfter)):
+			return taskOrphaned, nil
+		}
+	}
+	return taskPresent, nil
+}
+
 // Sweep checks waiting steps and re-enqueues the tasks Redis lacks. With all, it checks every waiting
 // step regardless of age. It returns how many tasks it enqueued.
 func (r *Reconciler) Sweep(ctx context.Context, all bool) (int, error) {
@@ -121,25 +178,21 @@ func (r *Reconciler) Sweep(ctx context.Context, all bool) (int, error) {
 	for _, s := range steps {
 		p := task.StepPayload{JobID: s.JobID, Step: s.Name, Run: s.Run, Attempt: s.Attempts + 1}
 		id := p.TaskID()
-		info, err := r.insp.GetTaskInfo(s.Queue, id)
-		switch {
-		case err == nil && info.State != asynq.TaskStateArchived && info.State != asynq.TaskStateCompleted:
-			continue // Redis has it
-		case err == nil:
-			// Archived (retries exhausted by infrastructure failures) or completed without effect:
-			// delete it so the id can be enqueued again.
-			if derr := r.insp.DeleteTask(s.Queue, id); derr != nil && !errors.Is(derr, asynq.ErrTaskNotFound) {
-				return n, fmt.Errorf("delete archived task %s: %w", id, derr)
+		st, err := r.taskState(ctx, s.Queue, id)
+		if err != nil {
+			return n, err
+		}
+		if st == taskOrphaned {
+			// The worker that took the task died before it claimed the step, and Asynq hands the task
+			// out again only a minute or more later. Enqueue a copy under a derived id: claiming a step
+			// is a compare-and-set, so whichever copy runs second is acknowledged as stale.
+			id += OrphanSuffix
+			if st, err = r.taskState(ctx, s.Queue, id); err != nil {
+				return n, err
 			}
-		case errors.Is(err, asynq.ErrQueueNotFound):
-			// Redis lost its data: Asynq clients remember which queues they registered and do not
-			// register them again, so inspection (health, asynqmon) would miss the queue.
-			if err := r.rdb.SAdd(ctx, asynqQueuesKey, s.Queue).Err(); err != nil {
-				return n, fmt.Errorf("register queue %s: %w", s.Queue, err)
-			}
-		case errors.Is(err, asynq.ErrTaskNotFound):
-		default:
-			return n, fmt.Errorf("inspect task %s: %w", id, err)
+		}
+		if st != taskMissing {
+			continue // Redis has it (an orphaned copy is left to Asynq's own recovery)
 		}
 		ot := store.OutboxTask{TaskID: id, Queue: s.Queue, TypeName: task.TypeStep, Payload: p.Marshal()}
 		if s.Status == store.StepRetrying && s.NextAttemptAt != nil && s.NextAttemptAt.After(r.now()) {

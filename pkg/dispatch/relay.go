@@ -182,7 +182,13 @@ func Enqueue(ctx context.Context, q Enqueuer, t store.OutboxTask) error {
 		asynq.Timeout(24 * time.Hour),
 	}
 	if t.ProcessAt != nil {
-		opts = append(opts, asynq.ProcessAt(*t.ProcessAt))
+		// Asynq schedules in whole seconds, rounding down; round up so a delay (a service's
+		// Retry-After, say) is never cut short.
+		at := *t.ProcessAt
+		if frac := at.Sub(at.Truncate(time.Second)); frac > 0 {
+			at = at.Add(time.Second - frac)
+		}
+		opts = append(opts, asynq.ProcessAt(at))
 	}
 	_, err := q.EnqueueContext(ctx, asynq.NewTask(t.TypeName, t.Payload), opts...)
 	if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) && !errors.Is(err, asynq.ErrDuplicateTask) {

@@ -66,6 +66,8 @@ func isUnavailable(err error) bool {
 			return true
 		case pgErr.Code == "53300": // too_many_connections
 			return true
+		case pgErr.Code == "25P03", pgErr.Code == "57P05": // session ended for idling (in a transaction)
+			return true
 		}
 		return false
 	}
@@ -81,6 +83,7 @@ func isUnavailable(err error) bool {
 	var netErr net.Error
 	return errors.As(err, &connectErr) ||
 		errors.As(err, &netErr) ||
+		errors.Is(err, pgconn.ErrConnClosed) || // the server or the network closed a pooled connection
 		errors.Is(err, driver.ErrBadConn) ||
 		errors.Is(err, syscall.ECONNREFUSED) ||
 		errors.Is(err, syscall.ECONNRESET) ||

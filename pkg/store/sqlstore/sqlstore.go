@@ -36,6 +36,8 @@ const (
 	sqliteBusyTimeout = 10 * time.Second
 	// slowQuery is the duration above which a query is logged when Config.Logger is set.
 	slowQuery = 200 * time.Millisecond
+	// defaultIdleInTxTimeout is Config.IdleInTxTimeout's default.
+	defaultIdleInTxTimeout = 5 * time.Second
 )
 
 // Config holds the optional settings of a Store; the zero value is ready to use.
@@ -46,6 +48,13 @@ type Config struct {
 	MaxIdleConns int
 	// Logger receives failed and slow (over 200ms) queries. Default: nothing is logged.
 	Logger *slog.Logger
+	// IdleInTxTimeout is how long Postgres lets one of the store's sessions sit idle inside a
+	// transaction before it ends the session and so releases its row locks: a process that is stopped
+	// (SIGSTOP, VM freeze) or cut off mid-transaction must not block its jobs, nor the reaper that
+	// would re-run them, for ever. CAO's transactions are short (the outbox relay's waits only on
+	// Redis). Zero means 5s; negative leaves the server's setting; an
+	// idle_in_transaction_session_timeout in the URL wins.
+	IdleInTxTimeout time.Duration
 }
 
 // WithDefaults returns a copy of c with every unset field given its documented default.
@@ -88,11 +97,32 @@ func OpenPostgres(ctx context.Context, url string, cfg Config) (*Store, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	db, err := gorm.Open(postgres.New(postgres.Config{DSN: url}), gormConfig(cfg))
+	db, err := gorm.Open(postgres.New(postgres.Config{DSN: postgresDSN(url, cfg)}), gormConfig(cfg))
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", interpretError(err))
 	}
 	return newStore(ctx, db, DialectPostgres, cfg)
+}
+
+// postgresDSN adds the session settings the store relies on to a Postgres URL or keyword/value DSN
+// (pgx sends unknown parameters as run-time settings), unless the DSN sets them itself.
+func postgresDSN(dsn string, cfg Config) string {
+	const idleKey = "idle_in_transaction_session_timeout"
+	idle := cfg.IdleInTxTimeout
+	if idle == 0 {
+		idle = defaultIdleInTxTimeout
+	}
+	if idle < 0 || strings.Contains(dsn, idleKey) {
+		return dsn
+	}
+	param := fmt.Sprintf("%s=%d", idleKey, idle.Milliseconds())
+	switch {
+	case !strings.HasPrefix(dsn, "postgres://") && !strings.HasPrefix(dsn, "postgresql://"):
+		return dsn + " " + param
+	case strings.Contains(dsn, "?"):
+		return dsn + "&" + param
+	}
+	return dsn + "?" + param
 }
 
 // OpenSQLite opens the SQLite database file at path (created if missing) in WAL mode, with foreign

@@ -1,0 +1,81 @@
+package dispatch_test
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cao-run/cao/pkg/dispatch"
+	"github.com/cao-run/cao/pkg/orchestrator"
+	"github.com/cao-run/cao/pkg/registry"
+	"github.com/cao-run/cao/pkg/task"
+)
+
+// A worker that dies after taking a task but before claiming its step leaves the task active in
+// Asynq, which hands it out again only a minute or more later; the reconciler enqueues a copy as
+// soon as the task's lease stops being renewed, and leaves live workers' tasks alone.
+func TestReconcilerRedispatchesTaskOfDeadWorker(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	r, err := registry.Parse("r.yaml", []byte(reg), func(string) (string, bool) { return "", false })
+	require.NoError(t, err)
+	orch := orchestrator.New(b.st, r, nil, nil, orchestrator.Config{})
+	v, _, err := orch.CreateJob(ctx, orchestrator.CreateRequest{Feature: "one", Input: json.RawMessage(`{}`)})
+	require.NoError(t, err)
+	_, err = dispatch.NewRelay(b.st, b.q, dispatch.RelayConfig{}).RunOnce(ctx)
+	require.NoError(t, err)
+	id := task.StepPayload{JobID: v.Job.ID, Step: "a", Run: 1, Attempt: 1}.TaskID()
+
+	// A worker takes the task and holds it without claiming the step.
+	taken, release := make(chan struct{}), make(chan struct{})
+	srv := asynq.NewServerFromRedisClient(b.rdb.Client, asynq.Config{
+		Queues: map[string]int{"medium": 1}, Concurrency: 1, ShutdownTimeout: time.Second, LogLevel: asynq.FatalLevel,
+	})
+	mux := asynq.NewServeMux()
+	mux.HandleFunc(task.TypeStep, func(ctx context.Context, _ *asynq.Task) error {
+		close(taken)
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil
+	})
+	require.NoError(t, srv.Start(mux))
+	t.Cleanup(srv.Shutdown)
+	t.Cleanup(func() { close(release) })
+	select {
+	case <-taken:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the worker did not take the task")
+	}
+	rec := dispatch.NewReconciler(b.st, b.rdb.Client, b.q, dispatch.ReconcilerConfig{})
+	n, err := rec.Sweep(ctx, true)
+	require.NoError(t, err)
+	require.Zero(t, n, "a live worker's task is left alone")
+
+	// The worker dies: its lease is no longer renewed. (The live server here renews it every 5s,
+	// so the stale lease is set again if a renewal slips in before the sweep.)
+	for try := 0; n == 0 && try < 3; try++ {
+		stale := float64(time.Now().Add(5 * time.Second).Unix())
+		require.NoError(t, b.rdb.Client.ZAdd(ctx, "asynq:{medium}:lease", redis.Z{Score: stale, Member: id}).Err())
+		n, err = rec.Sweep(ctx, true)
+		require.NoError(t, err)
+	}
+	require.Equal(t, 1, n, "the orphaned task is dispatched again")
+	info, err := b.insp.GetTaskInfo("medium", id+dispatch.OrphanSuffix)
+	require.NoError(t, err)
+	require.Equal(t, asynq.TaskStatePending, info.State)
+	var p task.StepPayload
+	require.NoError(t, json.Unmarshal(info.Payload, &p))
+	require.Equal(t, task.StepPayload{JobID: v.Job.ID, Step: "a", Run: 1, Attempt: 1}, p, "same attempt: the claim decides")
+
+	n, err = rec.Sweep(ctx, true)
+	require.NoError(t, err)
+	require.Zero(t, n, "the copy is enqueued once")
+}
