@@ -316,6 +316,7 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	taskID, _ := asynq.GetTaskID(ctx)
 	queue, _ := asynq.GetQueueName(ctx)
 	waiter := queue + "|" + taskID
+	semAt := time.Now() // the slot's lease counts from no later than this
 	lease, err := r.sem.Acquire(ctx, svc.Name, svc.MaxConcurrency, svc.LeaseTTL, waiter)
 	if errors.Is(err, limiter.ErrFull) {
 		return r.busy(svc.Name, "is at max_concurrency", 0)
@@ -353,6 +354,7 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 		rsv = res
 	}
 
+	stepAt := time.Now() // the step's lease counts from no later than this
 	a, err := r.orch.StartAttempt(ctx, target, r.cfg.WorkerID)
 	if errors.Is(err, orchestrator.ErrStale) {
 		return nil
@@ -360,7 +362,8 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	if err != nil {
 		return err
 	}
-	out, dur := r.execute(ctx, a, lease, rsv)
+	clock := &leaseClock{stepOK: stepAt, stepTTL: r.orch.Config().StepLeaseTTL, semOK: semAt, semTTL: svc.LeaseTTL, sem: lease.Token != 0}
+	out, dur := r.execute(ctx, a, lease, rsv, clock)
 	// Record even if the task's context ended: the outcome is what matters now.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
@@ -429,7 +432,7 @@ func (r *Runner) busy(service, why string, wait time.Duration) error {
 
 // execute calls the service while keeping both leases alive; losing either cancels the call. rsv is
 // the call's rate limit reservation (zero when the service has no rate limit).
-func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, lease limiter.Lease, rsv limiter.Reservation) (orchestrator.Outcome, time.Duration) {
+func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, lease limiter.Lease, rsv limiter.Reservation, clock *leaseClock) (orchestrator.Outcome, time.Duration) {
 	callCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stopMerge := context.AfterFunc(r.runCtx, func() { cancel(context.Cause(r.runCtx)) })
@@ -441,7 +444,7 @@ func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, lease lim
 	hbStopped := make(chan struct{})
 	go func() {
 		defer close(hbStopped)
-		r.heartbeat(callCtx, a, lease, cancel, hbDone)
+		r.heartbeat(callCtx, a, lease, clock, cancel, hbDone)
 	}()
 	defer func() { close(hbDone); <-hbStopped }()
 
@@ -453,6 +456,12 @@ func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, lease lim
 	// call from the others by when it leaves, not by when it was admitted.
 	if err := r.rate.Sent(callCtx, rsv); err != nil {
 		r.cfg.Logger.Warn("rate limit: record send time", "service", a.Service.Name, "err", err)
+	}
+	// The process may have been stopped (SIGSTOP, VM freeze) since it took its leases, and the
+	// heartbeat may not have noticed yet: never send on a lease that may belong to someone else now.
+	if !clock.valid(time.Now()) {
+		err := fmt.Errorf("%w: lease expired before the call was sent", limiter.ErrLeaseLost)
+		return orchestrator.Outcome{Err: err, ErrorClass: "lease_lost", Interrupted: true}, 0
 	}
 	start := time.Now()
 	res, err := r.caller.Call(callCtx, caller.Call{
@@ -480,16 +489,14 @@ func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, lease lim
 
 // heartbeat renews the step's database lease and the service semaphore lease about every third of
 // their TTLs; if either is lost (or cannot be renewed before it expires) the call is cancelled.
-func (r *Runner) heartbeat(ctx context.Context, a *orchestrator.Attempt, lease limiter.Lease, cancel context.CancelCauseFunc, done <-chan struct{}) {
-	stepTTL := r.orch.Config().StepLeaseTTL
-	semTTL := a.Service.LeaseTTL
-	interval := min(stepTTL/3, semTTL/3)
-	if lease.Token == 0 {
-		interval = stepTTL / 3
+func (r *Runner) heartbeat(ctx context.Context, a *orchestrator.Attempt, lease limiter.Lease, clock *leaseClock, cancel context.CancelCauseFunc, done <-chan struct{}) {
+	stepTTL, semTTL := clock.stepTTL, clock.semTTL
+	interval := stepTTL / 3
+	if clock.sem {
+		interval = min(interval, semTTL/3)
 	}
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
-	stepOK, semOK := time.Now(), time.Now()
 	for {
 		select {
 		case <-done:
@@ -501,7 +508,7 @@ func (r *Runner) heartbeat(ctx context.Context, a *orchestrator.Attempt, lease l
 		now := time.Now()
 		// A process that was stopped (SIGSTOP, GC pause, VM freeze) must not act on a lease that may
 		// already belong to someone else: give up before sending anything more.
-		if now.Sub(stepOK) >= stepTTL || (lease.Token != 0 && now.Sub(semOK) >= semTTL) {
+		if !clock.valid(now) {
 			cancel(fmt.Errorf("%w: lease expired before it could be renewed", limiter.ErrLeaseLost))
 			return
 		}
@@ -513,7 +520,7 @@ func (r *Runner) heartbeat(ctx context.Context, a *orchestrator.Attempt, lease l
 			cancel(fmt.Errorf("%w: step reclaimed or cancelled", limiter.ErrLeaseLost))
 			return
 		case err == nil:
-			stepOK = now
+			clock.renewed(now, false)
 		}
 		if lease.Token != 0 {
 			hctx, hcancel := context.WithTimeout(ctx, interval)
@@ -524,9 +531,38 @@ func (r *Runner) heartbeat(ctx context.Context, a *orchestrator.Attempt, lease l
 				cancel(fmt.Errorf("%w: service slot lost", limiter.ErrLeaseLost))
 				return
 			case err == nil:
-				lease, semOK = nl, now
+				lease = nl
+				clock.renewed(now, true)
 			}
 		}
+	}
+}
+
+// leaseClock tracks, by this process's clock, whether the attempt's leases are surely still held: each
+// counts from a moment just before it was last taken or renewed.
+type leaseClock struct {
+	mu              sync.Mutex
+	stepOK, semOK   time.Time
+	stepTTL, semTTL time.Duration
+	sem             bool // a semaphore lease is held (the service has a max_concurrency)
+}
+
+// valid reports whether both leases are still held at now.
+func (c *leaseClock) valid(now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return now.Sub(c.stepOK) < c.stepTTL && (!c.sem || now.Sub(c.semOK) < c.semTTL)
+}
+
+// renewed records a successful renewal of the step lease (sem=false) or the service slot (sem=true)
+// requested at t.
+func (c *leaseClock) renewed(t time.Time, sem bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if sem {
+		c.semOK = t
+	} else {
+		c.stepOK = t
 	}
 }
 
