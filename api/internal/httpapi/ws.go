@@ -19,6 +19,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/cao-run/cao/pkg/events"
+	"github.com/cao-run/cao/pkg/orchestrator"
 	"github.com/cao-run/cao/pkg/store"
 )
 
@@ -30,8 +31,9 @@ const codeUpgradeRequired = "upgrade_required"
 
 // wsConfig holds the WebSocket monitor's tuning; tests shorten the intervals.
 type wsConfig struct {
-	// clientQueue bounds the deliveries waiting for one client; a client that falls this far behind
-	// is closed with 1013 so that it never slows the others.
+	// clientQueue bounds the messages waiting for one client; a client that falls this far behind
+	// is closed with 1013 so that it never slows the others. One delivery of any size is accepted
+	// when nothing else waits (a page read from the log after a burst).
 	clientQueue int
 	// topicBuffer is the events.Hub buffer of one job's subscription in this process. A burst larger
 	// than this is not lost: the topic resubscribes and reads the gap from the event log.
@@ -76,7 +78,7 @@ type wsHub struct {
 	cancel   context.CancelFunc
 	closing  chan struct{} // closed by stop: every client closes with 1001
 	stopOnce sync.Once
-	wg       sync.WaitGroup // connection handlers and their ping goroutines
+	wg       sync.WaitGroup // connection handlers, their ping goroutines and the topics
 
 	mu       sync.Mutex
 	stopping bool
@@ -156,8 +158,9 @@ type wire struct {
 	terminal bool
 }
 
-// delivery is what one topic hands to its clients at once: the messages of one publish, or one page
-// read from the event log. Clients queue deliveries, so a large burst takes one slot, not hundreds.
+// delivery is what one topic hands to its clients at once: the messages of one publish (or of the
+// publishes that arrived together), or one page read from the event log. One delivery is shared by
+// every client of the job.
 type delivery struct{ msgs []wire }
 
 func encodeWire(m events.Message) (wire, error) {
@@ -165,24 +168,42 @@ func encodeWire(m events.Message) (wire, error) {
 	return wire{seq: m.Seq, data: b, terminal: m.Terminal()}, err
 }
 
-// wsClient is one connection's queue. The topic only ever offers to it (never blocks); when the queue
-// is full the client is marked slow and its handler closes it.
+// wsClient is one connection's queue. The topic only ever offers to it (never blocks); when more
+// than limit messages wait the client is marked slow and its handler closes it.
 type wsClient struct {
-	q      chan *delivery
-	slow   atomic.Bool
-	slowCh chan struct{}
+	q       chan *delivery // capacity limit: a delivery holds at least one message
+	pending atomic.Int64   // messages in q
+	limit   int64
+	slow    atomic.Bool
+	slowCh  chan struct{}
+}
+
+func newWSClient(limit int) *wsClient {
+	return &wsClient{q: make(chan *delivery, limit), limit: int64(limit), slowCh: make(chan struct{})}
 }
 
 func (c *wsClient) offer(d *delivery) {
 	if c.slow.Load() {
 		return
 	}
+	n := int64(len(d.msgs))
+	if p := c.pending.Add(n); p > c.limit && p != n {
+		c.markSlow()
+		return
+	}
 	select {
 	case c.q <- d:
 	default:
-		if c.slow.CompareAndSwap(false, true) {
-			close(c.slowCh)
-		}
+		c.markSlow()
+	}
+}
+
+// take is the writer's side of offer.
+func (c *wsClient) take(d *delivery) { c.pending.Add(-int64(len(d.msgs))) }
+
+func (c *wsClient) markSlow() {
+	if c.slow.CompareAndSwap(false, true) {
+		close(c.slowCh)
 	}
 }
 
@@ -190,58 +211,122 @@ func (c *wsClient) offer(d *delivery) {
 type topic struct {
 	h     *wsHub
 	jobID string
-	sub   *events.Subscription // taken in join, before the first client reads the database
+	sub   *events.Subscription // taken when the topic is created, before anyone reads the database
 	done  chan struct{}        // closed when the last client left
 	refs  int                  // guarded by h.mu
+
+	// ready is closed once head0 (the job's last_seq read right after subscribing) is known, or
+	// failed is set. Every client reads its own starting point after ready, so no client ever starts
+	// before the topic: whatever the topic delivers extends what each client has, without a gap.
+	ready  chan struct{}
+	head0  int64
+	failed error
 
 	mu      sync.Mutex
 	clients map[*wsClient]struct{}
 }
 
-// join registers c on the job's topic, creating it (and its hub subscription) if needed. It must run
-// before the client reads the database: every event committed after that read then reaches c.
-func (h *wsHub) join(jobID string, c *wsClient) (leave func(), ok bool) {
+// errStopping refuses new connections during shutdown.
+var errStopping = errors.New("websocket: server stopping")
+
+// join registers c on the job's topic, creating it (and its hub subscription) if needed, and returns
+// once the topic knows its starting point. The caller reads the job only after join: every event
+// committed after that read then reaches c. An unknown job fails with orchestrator.ErrJobNotFound.
+func (h *wsHub) join(ctx context.Context, jobID string, c *wsClient) (leave func(), err error) {
+	for {
+		t, created, err := h.register(jobID, c)
+		if err != nil {
+			return nil, err
+		}
+		leave := func() { h.unregister(t, c) }
+		if created {
+			job, err := h.s.n.Store.GetJob(ctx, jobID)
+			if errors.Is(err, store.ErrNotFound) {
+				err = orchestrator.ErrJobNotFound
+			}
+			if err != nil {
+				h.mu.Lock()
+				if h.topics[jobID] == t {
+					delete(h.topics, jobID) // the next client creates a fresh topic
+				}
+				h.mu.Unlock()
+				t.failed = err
+				close(t.ready)
+				t.sub.Close() // run never starts for this topic
+				leave()
+				return nil, err
+			}
+			t.head0 = job.LastSeq
+			close(t.ready)
+			h.wg.Add(1) // this client's count is held, so the counter is not zero here
+			go t.run()
+			return leave, nil
+		}
+		select {
+		case <-t.ready:
+		case <-ctx.Done():
+			leave()
+			return nil, ctx.Err()
+		}
+		if t.failed == nil {
+			return leave, nil
+		}
+		leave()
+		if errors.Is(t.failed, orchestrator.ErrJobNotFound) {
+			return nil, t.failed
+		}
+		// The creator's read failed for its own reason (its request was cancelled, say): try anew.
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// register adds c to the job's topic, creating the topic and its subscription if needed.
+func (h *wsHub) register(jobID string, c *wsClient) (t *topic, created bool, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.stopping {
-		return nil, false
+		return nil, false, errStopping
 	}
-	t := h.topics[jobID]
+	t = h.topics[jobID]
 	if t == nil {
 		t = &topic{
 			h: h, jobID: jobID, sub: h.s.n.Hub.Subscribe(jobID, h.cfg.topicBuffer),
-			done: make(chan struct{}), clients: map[*wsClient]struct{}{},
+			done: make(chan struct{}), ready: make(chan struct{}), clients: map[*wsClient]struct{}{},
 		}
 		h.topics[jobID] = t
-		go t.run()
+		created = true
 	}
 	t.refs++
 	h.wg.Add(1) // under h.mu with stopping checked, so stop's Wait never races this Add
 	t.mu.Lock()
 	t.clients[c] = struct{}{}
 	t.mu.Unlock()
-	return func() {
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		t.mu.Lock()
-		delete(t.clients, c)
-		t.mu.Unlock()
-		if t.refs--; t.refs == 0 {
-			delete(h.topics, jobID)
-			close(t.done)
+	return t, created, nil
+}
+
+func (h *wsHub) unregister(t *topic, c *wsClient) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	t.mu.Lock()
+	delete(t.clients, c)
+	t.mu.Unlock()
+	if t.refs--; t.refs == 0 {
+		if h.topics[t.jobID] == t {
+			delete(h.topics, t.jobID)
 		}
-		h.wg.Done()
-	}, true
+		close(t.done)
+	}
+	h.wg.Done()
 }
 
 // run orders the job's live messages and fills gaps from the event log, until the last client leaves.
 func (t *topic) run() {
+	defer t.h.wg.Done()
 	sub := t.sub
 	defer func() { sub.Close() }()
-	head, ok := t.sync()
-	if !ok {
-		return
-	}
+	head := t.head0
 	subC := sub.C
 	poll := time.NewTicker(t.h.cfg.pollInterval)
 	defer poll.Stop()
@@ -289,25 +374,6 @@ func (t *topic) run() {
 				t.forward(t.readLog(&head))
 			}
 			polled = job.LastSeq
-		}
-	}
-}
-
-// sync reads the job's last_seq: the topic's starting point. Messages that arrive meanwhile wait in
-// the subscription buffer.
-func (t *topic) sync() (int64, bool) {
-	for {
-		job, err := t.h.s.n.Store.GetJob(t.h.ctx, t.jobID)
-		if err == nil {
-			return job.LastSeq, true
-		}
-		if t.h.ctx.Err() == nil {
-			t.h.s.log.Warn("websocket: read job", "job_id", t.jobID, "err", err)
-		}
-		select {
-		case <-t.done:
-			return 0, false
-		case <-time.After(time.Second):
 		}
 	}
 }
@@ -411,62 +477,30 @@ func (h *wsHub) serve(c *gin.Context) {
 		return
 	}
 
-	cl := &wsClient{q: make(chan *delivery, h.cfg.clientQueue), slowCh: make(chan struct{})}
-	leave, ok := h.join(id, cl)
-	if !ok {
+	ctx := c.Request.Context()
+	cl := newWSClient(h.cfg.clientQueue)
+	leave, err := h.join(ctx, id, cl)
+	switch {
+	case errors.Is(err, errStopping):
 		c.Header("Retry-After", "5")
 		abort(c, http.StatusServiceUnavailable, codeUnavailable, "the server is shutting down; reconnect", nil)
+		return
+	case err != nil:
+		h.s.fail(c, err)
 		return
 	}
 	defer leave()
 
 	// Read the starting point only now that the client is on its topic (see join).
-	ctx := c.Request.Context()
-	var (
-		first    [][]byte // snapshot, or the first page of the replay
-		last     = after  // seq of the last message the client has
-		terminal bool     // close right after sending first
-		more     bool     // the replay has more pages
-	)
-	if !hasAfter {
-		view, err := h.s.n.Orchestrator.GetJob(ctx, id)
-		if err != nil {
-			h.s.fail(c, err)
-			return
-		}
-		b, err := json.Marshal(snapshotMsg{Type: "snapshot", Seq: view.Job.LastSeq, Job: JobJSON(view)})
-		if err != nil {
-			h.s.fail(c, err)
-			return
-		}
-		first, last, terminal = [][]byte{b}, view.Job.LastSeq, view.Job.Status.Terminal()
+	var st startPoint
+	if hasAfter {
+		st, err = h.replayStart(ctx, id, after)
 	} else {
-		job, err := h.s.n.Store.GetJob(ctx, id)
-		if errors.Is(err, store.ErrNotFound) {
-			abort(c, http.StatusNotFound, codeJobNotFound, "job not found", nil)
-			return
-		}
-		if err != nil {
-			h.s.fail(c, err)
-			return
-		}
-		evs, err := h.s.n.Orchestrator.Events(ctx, id, after, h.cfg.pageSize)
-		if err != nil {
-			h.s.fail(c, err)
-			return
-		}
-		for _, e := range evs {
-			w, err := encodeWire(events.FromEvent(e))
-			if err != nil {
-				h.s.fail(c, err)
-				return
-			}
-			first = append(first, w.data)
-			last, terminal = w.seq, w.terminal
-		}
-		more = len(evs) == h.cfg.pageSize
-		// A client that already has the terminal event gets nothing more: close at once.
-		terminal = terminal || (len(evs) == 0 && job.Status.Terminal() && job.LastSeq <= after)
+		st, err = h.snapshotStart(ctx, id)
+	}
+	if err != nil {
+		h.s.fail(c, err)
+		return
 	}
 
 	conn, err := websocket.Accept(c.Writer, c.Request, &websocket.AcceptOptions{
@@ -482,9 +516,57 @@ func (h *wsHub) serve(c *gin.Context) {
 	defer m.WSClients.Dec()
 	conn.SetReadLimit(1024) // clients send nothing but control frames
 	// The request context must not be used after the hijack; the connection lives until stop.
-	wc := &wsConn{h: h, conn: conn, cl: cl, jobID: id, last: last}
+	wc := &wsConn{h: h, conn: conn, cl: cl, jobID: id, last: st.last}
 	wc.readCtx = conn.CloseRead(h.ctx)
-	wc.run(first, terminal, more)
+	wc.run(st)
+}
+
+// startPoint is what a connection sends before going live, and where that leaves the client.
+type startPoint struct {
+	frames   [][]byte // the snapshot, or the first page of the replay
+	last     int64    // seq the client is at after frames
+	terminal bool     // close with 1000 right after frames
+	more     bool     // the replay has more pages than frames
+}
+
+// snapshotStart is the snapshot of the job (the object of GET /api/v1/jobs/{id}) at its last_seq.
+func (h *wsHub) snapshotStart(ctx context.Context, id string) (startPoint, error) {
+	view, err := h.s.n.Orchestrator.GetJob(ctx, id)
+	if err != nil {
+		return startPoint{}, err
+	}
+	b, err := json.Marshal(snapshotMsg{Type: "snapshot", Seq: view.Job.LastSeq, Job: JobJSON(view)})
+	if err != nil {
+		return startPoint{}, err
+	}
+	return startPoint{frames: [][]byte{b}, last: view.Job.LastSeq, terminal: view.Job.Status.Terminal()}, nil
+}
+
+// replayStart is the first page of the events after after_seq.
+func (h *wsHub) replayStart(ctx context.Context, id string, after int64) (startPoint, error) {
+	job, err := h.s.n.Store.GetJob(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return startPoint{}, orchestrator.ErrJobNotFound
+	}
+	if err != nil {
+		return startPoint{}, err
+	}
+	evs, err := h.s.n.Orchestrator.Events(ctx, id, after, h.cfg.pageSize)
+	if err != nil {
+		return startPoint{}, err
+	}
+	st := startPoint{last: after, more: len(evs) == h.cfg.pageSize}
+	for _, e := range evs {
+		w, err := encodeWire(events.FromEvent(e))
+		if err != nil {
+			return startPoint{}, err
+		}
+		st.frames = append(st.frames, w.data)
+		st.last, st.terminal = w.seq, w.terminal
+	}
+	// A client that already has the terminal event gets nothing more: close at once.
+	st.terminal = st.terminal || (len(evs) == 0 && job.Status.Terminal() && job.LastSeq <= after)
+	return st, nil
 }
 
 // wsConn is one accepted connection: it writes in the goroutine of the HTTP handler.
@@ -501,14 +583,15 @@ type wsConn struct {
 // errClosed means the connection was closed while sending; the handler just returns.
 var errClosed = errors.New("websocket closed")
 
-func (w *wsConn) run(first [][]byte, terminal, more bool) {
+func (w *wsConn) run(st startPoint) {
 	defer w.conn.CloseNow()
-	for _, b := range first {
+	for _, b := range st.frames {
 		if w.write(b) != nil {
 			return
 		}
 	}
-	if more {
+	terminal := st.terminal
+	if st.more {
 		term, err := w.replay()
 		if err != nil {
 			return
@@ -539,6 +622,7 @@ func (w *wsConn) run(first [][]byte, terminal, more bool) {
 		case <-ping.C:
 			w.ping()
 		case d := <-w.cl.q:
+			w.cl.take(d)
 			done, err := w.deliver(d)
 			if err != nil || done {
 				return

@@ -69,10 +69,12 @@
     j.last_seq = m.seq;
   }
 
-  function setView(job) {
+  function setView(job, fromREST) {
     state.job = job;
     state.viewSeq = job.last_seq || 0;
     for (const m of state.recent) applyEvent(m);
+    // After the last event of a finished job, the REST view is final (tests and users can rely on it).
+    document.body.dataset.synced = fromREST && state.finished && state.viewSeq >= state.lastSeq ? 'final' : '';
     scheduleRender();
   }
 
@@ -89,7 +91,7 @@
     state.refreshTimer = null;
     try {
       const data = await api('GET', '/api/v1/jobs/' + encodeURIComponent(jobID));
-      setView(data.job);
+      setView(data.job, true);
     } catch (e) {
       if (e.status === 404) fail('Job not found');
     }
@@ -230,7 +232,8 @@
     }
     renderDAG(steps);
     $('input').textContent = JSON.stringify(j.input_data, null, 2);
-    $('output').textContent = j.output === null || j.output === undefined ? '(none yet)' : JSON.stringify(j.output, null, 2);
+    const none = TERMINAL_JOB.has(j.status) ? '(none)' : '(none yet)';
+    $('output').textContent = j.output === null || j.output === undefined ? none : JSON.stringify(j.output, null, 2);
   }
 
   // renderDAG lays steps out in columns by depth (longest chain of needs) and draws the edges.
@@ -252,7 +255,7 @@
       const d = depthOf(s.name, new Set());
       (cols[d] = cols[d] || []).push(s);
     }
-    const W = 180, H = 48, GX = 56, GY = 14, PAD = 8;
+    const W = 200, H = 48, GX = 56, GY = 14, PAD = 8;
     const pos = new Map();
     let rows = 0;
     cols.forEach((col, ci) => {
