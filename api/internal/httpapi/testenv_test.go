@@ -3,22 +3,17 @@ package httpapi
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"database/sql"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
-	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -31,6 +26,7 @@ import (
 	"github.com/cao-run/cao/pkg/runner"
 	"github.com/cao-run/cao/pkg/store"
 	"github.com/cao-run/cao/pkg/store/sqlstore"
+	"github.com/cao-run/cao/pkg/testinfra"
 )
 
 // This file is the httpapi tests' infrastructure: real Postgres (a schema per environment) and real
@@ -52,13 +48,6 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(code)
 }
-
-const (
-	redisHelp = "start it with: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no " +
-		"(or set CAO_TEST_REDIS_URL); CI's .ci/run starts it"
-	postgresHelp = "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start " +
-		"(or set CAO_TEST_DATABASE_URL); CI's .ci/run starts it"
-)
 
 // testRegistry has mock services with small latencies and a feature whose graph has a fan-out, a
 // join and a step that fails once and is retried.
@@ -90,26 +79,6 @@ features:
 // pipelineSteps are the step names of the pipeline feature.
 var pipelineSteps = []string{"fetch", "parse", "enrich", "score", "report"}
 
-func testRedisURL() string {
-	if u := os.Getenv("CAO_TEST_REDIS_URL"); u != "" {
-		return u
-	}
-	return "redis://127.0.0.1:6379/0"
-}
-
-func testPostgresURL() string {
-	if u := os.Getenv("CAO_TEST_DATABASE_URL"); u != "" {
-		return u
-	}
-	return "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
-}
-
-func randomSuffix() string {
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
 // testEnv is one isolated backend: a migrated Postgres schema and a flushed Redis logical database.
 // Several nodes over one env are replicas of the same deployment.
 type testEnv struct {
@@ -129,91 +98,17 @@ func newTestEnv(t testing.TB) *testEnv {
 // postgresSchema creates an empty schema, migrates it and returns a URL whose connections use it.
 func postgresSchema(t testing.TB) string {
 	t.Helper()
-	base := testPostgresURL()
-	db, err := sql.Open("pgx", base)
-	require.NoError(t, err)
+	pgURL := testinfra.PostgresSchema(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := db.PingContext(ctx); err != nil {
-		_ = db.Close()
-		t.Fatalf("Postgres is not reachable at %s: %v; %s", base, err, postgresHelp)
-	}
-	schema := "t_" + randomSuffix()
-	_, err = db.ExecContext(ctx, "CREATE SCHEMA "+schema)
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer ccancel()
-		_, _ = db.ExecContext(cctx, "DROP SCHEMA "+schema+" CASCADE")
-		_ = db.Close()
-	})
-	u, err := url.Parse(base)
-	require.NoError(t, err)
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	pgURL := u.String()
 	require.NoError(t, migrate.Up(ctx, migrate.Postgres, pgURL))
 	return pgURL
 }
 
-// redisDB reserves a logical database 1..15 that no other running test holds (the same reservation
-// keys as pkg/internal/testinfra, so both cooperate), flushes it and returns its URL.
+// redisDB reserves an isolated Redis logical database for the test and returns its URL.
 func redisDB(t testing.TB) string {
 	t.Helper()
-	base := testRedisURL()
-	opt, err := redis.ParseURL(base)
-	require.NoError(t, err)
-	ctrl := redis.NewClient(opt)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := ctrl.Ping(ctx).Err(); err != nil {
-		_ = ctrl.Close()
-		t.Fatalf("Redis is not reachable at %s: %v; %s", base, err, redisHelp)
-	}
-	owner := randomSuffix()
-	db := 0
-	for db == 0 {
-		for n := 1; n <= 15; n++ {
-			ok, err := ctrl.SetNX(ctx, fmt.Sprintf("cao:testinfra:db:%d", n), owner, 10*time.Minute).Result()
-			require.NoError(t, err)
-			if ok {
-				db = n
-				break
-			}
-		}
-		if db == 0 {
-			select {
-			case <-ctx.Done():
-				_ = ctrl.Close()
-				t.Fatalf("no free Redis logical database (1..15) within 60s; too many Redis tests run at once")
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
-	}
-	dbOpt := *opt
-	dbOpt.DB = db
-	flush := func() {
-		c := redis.NewClient(&dbOpt)
-		fctx, fcancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer fcancel()
-		_ = c.FlushDB(fctx).Err()
-		_ = c.Close()
-	}
-	flush()
-	t.Cleanup(func() {
-		flush()
-		cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer ccancel()
-		key := fmt.Sprintf("cao:testinfra:db:%d", db)
-		if v, _ := ctrl.Get(cctx, key).Result(); v == owner {
-			_ = ctrl.Del(cctx, key).Err()
-		}
-		_ = ctrl.Close()
-	})
-	u, _ := url.Parse(base)
-	u.Path = fmt.Sprintf("/%d", db)
-	return u.String()
+	return testinfra.Redis(t).URL
 }
 
 // nodeOptions tune one node of a test environment.
@@ -259,7 +154,7 @@ func (e *testEnv) startAPI(t testing.TB, opts nodeOptions) *testAPI {
 	require.NoError(t, err)
 	rdb := redis.NewClient(ropt)
 	log := testLogger()
-	n := node.Build(cfg, log, "test-"+randomSuffix(), e.Registry, st, rdb)
+	n := node.Build(cfg, log, "test-"+testinfra.RandomSuffix(), e.Registry, st, rdb)
 	n.OnClose(rdb.Close)
 	n.OnClose(st.Close)
 	require.NoError(t, n.Start(ctx))
