@@ -281,8 +281,13 @@ func TestUIBrowserMonitor(t *testing.T) {
 	console.requireClean(t)
 }
 
-// screenshotDir is docs/screenshots of the repository (found from this package's directory).
+// screenshotDir is docs/screenshots of the repository (found from this package's directory) when
+// CAO_UPDATE_SCREENSHOTS=1, so ordinary runs leave the committed picture alone; they keep theirs in
+// the test's artifact directory (go test -artifacts).
 func screenshotDir() string {
+	if os.Getenv("CAO_UPDATE_SCREENSHOTS") != "1" {
+		return ""
+	}
 	wd, err := os.Getwd() // .../api/internal/httpapi
 	if err != nil {
 		return ""
