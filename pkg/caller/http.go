@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cao-run/cao/pkg/registry"
+	"github.com/cao-run/cao/pkg/render"
 )
 
 // errorBodyLimit bounds how much of a non-2xx body is read for the error excerpt. It is far larger
@@ -276,7 +277,7 @@ func prepare(call Call) (*preparedRequest, *Error) {
 		if err != nil {
 			return nil, templateError(svc, step, "body", err)
 		}
-		b, err := marshalJSON(v)
+		b, err := render.MarshalJSON(v)
 		if err != nil {
 			return nil, templateError(svc, step, "body", err)
 		}
@@ -363,16 +364,6 @@ func pathEscaped(v any) any {
 	return v
 }
 
-// marshalJSON encodes v without HTML escaping, so "<" and "&" reach the service as they are.
-func marshalJSON(v any) ([]byte, error) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, err
-	}
-	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
-}
 
 // outputJSON turns a 2xx body into the step output: JSON as is, empty as null, anything else as a JSON
 // string, with the service's secrets redacted in every case.
@@ -415,7 +406,7 @@ func redactJSON(svc *registry.Service, body []byte) json.RawMessage {
 	if !changed {
 		return body
 	}
-	b, err := marshalJSON(v)
+	b, err := render.MarshalJSON(v)
 	if err != nil {
 		return jsonString(text)
 	}
@@ -463,7 +454,7 @@ func redactString(svc *registry.Service, s string) string {
 
 // jsonString encodes s as a JSON string value.
 func jsonString(s string) json.RawMessage {
-	b, err := marshalJSON(strings.ToValidUTF8(s, "\uFFFD"))
+	b, err := render.MarshalJSON(strings.ToValidUTF8(s, "\uFFFD"))
 	if err != nil {
 		return json.RawMessage("null") // cannot happen for a valid UTF-8 string
 	}

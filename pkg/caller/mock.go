@@ -3,6 +3,8 @@ package caller
 import (
 	"context"
 	"time"
+
+	"github.com/cao-run/cao/pkg/render"
 )
 
 // mockOutput is the default output of a mock service: who was called, with what.
@@ -76,7 +78,7 @@ func (c *Caller) callMock(ctx context.Context, call Call) (Result, *Error) {
 			"mock random failure (failure_rate %g)", spec.FailureRate)
 	}
 
-	b, err := marshalJSON(out)
+	b, err := render.MarshalJSON(out)
 	if err != nil {
 		return Result{}, newError(svc, ClassInvalidResponse, false, 0, "step %q: encode mock output: %v", step.Name, err)
 	}

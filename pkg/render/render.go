@@ -173,7 +173,7 @@ func Stringify(v any) (string, error) {
 	case fmt.Stringer:
 		return x.String(), nil
 	}
-	b, err := marshalJSON(v)
+	b, err := MarshalJSON(v)
 	if err != nil {
 		return "", err
 	}
@@ -187,8 +187,9 @@ func formatFloat(f float64) string {
 	return strconv.FormatFloat(f, 'g', -1, 64)
 }
 
-// marshalJSON encodes v without HTML escaping, so "<" and "&" stay as they are.
-func marshalJSON(v any) ([]byte, error) {
+// MarshalJSON encodes v without HTML escaping, so "<" and "&" stay as they are (rendered values and
+// request bodies must reach services unaltered).
+func MarshalJSON(v any) ([]byte, error) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
@@ -228,7 +229,7 @@ func FuncMap() template.FuncMap {
 	return template.FuncMap{
 		// json encodes a value as JSON text: "{{ json .input }}".
 		"json": func(v any) (string, error) {
-			b, err := marshalJSON(v)
+			b, err := MarshalJSON(v)
 			return string(b), err
 		},
 		// default returns def when v is empty (nil, "", 0, false, empty list or map): "{{ .x | default "a" }}".
