@@ -364,7 +364,6 @@ func pathEscaped(v any) any {
 	return v
 }
 
-
 // outputJSON turns a 2xx body into the step output: JSON as is, empty as null, anything else as a JSON
 // string, with the service's secrets redacted in every case.
 func outputJSON(svc *registry.Service, body []byte) json.RawMessage {
