@@ -217,7 +217,7 @@ func (p *parser) url(name, v string, schemes ...string) {
 	u, err := url.Parse(v)
 	if err != nil || !slices.Contains(schemes, u.Scheme) || (u.Host == "" && u.Scheme != "unix") {
 		// Never echo a URL that may carry a password.
-		p.errs = append(p.errs, fmt.Errorf("%s: invalid URL: expected %s://host...", name, schemes[0]))
+		p.errs = append(p.errs, fmt.Errorf("%s: invalid URL: expected %s://host[:port][/path]", name, schemes[0]))
 	}
 }
 

@@ -44,7 +44,6 @@ type Hub struct {
 	all    map[*Subscription]struct{}
 	pubsub *redis.PubSub
 	done   chan struct{}
-	ready  chan struct{}
 }
 
 // Subscription receives messages; C is closed when the subscription ends or overflows.
@@ -76,7 +75,6 @@ func NewHub(rdb redis.UniversalClient) *Hub {
 		rdb:   rdb,
 		byJob: map[string]map[*Subscription]struct{}{},
 		all:   map[*Subscription]struct{}{},
-		ready: make(chan struct{}),
 	}
 }
 

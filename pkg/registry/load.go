@@ -199,9 +199,7 @@ func (l *loader) expandAll(n *yaml.Node, path string) {
 			return
 		}
 		l.exp[n] = &expansion{raw: n.Value, vars: vars, values: values}
-		for _, v := range values {
-			l.allSecrets = append(l.allSecrets, v)
-		}
+		l.allSecrets = append(l.allSecrets, values...)
 		n.Value = out
 		if n.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle|yaml.LiteralStyle|yaml.FoldedStyle) == 0 {
 			n.Tag = "" // re-resolve from the expanded text

@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"errors"
-	"log/slog"
 	"net/http"
 
 	"github.com/gin-gonic/gin"
@@ -80,9 +79,4 @@ func (s *Server) fail(c *gin.Context, err error) {
 		}
 		abort(c, http.StatusInternalServerError, codeInternal, "internal error", nil)
 	}
-}
-
-// logError is a helper for middleware that must log with request context.
-func logError(log *slog.Logger, c *gin.Context, msg string, err error) {
-	log.Error(msg, "method", c.Request.Method, "path", c.Request.URL.Path, "err", err)
 }
