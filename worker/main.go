@@ -43,6 +43,13 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	for _, q := range n.Registry.Queues() {
+		if _, ok := cfg.WorkerQueues[q]; !ok {
+			// Not an error (another worker pool may serve it), but a common misconfiguration.
+			log.Warn("the registry uses a queue this worker does not serve; set CAO_WORKER_QUEUES on some worker to include it",
+				"queue", q, "served", cfg.WorkerQueues)
+		}
+	}
 	if cfg.MetricsAddr != "" {
 		ln, err := net.Listen("tcp", cfg.MetricsAddr)
 		if err != nil {

@@ -40,8 +40,8 @@ func TestSplitSystemRunsDAGAcrossTwoWorkers(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, dagRegistry)
 	api := c.startAPI()
-	metricsAddr := freeAddr(t)
-	c.startWorker("CAO_WORKER_CONCURRENCY=4", "CAO_METRICS_ADDR="+metricsAddr)
+	w := c.startWorker("CAO_WORKER_CONCURRENCY=4", "CAO_METRICS_ADDR=127.0.0.1:0")
+	metricsAddr := c.logValue(w, `msg="worker metrics listening" addr=(\S+)`, 10*time.Second)
 	c.startWorker("CAO_WORKER_CONCURRENCY=4")
 	cl := c.client(api)
 

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -114,15 +115,15 @@ func (c *cluster) start(name, path string, env ...string) *proc {
 	return p
 }
 
-// startAPI starts a cao-api process and waits until /health answers.
+// startAPI starts a cao-api process on a port it picks itself (so parallel tests never race for a
+// port), reads the address from its log and waits until /health answers.
 func (c *cluster) startAPI(env ...string) *proc {
 	c.t.Helper()
-	addr := freeAddr(c.t)
-	p := c.start("api", bin.api, append([]string{"CAO_HTTP_ADDR=" + addr}, env...)...)
-	p.Addr = addr
+	p := c.start("api", bin.api, append([]string{"CAO_HTTP_ADDR=127.0.0.1:0"}, env...)...)
+	p.Addr = c.logValue(p, `msg="api listening" addr=(\S+)`, 30*time.Second)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := http.Get("http://" + addr + "/health")
+		resp, err := http.Get("http://" + p.Addr + "/health")
 		if err == nil {
 			_ = resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -136,6 +137,27 @@ func (c *cluster) startAPI(env ...string) *proc {
 		}
 		if time.Now().After(deadline) {
 			c.t.Fatalf("cao-api not ready within 30s\n%s", c.tail(p))
+		}
+	}
+}
+
+// logValue waits until the process's log matches pattern and returns its first group.
+func (c *cluster) logValue(p *proc, pattern string, d time.Duration) string {
+	c.t.Helper()
+	re := regexp.MustCompile(pattern)
+	deadline := time.Now().Add(d)
+	for {
+		b, _ := os.ReadFile(p.log)
+		if m := re.FindSubmatch(b); m != nil {
+			return string(m[1])
+		}
+		select {
+		case <-p.done:
+			c.t.Fatalf("%s exited: %v\n%s", p.name, p.err, c.tail(p))
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%s did not log %q within %s\n%s", p.name, pattern, d, c.tail(p))
 		}
 	}
 }

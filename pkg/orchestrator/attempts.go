@@ -181,6 +181,20 @@ func (o *Orchestrator) FinishAttempt(ctx context.Context, a *Attempt, out Outcom
 			rec.Error = out.Err.Error()
 		}
 		if !a.owns(s) {
+			prev, err := u.attempt(p.Step, p.Run, p.Attempt)
+			if err != nil {
+				return err
+			}
+			switch {
+			case prev != nil && prev.WorkerID == a.WorkerID && ownOutcome(prev.Status):
+				// This very outcome was committed before, but the commit's answer was lost (the
+				// connection dropped) and the caller retried: done, nothing to change.
+				return nil
+			case prev != nil && prev.Status != store.AttemptRunning:
+				// The reaper or a cancel already closed this attempt's record: keep it.
+				fenced = true
+				return nil
+			}
 			// Fenced: keep the late attempt's record for the history, change nothing else.
 			rec.Status = store.AttemptLost
 			if u.job.Status == store.JobCancelled {
@@ -234,4 +248,9 @@ func (o *Orchestrator) FinishAttempt(ctx context.Context, a *Attempt, out Outcom
 		return ErrFenced
 	}
 	return err
+}
+
+// ownOutcome reports whether an attempt status is one only FinishAttempt writes for a live attempt.
+func ownOutcome(status string) bool {
+	return status == store.AttemptSucceeded || status == store.AttemptFailed || status == store.AttemptInterrupted
 }

@@ -231,10 +231,11 @@ func TestDuplicateDeliveryRunsOnce(t *testing.T) {
 			require.Equal(t, 7, stale)
 			require.NoError(t, b.orch.FinishAttempt(ctx, winners[0], orchestrator.Outcome{Output: json.RawMessage(`1`)}))
 
-			// A redelivery after success is stale, and so is a late result.
+			// A redelivery after success is stale; the same attempt reporting again (a retry after a
+			// lost commit answer) changes nothing.
 			_, err := b.orch.Prepare(ctx, p)
 			require.ErrorIs(t, err, orchestrator.ErrStale)
-			require.ErrorIs(t, b.orch.FinishAttempt(ctx, winners[0], orchestrator.Outcome{Output: json.RawMessage(`2`)}), orchestrator.ErrFenced)
+			require.NoError(t, b.orch.FinishAttempt(ctx, winners[0], orchestrator.Outcome{Output: json.RawMessage(`2`)}))
 			got, err := b.orch.GetJob(ctx, v.Job.ID)
 			require.NoError(t, err)
 			require.JSONEq(t, `1`, string(got.Steps[0].Output))
@@ -563,5 +564,40 @@ func TestIdempotencyKeyConcurrentCreatesOneJob(t *testing.T) {
 			require.False(t, created)
 			require.Equal(t, v.Job.ID, v2.Job.ID)
 		})
+	}
+}
+
+func TestFinishAttemptRetriedAfterLostCommitAnswer(t *testing.T) {
+	t.Parallel()
+	b := setup(t, "postgres")
+	ctx := context.Background()
+	v := b.create(t)
+	a := b.start(t, b.drain(t)[0], "w1")
+	out := orchestrator.Outcome{Output: json.RawMessage(`{"won":1}`)}
+	require.NoError(t, b.orch.FinishAttempt(ctx, a, out))
+	// The worker did not hear the commit's answer and records the same outcome again: a no-op that
+	// keeps the succeeded record (it must not turn into "lost").
+	require.NoError(t, b.orch.FinishAttempt(ctx, a, out))
+	got, _ := b.orch.GetJob(ctx, v.Job.ID)
+	require.Equal(t, store.StepSucceeded, got.Steps[0].Status)
+	require.Len(t, got.Attempts, 1)
+	require.Equal(t, store.AttemptSucceeded, got.Attempts[0].Status)
+
+	// A reclaimed attempt's late result is fenced and its "lost" record is kept.
+	for _, p := range b.drain(t) {
+		a2 := b.start(t, p, "w2")
+		b.clock.Add(11 * time.Second)
+		n, err := b.orch.ReapExpiredSteps(ctx, 10)
+		require.NoError(t, err)
+		require.Equal(t, 1, n)
+		require.ErrorIs(t, b.orch.FinishAttempt(ctx, a2, orchestrator.Outcome{Output: json.RawMessage(`1`)}), orchestrator.ErrFenced)
+		got, _ = b.orch.GetJob(ctx, v.Job.ID)
+		for _, at := range got.Attempts {
+			if at.Step == p.Step {
+				require.Equal(t, store.AttemptLost, at.Status)
+				require.Contains(t, at.Error, "stopped renewing", "the reaper's record is kept")
+			}
+		}
+		break
 	}
 }

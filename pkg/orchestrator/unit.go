@@ -273,3 +273,17 @@ func (u *unit) outputs() json.RawMessage {
 	b, _ := json.Marshal(m)
 	return b
 }
+
+// attempt returns the stored record of one attempt of a step of this job, or nil.
+func (u *unit) attempt(step string, run, attempt int) (*store.Attempt, error) {
+	all, err := u.tx.GetAttempts(u.ctx, u.job.ID)
+	if err != nil {
+		return nil, err
+	}
+	for i := range all {
+		if a := &all[i]; a.Step == step && a.Run == run && a.Attempt == attempt {
+			return a, nil
+		}
+	}
+	return nil, nil
+}
