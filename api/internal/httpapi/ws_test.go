@@ -480,8 +480,25 @@ func TestWSSlowClientClosed(t *testing.T) {
 		}()
 	}
 
-	// 100 transactions of 20 events, each published after commit.
-	emitEvents(t, api.Node, jobID, events, 20, true)
+	// 100 transactions of 20 events, each published after commit, in chunks of 200. Between chunks the
+	// test waits until every fast client is within 100 events of the head (well inside the 256-message
+	// bound), so a CPU-starved test machine cannot make a healthy reader look slow; the slow client
+	// never reads at all and overflows whatever the pace.
+	const chunk = 200
+	for sent := 0; sent < events; sent += chunk {
+		emitEvents(t, api.Node, jobID, chunk, 20, true)
+		head := sent + chunk
+		eventually(t, 20*time.Second, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			for i := range results {
+				if len(results[i]) < head-100 {
+					return false
+				}
+			}
+			return true
+		}, "fast clients keep within 100 events of the head")
+	}
 	emittedAt := time.Now()
 	waitCh := make(chan struct{})
 	go func() { wg.Wait(); close(waitCh) }()
