@@ -80,7 +80,9 @@ func newCluster(t *testing.T, registryYAML string, env ...string) *cluster {
 	require.NoError(t, os.WriteFile(c.registry, []byte(registryYAML), 0o600))
 	c.env = append(os.Environ(),
 		"CAO_DATABASE_URL="+c.PG, "CAO_REDIS_URL="+c.Redis.URL, "CAO_REGISTRY="+c.registry,
-		"CAO_AUTH=off", "CAO_LOG_FORMAT=text", "CAO_LOG_LEVEL=info", "CAO_AUTO_MIGRATE=true")
+		"CAO_AUTH=off", "CAO_LOG_FORMAT=text", "CAO_LOG_LEVEL=info", "CAO_AUTO_MIGRATE=true",
+		// Many clusters run at once against one Postgres (max_connections 100): small pools.
+		"CAO_DATABASE_MAX_CONNS=4")
 	c.env = append(c.env, env...)
 	t.Cleanup(c.stopAll)
 	return c

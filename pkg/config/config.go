@@ -38,6 +38,7 @@ type Config struct {
 	IdempotencyTTL time.Duration // CAO_IDEMPOTENCY_TTL: how long Idempotency-Keys are kept (24h)
 	DataDir        string        // CAO_DATA_DIR: where dev mode keeps its SQLite database (.cao)
 	MetricsAddr    string        // CAO_METRICS_ADDR: a worker's /metrics and /health listener (none)
+	DBMaxConns     int           // CAO_DATABASE_MAX_CONNS: connections per process to Postgres (10)
 }
 
 // Defaults for every variable.
@@ -74,6 +75,7 @@ func Parse(lookup func(string) (string, bool)) (Config, error) {
 		IdempotencyTTL:    p.duration("CAO_IDEMPOTENCY_TTL", 24*time.Hour, time.Minute),
 		DataDir:           p.str("CAO_DATA_DIR", ".cao"),
 		MetricsAddr:       p.str("CAO_METRICS_ADDR", ""),
+		DBMaxConns:        p.integer("CAO_DATABASE_MAX_CONNS", 10, 1, 1000),
 	}
 	switch auth := strings.ToLower(p.str("CAO_AUTH", "on")); auth {
 	case "off", "false", "0", "no":

@@ -61,6 +61,7 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		"CAO_HTTP_ADDR":          "8000",
 		"CAO_AUTH":               "sometimes",
 		"CAO_STEP_LEASE_TTL":     "10",
+		"CAO_DATABASE_MAX_CONNS": "0",
 		"CAO_ALLOWED_ORIGINS":    "not a url",
 		"CAO_PUBLIC_URL":         "ftp://x",
 	}

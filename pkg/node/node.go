@@ -67,7 +67,7 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger, id string) (
 			return nil, fmt.Errorf("migrate: %w", err)
 		}
 	}
-	st, err := sqlstore.OpenPostgres(ctx, cfg.DatabaseURL, sqlstore.Config{})
+	st, err := sqlstore.OpenPostgres(ctx, cfg.DatabaseURL, sqlstore.Config{MaxOpenConns: cfg.DBMaxConns, MaxIdleConns: min(5, cfg.DBMaxConns)})
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
