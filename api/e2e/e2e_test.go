@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/cookiejar"
 	"strings"
 	"testing"
 	"time"
@@ -190,4 +191,22 @@ func TestAPIKeysRequired(t *testing.T) {
 	require.Equal(t, http.StatusOK, code)
 	code, _ = cl.do("GET", "/health", nil)
 	require.Equal(t, http.StatusOK, code, "liveness needs no key")
+
+	// asynqmon cannot send headers: the key given once in the URL is kept in a cookie for /monitoring.
+	jar, err := cookiejar.New(nil)
+	require.NoError(t, err)
+	browser := &http.Client{Jar: jar}
+	get := func(path string) int {
+		resp, err := browser.Get(cl.base + path)
+		require.NoError(t, err)
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		return resp.StatusCode
+	}
+	require.Equal(t, http.StatusUnauthorized, get("/monitoring/api/queues"))
+	require.Equal(t, http.StatusUnauthorized, get("/monitoring/?api_key=wrong"))
+	require.Equal(t, http.StatusOK, get("/monitoring/?api_key=k1"))
+	require.Equal(t, http.StatusOK, get("/monitoring/api/queues"), "the UI's own calls carry the cookie")
+	code, _ = cl.do("GET", "/monitoring/api/queues", nil)
+	require.Equal(t, http.StatusUnauthorized, code, "no cookie, no key")
 }

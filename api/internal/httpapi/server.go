@@ -72,7 +72,7 @@ func (s *Server) Handler() http.Handler {
 	if s.opts.Monitoring != nil {
 		mon := gin.WrapH(s.opts.Monitoring)
 		r.Any("/monitoring", s.auth(), func(c *gin.Context) { c.Redirect(http.StatusMovedPermanently, "/monitoring/") })
-		r.Any("/monitoring/*path", s.auth(), mon)
+		r.Any("/monitoring/*path", s.monitoringAuth(), mon)
 	}
 	return r
 }
@@ -99,6 +99,41 @@ func (s *Server) unavailable(ctx context.Context) bool {
 	return s.n.Store.Ping(ctx) != nil || s.n.Redis.Ping(ctx).Err() != nil
 }
 
+// monitoringCookie carries the API key for the asynqmon UI, whose own requests cannot add headers.
+const monitoringCookie = "cao_monitoring_key"
+
+// monitoringAuth is auth for /monitoring/: open /monitoring/?api_key=KEY once and the key is kept in
+// an HttpOnly cookie scoped to /monitoring, so the UI's own API calls are authorised too.
+func (s *Server) monitoringAuth() gin.HandlerFunc {
+	check := s.auth()
+	return func(c *gin.Context) {
+		if len(s.n.Config.APIKeys) > 0 {
+			if key := c.Query("api_key"); key != "" && s.validKey(key) {
+				secure := c.Request.TLS != nil || strings.EqualFold(c.GetHeader("X-Forwarded-Proto"), "https")
+				http.SetCookie(c.Writer, &http.Cookie{
+					Name: monitoringCookie, Value: key, Path: "/monitoring", HttpOnly: true, Secure: secure,
+					SameSite: http.SameSiteStrictMode, MaxAge: 12 * 3600,
+				})
+			} else if c.GetHeader("Authorization") == "" && c.GetHeader("X-API-Key") == "" && key == "" {
+				if v, err := c.Cookie(monitoringCookie); err == nil && v != "" {
+					c.Request.Header.Set("X-API-Key", v)
+				}
+			}
+		}
+		check(c)
+	}
+}
+
+// validKey reports whether key is one of CAO_API_KEYS (constant time per key).
+func (s *Server) validKey(key string) bool {
+	for _, k := range s.n.Config.APIKeys {
+		if key != "" && subtle.ConstantTimeCompare([]byte(key), []byte(k)) == 1 {
+			return true
+		}
+	}
+	return false
+}
+
 // auth requires one of CAO_API_KEYS (Authorization: Bearer, X-API-Key, or ?api_key= for WebSocket
 // upgrades from browsers, which cannot set headers) unless authentication is off.
 func (s *Server) auth() gin.HandlerFunc {
@@ -115,11 +150,9 @@ func (s *Server) auth() gin.HandlerFunc {
 		if got == "" {
 			got = c.Query("api_key")
 		}
-		for _, k := range keys {
-			if got != "" && subtle.ConstantTimeCompare([]byte(got), []byte(k)) == 1 {
-				c.Next()
-				return
-			}
+		if s.validKey(got) {
+			c.Next()
+			return
 		}
 		c.Header("WWW-Authenticate", `Bearer realm="cao"`)
 		abort(c, http.StatusUnauthorized, codeUnauthorized, "a valid API key is required (Authorization: Bearer <key> or X-API-Key)", nil)
