@@ -75,6 +75,17 @@ func setup(t *testing.T, backend string) *bundle {
 
 var backends = []string{"postgres", "sqlite"}
 
+// onEachBackend runs body, in parallel, on a fresh Postgres-backed and a fresh SQLite-backed bundle.
+func onEachBackend(t *testing.T, body func(t *testing.T, b *bundle)) {
+	t.Helper()
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
+			body(t, setup(t, backend))
+		})
+	}
+}
+
 // drain claims every outbox task (as the relay would) and returns their payloads.
 func (b *bundle) drain(t *testing.T) []task.StepPayload {
 	t.Helper()
@@ -132,116 +143,108 @@ func stepStatus(t *testing.T, b *bundle, jobID string) map[string]store.StepStat
 
 func TestRunDAGInNeedsOrder(t *testing.T) {
 	t.Parallel()
-	for _, backend := range backends {
-		t.Run(backend, func(t *testing.T) {
-			t.Parallel()
-			b := setup(t, backend)
-			ctx := context.Background()
-			v := b.create(t)
-			require.Equal(t, store.JobPending, v.Job.Status)
-			st := stepStatus(t, b, v.Job.ID)
-			require.Equal(t, store.StepQueued, st["a"])
-			require.Equal(t, store.StepPending, st["b"])
+	onEachBackend(t, func(t *testing.T, b *bundle) {
+		ctx := context.Background()
+		v := b.create(t)
+		require.Equal(t, store.JobPending, v.Job.Status)
+		st := stepStatus(t, b, v.Job.ID)
+		require.Equal(t, store.StepQueued, st["a"])
+		require.Equal(t, store.StepPending, st["b"])
 
-			var order []string
-			for round := 0; round < 10; round++ {
-				tasks := b.drain(t)
-				if len(tasks) == 0 {
-					break
-				}
-				var started []*orchestrator.Attempt
-				for _, p := range tasks {
-					started = append(started, b.start(t, p, "w1"))
-				}
-				for _, a := range started {
-					order = append(order, a.Payload.Step)
-					// The template data has the outputs of every need.
-					for _, need := range a.Step.Needs {
-						require.Contains(t, a.Outputs, need)
-					}
-					out := json.RawMessage(fmt.Sprintf(`{"step":%q}`, a.Payload.Step))
-					require.NoError(t, b.orch.FinishAttempt(ctx, a, orchestrator.Outcome{Output: out}))
-				}
+		var order []string
+		for round := 0; round < 10; round++ {
+			tasks := b.drain(t)
+			if len(tasks) == 0 {
+				break
 			}
-			require.Equal(t, "a", order[0])
-			require.ElementsMatch(t, []string{"b", "c"}, order[1:3])
-			require.Equal(t, "d", order[3])
-
-			v, err := b.orch.GetJob(ctx, v.Job.ID)
-			require.NoError(t, err)
-			require.Equal(t, store.JobCompleted, v.Job.Status)
-			require.NotNil(t, v.Job.StartedAt)
-			require.NotNil(t, v.Job.FinishedAt)
-			var output map[string]map[string]string
-			require.NoError(t, json.Unmarshal(v.Job.Output, &output))
-			require.Equal(t, "d", output["d"]["step"])
-
-			// Events: contiguous seqs from 1, ending with the terminal job event.
-			evs, err := b.orch.Events(ctx, v.Job.ID, 0, 0)
-			require.NoError(t, err)
-			for i, e := range evs {
-				require.Equal(t, int64(i+1), e.Seq)
+			var started []*orchestrator.Attempt
+			for _, p := range tasks {
+				started = append(started, b.start(t, p, "w1"))
 			}
-			last := evs[len(evs)-1]
-			require.Equal(t, store.EventJob, last.Type)
-			require.Equal(t, string(store.JobCompleted), last.Status)
-			require.Equal(t, v.Job.LastSeq, last.Seq)
-		})
-	}
+			for _, a := range started {
+				order = append(order, a.Payload.Step)
+				// The template data has the outputs of every need.
+				for _, need := range a.Step.Needs {
+					require.Contains(t, a.Outputs, need)
+				}
+				out := json.RawMessage(fmt.Sprintf(`{"step":%q}`, a.Payload.Step))
+				require.NoError(t, b.orch.FinishAttempt(ctx, a, orchestrator.Outcome{Output: out}))
+			}
+		}
+		require.Equal(t, "a", order[0])
+		require.ElementsMatch(t, []string{"b", "c"}, order[1:3])
+		require.Equal(t, "d", order[3])
+
+		v, err := b.orch.GetJob(ctx, v.Job.ID)
+		require.NoError(t, err)
+		require.Equal(t, store.JobCompleted, v.Job.Status)
+		require.NotNil(t, v.Job.StartedAt)
+		require.NotNil(t, v.Job.FinishedAt)
+		var output map[string]map[string]string
+		require.NoError(t, json.Unmarshal(v.Job.Output, &output))
+		require.Equal(t, "d", output["d"]["step"])
+
+		// Events: contiguous seqs from 1, ending with the terminal job event.
+		evs, err := b.orch.Events(ctx, v.Job.ID, 0, 0)
+		require.NoError(t, err)
+		for i, e := range evs {
+			require.Equal(t, int64(i+1), e.Seq)
+		}
+		last := evs[len(evs)-1]
+		require.Equal(t, store.EventJob, last.Type)
+		require.Equal(t, string(store.JobCompleted), last.Status)
+		require.Equal(t, v.Job.LastSeq, last.Seq)
+	})
 }
 
 func TestDuplicateDeliveryRunsOnce(t *testing.T) {
 	t.Parallel()
-	for _, backend := range backends {
-		t.Run(backend, func(t *testing.T) {
-			t.Parallel()
-			b := setup(t, backend)
-			ctx := context.Background()
-			v := b.create(t)
-			p := b.drain(t)[0]
+	onEachBackend(t, func(t *testing.T, b *bundle) {
+		ctx := context.Background()
+		v := b.create(t)
+		p := b.drain(t)[0]
 
-			// Many concurrent deliveries of the same task: exactly one starts the attempt.
-			var wg sync.WaitGroup
-			var mu sync.Mutex
-			var winners []*orchestrator.Attempt
-			stale := 0
-			for i := range 8 {
-				wg.Go(func() {
-					tg, err := b.orch.Prepare(ctx, p)
-					if errors.Is(err, orchestrator.ErrStale) {
-						mu.Lock()
-						stale++
-						mu.Unlock()
-						return
-					}
-					require.NoError(t, err)
-					a, err := b.orch.StartAttempt(ctx, tg, fmt.Sprintf("w%d", i))
+		// Many concurrent deliveries of the same task: exactly one starts the attempt.
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var winners []*orchestrator.Attempt
+		stale := 0
+		for i := range 8 {
+			wg.Go(func() {
+				tg, err := b.orch.Prepare(ctx, p)
+				if errors.Is(err, orchestrator.ErrStale) {
 					mu.Lock()
-					defer mu.Unlock()
-					if errors.Is(err, orchestrator.ErrStale) {
-						stale++
-						return
-					}
-					require.NoError(t, err)
-					winners = append(winners, a)
-				})
-			}
-			wg.Wait()
-			require.Len(t, winners, 1)
-			require.Equal(t, 7, stale)
-			require.NoError(t, b.orch.FinishAttempt(ctx, winners[0], orchestrator.Outcome{Output: json.RawMessage(`1`)}))
+					stale++
+					mu.Unlock()
+					return
+				}
+				require.NoError(t, err)
+				a, err := b.orch.StartAttempt(ctx, tg, fmt.Sprintf("w%d", i))
+				mu.Lock()
+				defer mu.Unlock()
+				if errors.Is(err, orchestrator.ErrStale) {
+					stale++
+					return
+				}
+				require.NoError(t, err)
+				winners = append(winners, a)
+			})
+		}
+		wg.Wait()
+		require.Len(t, winners, 1)
+		require.Equal(t, 7, stale)
+		require.NoError(t, b.orch.FinishAttempt(ctx, winners[0], orchestrator.Outcome{Output: json.RawMessage(`1`)}))
 
-			// A redelivery after success is stale; the same attempt reporting again (a retry after a
-			// lost commit answer) changes nothing.
-			_, err := b.orch.Prepare(ctx, p)
-			require.ErrorIs(t, err, orchestrator.ErrStale)
-			require.NoError(t, b.orch.FinishAttempt(ctx, winners[0], orchestrator.Outcome{Output: json.RawMessage(`2`)}))
-			got, err := b.orch.GetJob(ctx, v.Job.ID)
-			require.NoError(t, err)
-			require.JSONEq(t, `1`, string(got.Steps[0].Output))
-			require.Equal(t, 1, got.Steps[0].Attempts)
-		})
-	}
+		// A redelivery after success is stale; the same attempt reporting again (a retry after a
+		// lost commit answer) changes nothing.
+		_, err := b.orch.Prepare(ctx, p)
+		require.ErrorIs(t, err, orchestrator.ErrStale)
+		require.NoError(t, b.orch.FinishAttempt(ctx, winners[0], orchestrator.Outcome{Output: json.RawMessage(`2`)}))
+		got, err := b.orch.GetJob(ctx, v.Job.ID)
+		require.NoError(t, err)
+		require.JSONEq(t, `1`, string(got.Steps[0].Output))
+		require.Equal(t, 1, got.Steps[0].Attempts)
+	})
 }
 
 func TestRetryThenFailSkipsDownstream(t *testing.T) {
@@ -334,65 +337,61 @@ func TestCancelFencesRunningAttempt(t *testing.T) {
 
 func TestResume(t *testing.T) {
 	t.Parallel()
-	for _, backend := range backends {
-		t.Run(backend, func(t *testing.T) {
-			t.Parallel()
-			b := setup(t, backend)
-			ctx := context.Background()
-			v := b.create(t)
-			id := v.Job.ID
-			a := b.start(t, b.drain(t)[0], "w1")
-			require.NoError(t, b.orch.FinishAttempt(ctx, a, orchestrator.Outcome{Output: json.RawMessage(`"A1"`)}))
-			var started []*orchestrator.Attempt
-			for _, p := range b.drain(t) {
-				started = append(started, b.start(t, p, "w1"))
+	onEachBackend(t, func(t *testing.T, b *bundle) {
+		ctx := context.Background()
+		v := b.create(t)
+		id := v.Job.ID
+		a := b.start(t, b.drain(t)[0], "w1")
+		require.NoError(t, b.orch.FinishAttempt(ctx, a, orchestrator.Outcome{Output: json.RawMessage(`"A1"`)}))
+		var started []*orchestrator.Attempt
+		for _, p := range b.drain(t) {
+			started = append(started, b.start(t, p, "w1"))
+		}
+		for _, at := range started {
+			p := at.Payload
+			out := orchestrator.Outcome{Output: json.RawMessage(`"ok"`)}
+			if p.Step == "b" {
+				out = orchestrator.Outcome{Err: errors.New("nope"), Retryable: false}
 			}
-			for _, at := range started {
-				p := at.Payload
-				out := orchestrator.Outcome{Output: json.RawMessage(`"ok"`)}
-				if p.Step == "b" {
-					out = orchestrator.Outcome{Err: errors.New("nope"), Retryable: false}
-				}
-				require.NoError(t, b.orch.FinishAttempt(ctx, at, out))
-			}
-			require.Equal(t, store.StepStatus(store.JobFailed), stepStatus(t, b, id)["$job"])
+			require.NoError(t, b.orch.FinishAttempt(ctx, at, out))
+		}
+		require.Equal(t, store.StepStatus(store.JobFailed), stepStatus(t, b, id)["$job"])
 
-			// Resume re-runs b (failed) and d (skipped) in run 2; a and c are kept.
-			_, err := b.orch.Resume(ctx, id, orchestrator.ResumeRequest{Input: json.RawMessage(`{"name":"y"}`)})
-			require.NoError(t, err)
-			got, _ := b.orch.GetJob(ctx, id)
-			runs := map[string]int{}
-			for _, s := range got.Steps {
-				runs[s.Name] = s.Run
-			}
-			require.Equal(t, map[string]int{"a": 1, "b": 2, "c": 1, "d": 2}, runs)
-			require.JSONEq(t, `{"name":"y"}`, string(got.Job.Input))
-			inputs, err := b.store.GetJobInputs(ctx, id)
-			require.NoError(t, err)
-			require.Len(t, inputs, 2)
-			require.JSONEq(t, `{"name":"x"}`, string(inputs[0].Input))
+		// Resume re-runs b (failed) and d (skipped) in run 2; a and c are kept.
+		_, err := b.orch.Resume(ctx, id, orchestrator.ResumeRequest{Input: json.RawMessage(`{"name":"y"}`)})
+		require.NoError(t, err)
+		got, _ := b.orch.GetJob(ctx, id)
+		runs := map[string]int{}
+		for _, s := range got.Steps {
+			runs[s.Name] = s.Run
+		}
+		require.Equal(t, map[string]int{"a": 1, "b": 2, "c": 1, "d": 2}, runs)
+		require.JSONEq(t, `{"name":"y"}`, string(got.Job.Input))
+		inputs, err := b.store.GetJobInputs(ctx, id)
+		require.NoError(t, err)
+		require.Len(t, inputs, 2)
+		require.JSONEq(t, `{"name":"x"}`, string(inputs[0].Input))
 
-			tasks := b.drain(t)
-			require.Len(t, tasks, 1)
-			require.Equal(t, "b", tasks[0].Step)
-			require.Equal(t, 2, tasks[0].Run)
-			require.Equal(t, "step:"+id+":2:1:b", tasks[0].TaskID())
-			for len(tasks) > 0 {
-				for _, p := range tasks {
-					at := b.start(t, p, "w1")
-					require.NoError(t, b.orch.FinishAttempt(ctx, at, orchestrator.Outcome{Output: json.RawMessage(`"ok"`)}))
-				}
-				tasks = b.drain(t)
+		tasks := b.drain(t)
+		require.Len(t, tasks, 1)
+		require.Equal(t, "b", tasks[0].Step)
+		require.Equal(t, 2, tasks[0].Run)
+		require.Equal(t, "step:"+id+":2:1:b", tasks[0].TaskID())
+		for len(tasks) > 0 {
+			for _, p := range tasks {
+				at := b.start(t, p, "w1")
+				require.NoError(t, b.orch.FinishAttempt(ctx, at, orchestrator.Outcome{Output: json.RawMessage(`"ok"`)}))
 			}
-			got, _ = b.orch.GetJob(ctx, id)
-			require.Equal(t, store.JobCompleted, got.Job.Status)
-			require.JSONEq(t, `"A1"`, string(got.Steps[0].Output), "a SUCCEEDED step is never executed again")
+			tasks = b.drain(t)
+		}
+		got, _ = b.orch.GetJob(ctx, id)
+		require.Equal(t, store.JobCompleted, got.Job.Status)
+		require.JSONEq(t, `"A1"`, string(got.Steps[0].Output), "a SUCCEEDED step is never executed again")
 
-			// Completed: not resumable. from_step on a failed job re-runs downstream too.
-			_, err = b.orch.Resume(ctx, id, orchestrator.ResumeRequest{})
-			require.ErrorIs(t, err, orchestrator.ErrNotResumable)
-		})
-	}
+		// Completed: not resumable. from_step on a failed job re-runs downstream too.
+		_, err = b.orch.Resume(ctx, id, orchestrator.ResumeRequest{})
+		require.ErrorIs(t, err, orchestrator.ErrNotResumable)
+	})
 }
 
 func TestResumeFromStepAndValidation(t *testing.T) {
@@ -424,41 +423,37 @@ func TestResumeFromStepAndValidation(t *testing.T) {
 
 func TestReaperRequeuesLostStepInSameRun(t *testing.T) {
 	t.Parallel()
-	for _, backend := range backends {
-		t.Run(backend, func(t *testing.T) {
-			t.Parallel()
-			b := setup(t, backend)
-			ctx := context.Background()
-			v := b.create(t)
-			a := b.start(t, b.drain(t)[0], "dead-worker")
+	onEachBackend(t, func(t *testing.T, b *bundle) {
+		ctx := context.Background()
+		v := b.create(t)
+		a := b.start(t, b.drain(t)[0], "dead-worker")
 
-			n, err := b.orch.ReapExpiredSteps(ctx, 10)
-			require.NoError(t, err)
-			require.Zero(t, n, "lease still live")
-			require.NoError(t, b.orch.Heartbeat(ctx, a))
+		n, err := b.orch.ReapExpiredSteps(ctx, 10)
+		require.NoError(t, err)
+		require.Zero(t, n, "lease still live")
+		require.NoError(t, b.orch.Heartbeat(ctx, a))
 
-			b.clock.Add(11 * time.Second)
-			n, err = b.orch.ReapExpiredSteps(ctx, 10)
-			require.NoError(t, err)
-			require.Equal(t, 1, n)
-			got, _ := b.orch.GetJob(ctx, v.Job.ID)
-			require.Equal(t, store.StepQueued, got.Steps[0].Status)
-			require.Equal(t, 1, got.Steps[0].Run, "same run: same Idempotency-Key")
-			require.Equal(t, 1, got.Steps[0].Lost)
-			require.Equal(t, store.AttemptLost, got.Attempts[0].Status)
+		b.clock.Add(11 * time.Second)
+		n, err = b.orch.ReapExpiredSteps(ctx, 10)
+		require.NoError(t, err)
+		require.Equal(t, 1, n)
+		got, _ := b.orch.GetJob(ctx, v.Job.ID)
+		require.Equal(t, store.StepQueued, got.Steps[0].Status)
+		require.Equal(t, 1, got.Steps[0].Run, "same run: same Idempotency-Key")
+		require.Equal(t, 1, got.Steps[0].Lost)
+		require.Equal(t, store.AttemptLost, got.Attempts[0].Status)
 
-			tasks := b.drain(t)
-			require.Len(t, tasks, 1)
-			require.Equal(t, 2, tasks[0].Attempt)
-			// The stopped worker wakes up: its heartbeat and its result are fenced.
-			require.ErrorIs(t, b.orch.Heartbeat(ctx, a), orchestrator.ErrFenced)
-			require.ErrorIs(t, b.orch.FinishAttempt(ctx, a, orchestrator.Outcome{Output: json.RawMessage(`"late"`)}), orchestrator.ErrFenced)
-			a2 := b.start(t, tasks[0], "w2")
-			require.NoError(t, b.orch.FinishAttempt(ctx, a2, orchestrator.Outcome{Output: json.RawMessage(`"ok"`)}))
-			got, _ = b.orch.GetJob(ctx, v.Job.ID)
-			require.JSONEq(t, `"ok"`, string(got.Steps[0].Output))
-		})
-	}
+		tasks := b.drain(t)
+		require.Len(t, tasks, 1)
+		require.Equal(t, 2, tasks[0].Attempt)
+		// The stopped worker wakes up: its heartbeat and its result are fenced.
+		require.ErrorIs(t, b.orch.Heartbeat(ctx, a), orchestrator.ErrFenced)
+		require.ErrorIs(t, b.orch.FinishAttempt(ctx, a, orchestrator.Outcome{Output: json.RawMessage(`"late"`)}), orchestrator.ErrFenced)
+		a2 := b.start(t, tasks[0], "w2")
+		require.NoError(t, b.orch.FinishAttempt(ctx, a2, orchestrator.Outcome{Output: json.RawMessage(`"ok"`)}))
+		got, _ = b.orch.GetJob(ctx, v.Job.ID)
+		require.JSONEq(t, `"ok"`, string(got.Steps[0].Output))
+	})
 }
 
 func TestInterruptedAttemptDoesNotBurnRetry(t *testing.T) {
@@ -520,51 +515,47 @@ func TestCreateJobValidation(t *testing.T) {
 
 func TestIdempotencyKeyConcurrentCreatesOneJob(t *testing.T) {
 	t.Parallel()
-	for _, backend := range backends {
-		t.Run(backend, func(t *testing.T) {
-			t.Parallel()
-			b := setup(t, backend)
-			ctx := context.Background()
-			req := orchestrator.CreateRequest{Feature: "diamond", Input: json.RawMessage(`{"name":"k"}`), IdempotencyKey: "key-1"}
-			var wg sync.WaitGroup
-			var mu sync.Mutex
-			ids := map[string]int{}
-			inFlight := 0
-			for range 20 {
-				wg.Go(func() {
-					v, _, err := b.orch.CreateJob(ctx, req)
-					mu.Lock()
-					defer mu.Unlock()
-					if errors.Is(err, orchestrator.ErrIdempotencyInFlight) {
-						inFlight++
-						return
-					}
-					require.NoError(t, err)
-					ids[v.Job.ID]++
-				})
-			}
-			wg.Wait()
-			require.Len(t, ids, 1, "exactly one job")
-			jobs, err := b.store.ListJobs(ctx, store.JobFilter{Limit: 100})
-			require.NoError(t, err)
-			require.Len(t, jobs, 1)
+	onEachBackend(t, func(t *testing.T, b *bundle) {
+		ctx := context.Background()
+		req := orchestrator.CreateRequest{Feature: "diamond", Input: json.RawMessage(`{"name":"k"}`), IdempotencyKey: "key-1"}
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		ids := map[string]int{}
+		inFlight := 0
+		for range 20 {
+			wg.Go(func() {
+				v, _, err := b.orch.CreateJob(ctx, req)
+				mu.Lock()
+				defer mu.Unlock()
+				if errors.Is(err, orchestrator.ErrIdempotencyInFlight) {
+					inFlight++
+					return
+				}
+				require.NoError(t, err)
+				ids[v.Job.ID]++
+			})
+		}
+		wg.Wait()
+		require.Len(t, ids, 1, "exactly one job")
+		jobs, err := b.store.ListJobs(ctx, store.JobFilter{Limit: 100})
+		require.NoError(t, err)
+		require.Len(t, jobs, 1)
 
-			// Same key and body later: the same job; another body: mismatch.
-			v, created, err := b.orch.CreateJob(ctx, req)
-			require.NoError(t, err)
-			require.False(t, created)
-			require.Equal(t, jobs[0].ID, v.Job.ID)
-			req.Input = json.RawMessage(`{"name":"other"}`)
-			_, _, err = b.orch.CreateJob(ctx, req)
-			require.ErrorIs(t, err, orchestrator.ErrIdempotencyMismatch)
-			// Equivalent JSON with different spacing is the same request.
-			req.Input = json.RawMessage(`{ "name" : "k" }`)
-			v2, created, err := b.orch.CreateJob(ctx, req)
-			require.NoError(t, err)
-			require.False(t, created)
-			require.Equal(t, v.Job.ID, v2.Job.ID)
-		})
-	}
+		// Same key and body later: the same job; another body: mismatch.
+		v, created, err := b.orch.CreateJob(ctx, req)
+		require.NoError(t, err)
+		require.False(t, created)
+		require.Equal(t, jobs[0].ID, v.Job.ID)
+		req.Input = json.RawMessage(`{"name":"other"}`)
+		_, _, err = b.orch.CreateJob(ctx, req)
+		require.ErrorIs(t, err, orchestrator.ErrIdempotencyMismatch)
+		// Equivalent JSON with different spacing is the same request.
+		req.Input = json.RawMessage(`{ "name" : "k" }`)
+		v2, created, err := b.orch.CreateJob(ctx, req)
+		require.NoError(t, err)
+		require.False(t, created)
+		require.Equal(t, v.Job.ID, v2.Job.ID)
+	})
 }
 
 func TestFinishAttemptRetriedAfterLostCommitAnswer(t *testing.T) {
