@@ -107,7 +107,7 @@ func (h *Hub) loop(ps *redis.PubSub) {
 	}
 }
 
-// Deliver fans messages out to local subscribers (used by the loop and by in-process publishers).
+// deliver fans messages out to local subscribers without ever blocking on one.
 func (h *Hub) deliver(msgs []Message) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
