@@ -132,13 +132,20 @@ redis.call('PEXPIRE', KEYS[1], fmt(tonumber(last[2]) - now))
 return {1, fmt(newexp)}
 `)
 
-// releaseScript removes one lease. KEYS: holders. ARGV: lease ID. Reply: 1 if it was still held, else 0.
+// releaseScript removes one lease and names the longest waiter, who may now take the freed slot.
+// KEYS: holders, waiters. ARGV: lease ID.
+// Reply: {1 if the lease was still held else 0, the head waiter ID or ""}.
 var releaseScript = redis.NewScript(luaNow + `
 local exp = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not exp then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-if tonumber(exp) <= now then return 0 end
-return 1
+local held = 0
+if exp then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  if tonumber(exp) > now then held = 1 end
+end
+local head = redis.call('ZRANGE', KEYS[2], 0, 0)
+local wid = ''
+if head[1] then wid = head[1] end
+return {held, wid}
 `)
 
 // inUseScript counts unexpired leases. KEYS: holders.
@@ -206,20 +213,49 @@ func (s *Semaphore) Renew(ctx context.Context, l Lease, ttl time.Duration) (Leas
 }
 
 // Release gives a lease's slot back. It removes only this lease, and returns ErrLeaseLost if the
-// lease was no longer held, which callers may ignore.
+// lease was no longer held, which callers may ignore. When callers wait for the semaphore, it
+// publishes a wake-up for the longest waiter on the wake channel (see WaitRoom), so the freed slot is
+// taken at once instead of at that waiter's next poll.
 func (s *Semaphore) Release(ctx context.Context, l Lease) error {
 	if l.Token == 0 {
 		return nil
 	}
-	n, err := releaseScript.Run(ctx, s.rdb, []string{s.keys(l.Name).holders}, l.ID).Int64()
+	k := s.keys(l.Name)
+	res, err := releaseScript.Run(ctx, s.rdb, []string{k.holders, k.waiters}, l.ID).Slice()
 	if err != nil {
 		return fmt.Errorf("limiter: release %q: %w", l.Name, err)
 	}
-	if n != 1 {
+	if len(res) != 2 {
+		return fmt.Errorf("limiter: release %q: script reply has %d elements, want 2", l.Name, len(res))
+	}
+	if wid, _ := res[1].(string); wid != "" {
+		// Best effort: a waiter that misses it finds the slot at its next poll.
+		_ = s.rdb.Publish(ctx, s.WakeChannel(), wakeMessage(l.Name, wid)).Err()
+	}
+	if held, _ := res[0].(int64); held != 1 {
 		return fmt.Errorf("limiter: release %q lease %s: %w", l.Name, l.ID, ErrLeaseLost)
 	}
 	return nil
 }
+
+// Leave removes a waiter from the queue of semaphore name, so a caller that stops waiting does not
+// hold up the waiters behind it until its place expires.
+func (s *Semaphore) Leave(ctx context.Context, name, waiterID string) error {
+	if waiterID == "" {
+		return nil
+	}
+	k := s.keys(name)
+	pipe := s.rdb.TxPipeline()
+	pipe.ZRem(ctx, k.waiters, waiterID)
+	pipe.ZRem(ctx, k.seen, waiterID)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("limiter: leave %q: %w", name, err)
+	}
+	return nil
+}
+
+// WakeChannel is the pub/sub channel on which Release names the waiter that may take a freed slot.
+func (s *Semaphore) WakeChannel() string { return s.cfg.Prefix + "sem:wake" }
 
 // InUse returns the number of unexpired leases of semaphore name.
 func (s *Semaphore) InUse(ctx context.Context, name string) (int, error) {

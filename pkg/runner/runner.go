@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -40,9 +39,13 @@ type Config struct {
 	// ShutdownGrace is how long Stop lets running steps finish before interrupting them (they go back
 	// to their queue without using an attempt). Default 30s.
 	ShutdownGrace time.Duration
-	// BusyDelay is the base delay before a step that found its service full (or out of rate budget)
-	// is tried again; it is jittered ±50%. Default 1s.
+	// BusyDelay is the base delay before a step that could not wait in this process for its service
+	// (the wait room was full, or the rate budget is far off) is tried again; it is jittered ±50%.
+	// Default 1s.
 	BusyDelay time.Duration
+	// MaxRateWait is the longest a step waits in this process for its service's rate budget; past it
+	// the step goes back to its queue until the budget is due. Default 2s.
+	MaxRateWait time.Duration
 	// PollInterval is how often Asynq moves due scheduled and retry tasks to their queues. Default 250ms.
 	PollInterval time.Duration
 	// IdlePoll is how long an idle worker waits before looking at empty queues again: the latency
@@ -80,6 +83,9 @@ func (c Config) WithDefaults() Config {
 	if c.BusyDelay <= 0 {
 		c.BusyDelay = time.Second
 	}
+	if c.MaxRateWait <= 0 {
+		c.MaxRateWait = DefaultMaxRateWait
+	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = 250 * time.Millisecond
 	}
@@ -114,16 +120,18 @@ type Runner struct {
 	orch   *orchestrator.Orchestrator
 	rdb    redis.UniversalClient
 	sem    *limiter.Semaphore
+	room   *limiter.WaitRoom
 	rate   *limiter.RateLimiter
 	caller *caller.Caller
 	hub    *events.Hub
-	insp   *asynq.Inspector
 	cfg    Config
 
 	mu        sync.Mutex
 	srv       *asynq.Server
 	runCtx    context.Context
 	stopRun   context.CancelCauseFunc
+	admitCtx  context.Context // ends when Stop begins: steps still waiting for their service give up
+	stopAdmit context.CancelCauseFunc
 	inflight  map[string]map[*running]struct{} // by job id
 	wg        sync.WaitGroup
 	cancelSub *events.Subscription
@@ -138,9 +146,10 @@ type running struct {
 // heartbeats only).
 func New(orch *orchestrator.Orchestrator, rdb redis.UniversalClient, sem *limiter.Semaphore, rate *limiter.RateLimiter,
 	c *caller.Caller, hub *events.Hub, cfg Config) *Runner {
+	cfg = cfg.WithDefaults()
 	return &Runner{
-		orch: orch, rdb: rdb, sem: sem, rate: rate, caller: c, hub: hub, cfg: cfg.WithDefaults(),
-		insp:     asynq.NewInspectorFromRedisClient(rdb),
+		orch: orch, rdb: rdb, sem: sem, rate: rate, caller: c, hub: hub, cfg: cfg,
+		room:     limiter.NewWaitRoom(sem, limiter.WaitRoomConfig{ID: cfg.WorkerID}),
 		inflight: map[string]map[*running]struct{}{},
 	}
 }
@@ -171,6 +180,11 @@ func (r *Runner) Start(ctx context.Context) error {
 	})
 	// Calls outlive the start request; Stop cancels them after the grace period.
 	r.runCtx, r.stopRun = context.WithCancelCause(context.WithoutCancel(ctx))
+	r.admitCtx, r.stopAdmit = context.WithCancelCause(r.runCtx)
+	if err := r.room.Start(ctx); err != nil {
+		r.stopRun(err)
+		return fmt.Errorf("runner: %w", err)
+	}
 	if r.hub != nil {
 		r.cancelSub = r.hub.SubscribeAll(4096)
 		r.subDone = make(chan struct{})
@@ -180,6 +194,7 @@ func (r *Runner) Start(ctx context.Context) error {
 	mux.HandleFunc(task.TypeStep, r.handle)
 	if err := srv.Start(mux); err != nil {
 		r.stopRun(err)
+		_ = r.room.Stop(ctx)
 		return fmt.Errorf("runner: start asynq server: %w", err)
 	}
 	r.srv = srv
@@ -198,6 +213,7 @@ func (r *Runner) Stop(ctx context.Context) error {
 		return nil
 	}
 	srv.Stop() // no new tasks
+	r.stopAdmit(errShutdown)
 	finished := make(chan struct{})
 	go func() { r.wg.Wait(); close(finished) }()
 	grace := time.NewTimer(r.cfg.ShutdownGrace)
@@ -214,6 +230,7 @@ func (r *Runner) Stop(ctx context.Context) error {
 		r.cfg.Logger.Warn("steps still recording their outcome after shutdown")
 	}
 	srv.Shutdown()
+	_ = r.room.Stop(ctx)
 	if r.cancelSub != nil {
 		r.cancelSub.Close()
 		<-r.subDone
@@ -312,47 +329,25 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	}
 	svc := target.Service
 
-	// The waiter id names the task (queue|id), so whoever frees a slot can wake this task at once.
-	taskID, _ := asynq.GetTaskID(ctx)
-	queue, _ := asynq.GetQueueName(ctx)
-	waiter := queue + "|" + taskID
-	semAt := time.Now() // the slot's lease counts from no later than this
-	lease, err := r.sem.Acquire(ctx, svc.Name, svc.MaxConcurrency, svc.LeaseTTL, waiter)
-	if errors.Is(err, limiter.ErrFull) {
-		return r.busy(svc.Name, "is at max_concurrency", 0)
-	}
+	// Waiting for the service ends when the task's context does or as soon as Stop begins: a step
+	// that has not started has nothing to finish.
+	admitCtx, stopAdmit := context.WithCancelCause(ctx)
+	stopWait := context.AfterFunc(r.admitCtx, func() { stopAdmit(context.Cause(r.admitCtx)) })
+	adm, err := r.admit(admitCtx, svc)
+	stopWait()
+	stopAdmit(nil)
 	if err != nil {
 		return err
 	}
+	lease, rsv, semAt := adm.lease, adm.rsv, adm.semAt
 	held := true
 	release := func() {
-		if !held {
-			return
-		}
-		held = false
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if err := r.sem.Release(rctx, lease); err != nil && !errors.Is(err, limiter.ErrLeaseLost) {
-			log.Warn("release lease", "err", err)
-		}
-		if lease.Token != 0 {
-			r.wakeNext(rctx, svc.Name)
+		if held {
+			held = false
+			r.release(ctx, lease)
 		}
 	}
 	defer release()
-
-	var rsv limiter.Reservation
-	if rl := svc.RateLimit; rl != nil {
-		res, ok, wait, err := r.rate.Reserve(ctx, svc.Name, rl.Requests, rl.Per)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			release()
-			return r.busy(svc.Name, "is out of rate budget", wait)
-		}
-		rsv = res
-	}
 
 	stepAt := time.Now() // the step's lease counts from no later than this
 	a, err := r.orch.StartAttempt(ctx, target, r.cfg.WorkerID)
@@ -364,6 +359,8 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	}
 	clock := &leaseClock{stepOK: stepAt, stepTTL: r.orch.Config().StepLeaseTTL, semOK: semAt, semTTL: svc.LeaseTTL, sem: lease.Token != 0}
 	out, dur := r.execute(ctx, a, lease, rsv, clock)
+	// The call is over: the next waiter may call the service while this outcome is recorded.
+	release()
 	// Record even if the task's context ended: the outcome is what matters now.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
@@ -382,21 +379,6 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 		return nil
 	}
 	return nil
-}
-
-// wakeNext moves the task of the longest-waiting step of a service from Asynq's retry set to its queue,
-// so a freed slot is taken at once rather than when that step would have polled again.
-func (r *Runner) wakeNext(ctx context.Context, service string) {
-	ids, err := r.sem.Waiters(ctx, service, 1)
-	if err != nil || len(ids) == 0 {
-		return
-	}
-	queue, taskID, ok := strings.Cut(ids[0], "|")
-	if !ok {
-		return
-	}
-	// Fails harmlessly when the task is already pending or running.
-	_ = r.insp.RunTask(queue, taskID)
 }
 
 // finish records the outcome, retrying while the database is unreachable (until ctx ends): a result

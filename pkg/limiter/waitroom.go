@@ -1,0 +1,191 @@
+package limiter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// DefaultWaitPoll is WaitRoomConfig.Poll's default.
+const DefaultWaitPoll = 250 * time.Millisecond
+
+// WaitRoomConfig holds the optional settings of a WaitRoom.
+type WaitRoomConfig struct {
+	// ID names this process in waiter IDs; it must be unique across the fleet. Required.
+	ID string
+	// Poll is how often a waiter tries again without a wake-up: it bounds the delay after a wake-up
+	// was missed (a lost pub/sub message, a crashed holder whose lease expired). It must stay well
+	// below the semaphore's WaiterTTL, which it keeps refreshed. Default 250ms.
+	Poll time.Duration
+}
+
+// WaitRoom lets callers of one process wait for a semaphore slot instead of polling for it from
+// outside: each waiter keeps its place in the semaphore's fleet-wide FIFO queue and is woken, through
+// Redis pub/sub, by whichever process releases a slot, so a freed slot is taken within a round trip.
+// A waiter also retries every Poll, which covers lost wake-ups and leases that expired.
+type WaitRoom struct {
+	sem *Semaphore
+	rdb redis.UniversalClient
+	cfg WaitRoomConfig
+	seq atomic.Int64
+
+	mu      sync.Mutex
+	waiters map[string]chan struct{} // waiter ID -> wake-up
+	count   map[string]int           // semaphore name -> local waiters
+	sub     *redis.PubSub
+	done    chan struct{}
+}
+
+// NewWaitRoom returns a WaitRoom over sem; Start subscribes it to the wake-ups.
+func NewWaitRoom(sem *Semaphore, cfg WaitRoomConfig) *WaitRoom {
+	if cfg.Poll <= 0 {
+		cfg.Poll = DefaultWaitPoll
+	}
+	return &WaitRoom{
+		sem: sem, rdb: sem.rdb, cfg: cfg,
+		waiters: map[string]chan struct{}{}, count: map[string]int{},
+	}
+}
+
+// Start subscribes to the semaphore's wake channel. Safe to call twice.
+func (w *WaitRoom) Start(ctx context.Context) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.sub != nil {
+		return nil
+	}
+	if w.cfg.ID == "" {
+		return errors.New("limiter: wait room: empty ID")
+	}
+	sub := w.rdb.Subscribe(ctx, w.sem.WakeChannel())
+	if _, err := sub.Receive(ctx); err != nil {
+		_ = sub.Close()
+		return fmt.Errorf("limiter: wait room: subscribe: %w", err)
+	}
+	w.sub, w.done = sub, make(chan struct{})
+	go w.listen(sub, w.done)
+	return nil
+}
+
+// Stop ends the subscription; waiters fall back to polling. Safe to call twice.
+func (w *WaitRoom) Stop(context.Context) error {
+	w.mu.Lock()
+	sub, done := w.sub, w.done
+	w.sub = nil
+	w.mu.Unlock()
+	if sub == nil {
+		return nil
+	}
+	err := sub.Close()
+	<-done
+	return err
+}
+
+func (w *WaitRoom) listen(sub *redis.PubSub, done chan struct{}) {
+	defer close(done)
+	// go-redis reconnects the subscription by itself; the channel closes when sub is closed.
+	for m := range sub.Channel(redis.WithChannelSize(1024)) {
+		_, wid, ok := parseWake(m.Payload)
+		if !ok {
+			continue
+		}
+		w.mu.Lock()
+		ch := w.waiters[wid]
+		w.mu.Unlock()
+		if ch != nil {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// Waiting returns how many callers of this process wait for semaphore name.
+func (w *WaitRoom) Waiting(name string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.count[name]
+}
+
+// Acquire takes one of limit slots of semaphore name for ttl, waiting for a free slot while
+// ctx allows. At most maxWaiters callers of this process wait for one semaphore at once (at least
+// one): past that Acquire returns ErrFull at once, so a process does not tie up all its handlers
+// waiting for one service. A caller that stops waiting (ctx ended) gives up its place in the queue.
+func (w *WaitRoom) Acquire(ctx context.Context, name string, limit int, ttl time.Duration, maxWaiters int) (Lease, error) {
+	if limit <= 0 {
+		return w.sem.Acquire(ctx, name, limit, ttl, "")
+	}
+	// Without a place in the queue, a slot is granted only when nobody waits for it.
+	l, err := w.sem.Acquire(ctx, name, limit, ttl, "")
+	if !errors.Is(err, ErrFull) {
+		return l, err
+	}
+	wid, wake, ok := w.enter(name, max(maxWaiters, 1))
+	if !ok {
+		return Lease{}, ErrFull
+	}
+	defer w.leave(name, wid)
+	timer := time.NewTimer(w.cfg.Poll)
+	defer timer.Stop()
+	for {
+		l, err := w.sem.Acquire(ctx, name, limit, ttl, wid)
+		if !errors.Is(err, ErrFull) {
+			if err != nil {
+				w.giveUp(ctx, name, wid)
+			}
+			return l, err
+		}
+		timer.Reset(w.cfg.Poll)
+		select {
+		case <-ctx.Done():
+			w.giveUp(ctx, name, wid)
+			return Lease{}, context.Cause(ctx)
+		case <-wake:
+		case <-timer.C:
+		}
+	}
+}
+
+// giveUp removes the waiter's place in the fleet-wide queue (best effort: it expires anyway).
+func (w *WaitRoom) giveUp(ctx context.Context, name, wid string) {
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	_ = w.sem.Leave(lctx, name, wid)
+}
+
+func (w *WaitRoom) enter(name string, maxWaiters int) (string, chan struct{}, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.count[name] >= maxWaiters {
+		return "", nil, false
+	}
+	w.count[name]++
+	wid := w.cfg.ID + "#" + strconv.FormatInt(w.seq.Add(1), 10)
+	ch := make(chan struct{}, 1)
+	w.waiters[wid] = ch
+	return wid, ch, true
+}
+
+func (w *WaitRoom) leave(name, wid string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.waiters, wid)
+	if w.count[name]--; w.count[name] <= 0 {
+		delete(w.count, name)
+	}
+}
+
+// wakeMessage is the payload Release publishes: the semaphore name and the waiter to wake.
+func wakeMessage(name, waiterID string) string { return name + "\n" + waiterID }
+
+func parseWake(s string) (name, waiterID string, ok bool) {
+	return strings.Cut(s, "\n")
+}

@@ -1,0 +1,175 @@
+package limiter
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cao-run/cao/pkg/testinfra"
+)
+
+// room returns a started wait room over b's semaphore. Its poll is an hour unless given, so a test
+// that sees a waiter served knows the wake-up did it.
+func (b *bundle) room(t *testing.T, id string, poll time.Duration) *WaitRoom {
+	t.Helper()
+	if poll == 0 {
+		poll = time.Hour
+	}
+	w := NewWaitRoom(b.sem, WaitRoomConfig{ID: id, Poll: poll})
+	require.NoError(t, w.Start(b.ctx))
+	t.Cleanup(func() { require.NoError(t, w.Stop(context.Background())) })
+	return w
+}
+
+type acquired struct {
+	l   Lease
+	err error
+}
+
+// acquireAsync waits in w for a slot of name in a goroutine and returns where its result arrives.
+func acquireAsync(ctx context.Context, w *WaitRoom, name string, limit, maxWaiters int) <-chan acquired {
+	ch := make(chan acquired, 1)
+	go func() {
+		l, err := w.Acquire(ctx, name, limit, time.Minute, maxWaiters)
+		ch <- acquired{l, err}
+	}()
+	return ch
+}
+
+// waitForWaiters waits until name's fleet-wide queue holds n waiters.
+func (b *bundle) waitForWaiters(t *testing.T, name string, n int) {
+	t.Helper()
+	testinfra.Eventually(t, 5*time.Second, func() bool {
+		ids, err := b.sem.Waiters(b.ctx, name, n+1)
+		return err == nil && len(ids) == n
+	}, "%d waiters queued for %s", n, name)
+}
+
+func receive(t *testing.T, ch <-chan acquired, msg string) Lease {
+	t.Helper()
+	select {
+	case r := <-ch:
+		require.NoError(t, r.err, msg)
+		return r.l
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s: not served within 5s", msg)
+		return Lease{}
+	}
+}
+
+func TestWaitRoomReleaseWakesWaiterInAnotherProcess(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	holderRoom, waiterRoom := b.room(t, "p1", 0), b.room(t, "p2", 0)
+
+	held, err := holderRoom.Acquire(b.ctx, "llm", 1, time.Minute, 4)
+	require.NoError(t, err)
+	got := acquireAsync(b.ctx, waiterRoom, "llm", 1, 4)
+	b.waitForWaiters(t, "llm", 1)
+	require.Equal(t, 1, waiterRoom.Waiting("llm"))
+
+	require.NoError(t, b.sem.Release(b.ctx, held))
+	l := receive(t, got, "waiter after release")
+	require.Greater(t, l.Token, held.Token)
+	require.Equal(t, 0, waiterRoom.Waiting("llm"))
+	ids, err := b.sem.Waiters(b.ctx, "llm", 5)
+	require.NoError(t, err)
+	require.Empty(t, ids, "a served waiter leaves the queue")
+}
+
+func TestWaitRoomServesWaitersInOrder(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	r1, r2 := b.room(t, "p1", 0), b.room(t, "p2", 0)
+
+	held, err := r1.Acquire(b.ctx, "db", 1, time.Minute, 8)
+	require.NoError(t, err)
+	var order []<-chan acquired
+	for i := range 4 {
+		room := r1
+		if i%2 == 1 {
+			room = r2
+		}
+		order = append(order, acquireAsync(b.ctx, room, "db", 1, 8))
+		b.waitForWaiters(t, "db", i+1)
+	}
+	for i, ch := range order {
+		require.NoError(t, b.sem.Release(b.ctx, held))
+		held = receive(t, ch, "waiter "+string(rune('0'+i)))
+		for _, later := range order[i+1:] {
+			select {
+			case r := <-later:
+				t.Fatalf("a later waiter was served out of order: %+v", r)
+			default:
+			}
+		}
+	}
+	require.NoError(t, b.sem.Release(b.ctx, held))
+}
+
+func TestWaitRoomCapsLocalWaiters(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	w := b.room(t, "p1", 0)
+
+	held, err := w.Acquire(b.ctx, "img", 1, time.Minute, 1)
+	require.NoError(t, err)
+	first := acquireAsync(b.ctx, w, "img", 1, 1)
+	b.waitForWaiters(t, "img", 1)
+
+	_, err = w.Acquire(b.ctx, "img", 1, time.Minute, 1)
+	require.ErrorIs(t, err, ErrFull, "the room for img is full: the caller goes back to its queue")
+	_, err = w.Acquire(b.ctx, "other", 1, time.Minute, 1)
+	require.NoError(t, err, "the cap is per semaphore")
+
+	require.NoError(t, b.sem.Release(b.ctx, held))
+	receive(t, first, "the waiter in the room")
+}
+
+func TestWaitRoomGivesUpPlaceWhenContextEnds(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	w := b.room(t, "p1", 0)
+
+	held, err := w.Acquire(b.ctx, "api", 1, time.Minute, 4)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(b.ctx)
+	quitter := acquireAsync(ctx, w, "api", 1, 4)
+	b.waitForWaiters(t, "api", 1)
+	stayer := acquireAsync(b.ctx, w, "api", 1, 4)
+	b.waitForWaiters(t, "api", 2)
+
+	cancel()
+	select {
+	case r := <-quitter:
+		require.ErrorIs(t, r.err, context.Canceled)
+	case <-time.After(5 * time.Second):
+		t.Fatal("a cancelled waiter did not return")
+	}
+	b.waitForWaiters(t, "api", 1)
+	require.NoError(t, b.sem.Release(b.ctx, held))
+	receive(t, stayer, "the waiter behind the one that left")
+}
+
+func TestWaitRoomPollFindsExpiredLease(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	w := b.room(t, "p1", 20*time.Millisecond)
+
+	// A holder that crashed never releases: its lease expires, and the waiter's poll finds the slot.
+	_, err := b.sem.Acquire(b.ctx, "crashy", 1, 200*time.Millisecond, "")
+	require.NoError(t, err)
+	got := acquireAsync(b.ctx, w, "crashy", 1, 4)
+	receive(t, got, "waiter after the holder's lease expired")
+}
+
+func TestWaitRoomUnlimitedNeverWaits(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	w := b.room(t, "p1", 0)
+	l, err := w.Acquire(b.ctx, "free", 0, time.Minute, 1)
+	require.NoError(t, err)
+	require.Zero(t, l.Token)
+}

@@ -1,0 +1,88 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/cao-run/cao/pkg/limiter"
+	"github.com/cao-run/cao/pkg/registry"
+)
+
+// DefaultMaxRateWait is Config.MaxRateWait's default.
+const DefaultMaxRateWait = 2 * time.Second
+
+// admission is a step's admission to its service: the service slot (a zero-token lease when the
+// service has no max_concurrency) and the rate limit reservation (zero without a rate_limit).
+type admission struct {
+	lease limiter.Lease
+	rsv   limiter.Reservation
+	// semAt is a moment no later than when the slot's lease was granted: the lease clock counts from it.
+	semAt time.Time
+}
+
+// admit waits for the service to have room for one more call: a slot of its fleet-wide semaphore
+// (queued FIFO in the wait room, woken the moment a slot frees) and, when it has a rate limit, a
+// request of its budget. A short wait for the budget happens here, without holding a slot; a longer
+// one, or a full wait room, returns a busyError so the task goes back to its queue without using an
+// attempt. Waiting ends when ctx does (the task's own context, or the runner stopping).
+func (r *Runner) admit(ctx context.Context, svc *registry.Service) (admission, error) {
+	for {
+		semAt := time.Now()
+		lease, err := r.room.Acquire(ctx, svc.Name, svc.MaxConcurrency, svc.LeaseTTL, r.maxWaiters(svc))
+		switch {
+		case errors.Is(err, limiter.ErrFull):
+			return admission{}, r.busy(svc.Name, "is at max_concurrency", 0)
+		case err != nil && ctx.Err() != nil:
+			return admission{}, r.busy(svc.Name, "was still at max_concurrency when the wait ended", 0)
+		case err != nil:
+			return admission{}, err
+		}
+		a := admission{lease: lease, semAt: semAt}
+		rl := svc.RateLimit
+		if rl == nil {
+			return a, nil
+		}
+		rsv, ok, wait, err := r.rate.Reserve(ctx, svc.Name, rl.Requests, rl.Per)
+		if err == nil && ok {
+			a.rsv = rsv
+			return a, nil
+		}
+		r.release(ctx, lease)
+		if err != nil {
+			return admission{}, err
+		}
+		if wait > r.cfg.MaxRateWait {
+			return admission{}, r.busy(svc.Name, "is out of rate budget", wait)
+		}
+		if r.cfg.Hooks.OnBusy != nil {
+			r.cfg.Hooks.OnBusy(svc.Name)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return admission{}, r.busy(svc.Name, "is out of rate budget", wait)
+		case <-t.C:
+		}
+	}
+}
+
+// maxWaiters is how many of this process's handlers may wait for a slot of svc at once: enough to
+// take every slot the moment it frees, but never so many that one saturated service ties up the
+// handlers other services need. The rest go back to their queue and come again.
+func (r *Runner) maxWaiters(svc *registry.Service) int {
+	return max(1, min(svc.MaxConcurrency, r.cfg.Concurrency/2))
+}
+
+// release gives a slot back (the semaphore wakes the next waiter of the fleet).
+func (r *Runner) release(ctx context.Context, lease limiter.Lease) {
+	if lease.Token == 0 {
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := r.sem.Release(rctx, lease); err != nil && !errors.Is(err, limiter.ErrLeaseLost) {
+		r.cfg.Logger.Warn("release service slot", "service", lease.Name, "err", err)
+	}
+}
