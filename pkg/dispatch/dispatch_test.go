@@ -42,7 +42,8 @@ func (b *bundle) addOutbox(t *testing.T, n int, prefix string) {
 		var rows []store.OutboxTask
 		for i := range n {
 			p := task.StepPayload{JobID: fmt.Sprintf("%s-%d", prefix, i), Step: "s", Run: 1, Attempt: 1}
-			rows = append(rows, store.OutboxTask{TaskID: p.TaskID(), Queue: "default", TypeName: task.TypeStep, Payload: p.Marshal(), CreatedAt: time.Now()})
+			// Older than the relay's MinAge: rows a crashed process left behind.
+			rows = append(rows, store.OutboxTask{TaskID: p.TaskID(), Queue: "default", TypeName: task.TypeStep, Payload: p.Marshal(), CreatedAt: time.Now().Add(-time.Minute)})
 		}
 		return tx.InsertOutbox(ctx, rows)
 	}))
@@ -129,8 +130,8 @@ func TestReconcilerRestoresTasksRedisLost(t *testing.T) {
 	ctx := context.Background()
 	r, err := registry.Parse("r.yaml", []byte(reg), func(string) (string, bool) { return "", false })
 	require.NoError(t, err)
-	orch := orchestrator.New(b.st, r, nil, nil, orchestrator.Config{})
 	relay := dispatch.NewRelay(b.st, b.q, dispatch.RelayConfig{})
+	orch := orchestrator.New(b.st, r, nil, relay, orchestrator.Config{})
 	var ids []string
 	for range 4 {
 		v, _, err := orch.CreateJob(ctx, orchestrator.CreateRequest{Feature: "one", Input: json.RawMessage(`{}`)})

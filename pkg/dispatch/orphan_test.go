@@ -25,10 +25,8 @@ func TestReconcilerRedispatchesTaskOfDeadWorker(t *testing.T) {
 	ctx := context.Background()
 	r, err := registry.Parse("r.yaml", []byte(reg), func(string) (string, bool) { return "", false })
 	require.NoError(t, err)
-	orch := orchestrator.New(b.st, r, nil, nil, orchestrator.Config{})
+	orch := orchestrator.New(b.st, r, nil, dispatch.NewRelay(b.st, b.q, dispatch.RelayConfig{}), orchestrator.Config{})
 	v, _, err := orch.CreateJob(ctx, orchestrator.CreateRequest{Feature: "one", Input: json.RawMessage(`{}`)})
-	require.NoError(t, err)
-	_, err = dispatch.NewRelay(b.st, b.q, dispatch.RelayConfig{}).RunOnce(ctx)
 	require.NoError(t, err)
 	id := task.StepPayload{JobID: v.Job.ID, Step: "a", Run: 1, Attempt: 1}.TaskID()
 

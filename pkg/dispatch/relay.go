@@ -21,19 +21,41 @@ import (
 // do not consume this budget.
 const TaskMaxRetry = 25
 
+// Relay defaults.
+const (
+	// DefaultRelayPoll is RelayConfig.PollInterval's default.
+	DefaultRelayPoll = time.Second
+	// DefaultRelayMinAge is RelayConfig.MinAge's default.
+	DefaultRelayMinAge = 2 * time.Second
+	// DefaultDeleteDelay is RelayConfig.DeleteDelay's default.
+	DefaultDeleteDelay = 100 * time.Millisecond
+)
+
 // RelayConfig tunes the relay; zero values take the defaults.
 type RelayConfig struct {
 	PollInterval time.Duration // how often to look for tasks without a wake-up; default 1s
 	BatchSize    int           // tasks per transaction; default 100
-	Logger       *slog.Logger
+	// MinAge is how old an outbox task must be before the relay sends it: younger ones are being
+	// dispatched by the process that committed them (Dispatch). Default 2s.
+	MinAge time.Duration
+	// DeleteDelay is how long Dispatch gathers the ids of enqueued tasks before it deletes their
+	// outbox rows in one statement. Default 100ms.
+	DeleteDelay time.Duration
+	Logger      *slog.Logger
 }
 
 func (c RelayConfig) withDefaults() RelayConfig {
 	if c.PollInterval <= 0 {
-		c.PollInterval = time.Second
+		c.PollInterval = DefaultRelayPoll
 	}
 	if c.BatchSize <= 0 {
 		c.BatchSize = 100
+	}
+	if c.MinAge <= 0 {
+		c.MinAge = DefaultRelayMinAge
+	}
+	if c.DeleteDelay <= 0 {
+		c.DeleteDelay = DefaultDeleteDelay
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -46,23 +68,27 @@ type Enqueuer interface {
 	EnqueueContext(ctx context.Context, task *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error)
 }
 
-// Relay moves outbox rows into Asynq. Every process that writes state runs one; concurrent relays
-// skip each other's rows.
+// Relay moves outbox tasks into Asynq. The process that commits a task enqueues it at once
+// (Dispatch) and deletes its outbox row soon after, batched with others; the relay loop sends what
+// such a process left behind (it crashed, or Redis was unreachable), so every committed task reaches
+// the queue. Every process that writes state runs one; concurrent relays skip each other's rows.
 type Relay struct {
 	store store.Store
 	q     Enqueuer
 	cfg   RelayConfig
 	wake  chan struct{}
 
-	mu      sync.Mutex
-	cancel  context.CancelFunc
-	done    chan struct{}
-	enqueud int64
+	mu       sync.Mutex
+	cancel   context.CancelFunc
+	done     chan struct{}
+	enqueued int64
+	sent     []int64       // ids of dispatched tasks whose rows wait to be deleted
+	flush    chan struct{} // wakes the deleter
 }
 
 // NewRelay returns a relay; call Start to run it.
 func NewRelay(st store.Store, q Enqueuer, cfg RelayConfig) *Relay {
-	return &Relay{store: st, q: q, cfg: cfg.withDefaults(), wake: make(chan struct{}, 1)}
+	return &Relay{store: st, q: q, cfg: cfg.withDefaults(), wake: make(chan struct{}, 1), flush: make(chan struct{}, 1)}
 }
 
 // Notify wakes the relay after a commit that added outbox rows. It never blocks.
@@ -84,7 +110,10 @@ func (r *Relay) Start(ctx context.Context) error {
 	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	r.cancel = cancel
 	r.done = make(chan struct{})
-	go r.loop(lctx)
+	loopDone, delDone := make(chan struct{}), make(chan struct{})
+	go func() { defer close(loopDone); r.loop(lctx) }()
+	go func() { defer close(delDone); r.deleter(lctx) }()
+	go func() { <-loopDone; <-delDone; close(r.done) }()
 	return nil
 }
 
@@ -110,11 +139,77 @@ func (r *Relay) Stop(ctx context.Context) error {
 func (r *Relay) Enqueued() int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.enqueud
+	return r.enqueued
+}
+
+// Dispatch enqueues the tasks of a change that was just committed, and has their outbox rows
+// deleted soon after. A task it cannot enqueue stays in the outbox for the relay loop.
+func (r *Relay) Dispatch(ctx context.Context, tasks []store.OutboxTask) {
+	ids := make([]int64, 0, len(tasks))
+	for _, t := range tasks {
+		if err := Enqueue(ctx, r.q, t); err != nil {
+			r.cfg.Logger.Warn("dispatch task; the relay will send it", "task_id", t.TaskID, "err", err)
+			r.Notify()
+			continue
+		}
+		if t.ID != 0 {
+			ids = append(ids, t.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return
+	}
+	r.mu.Lock()
+	r.sent = append(r.sent, ids...)
+	r.enqueued += int64(len(ids))
+	r.mu.Unlock()
+	select {
+	case r.flush <- struct{}{}:
+	default:
+	}
+}
+
+// deleter deletes the outbox rows of dispatched tasks, gathering ids for DeleteDelay so that many
+// share one statement. A row it fails to delete is sent again by the relay loop, harmlessly.
+func (r *Relay) deleter(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			// Last batch: Stop waits for it, briefly.
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			r.deleteSent(dctx)
+			cancel()
+			return
+		case <-r.flush:
+		}
+		t := time.NewTimer(r.cfg.DeleteDelay)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+		r.deleteSent(ctx)
+	}
+}
+
+func (r *Relay) deleteSent(ctx context.Context) {
+	r.mu.Lock()
+	ids := r.sent
+	r.sent = nil
+	r.mu.Unlock()
+	for len(ids) > 0 {
+		n := min(len(ids), 1000)
+		if err := r.store.DeleteOutbox(ctx, ids[:n]); err != nil {
+			if ctx.Err() == nil {
+				r.cfg.Logger.Warn("delete dispatched outbox rows; the relay will send them again", "err", err)
+			}
+			return
+		}
+		ids = ids[n:]
+	}
 }
 
 func (r *Relay) loop(ctx context.Context) {
-	defer close(r.done)
 	t := time.NewTicker(r.cfg.PollInterval)
 	defer t.Stop()
 	failures := 0
@@ -152,7 +247,7 @@ func (r *Relay) RunOnce(ctx context.Context) (int, error) {
 	var n int
 	err := r.store.Tx(ctx, func(tx store.Tx) error {
 		n = 0
-		tasks, err := tx.ClaimOutbox(ctx, r.cfg.BatchSize)
+		tasks, err := tx.ClaimOutbox(ctx, time.Now().Add(-r.cfg.MinAge), r.cfg.BatchSize)
 		if err != nil || len(tasks) == 0 {
 			return err
 		}
@@ -168,7 +263,7 @@ func (r *Relay) RunOnce(ctx context.Context) (int, error) {
 	})
 	if err == nil && n > 0 {
 		r.mu.Lock()
-		r.enqueud += int64(n)
+		r.enqueued += int64(n)
 		r.mu.Unlock()
 	}
 	return n, err

@@ -67,7 +67,7 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger, id string) (
 			return nil, fmt.Errorf("migrate: %w", err)
 		}
 	}
-	st, err := sqlstore.OpenPostgres(ctx, cfg.DatabaseURL, sqlstore.Config{MaxOpenConns: cfg.DBMaxConns, MaxIdleConns: min(5, cfg.DBMaxConns)})
+	st, err := sqlstore.OpenPostgres(ctx, cfg.DatabaseURL, sqlstore.Config{MaxOpenConns: cfg.DBMaxConns, MaxIdleConns: cfg.DBMaxConns})
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
@@ -94,7 +94,7 @@ func Build(cfg config.Config, log *slog.Logger, id string, reg *registry.Registr
 	n.Queue = asynq.NewClientFromRedisClient(rdb)
 	n.Relay = dispatch.NewRelay(st, n.Queue, dispatch.RelayConfig{Logger: log})
 	n.Hub = events.NewHub(rdb)
-	n.Orchestrator = orchestrator.New(st, reg, events.NewRedisPublisher(rdb), n.Relay.Notify, orchestrator.Config{
+	n.Orchestrator = orchestrator.New(st, reg, events.NewRedisPublisher(rdb), n.Relay, orchestrator.Config{
 		StepLeaseTTL:   cfg.StepLeaseTTL,
 		StuckJobAfter:  cfg.StuckJobAfter,
 		FailStuckAfter: cfg.FailStuckAfter,

@@ -21,10 +21,36 @@ type Target struct {
 	Service *registry.Service
 }
 
+// Resolve finds what a step task asks to run in the registry, without reading the database when
+// the task names its feature. The step's state is checked when the attempt starts (StartAttempt).
+// ErrStale means the task should be acknowledged without effect.
+func (o *Orchestrator) Resolve(ctx context.Context, p task.StepPayload) (*Target, error) {
+	if p.Feature != "" {
+		if t, ok := o.target(p, p.Feature); ok {
+			return t, nil
+		}
+	}
+	return o.Prepare(ctx, p)
+}
+
+// target resolves a task against the registry.
+func (o *Orchestrator) target(p task.StepPayload, feature string) (*Target, bool) {
+	t := &Target{Payload: p}
+	f, ok := o.reg.Feature(feature)
+	if ok {
+		t.Feature = f
+		t.Step, ok = f.Step(p.Step)
+	}
+	if ok {
+		t.Service, ok = o.reg.Service(t.Step.Service)
+	}
+	return t, ok
+}
+
 // Prepare checks, without locking, that a task still matches its step and resolves the step's
 // definition and service. ErrStale means the task should be acknowledged without effect.
 func (o *Orchestrator) Prepare(ctx context.Context, p task.StepPayload) (*Target, error) {
-	job, err := o.store.GetJob(ctx, p.JobID)
+	job, steps, err := o.store.LoadJob(ctx, p.JobID)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, fmt.Errorf("%w: job %s does not exist", ErrStale, p.JobID)
 	}
@@ -34,34 +60,27 @@ func (o *Orchestrator) Prepare(ctx context.Context, p task.StepPayload) (*Target
 	if job.Status.Terminal() {
 		return nil, fmt.Errorf("%w: job is %s", ErrStale, job.Status)
 	}
-	steps, err := o.store.GetSteps(ctx, p.JobID)
-	if err != nil {
-		return nil, err
-	}
 	var st *store.Step
 	for i := range steps {
 		if steps[i].Name == p.Step {
 			st = &steps[i]
 		}
 	}
-	if st == nil || !st.Status.Waiting() || st.Run != p.Run || st.Attempts != p.Attempt-1 {
+	if st == nil || !waitsFor(st, p) {
 		return nil, fmt.Errorf("%w: step no longer waits for attempt %d of run %d", ErrStale, p.Attempt, p.Run)
 	}
-	t := &Target{Payload: p}
-	f, ok := o.reg.Feature(job.FeatureName)
-	if ok {
-		t.Feature = f
-		t.Step, ok = f.Step(p.Step)
-	}
-	if ok {
-		t.Service, ok = o.reg.Service(t.Step.Service)
-	}
+	t, ok := o.target(p, job.FeatureName)
 	if !ok {
 		// The registry changed under a running job: fail the step rather than loop forever.
 		o.failUnrunnable(ctx, p, fmt.Sprintf("feature %q or step %q or its service is no longer registered", job.FeatureName, p.Step))
 		return nil, fmt.Errorf("%w: step definition missing from the registry", ErrStale)
 	}
 	return t, nil
+}
+
+// waitsFor reports whether step s waits for the attempt of task p.
+func waitsFor(s *store.Step, p task.StepPayload) bool {
+	return s.Status.Waiting() && s.Run == p.Run && s.Attempts == p.Attempt-1
 }
 
 func (o *Orchestrator) failUnrunnable(ctx context.Context, p task.StepPayload, msg string) {
@@ -88,17 +107,24 @@ type Attempt struct {
 	// Input and Outputs are the template data: the job's input and the outputs of its succeeded steps.
 	Input   json.RawMessage
 	Outputs map[string]json.RawMessage
+	// snap is the job as the start of the attempt left it: recording the outcome starts from it.
+	snap *snapshot
 }
 
 // StartAttempt claims the step for this worker: compare-and-set QUEUED/RETRYING -> RUNNING with the
-// attempt number from the task, so a duplicate delivery cannot start it twice (ErrStale).
+// attempt number from the task, so a duplicate delivery cannot start it twice (ErrStale). It returns
+// everything the call needs (input, upstream outputs) from the same read.
 func (o *Orchestrator) StartAttempt(ctx context.Context, t *Target, workerID string) (*Attempt, error) {
 	var a *Attempt
 	p := t.Payload
-	err := o.withJob(ctx, p.JobID, func(u *unit) error {
+	snap, err := o.withJobFrom(ctx, p.JobID, nil, func(u *unit) error {
+		a = nil
 		s := u.byName[p.Step]
-		if u.job.Status.Terminal() || s == nil || !s.Status.Waiting() || s.Run != p.Run || s.Attempts != p.Attempt-1 {
+		if u.job.Status.Terminal() || s == nil || !waitsFor(s, p) {
 			return ErrStale
+		}
+		if t.Feature == nil || u.job.FeatureName != t.Feature.Name {
+			return ErrStale // the task named another feature than its job's
 		}
 		s.Attempts++
 		exp := u.now.Add(o.cfg.StepLeaseTTL)
@@ -111,12 +137,9 @@ func (o *Orchestrator) StartAttempt(ctx context.Context, t *Target, workerID str
 		if u.job.Status == store.JobPending {
 			u.setJob(store.JobRunning, "", "")
 		}
-		if err := u.tx.UpsertAttempt(u.ctx, &store.Attempt{
-			JobID: p.JobID, Step: p.Step, Run: p.Run, Attempt: s.Attempts, WorkerID: workerID,
-			Status: store.AttemptRunning, StartedAt: u.now,
-		}); err != nil {
-			return err
-		}
+		u.recordAttempt(store.Attempt{
+			Step: p.Step, Run: p.Run, Attempt: s.Attempts, WorkerID: workerID, Status: store.AttemptRunning, StartedAt: u.now,
+		})
 		outs := map[string]json.RawMessage{}
 		for _, other := range u.steps {
 			if other.Status == store.StepSucceeded {
@@ -126,9 +149,13 @@ func (o *Orchestrator) StartAttempt(ctx context.Context, t *Target, workerID str
 		a = &Attempt{Target: *t, WorkerID: workerID, StartedAt: u.now, Input: u.job.Input, Outputs: outs}
 		return nil
 	})
+	if errors.Is(err, ErrJobNotFound) {
+		return nil, fmt.Errorf("%w: job %s does not exist", ErrStale, p.JobID)
+	}
 	if err != nil {
 		return nil, err
 	}
+	a.snap = snap
 	return a, nil
 }
 
@@ -138,19 +165,16 @@ func (a *Attempt) owns(s *store.Step) bool {
 		s.Attempts == a.Payload.Attempt && s.LeaseOwner == a.WorkerID
 }
 
-// Heartbeat extends the attempt's lease; ErrFenced means the attempt lost the step (reclaimed after
-// its lease expired, or the job was cancelled) and its call must be abandoned.
+// Heartbeat extends the attempt's lease (one single-row compare-and-set, no job lock); ErrFenced means
+// the attempt lost the step (reclaimed after its lease expired, or the job was cancelled) and its
+// call must be abandoned.
 func (o *Orchestrator) Heartbeat(ctx context.Context, a *Attempt) error {
-	return o.withJob(ctx, a.Payload.JobID, func(u *unit) error {
-		s := u.byName[a.Payload.Step]
-		if !a.owns(s) || u.job.Status.Terminal() {
-			return ErrFenced
-		}
-		exp := u.now.Add(o.cfg.StepLeaseTTL)
-		s.LeaseExpiresAt = &exp
-		u.dirty[s.Name] = true
-		return nil
-	})
+	p := a.Payload
+	err := o.store.ExtendLease(ctx, p.JobID, p.Step, p.Run, p.Attempt, a.WorkerID, o.now().Add(o.cfg.StepLeaseTTL))
+	if errors.Is(err, store.ErrConflict) {
+		return ErrFenced
+	}
+	return err
 }
 
 // Outcome is the result of one attempt.
@@ -171,7 +195,8 @@ type Outcome struct {
 func (o *Orchestrator) FinishAttempt(ctx context.Context, a *Attempt, out Outcome) error {
 	p := a.Payload
 	fenced := false
-	err := o.withJob(ctx, p.JobID, func(u *unit) error {
+	_, err := o.withJobFrom(ctx, p.JobID, a.snap, func(u *unit) error {
+		fenced = false
 		s := u.byName[p.Step]
 		rec := &store.Attempt{
 			JobID: p.JobID, Step: p.Step, Run: p.Run, Attempt: p.Attempt, WorkerID: a.WorkerID,
@@ -201,7 +226,8 @@ func (o *Orchestrator) FinishAttempt(ctx context.Context, a *Attempt, out Outcom
 				rec.Status = store.AttemptCancelled
 			}
 			fenced = true
-			return u.tx.UpsertAttempt(u.ctx, rec)
+			u.recordAttempt(*rec)
+			return nil
 		}
 		switch {
 		case out.Err == nil:
@@ -242,7 +268,8 @@ func (o *Orchestrator) FinishAttempt(ctx context.Context, a *Attempt, out Outcom
 				u.advance()
 			}
 		}
-		return u.tx.UpsertAttempt(u.ctx, rec)
+		u.recordAttempt(*rec)
+		return nil
 	})
 	if err == nil && fenced {
 		return ErrFenced

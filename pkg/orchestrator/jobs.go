@@ -177,41 +177,26 @@ func (o *Orchestrator) insertJob(ctx context.Context, f *registry.Feature, input
 			steps[i].Needs = []string{}
 		}
 	}
-	var committed *unit
-	err := o.store.Tx(ctx, func(tx store.Tx) error {
-		if err := tx.InsertJob(ctx, job); err != nil {
-			return fmt.Errorf("insert job: %w", err)
-		}
-		if err := tx.InsertSteps(ctx, steps); err != nil {
-			return fmt.Errorf("insert steps: %w", err)
-		}
-		if err := tx.InsertJobInput(ctx, &store.JobInput{JobID: job.ID, Version: 1, Input: input, CreatedAt: now}); err != nil {
-			return fmt.Errorf("insert job input: %w", err)
-		}
-		if key != "" {
-			rec, err := tx.GetIdempotencyKey(ctx, key)
-			if err != nil {
-				return fmt.Errorf("idempotency key: %w", err)
-			}
-			rec.JobID = job.ID
-			if err := tx.UpdateIdempotencyKey(ctx, rec); err != nil {
-				return fmt.Errorf("idempotency key: %w", err)
-			}
-		}
-		u := o.newUnit(ctx, tx, job, steps)
-		u.setJob(store.JobPending, "", "created")
-		u.advance()
-		if err := u.flush(); err != nil {
-			return err
-		}
-		committed = u
-		return nil
-	})
-	if err != nil {
-		return nil, err
+	u := o.newUnit(ctx, job, steps)
+	u.setJob(store.JobPending, "", "created")
+	u.advance()
+	u.inputs = append(u.inputs, store.JobInput{JobID: job.ID, Version: 1, Input: input, CreatedAt: now})
+	c := u.change()
+	c.Create, c.IdempotencyKey = true, key
+	c.Steps = c.Steps[:0]
+	for _, s := range u.steps {
+		c.Steps = append(c.Steps, store.StepChange{Step: *s})
 	}
-	o.afterCommit(ctx, committed)
-	return o.GetJob(ctx, job.ID)
+	if err := o.store.Apply(ctx, c); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			// The key was taken over or expired while this request ran: let the client try again.
+			return nil, fmt.Errorf("%w: the key changed hands while the job was created", ErrIdempotencyInFlight)
+		}
+		return nil, fmt.Errorf("create job: %w", err)
+	}
+	o.afterCommit(ctx, u)
+	sn := u.snapshot()
+	return &JobView{Job: sn.job, Steps: sn.steps}, nil
 }
 
 // GetJob returns the job with its steps and attempts.
@@ -303,9 +288,7 @@ func (o *Orchestrator) Resume(ctx context.Context, id string, req ResumeRequest)
 			}
 			u.job.Input = input
 			u.job.InputVersion++
-			if err := u.tx.InsertJobInput(u.ctx, &store.JobInput{JobID: id, Version: u.job.InputVersion, Input: input, CreatedAt: u.now}); err != nil {
-				return err
-			}
+			u.inputs = append(u.inputs, store.JobInput{JobID: id, Version: u.job.InputVersion, Input: input, CreatedAt: u.now})
 		}
 		for _, s := range u.steps {
 			if s.Status == store.StepSucceeded && !rerun[s.Name] {

@@ -110,22 +110,25 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
-// Orchestrator owns every state transition of jobs and steps.
-type Orchestrator struct {
-	store store.Store
-	reg   *registry.Registry
-	pub   events.Publisher
-	cfg   Config
-	// notify wakes the outbox relay after a commit that added tasks.
-	notify func()
+// Dispatcher hands the tasks of a committed change to the queue. The tasks are in the outbox too:
+// a task it could not enqueue is left there for the relay.
+type Dispatcher interface {
+	Dispatch(ctx context.Context, tasks []store.OutboxTask)
 }
 
-// New returns an orchestrator. pub may be nil (events are then only in the database); notify may be nil.
-func New(st store.Store, reg *registry.Registry, pub events.Publisher, notify func(), cfg Config) *Orchestrator {
-	if notify == nil {
-		notify = func() {}
-	}
-	return &Orchestrator{store: st, reg: reg, pub: pub, cfg: cfg.WithDefaults(), notify: notify}
+// Orchestrator owns every state transition of jobs and steps.
+type Orchestrator struct {
+	store    store.Store
+	reg      *registry.Registry
+	pub      events.Publisher
+	dispatch Dispatcher
+	cfg      Config
+}
+
+// New returns an orchestrator. pub may be nil (events are then only in the database); dispatch may
+// be nil (committed tasks then wait for the outbox relay).
+func New(st store.Store, reg *registry.Registry, pub events.Publisher, dispatch Dispatcher, cfg Config) *Orchestrator {
+	return &Orchestrator{store: st, reg: reg, pub: pub, dispatch: dispatch, cfg: cfg.WithDefaults()}
 }
 
 // Registry returns the registry the orchestrator runs.

@@ -92,7 +92,7 @@ func (b *bundle) drain(t *testing.T) []task.StepPayload {
 	ctx := context.Background()
 	var out []task.StepPayload
 	require.NoError(t, b.store.Tx(ctx, func(tx store.Tx) error {
-		tasks, err := tx.ClaimOutbox(ctx, 1000)
+		tasks, err := tx.ClaimOutbox(ctx, time.Now().Add(time.Hour), 1000)
 		if err != nil {
 			return err
 		}

@@ -19,23 +19,23 @@ func (o *Orchestrator) ReapExpiredSteps(ctx context.Context, limit int) (int, er
 	}
 	n := 0
 	for _, st := range steps {
+		recovered := false
 		err := o.withJob(ctx, st.JobID, func(u *unit) error {
+			recovered = false
 			s := u.byName[st.Name]
 			if s == nil || s.Status != store.StepRunning || s.Run != st.Run || s.Attempts != st.Attempts ||
 				s.LeaseExpiresAt == nil || s.LeaseExpiresAt.After(u.now) {
 				return nil // it moved on meanwhile
 			}
 			owner := s.LeaseOwner
-			if err := u.tx.UpsertAttempt(u.ctx, &store.Attempt{
-				JobID: s.JobID, Step: s.Name, Run: s.Run, Attempt: s.Attempts, WorkerID: owner,
+			u.recordAttempt(store.Attempt{
+				Step: s.Name, Run: s.Run, Attempt: s.Attempts, WorkerID: owner,
 				Status: store.AttemptLost, ErrorClass: "worker_lost",
 				Error:     fmt.Sprintf("worker %s stopped renewing its lease", owner),
 				StartedAt: derefTime(s.StartedAt, u.now), FinishedAt: nowPtr(u.now),
-			}); err != nil {
-				return err
-			}
+			})
 			s.Lost++
-			n++
+			recovered = true
 			if s.Lost >= o.cfg.MaxLostAttempts {
 				msg := fmt.Sprintf("%d attempts lost to workers that died or stopped", s.Lost)
 				s.Error, s.ErrorClass = msg, "worker_lost"
@@ -51,6 +51,9 @@ func (o *Orchestrator) ReapExpiredSteps(ctx context.Context, limit int) (int, er
 		})
 		if err != nil && !errors.Is(err, ErrJobNotFound) {
 			return n, err
+		}
+		if err == nil && recovered {
+			n++
 		}
 	}
 	return n, nil
@@ -74,7 +77,9 @@ func (o *Orchestrator) DetectStuckJobs(ctx context.Context, limit int) (int, err
 		return 0, err
 	}
 	for _, j := range idle {
+		acted := false
 		err := o.withJob(ctx, j.ID, func(u *unit) error {
+			acted = false
 			if u.job.Status.Terminal() || u.job.StuckAt != nil || u.now.Sub(u.job.UpdatedAt) < o.cfg.StuckJobAfter {
 				return nil
 			}
@@ -101,11 +106,14 @@ func (o *Orchestrator) DetectStuckJobs(ctx context.Context, limit int) (int, err
 			if u.job.StuckAt == nil && !u.job.Status.Terminal() {
 				u.job.StuckAt, u.job.StuckReason = stuckAt, reason
 			}
-			n++
+			acted = true
 			return nil
 		})
 		if err != nil && !errors.Is(err, ErrJobNotFound) {
 			return n, err
+		}
+		if err == nil && acted {
+			n++
 		}
 	}
 	stuck, err := o.store.ListStuckJobs(ctx, now.Add(-o.cfg.FailStuckAfter), limit)
@@ -113,7 +121,9 @@ func (o *Orchestrator) DetectStuckJobs(ctx context.Context, limit int) (int, err
 		return n, err
 	}
 	for _, j := range stuck {
+		acted := false
 		err := o.withJob(ctx, j.ID, func(u *unit) error {
+			acted = false
 			if u.job.Status.Terminal() || u.job.StuckAt == nil || u.now.Sub(*u.job.StuckAt) < o.cfg.FailStuckAfter {
 				return nil
 			}
@@ -125,11 +135,14 @@ func (o *Orchestrator) DetectStuckJobs(ctx context.Context, limit int) (int, err
 				}
 			}
 			u.setJob(store.JobFailed, msg, "stuck")
-			n++
+			acted = true
 			return nil
 		})
 		if err != nil && !errors.Is(err, ErrJobNotFound) {
 			return n, err
+		}
+		if err == nil && acted {
+			n++
 		}
 	}
 	return n, nil

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/cao-run/cao/pkg/registry"
@@ -12,60 +14,108 @@ import (
 	"github.com/cao-run/cao/pkg/task"
 )
 
-// unit is one transaction over one locked job: it stages step and job changes, the events that
-// describe them and the tasks they imply, and writes them all before commit.
+// unit is one change of one job: it stages step and job changes, the events that describe them, the
+// attempt records and inputs they write and the tasks they imply. Applying it is one compare-and-set
+// on the job's version (store.Apply), so a unit computed from a state that moved on is computed again.
 type unit struct {
-	ctx     context.Context
-	tx      store.Tx
-	o       *Orchestrator
-	now     time.Time
-	job     *store.Job
-	feature *registry.Feature // nil if the feature left the registry
-	steps   []*store.Step
-	byName  map[string]*store.Step
-	expect  map[string]store.StepExpect // state of each step as read, for compare-and-set
-	dirty   map[string]bool
-	jobDirt bool
-	events  []store.Event
-	outbox  []store.OutboxTask
+	ctx      context.Context
+	o        *Orchestrator
+	now      time.Time
+	job      *store.Job
+	version  int64             // the job's version as read
+	feature  *registry.Feature // nil if the feature left the registry
+	steps    []*store.Step
+	byName   map[string]*store.Step
+	expect   map[string]store.StepExpect // state of each step as read, for compare-and-set
+	dirty    map[string]bool
+	jobDirt  bool
+	events   []store.Event
+	outbox   []store.OutboxTask
+	attempts []store.Attempt
+	inputs   []store.JobInput
 }
 
-// withJob locks the job, runs fn on a unit and writes what fn staged, all in one transaction; after
-// commit it publishes the events and wakes the relay.
+// maxApplyRuns bounds how often withJob computes a change again after it lost a race: many steps of
+// one job finishing at the same moment each lose at most once per other finisher.
+const maxApplyRuns = 50
+
+// snapshot is a job and its steps as a committed change left them: a later change of the same job
+// starts from it instead of reading the job again (and reads it only if it moved on meanwhile).
+type snapshot struct {
+	job   store.Job
+	steps []store.Step
+}
+
+// withJob reads the job, runs fn on a unit over it and applies what fn staged as one change; when the
+// job changed meanwhile it reads it again and runs fn again, so fn must only stage changes on the unit.
+// After the change is committed it dispatches the tasks and publishes the events. fn may return an
+// error to abandon the change.
 func (o *Orchestrator) withJob(ctx context.Context, jobID string, fn func(u *unit) error) error {
-	var committed *unit
-	err := o.store.Tx(ctx, func(tx store.Tx) error {
-		job, err := tx.LockJob(ctx, jobID)
-		if err != nil {
-			if errors.Is(err, store.ErrNotFound) {
-				return ErrJobNotFound
-			}
-			return err
-		}
-		steps, err := tx.GetSteps(ctx, jobID)
-		if err != nil {
-			return err
-		}
-		u := o.newUnit(ctx, tx, job, steps)
-		if err := fn(u); err != nil {
-			return err
-		}
-		if err := u.flush(); err != nil {
-			return err
-		}
-		committed = u
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	o.afterCommit(ctx, committed)
-	return nil
+	_, err := o.withJobFrom(ctx, jobID, nil, fn)
+	return err
 }
 
-func (o *Orchestrator) newUnit(ctx context.Context, tx store.Tx, job *store.Job, steps []store.Step) *unit {
+// withJobFrom is withJob starting from a snapshot when one is given; it returns the snapshot the
+// committed change left (nil when fn staged nothing).
+func (o *Orchestrator) withJobFrom(ctx context.Context, jobID string, from *snapshot, fn func(u *unit) error) (*snapshot, error) {
+	for run := 1; ; run++ {
+		var (
+			job   *store.Job
+			steps []store.Step
+		)
+		if from != nil {
+			j := from.job
+			job, steps = &j, slices.Clone(from.steps)
+			from = nil
+		} else {
+			var err error
+			job, steps, err = o.store.LoadJob(ctx, jobID)
+			if errors.Is(err, store.ErrNotFound) {
+				return nil, ErrJobNotFound
+			}
+			if err != nil {
+				return nil, err
+			}
+		}
+		u := o.newUnit(ctx, job, steps)
+		if err := fn(u); err != nil {
+			return nil, err
+		}
+		if !u.changed() {
+			return nil, nil
+		}
+		err := o.store.Apply(ctx, u.change())
+		if errors.Is(err, store.ErrConflict) && run < maxApplyRuns {
+			if run > 3 {
+				// Heavy contention on one job: let the others through.
+				if err := sleepCtx(ctx, time.Duration(rand.N(run))*time.Millisecond); err != nil {
+					return nil, err
+				}
+			}
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		o.afterCommit(ctx, u)
+		return u.snapshot(), nil
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+func (o *Orchestrator) newUnit(ctx context.Context, job *store.Job, steps []store.Step) *unit {
 	u := &unit{
-		ctx: ctx, tx: tx, o: o, now: o.now(), job: job,
+		ctx: ctx, o: o, now: o.now(), job: job, version: job.Version,
 		byName: make(map[string]*store.Step, len(steps)),
 		expect: make(map[string]store.StepExpect, len(steps)),
 		dirty:  map[string]bool{},
@@ -82,49 +132,56 @@ func (o *Orchestrator) newUnit(ctx context.Context, tx store.Tx, job *store.Job,
 	return u
 }
 
+// afterCommit hands the committed tasks to the queue at once (the outbox rows stay until they are
+// in it, so a crash here loses nothing) and publishes the committed events.
 func (o *Orchestrator) afterCommit(ctx context.Context, u *unit) {
-	if u == nil {
-		return
+	if len(u.outbox) > 0 && o.dispatch != nil {
+		// Committed: dispatching must not be skipped because the request was cancelled.
+		o.dispatch.Dispatch(context.WithoutCancel(ctx), u.outbox)
 	}
 	o.publish(ctx, u.events)
-	if len(u.outbox) > 0 {
-		o.notify()
-	}
 }
 
-// flush writes the staged changes: steps (compare-and-set), events with consecutive seqs, outbox, job.
-func (u *unit) flush() error {
+// changed reports whether the unit staged anything to write.
+func (u *unit) changed() bool {
+	return u.jobDirt || len(u.dirty) > 0 || len(u.events) > 0 || len(u.outbox) > 0 ||
+		len(u.attempts) > 0 || len(u.inputs) > 0
+}
+
+// change numbers the staged events from the job's last seq and returns what the unit writes.
+func (u *unit) change() *store.Change {
+	for i := range u.events {
+		u.job.LastSeq++
+		u.events[i].Seq = u.job.LastSeq
+	}
+	if u.jobDirt || len(u.dirty) > 0 || len(u.events) > 0 {
+		u.job.UpdatedAt = u.now // progress
+	}
+	c := &store.Change{
+		Job: u.job, Version: u.version, Attempts: u.attempts, Inputs: u.inputs, Events: u.events, Outbox: u.outbox,
+	}
 	for _, s := range u.steps {
-		if !u.dirty[s.Name] {
-			continue
-		}
-		s.UpdatedAt = u.now
-		if err := u.tx.UpdateStep(u.ctx, s, u.expect[s.Name]); err != nil {
-			return fmt.Errorf("update step %s: %w", s.Name, err)
+		if u.dirty[s.Name] {
+			s.UpdatedAt = u.now
+			c.Steps = append(c.Steps, store.StepChange{Step: *s, Expect: u.expect[s.Name]})
 		}
 	}
-	if len(u.events) > 0 {
-		for i := range u.events {
-			u.job.LastSeq++
-			u.events[i].Seq = u.job.LastSeq
-		}
-		if err := u.tx.AppendEvents(u.ctx, u.events); err != nil {
-			return fmt.Errorf("append events: %w", err)
-		}
-		u.jobDirt = true
+	return c
+}
+
+// snapshot returns the job and steps as the applied change left them.
+func (u *unit) snapshot() *snapshot {
+	sn := &snapshot{job: *u.job, steps: make([]store.Step, len(u.steps))}
+	for i, s := range u.steps {
+		sn.steps[i] = *s
 	}
-	if len(u.outbox) > 0 {
-		if err := u.tx.InsertOutbox(u.ctx, u.outbox); err != nil {
-			return fmt.Errorf("insert outbox: %w", err)
-		}
-	}
-	if u.jobDirt || len(u.dirty) > 0 {
-		u.job.UpdatedAt = u.now
-		if err := u.tx.UpdateJob(u.ctx, u.job); err != nil {
-			return fmt.Errorf("update job: %w", err)
-		}
-	}
-	return nil
+	return sn
+}
+
+// recordAttempt stages an attempt record (inserted or replaced).
+func (u *unit) recordAttempt(a store.Attempt) {
+	a.JobID = u.job.ID
+	u.attempts = append(u.attempts, a)
 }
 
 // stepEvent stages a step event for s's current status.
@@ -176,10 +233,7 @@ func (u *unit) setJob(status store.JobStatus, errMsg, reason string) {
 
 // enqueue makes s QUEUED (or RETRYING when at is set) and stages the task for its next attempt.
 func (u *unit) enqueue(s *store.Step, at *time.Time, errMsg, reason string) {
-	p := task.StepPayload{JobID: u.job.ID, Step: s.Name, Run: s.Run, Attempt: s.Attempts + 1}
-	ot := store.OutboxTask{
-		TaskID: p.TaskID(), Queue: s.Queue, TypeName: task.TypeStep, Payload: p.Marshal(), CreatedAt: u.now,
-	}
+	ot := u.stepTask(s)
 	s.LeaseOwner, s.LeaseExpiresAt = "", nil
 	if at != nil {
 		ot.ProcessAt = at
@@ -195,15 +249,20 @@ func (u *unit) enqueue(s *store.Step, at *time.Time, errMsg, reason string) {
 // redispatch stages the task of a waiting step again without changing its state (recovery paths:
 // the deterministic task id makes a duplicate harmless).
 func (u *unit) redispatch(s *store.Step) {
-	p := task.StepPayload{JobID: u.job.ID, Step: s.Name, Run: s.Run, Attempt: s.Attempts + 1}
-	ot := store.OutboxTask{
-		TaskID: p.TaskID(), Queue: s.Queue, TypeName: task.TypeStep, Payload: p.Marshal(), CreatedAt: u.now,
-	}
+	ot := u.stepTask(s)
 	if s.Status == store.StepRetrying && s.NextAttemptAt != nil && s.NextAttemptAt.After(u.now) {
 		at := *s.NextAttemptAt
 		ot.ProcessAt = &at
 	}
 	u.outbox = append(u.outbox, ot)
+}
+
+// stepTask is the task of s's next attempt.
+func (u *unit) stepTask(s *store.Step) store.OutboxTask {
+	p := task.StepPayload{JobID: u.job.ID, Feature: u.job.FeatureName, Step: s.Name, Run: s.Run, Attempt: s.Attempts + 1}
+	return store.OutboxTask{
+		TaskID: p.TaskID(), Queue: s.Queue, TypeName: task.TypeStep, Payload: p.Marshal(), CreatedAt: u.now,
+	}
 }
 
 // advance moves the DAG forward after any change: it queues steps whose needs all succeeded, skips
@@ -276,7 +335,7 @@ func (u *unit) outputs() json.RawMessage {
 
 // attempt returns the stored record of one attempt of a step of this job, or nil.
 func (u *unit) attempt(step string, run, attempt int) (*store.Attempt, error) {
-	all, err := u.tx.GetAttempts(u.ctx, u.job.ID)
+	all, err := u.o.store.GetAttempts(u.ctx, u.job.ID)
 	if err != nil {
 		return nil, err
 	}

@@ -12,6 +12,12 @@ import (
 // DefaultMaxRateWait is Config.MaxRateWait's default.
 const DefaultMaxRateWait = 2 * time.Second
 
+// rateSlack widens every rate window by this much when admitting a call. The budget counts a call
+// from just before it leaves (RateLimiter.Sent), but it reaches the service a little later, by a
+// delay that varies from call to call; without slack, two calls a window apart by the limiter's
+// clock could arrive less than a window apart.
+const rateSlack = 50 * time.Millisecond
+
 // admission is a step's admission to its service: the service slot (a zero-token lease when the
 // service has no max_concurrency) and the rate limit reservation (zero without a rate_limit).
 type admission struct {
@@ -43,7 +49,7 @@ func (r *Runner) admit(ctx context.Context, svc *registry.Service) (admission, e
 		if rl == nil {
 			return a, nil
 		}
-		rsv, ok, wait, err := r.rate.Reserve(ctx, svc.Name, rl.Requests, rl.Per)
+		rsv, ok, wait, err := r.rate.Reserve(ctx, svc.Name, rl.Requests, rl.Per+rateSlack)
 		if err == nil && ok {
 			a.rsv = rsv
 			return a, nil

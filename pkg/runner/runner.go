@@ -319,7 +319,7 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	defer r.wg.Done()
 	log := r.cfg.Logger.With("job_id", p.JobID, "step", p.Step, "run", p.Run, "attempt", p.Attempt)
 
-	target, err := r.orch.Prepare(ctx, p)
+	target, err := r.orch.Resolve(ctx, p)
 	if errors.Is(err, orchestrator.ErrStale) {
 		log.Debug("stale step task acknowledged", "reason", err)
 		return nil
@@ -340,14 +340,9 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 		return err
 	}
 	lease, rsv, semAt := adm.lease, adm.rsv, adm.semAt
-	held := true
-	release := func() {
-		if held {
-			held = false
-			r.release(ctx, lease)
-		}
-	}
-	defer release()
+	// The slot is held until the outcome is recorded, so a service never shows more RUNNING steps
+	// than its max_concurrency; recording is one statement.
+	defer r.release(ctx, lease)
 
 	stepAt := time.Now() // the step's lease counts from no later than this
 	a, err := r.orch.StartAttempt(ctx, target, r.cfg.WorkerID)
@@ -359,8 +354,6 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	}
 	clock := &leaseClock{stepOK: stepAt, stepTTL: r.orch.Config().StepLeaseTTL, semOK: semAt, semTTL: svc.LeaseTTL, sem: lease.Token != 0}
 	out, dur := r.execute(ctx, a, lease, rsv, clock)
-	// The call is over: the next waiter may call the service while this outcome is recorded.
-	release()
 	// Record even if the task's context ended: the outcome is what matters now.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()

@@ -82,6 +82,9 @@ type Job struct {
 	Output       json.RawMessage // outputs of the steps by name, set when COMPLETED
 	Error        string
 	LastSeq      int64 // seq of the newest event of this job
+	// Version counts the changes applied to the job (Store.Apply); a change names the version it
+	// was computed from, so two changes computed from the same state cannot both be applied.
+	Version int64
 	// StuckAt is set when the reaper found no progress beyond the threshold; cleared on progress.
 	StuckAt        *time.Time
 	StuckReason    string
@@ -216,6 +219,39 @@ type JobFilter struct {
 	After   *Cursor   // nil: from the newest
 }
 
+// StepChange is one step as a change leaves it, and the state the change expects to find.
+type StepChange struct {
+	Step   Step
+	Expect StepExpect
+}
+
+// Change is everything one state transition of one job writes. Store.Apply writes it atomically or
+// not at all.
+type Change struct {
+	// Job is the job as the change leaves it: every mutable field is written.
+	Job *Job
+	// Create makes Apply insert the job and its Steps instead of updating them.
+	Create bool
+	// Version is the job's Version the change was computed from; when the stored job has another,
+	// Apply writes nothing and returns ErrConflict. Ignored with Create. Apply sets Job.Version to
+	// the new version.
+	Version int64
+	// Steps are the steps the change writes: inserted with Create, else each a compare-and-set on
+	// its Expect (ErrConflict, and nothing written, if one does not match).
+	Steps []StepChange
+	// Attempts are inserted or replaced (key: job, step, run, attempt).
+	Attempts []Attempt
+	// Inputs are new input versions of the job.
+	Inputs []JobInput
+	// Events are appended; their Seq must continue the job's LastSeq as read.
+	Events []Event
+	// Outbox holds the tasks the change requires; Apply sets their IDs.
+	Outbox []OutboxTask
+	// IdempotencyKey, with Create, binds that stored key (reserved by InsertIdempotencyKey and not yet
+	// bound) to the new job; ErrConflict, and nothing written, if it is missing or bound.
+	IdempotencyKey string
+}
+
 // Reader holds the queries available both inside and outside a transaction.
 type Reader interface {
 	// GetJob returns the job or ErrNotFound.
@@ -242,6 +278,8 @@ type Reader interface {
 	GetIdempotencyKey(ctx context.Context, key string) (*IdempotencyRecord, error)
 	// CountOutbox returns how many tasks wait in the outbox.
 	CountOutbox(ctx context.Context) (int64, error)
+	// DeleteOutbox removes outbox tasks that were dispatched; ids that do not exist are ignored.
+	DeleteOutbox(ctx context.Context, ids []int64) error
 }
 
 // Tx is a transaction. Every state change of a job happens inside one Tx that first calls LockJob.
@@ -267,11 +305,9 @@ type Tx interface {
 	AppendEvents(ctx context.Context, events []Event) error
 	// InsertOutbox adds tasks to the outbox.
 	InsertOutbox(ctx context.Context, tasks []OutboxTask) error
-	// ClaimOutbox returns up to limit outbox tasks, oldest first, locked for this transaction and skipped
-	// by concurrent claimers (FOR UPDATE SKIP LOCKED on Postgres).
-	ClaimOutbox(ctx context.Context, limit int) ([]OutboxTask, error)
-	// DeleteOutbox removes dispatched tasks.
-	DeleteOutbox(ctx context.Context, ids []int64) error
+	// ClaimOutbox returns up to limit outbox tasks created before createdBefore, oldest first, locked
+	// for this transaction and skipped by concurrent claimers (FOR UPDATE SKIP LOCKED on Postgres).
+	ClaimOutbox(ctx context.Context, createdBefore time.Time, limit int) ([]OutboxTask, error)
 	// InsertIdempotencyKey stores a new key; ErrDuplicate if the key exists.
 	InsertIdempotencyKey(ctx context.Context, r *IdempotencyRecord) error
 	// UpdateIdempotencyKey rewrites the record with the same key (job id, hash, times).
@@ -285,6 +321,16 @@ type Tx interface {
 // Store is CAO's durable state.
 type Store interface {
 	Reader
+	// LoadJob returns the job and its steps (ordered by Position) as they were at one moment, in one
+	// round trip where the database allows it; ErrNotFound if the job does not exist.
+	LoadJob(ctx context.Context, id string) (*Job, []Step, error)
+	// Apply writes one change of one job atomically: everything or, on ErrConflict (the job moved past
+	// Change.Version, or a step compare-and-set failed) or any other error, nothing.
+	Apply(ctx context.Context, c *Change) error
+	// ExtendLease moves the heartbeat lease of a RUNNING step to until, if the step is still in the
+	// given run and attempt and leased by owner (a single-row compare-and-set that takes no job lock);
+	// ErrConflict otherwise.
+	ExtendLease(ctx context.Context, jobID, step string, run, attempt int, owner string, until time.Time) error
 	// Tx runs fn in one transaction, committing if fn returns nil and rolling back otherwise.
 	// Implementations retry fn on serialization failures and busy errors a few times.
 	Tx(ctx context.Context, fn func(tx Tx) error) error

@@ -15,7 +15,10 @@ const TypeStep = "cao:step"
 // StepPayload names the attempt a step task is for. A task whose (Run, Attempt) no longer matches the
 // step's state in the database is stale and acknowledged without effect.
 type StepPayload struct {
-	JobID   string `json:"job_id"`
+	JobID string `json:"job_id"`
+	// Feature names the job's feature, so a worker finds the step's service without reading the
+	// job first. Empty in tasks enqueued before it was added.
+	Feature string `json:"feature,omitempty"`
 	Step    string `json:"step"`
 	Run     int    `json:"run"`
 	Attempt int    `json:"attempt"`

@@ -30,6 +30,7 @@ type jobRow struct {
 	UpdatedAt      time.Time  `gorm:"column:updated_at;autoUpdateTime:false"`
 	StartedAt      *time.Time `gorm:"column:started_at"`
 	FinishedAt     *time.Time `gorm:"column:finished_at"`
+	Version        int64      `gorm:"column:version"`
 }
 
 // TableName names the table for GORM.
@@ -277,6 +278,7 @@ func jobToRow(j *store.Job) jobRow {
 		UpdatedAt:      j.UpdatedAt,
 		StartedAt:      j.StartedAt,
 		FinishedAt:     j.FinishedAt,
+		Version:        j.Version,
 	}
 }
 
@@ -297,6 +299,7 @@ func (r *jobRow) toJob() store.Job {
 		UpdatedAt:      r.UpdatedAt.UTC(),
 		StartedAt:      readTimePtr(r.StartedAt),
 		FinishedAt:     readTimePtr(r.FinishedAt),
+		Version:        r.Version,
 	}
 }
 

@@ -225,6 +225,17 @@ func (q *queries) GetIdempotencyKey(ctx context.Context, key string) (*store.Ide
 	return &r, nil
 }
 
+// DeleteOutbox removes dispatched tasks; ids that do not exist are ignored.
+func (q *queries) DeleteOutbox(ctx context.Context, ids []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	if err := q.conn(ctx).Where("id IN ?", ids).Delete(&outboxRow{}).Error; err != nil {
+		return fmt.Errorf("delete outbox: %w", interpretError(err))
+	}
+	return nil
+}
+
 // CountOutbox returns how many tasks wait in the outbox.
 func (q *queries) CountOutbox(ctx context.Context) (int64, error) {
 	var n int64
@@ -459,11 +470,11 @@ func (t *txn) InsertOutbox(ctx context.Context, tasks []store.OutboxTask) error 
 	return nil
 }
 
-// ClaimOutbox returns up to limit outbox tasks, oldest first, locked until the end of the
-// transaction and skipped by concurrent claimers (FOR UPDATE SKIP LOCKED on Postgres; a SQLite write
-// transaction excludes every other claimer). limit <= 0 means all of them.
-func (t *txn) ClaimOutbox(ctx context.Context, limit int) ([]store.OutboxTask, error) {
-	db := t.conn(ctx).Order("id")
+// ClaimOutbox returns up to limit outbox tasks created before createdBefore, oldest first, locked
+// until the end of the transaction and skipped by concurrent claimers (FOR UPDATE SKIP LOCKED on
+// Postgres; a SQLite write transaction excludes every other claimer). limit <= 0 means all of them.
+func (t *txn) ClaimOutbox(ctx context.Context, createdBefore time.Time, limit int) ([]store.OutboxTask, error) {
+	db := t.conn(ctx).Where("created_at < ?", dbTime(createdBefore)).Order("id")
 	if t.dialect == DialectPostgres {
 		db = db.Clauses(clause.Locking{Strength: clause.LockingStrengthUpdate, Options: clause.LockingOptionsSkipLocked})
 	}
@@ -476,17 +487,6 @@ func (t *txn) ClaimOutbox(ctx context.Context, limit int) ([]store.OutboxTask, e
 		out[i] = rows[i].toTask()
 	}
 	return out, nil
-}
-
-// DeleteOutbox removes dispatched tasks; ids that do not exist are ignored.
-func (t *txn) DeleteOutbox(ctx context.Context, ids []int64) error {
-	if len(ids) == 0 {
-		return nil
-	}
-	if err := t.conn(ctx).Where("id IN ?", ids).Delete(&outboxRow{}).Error; err != nil {
-		return fmt.Errorf("delete outbox: %w", interpretError(err))
-	}
-	return nil
 }
 
 // InsertIdempotencyKey stores a new key; store.ErrDuplicate if the key exists. A zero CreatedAt is

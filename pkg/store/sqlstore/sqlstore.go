@@ -44,7 +44,9 @@ const (
 type Config struct {
 	// MaxOpenConns caps the connections the pool opens. Default 10.
 	MaxOpenConns int
-	// MaxIdleConns is how many idle connections the pool keeps. Default 5, at most MaxOpenConns.
+	// MaxIdleConns is how many idle connections the pool keeps. Default MaxOpenConns: a pool that
+	// closes connections it will need again a moment later pays a connection set-up per request
+	// under load.
 	MaxIdleConns int
 	// Logger receives failed and slow (over 200ms) queries. Default: nothing is logged.
 	Logger *slog.Logger
@@ -63,7 +65,7 @@ func (c Config) WithDefaults() Config {
 		c.MaxOpenConns = 10
 	}
 	if c.MaxIdleConns == 0 {
-		c.MaxIdleConns = min(5, c.MaxOpenConns)
+		c.MaxIdleConns = c.MaxOpenConns
 	}
 	return c
 }
@@ -83,6 +85,7 @@ func (c Config) validate() error {
 // Store is the GORM implementation of store.Store for Postgres and SQLite.
 type Store struct {
 	queries
+	hot hotPath
 	// writeSem serializes write transactions in this process on SQLite, which has one writer at a
 	// time anyway: waiting here is cheaper than polling SQLite's busy handler. Nil on Postgres.
 	writeSem chan struct{}
@@ -193,6 +196,11 @@ func newStore(ctx context.Context, db *gorm.DB, dialect string, cfg Config) (*St
 	sqlDB.SetMaxIdleConns(cfg.MaxIdleConns)
 	sqlDB.SetConnMaxIdleTime(5 * time.Minute)
 	s := &Store{queries: queries{db: db, dialect: dialect}}
+	if dialect == DialectPostgres {
+		s.hot = postgresHot{db: sqlDB}
+	} else {
+		s.hot = genericHot{s: s}
+	}
 	if err := s.Ping(ctx); err != nil {
 		_ = sqlDB.Close()
 		return nil, fmt.Errorf("open %s: %w", dialect, err)

@@ -84,7 +84,7 @@ func TestOpenSQLiteBadPath(t *testing.T) {
 
 func TestConfig(t *testing.T) {
 	t.Parallel()
-	require.Equal(t, sqlstore.Config{MaxOpenConns: 10, MaxIdleConns: 5}, sqlstore.Config{}.WithDefaults())
+	require.Equal(t, sqlstore.Config{MaxOpenConns: 10, MaxIdleConns: 10}, sqlstore.Config{}.WithDefaults())
 	require.Equal(t, sqlstore.Config{MaxOpenConns: 2, MaxIdleConns: 2}, sqlstore.Config{MaxOpenConns: 2}.WithDefaults())
 
 	ctx := context.Background()

@@ -54,6 +54,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"CancelledContext", testCancelledContext},
 		{"PingAndDialect", testPingAndDialect},
 	}
+	tests = append(tests, applyTests...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -552,7 +553,7 @@ func testOutbox(t *testing.T, s store.Store) {
 	require.EqualValues(t, 4, n)
 
 	require.NoError(t, s.Tx(ctx, func(tx store.Tx) error {
-		claimed, err := tx.ClaimOutbox(ctx, 2)
+		claimed, err := tx.ClaimOutbox(ctx, farFuture, 2)
 		if err != nil {
 			return err
 		}
@@ -564,7 +565,7 @@ func testOutbox(t *testing.T, s store.Store) {
 	require.EqualValues(t, 2, n)
 
 	require.NoError(t, s.Tx(ctx, func(tx store.Tx) error {
-		claimed, err := tx.ClaimOutbox(ctx, 0)
+		claimed, err := tx.ClaimOutbox(ctx, farFuture, 0)
 		if err != nil {
 			return err
 		}
@@ -599,7 +600,7 @@ func testOutboxConcurrentClaimers(t *testing.T, s store.Store) {
 			for {
 				var ids []int64
 				err := s.Tx(ctx, func(tx store.Tx) error {
-					claimed, err := tx.ClaimOutbox(ctx, 3)
+					claimed, err := tx.ClaimOutbox(ctx, farFuture, 3)
 					if err != nil {
 						return err
 					}
@@ -654,7 +655,7 @@ func testOutboxClaimSkipsClaimed(t *testing.T, s store.Store) {
 	first := make(chan error, 1)
 	go func() {
 		first <- s.Tx(ctx, func(tx store.Tx) error {
-			claimed, err := tx.ClaimOutbox(ctx, 3)
+			claimed, err := tx.ClaimOutbox(ctx, farFuture, 3)
 			if err != nil {
 				return err
 			}
@@ -677,7 +678,7 @@ func testOutboxClaimSkipsClaimed(t *testing.T, s store.Store) {
 	claimCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	require.NoError(t, s.Tx(claimCtx, func(tx store.Tx) error {
-		claimed, err := tx.ClaimOutbox(claimCtx, 10)
+		claimed, err := tx.ClaimOutbox(claimCtx, farFuture, 10)
 		ids2 = taskIDs(claimed)
 		return err
 	}))

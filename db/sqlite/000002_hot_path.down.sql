@@ -1,0 +1,2 @@
+DROP INDEX IF EXISTS outbox_created_at_idx;
+ALTER TABLE jobs DROP COLUMN version;

@@ -1,0 +1,103 @@
+package orchestrator_test
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cao-run/cao/pkg/dispatch"
+	"github.com/cao-run/cao/pkg/migrate"
+	"github.com/cao-run/cao/pkg/orchestrator"
+	"github.com/cao-run/cao/pkg/registry"
+	"github.com/cao-run/cao/pkg/store/sqlstore"
+	"github.com/cao-run/cao/pkg/task"
+	"github.com/cao-run/cao/pkg/testinfra"
+)
+
+const chainRegistry = `
+services: {sim: {kind: mock}}
+features:
+  chain5:
+    steps:
+      - {name: s1, service: sim}
+      - {name: s2, service: sim, needs: [s1]}
+      - {name: s3, service: sim, needs: [s2]}
+      - {name: s4, service: sim, needs: [s3]}
+      - {name: s5, service: sim, needs: [s4]}
+`
+
+// maxRoundTripsPerStep is the hot path's budget on Postgres: claiming a step, recording its outcome
+// and dispatching the next step, with the outbox clean-up amortised. Today: 2 to claim (read, then
+// one compare-and-set statement), 1 to record (the claim's result is the starting point), and the
+// batched outbox delete.
+const maxRoundTripsPerStep = 4.0
+
+// TestRoundTripsPerStep counts, at the wire, the Postgres round trips a 5-step job costs from the
+// claim of its first step to its completion, and fails above the budget.
+func TestRoundTripsPerStep(t *testing.T) {
+	t.Parallel()
+	ctx := testinfra.Context(t, 2*time.Minute)
+	url := testinfra.PostgresSchema(t)
+	require.NoError(t, migrate.Up(ctx, "postgres", url))
+	rt, proxied := testinfra.CountRoundTrips(t, url)
+	st, err := sqlstore.OpenPostgres(ctx, proxied, sqlstore.Config{})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = st.Close() })
+	direct, err := sqlstore.OpenPostgres(ctx, url, sqlstore.Config{MaxOpenConns: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = direct.Close() })
+
+	rdb := testinfra.Redis(t)
+	relay := dispatch.NewRelay(st, asynq.NewClientFromRedisClient(rdb.Client), dispatch.RelayConfig{PollInterval: time.Hour})
+	require.NoError(t, relay.Start(ctx))
+	t.Cleanup(func() { _ = relay.Stop(context.Background()) })
+	reg, err := registry.Parse("chain.yaml", []byte(chainRegistry), func(string) (string, bool) { return "", false })
+	require.NoError(t, err)
+	orch := orchestrator.New(st, reg, nil, relay, orchestrator.Config{})
+
+	run := func() {
+		v, _, err := orch.CreateJob(ctx, orchestrator.CreateRequest{Feature: "chain5", Input: json.RawMessage(`{"n": 1}`)})
+		require.NoError(t, err)
+		for _, name := range []string{"s1", "s2", "s3", "s4", "s5"} {
+			p := task.StepPayload{JobID: v.Job.ID, Feature: "chain5", Step: name, Run: 1, Attempt: 1}
+			tg, err := orch.Resolve(ctx, p)
+			require.NoError(t, err)
+			a, err := orch.StartAttempt(ctx, tg, "w1")
+			require.NoError(t, err)
+			require.NoError(t, orch.FinishAttempt(ctx, a, orchestrator.Outcome{Output: json.RawMessage(`{"ok": true}`)}))
+		}
+		got, err := orch.GetJob(ctx, v.Job.ID)
+		require.NoError(t, err)
+		require.Equal(t, "COMPLETED", string(got.Job.Status))
+	}
+	outboxEmpty := func() {
+		testinfra.Eventually(t, 10*time.Second, func() bool {
+			n, err := direct.CountOutbox(ctx)
+			return err == nil && n == 0
+		}, "dispatched tasks' outbox rows deleted")
+	}
+	// Warm up: pooled connections, prepared statements, the relay's first pass.
+	run()
+	outboxEmpty()
+
+	const jobs = 4
+	before := rt.Count()
+	for range jobs {
+		run()
+	}
+	outboxEmpty()
+	// The GetJob of each run is the test's own check, not part of the hot path: 3 round trips each.
+	perStep := float64(rt.Count()-before-3*jobs) / (jobs * 5)
+	t.Logf("Postgres round trips per step, claim to completion with dispatch and job creation amortised: %.2f", perStep)
+	require.LessOrEqual(t, perStep, maxRoundTripsPerStep)
+
+	// Creating a job is one statement (its outbox row's delete comes later, batched).
+	before = rt.Count()
+	_, _, err = orch.CreateJob(ctx, orchestrator.CreateRequest{Feature: "chain5", Input: json.RawMessage(`{}`)})
+	require.NoError(t, err)
+	require.EqualValues(t, 1, rt.Count()-before, "round trips of CreateJob")
+}
