@@ -278,6 +278,8 @@ type Reader interface {
 	GetIdempotencyKey(ctx context.Context, key string) (*IdempotencyRecord, error)
 	// CountOutbox returns how many tasks wait in the outbox.
 	CountOutbox(ctx context.Context) (int64, error)
+	// LastSeqs returns the LastSeq of each of the jobs that exist among ids, by id.
+	LastSeqs(ctx context.Context, ids []string) (map[string]int64, error)
 	// DeleteOutbox removes outbox tasks that were dispatched; ids that do not exist are ignored.
 	DeleteOutbox(ctx context.Context, ids []int64) error
 }

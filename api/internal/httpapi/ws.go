@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"net/http"
 	"net/url"
 	"path"
@@ -79,6 +80,8 @@ type wsHub struct {
 	closing  chan struct{} // closed by stop: every client closes with 1001
 	stopOnce sync.Once
 	wg       sync.WaitGroup // connection handlers, their ping goroutines and the topics
+
+	pollOnce sync.Once // starts pollLoop with the first topic
 
 	mu       sync.Mutex
 	stopping bool
@@ -222,6 +225,9 @@ type topic struct {
 	head0  int64
 	failed error
 
+	// polled receives the job's last_seq from the hub's poll of every watched job.
+	polled chan int64
+
 	mu      sync.Mutex
 	clients map[*wsClient]struct{}
 }
@@ -294,9 +300,11 @@ func (h *wsHub) register(jobID string, c *wsClient) (t *topic, created bool, err
 		t = &topic{
 			h: h, jobID: jobID, sub: h.s.n.Hub.Subscribe(jobID, h.cfg.topicBuffer),
 			done: make(chan struct{}), ready: make(chan struct{}), clients: map[*wsClient]struct{}{},
+			polled: make(chan int64, 1),
 		}
 		h.topics[jobID] = t
 		created = true
+		h.pollOnce.Do(func() { go h.pollLoop() })
 	}
 	t.refs++
 	h.wg.Add(1) // under h.mu with stopping checked, so stop's Wait never races this Add
@@ -328,8 +336,6 @@ func (t *topic) run() {
 	defer func() { sub.Close() }()
 	head := t.head0
 	subC := sub.C
-	poll := time.NewTicker(t.h.cfg.pollInterval)
-	defer poll.Stop()
 	polled := head // last_seq seen by the previous poll
 	batch := make([]events.Message, 0, 64)
 	for {
@@ -363,17 +369,54 @@ func (t *topic) run() {
 				}
 			}
 			t.forward(t.order(batch, &head))
-		case <-poll.C:
-			job, err := t.h.s.n.Store.GetJob(t.h.ctx, t.jobID)
-			if err != nil {
-				continue
-			}
+		case seq := <-t.polled:
 			// Only events committed a whole interval ago and still missing count as lost; newer ones
 			// are most likely still on their way through pub/sub.
 			if polled > head {
 				t.forward(t.readLog(&head))
 			}
-			polled = job.LastSeq
+			polled = seq
+		}
+	}
+}
+
+// pollLoop reads, every pollInterval, the last_seq of every job watched in this process in one
+// query (per 1,000 jobs), and hands each topic its job's value: a topic reads the event log only
+// when events are missing, so watchers cost the database one query per interval, not one per job.
+func (h *wsHub) pollLoop() {
+	tick := time.NewTicker(h.cfg.pollInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-h.closing:
+			return
+		case <-h.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		h.mu.Lock()
+		topics := make(map[string]*topic, len(h.topics))
+		for id, t := range h.topics {
+			topics[id] = t
+		}
+		h.mu.Unlock()
+		ids := slices.Collect(maps.Keys(topics))
+		for chunk := range slices.Chunk(ids, 1000) {
+			seqs, err := h.s.n.Store.LastSeqs(h.ctx, chunk)
+			if err != nil {
+				continue // the next tick tries again
+			}
+			for id, seq := range seqs {
+				t := topics[id]
+				select { // keep only the newest value
+				case <-t.polled:
+				default:
+				}
+				select {
+				case t.polled <- seq:
+				default:
+				}
+			}
 		}
 	}
 }

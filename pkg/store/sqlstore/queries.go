@@ -225,6 +225,33 @@ func (q *queries) GetIdempotencyKey(ctx context.Context, key string) (*store.Ide
 	return &r, nil
 }
 
+// LastSeqs returns the LastSeq of each of the jobs that exist among ids, by id as given.
+func (q *queries) LastSeqs(ctx context.Context, ids []string) (map[string]int64, error) {
+	keys := make([]string, 0, len(ids))
+	given := make(map[string]string, len(ids)) // canonical -> as given
+	for _, id := range ids {
+		if key, ok := canonicalID(id); ok {
+			keys = append(keys, key)
+			given[key] = id
+		}
+	}
+	out := make(map[string]int64, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	var rows []struct {
+		ID      string
+		LastSeq int64
+	}
+	if err := q.conn(ctx).Model(&jobRow{}).Select("id, last_seq").Where("id IN ?", keys).Find(&rows).Error; err != nil {
+		return nil, fmt.Errorf("last seqs: %w", interpretError(err))
+	}
+	for _, r := range rows {
+		out[given[r.ID]] = r.LastSeq
+	}
+	return out, nil
+}
+
 // DeleteOutbox removes dispatched tasks; ids that do not exist are ignored.
 func (q *queries) DeleteOutbox(ctx context.Context, ids []int64) error {
 	if len(ids) == 0 {

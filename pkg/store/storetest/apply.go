@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -26,6 +27,7 @@ var applyTests = []struct {
 	{"ApplyCreateBindsIdempotencyKey", testApplyCreateBindsKey},
 	{"ExtendLease", testExtendLease},
 	{"LoadJobNotFound", testLoadJobNotFound},
+	{"LastSeqs", testLastSeqs},
 }
 
 // createChange is a new job with two steps (the first queued), its first input, two events and the
@@ -265,4 +267,19 @@ func testLoadJobNotFound(t *testing.T, s store.Store) {
 		_, _, err := s.LoadJob(ctx, id)
 		require.ErrorIs(t, err, store.ErrNotFound, id)
 	}
+}
+
+func testLastSeqs(t *testing.T, s store.Store) {
+	ctx := testContext(t)
+	c1, c2 := createChange(base), createChange(base)
+	require.NoError(t, s.Apply(ctx, c1))
+	require.NoError(t, s.Apply(ctx, c2))
+	require.NoError(t, s.Apply(ctx, started(c2, c2.Job.Version, base.Add(time.Second))))
+	upper := strings.ToUpper(c1.Job.ID)
+	got, err := s.LastSeqs(ctx, []string{upper, c2.Job.ID, uuid.NewString(), "not-a-uuid"})
+	require.NoError(t, err)
+	require.Equal(t, map[string]int64{upper: 2, c2.Job.ID: 4}, got, "by id as given; unknown ids left out")
+	got, err = s.LastSeqs(ctx, nil)
+	require.NoError(t, err)
+	require.Empty(t, got)
 }
