@@ -61,7 +61,7 @@ func run(ctx context.Context, args []string) error {
 		defer func() { _ = srv.Close() }()
 		log.Info("worker metrics listening", "addr", ln.Addr().String())
 	}
-	return Serve(ctx, n, runner.Config{Queues: cfg.WorkerQueues, Concurrency: cfg.WorkerConcurrency, ShutdownGrace: cfg.ShutdownGrace})
+	return Serve(ctx, n, runner.Config{Queues: cfg.WorkerQueues, Concurrency: cfg.WorkerConcurrency, ShutdownGrace: cfg.ShutdownGrace, IdlePoll: cfg.WorkerIdlePoll})
 }
 
 // metricsServer serves the worker's Prometheus metrics at /metrics and liveness at /health.

@@ -26,9 +26,12 @@ type Config struct {
 	AllowedOrigins    []string       // CAO_ALLOWED_ORIGINS
 	WorkerQueues      map[string]int // CAO_WORKER_QUEUES
 	WorkerConcurrency int            // CAO_WORKER_CONCURRENCY
-	AutoMigrate       bool           // CAO_AUTO_MIGRATE
-	LogLevel          slog.Level     // CAO_LOG_LEVEL
-	LogFormat         string         // CAO_LOG_FORMAT: json | text
+	// WorkerIdlePoll is CAO_WORKER_IDLE_POLL: how often an idle worker looks at its empty queues; zero
+	// means the runner's default (runner.DefaultIdlePoll).
+	WorkerIdlePoll time.Duration
+	AutoMigrate    bool       // CAO_AUTO_MIGRATE
+	LogLevel       slog.Level // CAO_LOG_LEVEL
+	LogFormat      string     // CAO_LOG_FORMAT: json | text
 
 	StepLeaseTTL   time.Duration // CAO_STEP_LEASE_TTL: heartbeat lease of a running step (default 10s)
 	StuckJobAfter  time.Duration // CAO_STUCK_JOB_AFTER: no progress before a job is reported stuck (5m)
@@ -71,6 +74,7 @@ func Parse(lookup func(string) (string, bool)) (Config, error) {
 		StuckJobAfter:     p.duration("CAO_STUCK_JOB_AFTER", 5*time.Minute, time.Second),
 		FailStuckAfter:    p.duration("CAO_FAIL_STUCK_AFTER", 15*time.Minute, time.Second),
 		ShutdownGrace:     p.duration("CAO_SHUTDOWN_GRACE", 30*time.Second, 0),
+		WorkerIdlePoll:    p.duration("CAO_WORKER_IDLE_POLL", 0, time.Millisecond),
 		MaxBodyBytes:      int64(p.integer("CAO_MAX_BODY_BYTES", 1<<20, 1024, 1<<30)),
 		IdempotencyTTL:    p.duration("CAO_IDEMPOTENCY_TTL", 24*time.Hour, time.Minute),
 		DataDir:           p.str("CAO_DATA_DIR", ".cao"),

@@ -13,8 +13,13 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// DefaultWaitPoll is WaitRoomConfig.Poll's default.
-const DefaultWaitPoll = 250 * time.Millisecond
+// WaitRoom defaults.
+const (
+	// DefaultWaitPoll is WaitRoomConfig.Poll's default.
+	DefaultWaitPoll = 250 * time.Millisecond
+	// DefaultLobbyWait is WaitRoomConfig.LobbyWait's default.
+	DefaultLobbyWait = 10 * time.Second
+)
 
 // WaitRoomConfig holds the optional settings of a WaitRoom.
 type WaitRoomConfig struct {
@@ -24,12 +29,17 @@ type WaitRoomConfig struct {
 	// was missed (a lost pub/sub message, a crashed holder whose lease expired). It must stay well
 	// below the semaphore's WaiterTTL, which it keeps refreshed. Default 250ms.
 	Poll time.Duration
+	// LobbyWait is how long a caller waits in this process for a place in the room when the room of
+	// its semaphore is full, before Acquire gives up with ErrFull. Default 10s.
+	LobbyWait time.Duration
 }
 
 // WaitRoom lets callers of one process wait for a semaphore slot instead of polling for it from
-// outside: each waiter keeps its place in the semaphore's fleet-wide FIFO queue and is woken, through
-// Redis pub/sub, by whichever process releases a slot, so a freed slot is taken within a round trip.
-// A waiter also retries every Poll, which covers lost wake-ups and leases that expired.
+// outside: each waiter in the room keeps its place in the semaphore's fleet-wide FIFO queue and is
+// woken, through Redis pub/sub, by whichever process releases a slot, so a freed slot is taken within
+// a round trip. A waiter also retries every Poll, which covers lost wake-ups and leases that expired.
+// The room of one semaphore has a bounded number of places per process; callers beyond it wait in
+// the lobby, in this process only and in arrival order, for a place (at most LobbyWait).
 type WaitRoom struct {
 	sem *Semaphore
 	rdb redis.UniversalClient
@@ -38,7 +48,8 @@ type WaitRoom struct {
 
 	mu      sync.Mutex
 	waiters map[string]chan struct{} // waiter ID -> wake-up
-	count   map[string]int           // semaphore name -> local waiters
+	count   map[string]int           // semaphore name -> local waiters (room and lobby)
+	rooms   map[string]chan struct{} // semaphore name -> places in the room (a token per waiter)
 	sub     *redis.PubSub
 	done    chan struct{}
 }
@@ -48,9 +59,12 @@ func NewWaitRoom(sem *Semaphore, cfg WaitRoomConfig) *WaitRoom {
 	if cfg.Poll <= 0 {
 		cfg.Poll = DefaultWaitPoll
 	}
+	if cfg.LobbyWait <= 0 {
+		cfg.LobbyWait = DefaultLobbyWait
+	}
 	return &WaitRoom{
 		sem: sem, rdb: sem.rdb, cfg: cfg,
-		waiters: map[string]chan struct{}{}, count: map[string]int{},
+		waiters: map[string]chan struct{}{}, count: map[string]int{}, rooms: map[string]chan struct{}{},
 	}
 }
 
@@ -108,18 +122,18 @@ func (w *WaitRoom) listen(sub *redis.PubSub, done chan struct{}) {
 	}
 }
 
-// Waiting returns how many callers of this process wait for semaphore name.
+// Waiting returns how many callers of this process wait for semaphore name, in the room or the lobby.
 func (w *WaitRoom) Waiting(name string) int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.count[name]
 }
 
-// Acquire takes one of limit slots of semaphore name for ttl, waiting for a free slot while
-// ctx allows. At most maxWaiters callers of this process wait for one semaphore at once (at least
-// one): past that Acquire returns ErrFull at once, so a process does not tie up all its handlers
-// waiting for one service. A caller that stops waiting (ctx ended) gives up its place in the queue.
-func (w *WaitRoom) Acquire(ctx context.Context, name string, limit int, ttl time.Duration, maxWaiters int) (Lease, error) {
+// Acquire takes one of limit slots of semaphore name for ttl, waiting for a free slot while ctx
+// allows. At most roomSize callers of this process (at least one) wait in the semaphore's queue at
+// once; the others wait in the lobby for a place, and Acquire returns ErrFull when none frees within
+// LobbyWait. A caller that stops waiting (ctx ended) gives up its place in the queue.
+func (w *WaitRoom) Acquire(ctx context.Context, name string, limit int, ttl time.Duration, roomSize int) (Lease, error) {
 	if limit <= 0 {
 		return w.sem.Acquire(ctx, name, limit, ttl, "")
 	}
@@ -128,11 +142,21 @@ func (w *WaitRoom) Acquire(ctx context.Context, name string, limit int, ttl time
 	if !errors.Is(err, ErrFull) {
 		return l, err
 	}
-	wid, wake, ok := w.enter(name, max(maxWaiters, 1))
-	if !ok {
+	room := w.arrive(name, max(roomSize, 1))
+	defer w.depart(name)
+	lobby := time.NewTimer(w.cfg.LobbyWait)
+	select {
+	case room <- struct{}{}:
+		lobby.Stop()
+	case <-lobby.C:
 		return Lease{}, ErrFull
+	case <-ctx.Done():
+		lobby.Stop()
+		return Lease{}, context.Cause(ctx)
 	}
-	defer w.leave(name, wid)
+	defer func() { <-room }()
+	wid, wake := w.enter()
+	defer w.leave(wid)
 	timer := time.NewTimer(w.cfg.Poll)
 	defer timer.Stop()
 	for {
@@ -161,26 +185,43 @@ func (w *WaitRoom) giveUp(ctx context.Context, name, wid string) {
 	_ = w.sem.Leave(lctx, name, wid)
 }
 
-func (w *WaitRoom) enter(name string, maxWaiters int) (string, chan struct{}, bool) {
+// arrive counts a waiter of semaphore name and returns the room's places (created with roomSize
+// places by the first waiter; the room goes when its last waiter does).
+func (w *WaitRoom) arrive(name string, roomSize int) chan struct{} {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.count[name] >= maxWaiters {
-		return "", nil, false
-	}
 	w.count[name]++
+	room := w.rooms[name]
+	if room == nil {
+		room = make(chan struct{}, roomSize)
+		w.rooms[name] = room
+	}
+	return room
+}
+
+func (w *WaitRoom) depart(name string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.count[name]--; w.count[name] <= 0 {
+		delete(w.count, name)
+		delete(w.rooms, name)
+	}
+}
+
+// enter registers a waiter for wake-ups and returns its ID.
+func (w *WaitRoom) enter() (string, chan struct{}) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	wid := w.cfg.ID + "#" + strconv.FormatInt(w.seq.Add(1), 10)
 	ch := make(chan struct{}, 1)
 	w.waiters[wid] = ch
-	return wid, ch, true
+	return wid, ch
 }
 
-func (w *WaitRoom) leave(name, wid string) {
+func (w *WaitRoom) leave(wid string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	delete(w.waiters, wid)
-	if w.count[name]--; w.count[name] <= 0 {
-		delete(w.count, name)
-	}
 }
 
 // wakeMessage is the payload Release publishes: the semaphore name and the waiter to wake.

@@ -14,10 +14,15 @@ import (
 // that sees a waiter served knows the wake-up did it.
 func (b *bundle) room(t *testing.T, id string, poll time.Duration) *WaitRoom {
 	t.Helper()
-	if poll == 0 {
-		poll = time.Hour
+	return b.roomWith(t, WaitRoomConfig{ID: id, Poll: poll})
+}
+
+func (b *bundle) roomWith(t *testing.T, cfg WaitRoomConfig) *WaitRoom {
+	t.Helper()
+	if cfg.Poll == 0 {
+		cfg.Poll = time.Hour
 	}
-	w := NewWaitRoom(b.sem, WaitRoomConfig{ID: id, Poll: poll})
+	w := NewWaitRoom(b.sem, cfg)
 	require.NoError(t, w.Start(b.ctx))
 	t.Cleanup(func() { require.NoError(t, w.Stop(context.Background())) })
 	return w
@@ -109,23 +114,48 @@ func TestWaitRoomServesWaitersInOrder(t *testing.T) {
 	require.NoError(t, b.sem.Release(b.ctx, held))
 }
 
-func TestWaitRoomCapsLocalWaiters(t *testing.T) {
+func TestWaitRoomLobby(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	w := b.room(t, "p1", 0)
+	w := b.roomWith(t, WaitRoomConfig{ID: "p1", LobbyWait: time.Hour})
 
 	held, err := w.Acquire(b.ctx, "img", 1, time.Minute, 1)
 	require.NoError(t, err)
 	first := acquireAsync(b.ctx, w, "img", 1, 1)
 	b.waitForWaiters(t, "img", 1)
+	second := acquireAsync(b.ctx, w, "img", 1, 1)
+	testinfra.Eventually(t, 5*time.Second, func() bool { return w.Waiting("img") == 2 }, "second caller waits")
+	ids, err := b.sem.Waiters(b.ctx, "img", 5)
+	require.NoError(t, err)
+	require.Len(t, ids, 1, "the room of img has one place: the second caller waits in the lobby, not in the queue")
 
-	_, err = w.Acquire(b.ctx, "img", 1, time.Minute, 1)
-	require.ErrorIs(t, err, ErrFull, "the room for img is full: the caller goes back to its queue")
 	_, err = w.Acquire(b.ctx, "other", 1, time.Minute, 1)
-	require.NoError(t, err, "the cap is per semaphore")
+	require.NoError(t, err, "rooms are per semaphore")
 
 	require.NoError(t, b.sem.Release(b.ctx, held))
-	receive(t, first, "the waiter in the room")
+	held = receive(t, first, "the waiter in the room")
+	b.waitForWaiters(t, "img", 1) // the lobby waiter took the freed place
+	require.NoError(t, b.sem.Release(b.ctx, held))
+	receive(t, second, "the waiter from the lobby")
+	require.Equal(t, 0, w.Waiting("img"))
+}
+
+func TestWaitRoomLobbyGivesUp(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	w := b.roomWith(t, WaitRoomConfig{ID: "p1", LobbyWait: 50 * time.Millisecond})
+
+	_, err := w.Acquire(b.ctx, "img", 1, time.Minute, 1)
+	require.NoError(t, err)
+	inRoom := acquireAsync(b.ctx, w, "img", 1, 1)
+	b.waitForWaiters(t, "img", 1)
+	_, err = w.Acquire(b.ctx, "img", 1, time.Minute, 1)
+	require.ErrorIs(t, err, ErrFull, "no place in the room within LobbyWait: the caller goes back to its queue")
+	select {
+	case r := <-inRoom:
+		t.Fatalf("the waiter in the room was served without a free slot: %+v", r)
+	default:
+	}
 }
 
 func TestWaitRoomGivesUpPlaceWhenContextEnds(t *testing.T) {

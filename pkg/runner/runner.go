@@ -46,10 +46,12 @@ type Config struct {
 	// MaxRateWait is the longest a step waits in this process for its service's rate budget; past it
 	// the step goes back to its queue until the budget is due. Default 2s.
 	MaxRateWait time.Duration
-	// PollInterval is how often Asynq moves due scheduled and retry tasks to their queues. Default 250ms.
+	// PollInterval is how often Asynq moves due scheduled and retry tasks to their queues (Asynq
+	// schedules in whole seconds anyway). Default 500ms.
 	PollInterval time.Duration
-	// IdlePoll is how long an idle worker waits before looking at empty queues again: the latency
-	// between a step finishing and its dependents starting. Default 50ms (Asynq's own is 1s).
+	// IdlePoll is how long an idle worker waits (on average; Asynq jitters it ±50%) before looking at
+	// its empty queues again: it bounds the delay before a step enqueued on an idle system starts, and
+	// costs one Redis call per poll. Default DefaultIdlePoll (Asynq's own is 1s).
 	IdlePoll time.Duration
 	// Logger receives operational logs. Default slog.Default().
 	Logger *slog.Logger
@@ -87,16 +89,19 @@ func (c Config) WithDefaults() Config {
 		c.MaxRateWait = DefaultMaxRateWait
 	}
 	if c.PollInterval <= 0 {
-		c.PollInterval = 250 * time.Millisecond
+		c.PollInterval = time.Second
 	}
 	if c.IdlePoll <= 0 {
-		c.IdlePoll = 50 * time.Millisecond
+		c.IdlePoll = DefaultIdlePoll
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
 	return c
 }
+
+// DefaultIdlePoll is Config.IdlePoll's default.
+const DefaultIdlePoll = 20 * time.Millisecond
 
 // errShutdown is the cancellation cause of calls interrupted by Stop.
 var errShutdown = errors.New("worker shutting down")

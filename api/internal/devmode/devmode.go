@@ -142,7 +142,7 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), ou
 	host, _ := os.Hostname()
 	n := node.Build(cfg, log, fmt.Sprintf("dev-%s-%d", host, os.Getpid()), reg, b.store, b.rdb)
 	queues := workerQueues(cfg.WorkerQueues, reg)
-	r := n.NewRunner(runner.Config{Queues: queues, Concurrency: cfg.WorkerConcurrency, ShutdownGrace: cfg.ShutdownGrace})
+	r := n.NewRunner(runner.Config{Queues: queues, Concurrency: cfg.WorkerConcurrency, ShutdownGrace: cfg.ShutdownGrace, IdlePoll: cfg.WorkerIdlePoll})
 	// Node.Stop runs these after its own loops stopped, in this order. The runner stops with its own
 	// grace period: running steps finish or are handed back, and their outcomes are committed to SQLite
 	// with the outbox rows of what comes next, which the next start relays.
