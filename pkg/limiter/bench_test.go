@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -38,4 +39,53 @@ func BenchmarkSetNXDel(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkWaitRoomSaturation keeps a semaphore of 3 slots under a backlog: 20 callers in two
+// processes' wait rooms take a slot, hold it 20ms (a call) and release it, 10 calls per iteration
+// each. It reports how busy the slots were kept (call time over slots x wall time): a freed slot
+// must go to the next waiter at once, not at its next poll.
+func BenchmarkWaitRoomSaturation(b *testing.B) {
+	rdb, prefix := testinfra.KeyPrefix(b)
+	sem := NewSemaphore(rdb, Config{Prefix: prefix})
+	ctx := context.Background()
+	var rooms []*WaitRoom
+	for _, id := range []string{"p1", "p2"} {
+		w := NewWaitRoom(sem, WaitRoomConfig{ID: id})
+		if err := w.Start(ctx); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = w.Stop(ctx) })
+		rooms = append(rooms, w)
+	}
+	const (
+		limit   = 3
+		callers = 20
+		calls   = 10
+		hold    = 20 * time.Millisecond
+	)
+	var busy time.Duration
+	start := time.Now()
+	for b.Loop() {
+		var wg sync.WaitGroup
+		for i := range callers {
+			w := rooms[i%len(rooms)]
+			wg.Go(func() {
+				for range calls {
+					l, err := w.Acquire(ctx, "svc", limit, time.Minute, limit)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					time.Sleep(hold)
+					if err := sem.Release(ctx, l); err != nil {
+						b.Error(err)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		busy += callers * calls * hold
+	}
+	b.ReportMetric(100*float64(busy)/float64(limit*time.Since(start)), "busy%")
 }

@@ -23,6 +23,9 @@ type Lease struct {
 	// ExpiresAt is when the lease stops being held, by the Redis server clock. Zero for a lease of an
 	// unlimited semaphore, which never expires.
 	ExpiresAt time.Time
+	// limit is the semaphore's limit when the lease was taken: Release wakes as many waiters as there
+	// are free slots by it.
+	limit int
 }
 
 // Semaphore caps how many callers across the fleet hold a slot of a named resource at once. Slots are
@@ -132,9 +135,9 @@ redis.call('PEXPIRE', KEYS[1], fmt(tonumber(last[2]) - now))
 return {1, fmt(newexp)}
 `)
 
-// releaseScript removes one lease and names the longest waiter, who may now take the freed slot.
-// KEYS: holders, waiters. ARGV: lease ID.
-// Reply: {1 if the lease was still held else 0, the head waiter ID or ""}.
+// releaseScript removes one lease and names the waiters that may now take a free slot: the first
+// (limit - slots in use) of the queue. KEYS: holders, waiters. ARGV: lease ID, limit.
+// Reply: {1 if the lease was still held else 0, waiter IDs...}.
 var releaseScript = redis.NewScript(luaNow + `
 local exp = redis.call('ZSCORE', KEYS[1], ARGV[1])
 local held = 0
@@ -142,10 +145,13 @@ if exp then
   redis.call('ZREM', KEYS[1], ARGV[1])
   if tonumber(exp) > now then held = 1 end
 end
-local head = redis.call('ZRANGE', KEYS[2], 0, 0)
-local wid = ''
-if head[1] then wid = head[1] end
-return {held, wid}
+local free = tonumber(ARGV[2]) - redis.call('ZCOUNT', KEYS[1], '(' .. fmt(now), '+inf')
+local reply = {held}
+if free > 0 then
+  local ids = redis.call('ZRANGE', KEYS[2], 0, free - 1)
+  for i = 1, #ids do reply[#reply + 1] = ids[i] end
+end
+return reply
 `)
 
 // inUseScript counts unexpired leases. KEYS: holders.
@@ -184,7 +190,7 @@ func (s *Semaphore) Acquire(ctx context.Context, name string, limit int, ttl tim
 	if r[0] != 1 {
 		return Lease{}, ErrFull
 	}
-	return Lease{Name: name, ID: id, Token: r[1], ExpiresAt: time.UnixMilli(r[2])}, nil
+	return Lease{Name: name, ID: id, Token: r[1], ExpiresAt: time.UnixMilli(r[2]), limit: limit}, nil
 }
 
 // Renew extends a lease still held to now+ttl by the Redis server clock and returns it updated. It
@@ -214,23 +220,30 @@ func (s *Semaphore) Renew(ctx context.Context, l Lease, ttl time.Duration) (Leas
 
 // Release gives a lease's slot back. It removes only this lease, and returns ErrLeaseLost if the
 // lease was no longer held, which callers may ignore. When callers wait for the semaphore, it
-// publishes a wake-up for the longest waiter on the wake channel (see WaitRoom), so the freed slot is
-// taken at once instead of at that waiter's next poll.
+// publishes a wake-up for the waiters that may now take a slot (as many as are free, longest waiting
+// first) on the wake channel (see WaitRoom), so a freed slot is taken at once instead of at a
+// waiter's next poll.
 func (s *Semaphore) Release(ctx context.Context, l Lease) error {
 	if l.Token == 0 {
 		return nil
 	}
 	k := s.keys(l.Name)
-	res, err := releaseScript.Run(ctx, s.rdb, []string{k.holders, k.waiters}, l.ID).Slice()
+	res, err := releaseScript.Run(ctx, s.rdb, []string{k.holders, k.waiters}, l.ID, max(l.limit, 1)).Slice()
 	if err != nil {
 		return fmt.Errorf("limiter: release %q: %w", l.Name, err)
 	}
-	if len(res) != 2 {
-		return fmt.Errorf("limiter: release %q: script reply has %d elements, want 2", l.Name, len(res))
+	if len(res) == 0 {
+		return fmt.Errorf("limiter: release %q: empty script reply", l.Name)
 	}
-	if wid, _ := res[1].(string); wid != "" {
+	if len(res) > 1 {
+		wids := make([]string, 0, len(res)-1)
+		for _, v := range res[1:] {
+			if wid, ok := v.(string); ok && wid != "" {
+				wids = append(wids, wid)
+			}
+		}
 		// Best effort: a waiter that misses it finds the slot at its next poll.
-		_ = s.rdb.Publish(ctx, s.WakeChannel(), wakeMessage(l.Name, wid)).Err()
+		_ = s.rdb.Publish(ctx, s.WakeChannel(), wakeMessage(l.Name, wids)).Err()
 	}
 	if held, _ := res[0].(int64); held != 1 {
 		return fmt.Errorf("limiter: release %q lease %s: %w", l.Name, l.ID, ErrLeaseLost)

@@ -106,17 +106,19 @@ func (w *WaitRoom) listen(sub *redis.PubSub, done chan struct{}) {
 	defer close(done)
 	// go-redis reconnects the subscription by itself; the channel closes when sub is closed.
 	for m := range sub.Channel(redis.WithChannelSize(1024)) {
-		_, wid, ok := parseWake(m.Payload)
+		_, wids, ok := parseWake(m.Payload)
 		if !ok {
 			continue
 		}
-		w.mu.Lock()
-		ch := w.waiters[wid]
-		w.mu.Unlock()
-		if ch != nil {
-			select {
-			case ch <- struct{}{}:
-			default:
+		for _, wid := range wids {
+			w.mu.Lock()
+			ch := w.waiters[wid]
+			w.mu.Unlock()
+			if ch != nil {
+				select {
+				case ch <- struct{}{}:
+				default:
+				}
 			}
 		}
 	}
@@ -224,9 +226,15 @@ func (w *WaitRoom) leave(wid string) {
 	delete(w.waiters, wid)
 }
 
-// wakeMessage is the payload Release publishes: the semaphore name and the waiter to wake.
-func wakeMessage(name, waiterID string) string { return name + "\n" + waiterID }
+// wakeMessage is the payload Release publishes: the semaphore name and the waiters to wake, a line each.
+func wakeMessage(name string, waiterIDs []string) string {
+	return name + "\n" + strings.Join(waiterIDs, "\n")
+}
 
-func parseWake(s string) (name, waiterID string, ok bool) {
-	return strings.Cut(s, "\n")
+func parseWake(s string) (name string, waiterIDs []string, ok bool) {
+	name, rest, ok := strings.Cut(s, "\n")
+	if !ok {
+		return "", nil, false
+	}
+	return name, strings.Split(rest, "\n"), true
 }

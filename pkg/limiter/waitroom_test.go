@@ -203,3 +203,25 @@ func TestWaitRoomUnlimitedNeverWaits(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, l.Token)
 }
+
+func TestWaitRoomReleaseWakesAsManyAsSlotsFree(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	w := b.room(t, "p1", 0)
+
+	a, err := w.Acquire(b.ctx, "gpu", 2, time.Minute, 4)
+	require.NoError(t, err)
+	c, err := w.Acquire(b.ctx, "gpu", 2, time.Minute, 4)
+	require.NoError(t, err)
+	first := acquireAsync(b.ctx, w, "gpu", 2, 4)
+	b.waitForWaiters(t, "gpu", 1)
+	second := acquireAsync(b.ctx, w, "gpu", 2, 4)
+	b.waitForWaiters(t, "gpu", 2)
+
+	// Two releases before the first waiter takes its slot: the second must wake the second waiter,
+	// not the first again (nobody polls here).
+	require.NoError(t, b.sem.Release(b.ctx, a))
+	require.NoError(t, b.sem.Release(b.ctx, c))
+	receive(t, first, "first waiter")
+	receive(t, second, "second waiter")
+}
