@@ -1,0 +1,102 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"time"
+)
+
+// percentile returns the p-th percentile (0 < p <= 100) of samples by the nearest-rank method: the
+// smallest sample such that at least p% of the samples are at or below it. It returns 0 for no samples
+// and does not modify samples.
+func percentile(samples []time.Duration, p float64) time.Duration {
+	if len(samples) == 0 {
+		return 0
+	}
+	s := slices.Clone(samples)
+	slices.Sort(s)
+	rank := int(math.Ceil(float64(len(s))*p/100 - 1e-9)) // the epsilon keeps exact ranks exact
+	rank = min(max(rank, 1), len(s))
+	return s[rank-1]
+}
+
+// span is one call seen by the fake service: when its handler started and when it answered.
+type span struct {
+	start, end time.Time
+}
+
+// wallTime is the time from the first call's start to the last call's end.
+func wallTime(calls []span) time.Duration {
+	if len(calls) == 0 {
+		return 0
+	}
+	first, last := calls[0].start, calls[0].end
+	for _, c := range calls[1:] {
+		if c.start.Before(first) {
+			first = c.start
+		}
+		if c.end.After(last) {
+			last = c.end
+		}
+	}
+	return last.Sub(first)
+}
+
+// busyPercent is how much of a service's capacity (limit calls at once) the calls used over their
+// wall time: the sum of the call durations over limit × wall time, in percent. 100% means every slot
+// was busy from the first call's start to the last call's end.
+func busyPercent(calls []span, limit int) float64 {
+	wall := wallTime(calls)
+	if wall <= 0 || limit <= 0 {
+		return 0
+	}
+	var busy time.Duration
+	for _, c := range calls {
+		busy += c.end.Sub(c.start)
+	}
+	return 100 * float64(busy) / (float64(limit) * float64(wall))
+}
+
+// ratio returns a/b formatted with two decimals, or "n/a" when b is zero.
+func ratio(a, b float64) string {
+	if b == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f", a/b)
+}
+
+// fmtDur formats a duration for the table with a precision that suits its size.
+func fmtDur(d time.Duration) string {
+	switch {
+	case d >= 10*time.Second:
+		return fmt.Sprintf("%.1f s", d.Seconds())
+	case d >= time.Second:
+		return fmt.Sprintf("%.2f s", d.Seconds())
+	case d >= 10*time.Millisecond:
+		return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
+	default:
+		return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
+	}
+}
+
+// fmtRate formats events per second with a thousands separator.
+func fmtRate(perSec float64, unit string) string {
+	n := int64(perSec + 0.5)
+	s := fmt.Sprint(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s + " " + unit
+}
+
+// within reports whether the ratio r, as the table shows it (two decimals), meets an upper bound.
+func within(r, bound float64) bool { return math.Round(r*100)/100 <= bound }
+
+// verdict is the suffix of a goal cell: met or missed.
+func verdict(ok bool) string {
+	if ok {
+		return " — ok"
+	}
+	return " — missed"
+}

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"math"
+	"testing"
+	"time"
+)
+
+func TestPercentile(t *testing.T) {
+	t.Parallel()
+	ms := func(v ...int) []time.Duration {
+		out := make([]time.Duration, len(v))
+		for i, x := range v {
+			out[i] = time.Duration(x) * time.Millisecond
+		}
+		return out
+	}
+	hundred := make([]int, 100)
+	for i := range hundred {
+		hundred[i] = 100 - i // reverse order: percentile must sort
+	}
+	for _, tc := range []struct {
+		name    string
+		samples []time.Duration
+		p       float64
+		want    time.Duration
+	}{
+		{"empty", nil, 50, 0},
+		{"one", ms(7), 99, 7 * time.Millisecond},
+		{"median of odd", ms(5, 1, 3), 50, 3 * time.Millisecond},
+		{"median of even takes the lower", ms(4, 1, 3, 2), 50, 2 * time.Millisecond},
+		{"p50 of 1..100", ms(hundred...), 50, 50 * time.Millisecond},
+		{"p99 of 1..100", ms(hundred...), 99, 99 * time.Millisecond},
+		{"p100 is the max", ms(hundred...), 100, 100 * time.Millisecond},
+		{"tiny p is the min", ms(hundred...), 0.1, 1 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			if got := percentile(tc.samples, tc.p); got != tc.want {
+				t.Fatalf("percentile(%v, %v) = %v, want %v", tc.samples, tc.p, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestPercentileKeepsInput(t *testing.T) {
+	t.Parallel()
+	in := []time.Duration{3, 1, 2}
+	_ = percentile(in, 50)
+	if in[0] != 3 || in[1] != 1 || in[2] != 2 {
+		t.Fatalf("percentile reordered its input: %v", in)
+	}
+}
+
+func TestBusyPercent(t *testing.T) {
+	t.Parallel()
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	at := func(startMs, endMs int) span {
+		return span{t0.Add(time.Duration(startMs) * time.Millisecond), t0.Add(time.Duration(endMs) * time.Millisecond)}
+	}
+	for _, tc := range []struct {
+		name     string
+		calls    []span
+		limit    int
+		want     float64
+		wantWall time.Duration
+	}{
+		{"none", nil, 8, 0, 0},
+		{"two slots always busy", []span{at(0, 100), at(0, 100), at(100, 200), at(100, 200)}, 2, 100, 200 * time.Millisecond},
+		{"one slot idle half the time", []span{at(0, 100), at(0, 100), at(100, 200)}, 2, 75, 200 * time.Millisecond},
+		{"gap between calls", []span{at(0, 100), at(300, 400)}, 1, 50, 400 * time.Millisecond},
+		{"unordered input", []span{at(300, 400), at(0, 100)}, 1, 50, 400 * time.Millisecond},
+		{"zero limit", []span{at(0, 100)}, 0, 0, 100 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			if got := wallTime(tc.calls); got != tc.wantWall {
+				t.Fatalf("wallTime = %v, want %v", got, tc.wantWall)
+			}
+			if got := busyPercent(tc.calls, tc.limit); math.Abs(got-tc.want) > 1e-9 {
+				t.Fatalf("busyPercent = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestFormatting(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ got, want string }{
+		{fmtRate(1234567.4, "steps/s"), "1,234,567 steps/s"},
+		{fmtRate(999.6, "req/s"), "1,000 req/s"},
+		{fmtRate(12, "ops/s"), "12 ops/s"},
+		{fmtDur(1500 * time.Microsecond), "1.50 ms"},
+		{fmtDur(25 * time.Millisecond), "25.0 ms"},
+		{fmtDur(3750 * time.Millisecond), "3.75 s"},
+		{ratio(3, 2), "1.50"},
+		{ratio(1, 0), "n/a"},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("got %q, want %q", tc.got, tc.want)
+		}
+	}
+}
+
+func TestWithin(t *testing.T) {
+	t.Parallel()
+	if !within(1.502, 1.5) || within(1.506, 1.5) || !within(0.3, 1.1) {
+		t.Fatal("within must compare the ratio as the table shows it, with two decimals")
+	}
+}
