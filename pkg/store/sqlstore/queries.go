@@ -165,7 +165,8 @@ func (q *queries) ListEvents(ctx context.Context, jobID string, afterSeq int64, 
 func (q *queries) ListExpiredSteps(ctx context.Context, now time.Time, limit int) ([]store.Step, error) {
 	var rows []stepRow
 	db := q.conn(ctx).
-		Where("status = ? AND lease_expires_at < ?", string(store.StepRunning), dbTime(now)).
+		// The status is a literal so the partial index job_steps_running_lease_idx serves it.
+		Where("status = 'RUNNING' AND lease_expires_at < ?", dbTime(now)).
 		Order("lease_expires_at, job_id, name")
 	if err := withLimit(db, limit).Find(&rows).Error; err != nil {
 		return nil, fmt.Errorf("list expired steps: %w", interpretError(err))
@@ -178,8 +179,8 @@ func (q *queries) ListExpiredSteps(ctx context.Context, now time.Time, limit int
 func (q *queries) ListWaitingSteps(ctx context.Context, updatedBefore time.Time, limit int) ([]store.Step, error) {
 	var rows []stepRow
 	db := q.conn(ctx).
-		Where("status IN ? AND updated_at < ?",
-			[]string{string(store.StepQueued), string(store.StepRetrying)}, dbTime(updatedBefore)).
+		// Literal statuses, so the partial index job_steps_waiting_updated_idx serves it.
+		Where("status IN ('QUEUED', 'RETRYING') AND updated_at < ?", dbTime(updatedBefore)).
 		Order("updated_at, job_id, name")
 	if err := withLimit(db, limit).Find(&rows).Error; err != nil {
 		return nil, fmt.Errorf("list waiting steps: %w", interpretError(err))

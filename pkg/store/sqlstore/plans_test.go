@@ -1,0 +1,192 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+	"gorm.io/gorm"
+
+	"github.com/cao-run/cao/pkg/migrate"
+	"github.com/cao-run/cao/pkg/store"
+	"github.com/cao-run/cao/pkg/testinfra"
+)
+
+// statement is one SQL statement the store ran, with its arguments.
+type statement struct {
+	sql  string
+	vars []any
+}
+
+// TestHotQueriesUseIndexes runs every query of the store's read and hot paths on a small seeded
+// Postgres database, captures the SQL it sends, and checks with EXPLAIN, sequential scans disabled,
+// that an index serves each one: none may need to read a whole table, so their cost does not grow
+// with the history kept.
+func TestHotQueriesUseIndexes(t *testing.T) {
+	t.Parallel()
+	ctx := testinfra.Context(t, 2*time.Minute)
+	url := testinfra.PostgresSchema(t)
+	require.NoError(t, migrate.Up(ctx, "postgres", url))
+	// One connection: the EXPLAINs run in the session where sequential scans are off.
+	s, err := OpenPostgres(ctx, url, Config{MaxOpenConns: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+
+	ids := seedPlans(ctx, t, s)
+	require.NoError(t, s.db.WithContext(ctx).Exec("ANALYZE").Error)
+
+	var (
+		mu       sync.Mutex
+		captured []statement
+	)
+	capture := func(db *gorm.DB) {
+		mu.Lock()
+		defer mu.Unlock()
+		captured = append(captured, statement{db.Statement.SQL.String(), append([]any(nil), db.Statement.Vars...)})
+	}
+	cb := s.db.Callback()
+	require.NoError(t, cb.Query().After("gorm:query").Register("test:capture", capture))
+	require.NoError(t, cb.Raw().After("gorm:raw").Register("test:capture", capture))
+	require.NoError(t, cb.Delete().After("gorm:delete").Register("test:capture", capture))
+	require.NoError(t, cb.Update().After("gorm:update").Register("test:capture", capture))
+
+	now := time.Now()
+	id := ids[len(ids)/2+1] // a finished job
+	_, err = s.GetJob(ctx, id)
+	require.NoError(t, err)
+	_, err = s.GetSteps(ctx, id)
+	require.NoError(t, err)
+	_, err = s.GetAttempts(ctx, id)
+	require.NoError(t, err)
+	_, err = s.GetJobInputs(ctx, id)
+	require.NoError(t, err)
+	_, err = s.ListEvents(ctx, id, 1, 100)
+	require.NoError(t, err)
+	after := &store.Cursor{CreatedAt: now.Add(-time.Hour), ID: id}
+	for _, f := range []store.JobFilter{
+		{Limit: 50},
+		{Status: store.JobCompleted, Limit: 50},
+		{Feature: "plan", Limit: 50},
+		{Status: store.JobCompleted, Feature: "plan", Limit: 50, After: after},
+		{Limit: 50, After: after},
+	} {
+		_, err = s.ListJobs(ctx, f)
+		require.NoError(t, err)
+	}
+	_, err = s.ListExpiredSteps(ctx, now, 100)
+	require.NoError(t, err)
+	_, err = s.ListWaitingSteps(ctx, now, 100)
+	require.NoError(t, err)
+	_, err = s.ListIdleJobs(ctx, now, 100)
+	require.NoError(t, err)
+	_, err = s.ListStuckJobs(ctx, now, 100)
+	require.NoError(t, err)
+	_, err = s.GetIdempotencyKey(ctx, "k-1")
+	require.ErrorIs(t, err, store.ErrNotFound)
+	_, err = s.LastSeqs(ctx, ids[:20])
+	require.NoError(t, err)
+	require.ErrorIs(t, s.ExtendLease(ctx, id, "s1", 1, 1, "w", now), store.ErrConflict)
+	require.NoError(t, s.DeleteOutbox(ctx, []int64{1, 2, 3}))
+	require.NoError(t, s.Tx(ctx, func(tx store.Tx) error {
+		if _, err := tx.ClaimOutbox(ctx, now, 100); err != nil {
+			return err
+		}
+		_, err := tx.DeleteExpiredIdempotencyKeys(ctx, now)
+		return err
+	}))
+	require.NoError(t, cb.Query().Remove("test:capture"))
+	require.NoError(t, cb.Raw().Remove("test:capture"))
+	require.NoError(t, cb.Delete().Remove("test:capture"))
+	require.NoError(t, cb.Update().Remove("test:capture"))
+
+	// The hot path's own statements (no GORM).
+	captured = append(captured,
+		statement{pgLoadJob, []any{id}},
+		statement{pgApplyUpdate, []any{id, 1, "[]", "[]", "[]", "[]", "[]", 0, "RUNNING", "{}", 1, nil, "", 1, nil, "", now, now, nil}},
+	)
+	sqlDB, err := s.db.DB()
+	require.NoError(t, err)
+	conn, err := sqlDB.Conn(ctx)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = conn.ExecContext(ctx, "SET enable_seqscan = off")
+	require.NoError(t, err)
+	require.Greater(t, len(captured), 20)
+	for _, st := range captured {
+		if strings.HasPrefix(strings.TrimSpace(st.sql), "ANALYZE") {
+			continue
+		}
+		scans := seqScans(ctx, t, conn, st)
+		require.Empty(t, scans, "sequential scan in the plan of:\n%s", st.sql)
+	}
+}
+
+// seqScans returns the relations the plan of st reads with a sequential scan.
+func seqScans(ctx context.Context, t *testing.T, conn *sql.Conn, st statement) []string {
+	t.Helper()
+	var plan string
+	require.NoError(t, conn.QueryRowContext(ctx, "EXPLAIN (FORMAT JSON) "+st.sql, st.vars...).Scan(&plan), st.sql)
+	var doc []map[string]any
+	require.NoError(t, json.Unmarshal([]byte(plan), &doc))
+	var out []string
+	var walk func(n map[string]any)
+	walk = func(n map[string]any) {
+		if n["Node Type"] == "Seq Scan" {
+			out = append(out, fmt.Sprint(n["Relation Name"]))
+		}
+		children, _ := n["Plans"].([]any)
+		for _, c := range children {
+			if m, ok := c.(map[string]any); ok {
+				walk(m)
+			}
+		}
+	}
+	for _, d := range doc {
+		if p, ok := d["Plan"].(map[string]any); ok {
+			walk(p)
+		}
+	}
+	return out
+}
+
+// seedPlans stores 300 finished jobs of 5 steps (attempts, events, inputs) and a few active ones,
+// and returns their ids.
+func seedPlans(ctx context.Context, t *testing.T, s *Store) []string {
+	t.Helper()
+	base := time.Now().Add(-24 * time.Hour).UTC().Truncate(time.Microsecond)
+	var ids []string
+	for i := range 300 {
+		at := base.Add(time.Duration(i) * time.Minute)
+		status := store.JobCompleted
+		if i%50 == 0 {
+			status = store.JobRunning
+		}
+		j := &store.Job{ID: uuid.NewString(), FeatureName: "plan", Status: status, Input: json.RawMessage(`{}`),
+			InputVersion: 1, CreatedAt: at, UpdatedAt: at}
+		c := &store.Change{Job: j, Create: true, Inputs: []store.JobInput{{Version: 1, Input: j.Input, CreatedAt: at}}}
+		for k := range 5 {
+			name := fmt.Sprintf("s%d", k+1)
+			st := store.Step{JobID: j.ID, Name: name, Position: k, Service: "sim", Queue: "default",
+				Status: store.StepSucceeded, Run: 1, Attempts: 1, Output: json.RawMessage(`{"ok":true}`), CreatedAt: at, UpdatedAt: at}
+			if status == store.JobRunning && k == 0 {
+				st.Status, st.LeaseOwner, st.LeaseExpiresAt = store.StepRunning, "w", &at
+			}
+			c.Steps = append(c.Steps, store.StepChange{Step: st})
+			c.Attempts = append(c.Attempts, store.Attempt{Step: name, Run: 1, Attempt: 1, WorkerID: "w", Status: store.AttemptSucceeded, StartedAt: at})
+			for e := range 3 {
+				j.LastSeq++
+				c.Events = append(c.Events, store.Event{Seq: j.LastSeq, Type: store.EventStep, Step: name, Status: fmt.Sprint(e), At: at})
+			}
+		}
+		require.NoError(t, s.Apply(ctx, c))
+		ids = append(ids, j.ID)
+	}
+	return ids
+}
