@@ -172,8 +172,9 @@ func TestGracefulShutdown(t *testing.T) {
 	// Short grace: the call is interrupted and the step goes back to its queue without using an
 	// attempt. Proof: b then fails twice more with a retryable 503 and still gets a fourth attempt,
 	// although max_attempts is 3.
-	short := c.startWorker("CAO_SHUTDOWN_GRACE=500ms")
+	// The trap is set before the worker starts: b waits in its queue, and a worker takes it at once.
 	held = svc.trap(csHoldBeforeEffect, func(c *csCall) bool { return c.Step == "b" })
+	short := c.startWorker("CAO_SHUTDOWN_GRACE=500ms")
 	call = held.wait(t, 30*time.Second)
 	svc.setFail("b", http.StatusServiceUnavailable, 2)
 	short.signal(t, syscall.SIGTERM)

@@ -139,6 +139,9 @@ func (w *WaitRoom) Acquire(ctx context.Context, name string, limit int, ttl time
 	if limit <= 0 {
 		return w.sem.Acquire(ctx, name, limit, ttl, "")
 	}
+	if ctx.Err() != nil {
+		return Lease{}, context.Cause(ctx)
+	}
 	// Without a place in the queue, a slot is granted only when nobody waits for it.
 	l, err := w.sem.Acquire(ctx, name, limit, ttl, "")
 	if !errors.Is(err, ErrFull) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/cao-run/cao/pkg/backoff"
@@ -126,26 +127,7 @@ func (o *Orchestrator) StartAttempt(ctx context.Context, t *Target, workerID str
 		if t.Feature == nil || u.job.FeatureName != t.Feature.Name {
 			return ErrStale // the task named another feature than its job's
 		}
-		s.Attempts++
-		exp := u.now.Add(o.cfg.StepLeaseTTL)
-		s.LeaseOwner, s.LeaseExpiresAt = workerID, &exp
-		s.NextAttemptAt = nil
-		if s.StartedAt == nil {
-			s.StartedAt = nowPtr(u.now)
-		}
-		u.setStep(s, store.StepRunning, "", "")
-		if u.job.Status == store.JobPending {
-			u.setJob(store.JobRunning, "", "")
-		}
-		u.recordAttempt(store.Attempt{
-			Step: p.Step, Run: p.Run, Attempt: s.Attempts, WorkerID: workerID, Status: store.AttemptRunning, StartedAt: u.now,
-		})
-		outs := map[string]json.RawMessage{}
-		for _, other := range u.steps {
-			if other.Status == store.StepSucceeded {
-				outs[other.Name] = other.Output
-			}
-		}
+		outs := u.start(s, workerID)
 		a = &Attempt{Target: *t, WorkerID: workerID, StartedAt: u.now, Input: u.job.Input, Outputs: outs}
 		return nil
 	})
@@ -157,6 +139,32 @@ func (o *Orchestrator) StartAttempt(ctx context.Context, t *Target, workerID str
 	}
 	a.snap = snap
 	return a, nil
+}
+
+// start moves step s to RUNNING for workerID, with a heartbeat lease and the attempt's record, and
+// returns the outputs of the job's succeeded steps (the call's template data).
+func (u *unit) start(s *store.Step, workerID string) map[string]json.RawMessage {
+	s.Attempts++
+	exp := u.now.Add(u.o.cfg.StepLeaseTTL)
+	s.LeaseOwner, s.LeaseExpiresAt = workerID, &exp
+	s.NextAttemptAt = nil
+	if s.StartedAt == nil {
+		s.StartedAt = nowPtr(u.now)
+	}
+	u.setStep(s, store.StepRunning, "", "")
+	if u.job.Status == store.JobPending {
+		u.setJob(store.JobRunning, "", "")
+	}
+	u.recordAttempt(store.Attempt{
+		Step: s.Name, Run: s.Run, Attempt: s.Attempts, WorkerID: workerID, Status: store.AttemptRunning, StartedAt: u.now,
+	})
+	outs := map[string]json.RawMessage{}
+	for _, other := range u.steps {
+		if other.Status == store.StepSucceeded {
+			outs[other.Name] = other.Output
+		}
+	}
+	return outs
 }
 
 // owns reports whether the attempt still owns step s.
@@ -193,10 +201,26 @@ type Outcome struct {
 // FinishAttempt records the attempt's outcome and moves the DAG on. ErrFenced means the result came
 // too late (the step was reclaimed, cancelled or finished by someone else) and was not recorded.
 func (o *Orchestrator) FinishAttempt(ctx context.Context, a *Attempt, out Outcome) error {
+	_, err := o.FinishAndContinue(ctx, a, out, nil)
+	return err
+}
+
+// Continue decides whether the worker that finished a step also runs a step that became ready, at
+// once, instead of queueing it: the step is claimed in the same statement that records the
+// outcome, which saves the queue round trip and a claim. It is asked for each ready step in
+// definition order; the first it accepts is claimed.
+type Continue func(step *registry.Step, svc *registry.Service) bool
+
+// FinishAndContinue is FinishAttempt that, when the step succeeded and cont accepts a step it made
+// ready, claims that step for the same worker in the same change and returns its attempt (nil
+// otherwise). The continued attempt is like one claimed by StartAttempt: if the worker dies before
+// it finishes, its lease expires and the step is re-run.
+func (o *Orchestrator) FinishAndContinue(ctx context.Context, a *Attempt, out Outcome, cont Continue) (*Attempt, error) {
 	p := a.Payload
 	fenced := false
-	_, err := o.withJobFrom(ctx, p.JobID, a.snap, func(u *unit) error {
-		fenced = false
+	var next *Attempt
+	snap, err := o.withJobFrom(ctx, p.JobID, a.snap, func(u *unit) error {
+		fenced, next = false, nil
 		s := u.byName[p.Step]
 		rec := &store.Attempt{
 			JobID: p.JobID, Step: p.Step, Run: p.Run, Attempt: p.Attempt, WorkerID: a.WorkerID,
@@ -238,7 +262,11 @@ func (o *Orchestrator) FinishAttempt(ctx context.Context, a *Attempt, out Outcom
 			}
 			s.Error, s.ErrorClass = "", ""
 			u.setStep(s, store.StepSucceeded, "", "")
+			queued := len(u.outbox)
 			u.advance()
+			if cont != nil {
+				next = u.continueWith(queued, a.WorkerID, cont)
+			}
 		case out.Interrupted:
 			rec.Status = store.AttemptInterrupted
 			s.Lost++
@@ -272,9 +300,41 @@ func (o *Orchestrator) FinishAttempt(ctx context.Context, a *Attempt, out Outcom
 		return nil
 	})
 	if err == nil && fenced {
-		return ErrFenced
+		return nil, ErrFenced
 	}
-	return err
+	if err != nil {
+		return nil, err
+	}
+	if next != nil {
+		next.snap = snap
+	}
+	return next, nil
+}
+
+// continueWith claims for workerID the first step that advance queued (its tasks are u.outbox[from:])
+// and that cont accepts: its task is dropped and the step goes straight to RUNNING.
+func (u *unit) continueWith(from int, workerID string, cont Continue) *Attempt {
+	if u.feature == nil || u.job.Status.Terminal() {
+		return nil
+	}
+	for i := from; i < len(u.outbox); i++ {
+		p, err := task.ParseStepPayload(u.outbox[i].Payload)
+		if err != nil {
+			continue
+		}
+		s := u.byName[p.Step]
+		if s == nil || s.Status != store.StepQueued || !waitsFor(s, p) {
+			continue
+		}
+		t, ok := u.o.target(p, u.job.FeatureName)
+		if !ok || !cont(t.Step, t.Service) {
+			continue
+		}
+		u.outbox = slices.Delete(u.outbox, i, i+1)
+		outs := u.start(s, workerID)
+		return &Attempt{Target: *t, WorkerID: workerID, StartedAt: u.now, Input: u.job.Input, Outputs: outs}
+	}
+	return nil
 }
 
 // ownOutcome reports whether an attempt status is one only FinishAttempt writes for a live attempt.

@@ -590,3 +590,63 @@ func TestFinishAttemptRetriedAfterLostCommitAnswer(t *testing.T) {
 		}
 	}
 }
+
+func TestFinishAndContinueClaimsAReadyStep(t *testing.T) {
+	t.Parallel()
+	onEachBackend(t, func(t *testing.T, b *bundle) {
+		ctx := context.Background()
+		v := b.create(t)
+		a := b.start(t, b.drain(t)[0], "w1")
+		require.Equal(t, "a", a.Payload.Step)
+
+		// a makes b and c ready; the worker continues with the first it accepts (c: b is refused).
+		var asked []string
+		next, err := b.orch.FinishAndContinue(ctx, a, orchestrator.Outcome{Output: json.RawMessage(`{"a": 1}`)},
+			func(st *registry.Step, svc *registry.Service) bool {
+				asked = append(asked, st.Name)
+				require.Equal(t, "sim", svc.Name)
+				return st.Name == "c"
+			})
+		require.NoError(t, err)
+		require.NotNil(t, next)
+		require.Equal(t, []string{"b", "c"}, asked)
+		require.Equal(t, "c", next.Payload.Step)
+		require.Equal(t, 1, next.Payload.Attempt)
+		require.JSONEq(t, `{"a": 1}`, string(next.Outputs["a"]), "the continued step has its upstream outputs")
+		st := stepStatus(t, b, v.Job.ID)
+		require.Equal(t, store.StepRunning, st["c"])
+		require.Equal(t, store.StepQueued, st["b"])
+		tasks := b.drain(t)
+		require.Len(t, tasks, 1, "only the step not continued is queued")
+		require.Equal(t, "b", tasks[0].Step)
+
+		// The continued attempt is a normal attempt: it heart-beats, records, and a duplicate of its
+		// task (there is none, but a resume or reconciler could make one) would be stale.
+		require.NoError(t, b.orch.Heartbeat(ctx, next))
+		_, err = b.orch.Prepare(ctx, task.StepPayload{JobID: v.Job.ID, Step: "c", Run: 1, Attempt: 1})
+		require.ErrorIs(t, err, orchestrator.ErrStale)
+		last, err := b.orch.FinishAndContinue(ctx, next, orchestrator.Outcome{Output: json.RawMessage(`2`)},
+			func(*registry.Step, *registry.Service) bool { return true })
+		require.NoError(t, err)
+		require.Nil(t, last, "d still needs b")
+
+		ab := b.start(t, tasks[0], "w2")
+		last, err = b.orch.FinishAndContinue(ctx, ab, orchestrator.Outcome{Output: json.RawMessage(`3`)},
+			func(*registry.Step, *registry.Service) bool { return true })
+		require.NoError(t, err)
+		require.NotNil(t, last)
+		require.Equal(t, "d", last.Payload.Step)
+		require.Equal(t, "w2", last.WorkerID)
+		require.Empty(t, b.drain(t))
+		require.NoError(t, b.orch.FinishAttempt(ctx, last, orchestrator.Outcome{Output: json.RawMessage(`4`)}))
+		require.Equal(t, store.StepStatus(store.JobCompleted), stepStatus(t, b, v.Job.ID)["$job"])
+
+		// A failed step continues nothing.
+		b.create(t)
+		a2 := b.start(t, b.drain(t)[0], "w1")
+		none, err := b.orch.FinishAndContinue(ctx, a2, orchestrator.Outcome{Err: errors.New("bad"), Retryable: false},
+			func(*registry.Step, *registry.Service) bool { return true })
+		require.NoError(t, err)
+		require.Nil(t, none)
+	})
+}

@@ -142,3 +142,64 @@ func BenchmarkChainJob(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*5)/b.Elapsed().Seconds(), "steps/s")
 }
+
+// TestRoundTripsPerStepContinued is TestRoundTripsPerStep for a worker that runs each next step of
+// the chain itself (FinishAndContinue): one statement records a step and claims the next.
+func TestRoundTripsPerStepContinued(t *testing.T) {
+	t.Parallel()
+	ctx := testinfra.Context(t, 2*time.Minute)
+	url := testinfra.PostgresSchema(t)
+	require.NoError(t, migrate.Up(ctx, "postgres", url))
+	rt, proxied := testinfra.CountRoundTrips(t, url)
+	st, err := sqlstore.OpenPostgres(ctx, proxied, sqlstore.Config{})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = st.Close() })
+	direct, err := sqlstore.OpenPostgres(ctx, url, sqlstore.Config{MaxOpenConns: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = direct.Close() })
+	rdb := testinfra.Redis(t)
+	relay := dispatch.NewRelay(st, asynq.NewClientFromRedisClient(rdb.Client), dispatch.RelayConfig{PollInterval: time.Hour})
+	require.NoError(t, relay.Start(ctx))
+	t.Cleanup(func() { _ = relay.Stop(context.Background()) })
+	reg, err := registry.Parse("chain.yaml", []byte(chainRegistry), func(string) (string, bool) { return "", false })
+	require.NoError(t, err)
+	orch := orchestrator.New(st, reg, nil, relay, orchestrator.Config{})
+	always := func(*registry.Step, *registry.Service) bool { return true }
+
+	run := func() {
+		v, _, err := orch.CreateJob(ctx, orchestrator.CreateRequest{Feature: "chain5", Input: json.RawMessage(`{"n": 1}`)})
+		require.NoError(t, err)
+		tg, err := orch.Resolve(ctx, task.StepPayload{JobID: v.Job.ID, Feature: "chain5", Step: "s1", Run: 1, Attempt: 1})
+		require.NoError(t, err)
+		a, err := orch.StartAttempt(ctx, tg, "w1")
+		require.NoError(t, err)
+		steps := 1
+		for a != nil {
+			a, err = orch.FinishAndContinue(ctx, a, orchestrator.Outcome{Output: json.RawMessage(`{"ok": true}`)}, always)
+			require.NoError(t, err)
+			if a != nil {
+				steps++
+			}
+		}
+		require.Equal(t, 5, steps)
+	}
+	outboxEmpty := func() {
+		testinfra.Eventually(t, 10*time.Second, func() bool {
+			n, err := direct.CountOutbox(ctx)
+			return err == nil && n == 0
+		}, "dispatched tasks' outbox rows deleted")
+	}
+	run()
+	outboxEmpty()
+	const jobs = 4
+	before := rt.Count()
+	for range jobs {
+		run()
+	}
+	outboxEmpty()
+	perStep := float64(rt.Count()-before) / (jobs * 5)
+	t.Logf("Postgres round trips per step when each step continues the previous one: %.2f", perStep)
+	// Per job: create (1), claim the first step (2), one statement per step after that (5), and the
+	// first task's outbox row deleted in a batch.
+	require.LessOrEqual(t, perStep, 2.0)
+}

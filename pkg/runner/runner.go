@@ -23,6 +23,7 @@ import (
 	"github.com/cao-run/cao/pkg/events"
 	"github.com/cao-run/cao/pkg/limiter"
 	"github.com/cao-run/cao/pkg/orchestrator"
+	"github.com/cao-run/cao/pkg/registry"
 	"github.com/cao-run/cao/pkg/render"
 	"github.com/cao-run/cao/pkg/store"
 	"github.com/cao-run/cao/pkg/task"
@@ -217,8 +218,9 @@ func (r *Runner) Stop(ctx context.Context) error {
 	if srv == nil {
 		return nil
 	}
-	srv.Stop() // no new tasks
+	// No new work from here: steps waiting for their service give up, none is continued.
 	r.stopAdmit(errShutdown)
+	srv.Stop() // no new tasks
 	finished := make(chan struct{})
 	go func() { r.wg.Wait(); close(finished) }()
 	grace := time.NewTimer(r.cfg.ShutdownGrace)
@@ -324,6 +326,11 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	defer r.wg.Done()
 	log := r.cfg.Logger.With("job_id", p.JobID, "step", p.Step, "run", p.Run, "attempt", p.Attempt)
 
+	if r.admitCtx.Err() != nil {
+		// Stop began after Asynq handed this task out: a step that has not started is not started
+		// now. The task goes back to its queue for another worker, without using an attempt.
+		return &busyError{service: "(any)", delay: backoff.Jitter(r.cfg.BusyDelay, 0.5, rand.Float64), why: "is not called: the worker is stopping"}
+	}
 	target, err := r.orch.Resolve(ctx, p)
 	if errors.Is(err, orchestrator.ErrStale) {
 		log.Debug("stale step task acknowledged", "reason", err)
@@ -347,7 +354,14 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	lease, rsv, semAt := adm.lease, adm.rsv, adm.semAt
 	// The slot is held until the outcome is recorded, so a service never shows more RUNNING steps
 	// than its max_concurrency; recording is one statement.
-	defer r.release(ctx, lease)
+	held := true
+	release := func() {
+		if held {
+			held = false
+			r.release(ctx, lease)
+		}
+	}
+	defer release()
 
 	stepAt := time.Now() // the step's lease counts from no later than this
 	a, err := r.orch.StartAttempt(ctx, target, r.cfg.WorkerID)
@@ -358,41 +372,72 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 		return err
 	}
 	clock := &leaseClock{stepOK: stepAt, stepTTL: r.orch.Config().StepLeaseTTL, semOK: semAt, semTTL: svc.LeaseTTL, sem: lease.Token != 0}
-	out, dur := r.execute(ctx, a, lease, rsv, clock)
-	// Record even if the task's context ended: the outcome is what matters now.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	err = r.finish(rctx, a, out)
-	if r.cfg.Hooks.OnAttempt != nil {
-		r.cfg.Hooks.OnAttempt(svc.Name, out, dur)
+	for continued := false; ; continued = true {
+		var (
+			out orchestrator.Outcome
+			dur time.Duration
+		)
+		if continued && r.admitCtx.Err() != nil {
+			// Stopping: a step claimed by continuation has not started; put it back.
+			out = orchestrator.Outcome{Err: errShutdown, ErrorClass: "interrupted", Interrupted: true}
+		} else {
+			out, dur = r.execute(ctx, a, lease, rsv, clock)
+		}
+		// Record even if the task's context ended: the outcome is what matters now. A step this
+		// records as ready may be claimed for this handler in the same statement (continued).
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		recordAt := time.Now() // a continued step's lease counts from no later than this
+		next, err := r.finish(rctx, a, out)
+		cancel()
+		release()
+		if r.cfg.Hooks.OnAttempt != nil {
+			r.cfg.Hooks.OnAttempt(a.Service.Name, out, dur)
+		}
+		switch {
+		case errors.Is(err, orchestrator.ErrFenced):
+			log.Info("late result rejected: the attempt no longer owns the step")
+			return nil
+		case err != nil:
+			// The database did not take the result; the step's lease will expire and it is re-run in
+			// the same run (same Idempotency-Key), so nothing is lost.
+			log.Error("record outcome", "err", err)
+			return nil
+		case next == nil:
+			return nil
+		}
+		// Continued: the next step's service takes no slot or budget (see continueWith).
+		a, lease, rsv = next, limiter.Lease{Name: next.Service.Name}, limiter.Reservation{}
+		clock = &leaseClock{stepOK: recordAt, stepTTL: r.orch.Config().StepLeaseTTL}
+		log = r.cfg.Logger.With("job_id", a.Payload.JobID, "step", a.Payload.Step, "run", a.Payload.Run, "attempt", a.Payload.Attempt)
 	}
-	switch {
-	case errors.Is(err, orchestrator.ErrFenced):
-		log.Info("late result rejected: the attempt no longer owns the step")
-		return nil
-	case err != nil:
-		// The database did not take the result; the step's lease will expire and it is re-run in the
-		// same run (same Idempotency-Key), so nothing is lost.
-		log.Error("record outcome", "err", err)
-		return nil
+}
+
+// continues reports whether this worker runs step st of service svc right after the step it
+// finished, instead of queueing it: only when the service needs no slot or rate budget (admission
+// would otherwise have to wait with the step already claimed), this worker serves the step's queue,
+// and the worker is not stopping.
+func (r *Runner) continues(st *registry.Step, svc *registry.Service) bool {
+	if svc.MaxConcurrency > 0 || svc.RateLimit != nil || r.admitCtx.Err() != nil {
+		return false
 	}
-	return nil
+	_, ok := r.cfg.Queues[st.Queue]
+	return ok
 }
 
 // finish records the outcome, retrying while the database is unreachable (until ctx ends): a result
 // that is not recorded makes the step run again after its lease expires.
-func (r *Runner) finish(ctx context.Context, a *orchestrator.Attempt, out orchestrator.Outcome) error {
+func (r *Runner) finish(ctx context.Context, a *orchestrator.Attempt, out orchestrator.Outcome) (*orchestrator.Attempt, error) {
 	wait := 200 * time.Millisecond
 	for {
-		err := r.orch.FinishAttempt(ctx, a, out)
+		next, err := r.orch.FinishAndContinue(ctx, a, out, r.continues)
 		if err == nil || errors.Is(err, orchestrator.ErrFenced) || !errors.Is(err, store.ErrUnavailable) {
-			return err
+			return next, err
 		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return err
+			return nil, err
 		case <-t.C:
 		}
 		wait = min(2*wait, 2*time.Second)
