@@ -64,8 +64,6 @@ type Maintainer struct {
 	cancel  context.CancelFunc
 	done    chan struct{}
 	leader  bool
-	reaped  int64
-	stuck   int64
 	lastKey time.Time
 }
 
@@ -79,13 +77,6 @@ func (m *Maintainer) IsLeader() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.leader
-}
-
-// Stats returns how many steps were reaped and jobs marked stuck by this process.
-func (m *Maintainer) Stats() (reaped, stuck int64) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.reaped, m.stuck
 }
 
 // Start runs the loop until Stop. Safe to call twice.
@@ -172,9 +163,6 @@ func (m *Maintainer) tick(ctx context.Context, lastStuck *time.Time) {
 	if n, err := m.orch.ReapExpiredSteps(ctx, 200); err != nil {
 		m.warn(ctx, "reap expired steps", err)
 	} else if n > 0 {
-		m.mu.Lock()
-		m.reaped += int64(n)
-		m.mu.Unlock()
 		m.cfg.Logger.Info("re-queued steps of lost workers", "count", n)
 	}
 	if m.rec != nil {
@@ -187,9 +175,7 @@ func (m *Maintainer) tick(ctx context.Context, lastStuck *time.Time) {
 		if n, err := m.orch.DetectStuckJobs(ctx, 100); err != nil {
 			m.warn(ctx, "detect stuck jobs", err)
 		} else if n > 0 {
-			m.mu.Lock()
-			m.stuck += int64(n)
-			m.mu.Unlock()
+			m.cfg.Logger.Info("marked or failed stuck jobs", "count", n)
 		}
 	}
 	if time.Since(m.lastKey) >= m.cfg.KeysEvery {

@@ -92,17 +92,17 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger, id string) (
 func Build(cfg config.Config, log *slog.Logger, id string, reg *registry.Registry, st store.Store, rdb redis.UniversalClient) *Node {
 	n := &Node{Config: cfg, Logger: log, ID: id, Registry: reg, Store: st, Redis: rdb}
 	n.Queue = asynq.NewClientFromRedisClient(rdb)
-	n.Relay = dispatch.NewRelay(st, n.Queue, dispatch.RelayConfig{Logger: log})
+	n.Relay = dispatch.NewRelay(st, n.Queue, dispatch.RelayConfig{Logger: log.With("component", "relay")})
 	n.Hub = events.NewHub(rdb)
 	n.Orchestrator = orchestrator.New(st, reg, events.NewRedisPublisher(rdb), n.Relay, orchestrator.Config{
 		StepLeaseTTL:   cfg.StepLeaseTTL,
 		StuckJobAfter:  cfg.StuckJobAfter,
 		FailStuckAfter: cfg.FailStuckAfter,
 		IdempotencyTTL: cfg.IdempotencyTTL,
-		Logger:         log,
+		Logger:         log.With("component", "orchestrator"),
 	})
-	n.Reconciler = dispatch.NewReconciler(st, rdb, n.Queue, dispatch.ReconcilerConfig{Logger: log})
-	n.Maintainer = maintenance.New(n.Orchestrator, n.Reconciler, rdb, maintenance.Config{ID: id, Logger: log})
+	n.Reconciler = dispatch.NewReconciler(st, rdb, n.Queue, dispatch.ReconcilerConfig{Logger: log.With("component", "reconciler")})
+	n.Maintainer = maintenance.New(n.Orchestrator, n.Reconciler, rdb, maintenance.Config{ID: id, Logger: log.With("component", "maintenance")})
 	n.Semaphore = limiter.NewSemaphore(rdb, limiter.Config{})
 	n.RateLimiter = limiter.NewRateLimiter(rdb, limiter.Config{})
 	n.Caller = caller.New(caller.Config{})
@@ -134,7 +134,7 @@ func (n *Node) leases() map[string][2]int {
 // NewRunner returns a worker runner over this node's dependencies.
 func (n *Node) NewRunner(cfg runner.Config) *runner.Runner {
 	if cfg.Logger == nil {
-		cfg.Logger = n.Logger
+		cfg.Logger = n.Logger.With("component", "runner")
 	}
 	if cfg.WorkerID == "" {
 		cfg.WorkerID = n.ID

@@ -131,12 +131,6 @@ func New(st store.Store, reg *registry.Registry, pub events.Publisher, dispatch 
 	return &Orchestrator{store: st, reg: reg, pub: pub, dispatch: dispatch, cfg: cfg.WithDefaults()}
 }
 
-// Registry returns the registry the orchestrator runs.
-func (o *Orchestrator) Registry() *registry.Registry { return o.reg }
-
-// Store returns the underlying store (for health checks and read paths).
-func (o *Orchestrator) Store() store.Store { return o.store }
-
 // Config returns the effective configuration.
 func (o *Orchestrator) Config() Config { return o.cfg }
 

@@ -20,9 +20,6 @@ func (r *Registry) Service(name string) (*Service, bool) {
 // FeatureNames returns the names of all features, sorted.
 func (r *Registry) FeatureNames() []string { return keys(r.Features) }
 
-// ServiceNames returns the names of all services, sorted.
-func (r *Registry) ServiceNames() []string { return keys(r.Services) }
-
 // Queues returns the distinct queues used by the steps of all features, sorted.
 func (r *Registry) Queues() []string {
 	var out []string

@@ -34,7 +34,7 @@ type Server struct {
 
 // New returns the API server for the node.
 func New(n *node.Node, opts Options) *Server {
-	s := &Server{n: n, log: n.Logger, opts: opts}
+	s := &Server{n: n, log: n.Logger.With("component", "api"), opts: opts}
 	s.ws = newWSHub(s)
 	return s
 }

@@ -30,8 +30,8 @@ import (
 )
 
 // This file is the httpapi tests' infrastructure: real Postgres (a schema per environment) and real
-// Redis (a logical database per environment), nodes, runners and API servers over them. It mirrors
-// pkg/internal/testinfra, which the api module cannot import.
+// Redis (a logical database per environment), nodes, runners and API servers over them, built on
+// pkg/testinfra.
 
 func TestMain(m *testing.M) {
 	if os.Getenv(benchChildEnv) != "" {
