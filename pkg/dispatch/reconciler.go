@@ -176,8 +176,8 @@ func (r *Reconciler) Sweep(ctx context.Context, all bool) (int, error) {
 	}
 	n := 0
 	for _, s := range steps {
-		p := task.StepPayload{JobID: s.JobID, Step: s.Name, Run: s.Run, Attempt: s.Attempts + 1}
-		id := p.TaskID()
+		ot := task.ForStep(&s, "", r.now())
+		id := ot.TaskID
 		st, err := r.taskState(ctx, s.Queue, id)
 		if err != nil {
 			return n, err
@@ -194,11 +194,7 @@ func (r *Reconciler) Sweep(ctx context.Context, all bool) (int, error) {
 		if st != taskMissing {
 			continue // Redis has it (an orphaned copy is left to Asynq's own recovery)
 		}
-		ot := store.OutboxTask{TaskID: id, Queue: s.Queue, TypeName: task.TypeStep, Payload: p.Marshal()}
-		if s.Status == store.StepRetrying && s.NextAttemptAt != nil && s.NextAttemptAt.After(r.now()) {
-			at := *s.NextAttemptAt
-			ot.ProcessAt = &at
-		}
+		ot.TaskID = id
 		if err := Enqueue(ctx, r.q, ot); err != nil {
 			return n, err
 		}

@@ -233,36 +233,20 @@ func (u *unit) setJob(status store.JobStatus, errMsg, reason string) {
 
 // enqueue makes s QUEUED (or RETRYING when at is set) and stages the task for its next attempt.
 func (u *unit) enqueue(s *store.Step, at *time.Time, errMsg, reason string) {
-	ot := u.stepTask(s)
 	s.LeaseOwner, s.LeaseExpiresAt = "", nil
+	s.NextAttemptAt = at
 	if at != nil {
-		ot.ProcessAt = at
-		s.NextAttemptAt = at
 		u.setStep(s, store.StepRetrying, errMsg, reason)
 	} else {
-		s.NextAttemptAt = nil
 		u.setStep(s, store.StepQueued, errMsg, reason)
 	}
-	u.outbox = append(u.outbox, ot)
+	u.outbox = append(u.outbox, task.ForStep(s, u.job.FeatureName, u.now))
 }
 
 // redispatch stages the task of a waiting step again without changing its state (recovery paths:
 // the deterministic task id makes a duplicate harmless).
 func (u *unit) redispatch(s *store.Step) {
-	ot := u.stepTask(s)
-	if s.Status == store.StepRetrying && s.NextAttemptAt != nil && s.NextAttemptAt.After(u.now) {
-		at := *s.NextAttemptAt
-		ot.ProcessAt = &at
-	}
-	u.outbox = append(u.outbox, ot)
-}
-
-// stepTask is the task of s's next attempt.
-func (u *unit) stepTask(s *store.Step) store.OutboxTask {
-	p := task.StepPayload{JobID: u.job.ID, Feature: u.job.FeatureName, Step: s.Name, Run: s.Run, Attempt: s.Attempts + 1}
-	return store.OutboxTask{
-		TaskID: p.TaskID(), Queue: s.Queue, TypeName: task.TypeStep, Payload: p.Marshal(), CreatedAt: u.now,
-	}
+	u.outbox = append(u.outbox, task.ForStep(s, u.job.FeatureName, u.now))
 }
 
 // advance moves the DAG forward after any change: it queues steps whose needs all succeeded, skips

@@ -34,7 +34,7 @@ type admission struct {
 // attempt. Waiting ends when ctx does (the task's own context, or the runner stopping).
 func (r *Runner) admit(ctx context.Context, svc *registry.Service) (admission, error) {
 	for {
-		semAt := time.Now()
+		semAt := r.cfg.Now()
 		lease, err := r.room.Acquire(ctx, svc.Name, svc.MaxConcurrency, svc.LeaseTTL, r.maxWaiters(svc))
 		switch {
 		case errors.Is(err, limiter.ErrFull):

@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/cao-run/cao/pkg/store"
 )
 
 // TypeStep is the Asynq task type that runs one attempt of one step.
@@ -58,4 +61,17 @@ func ValidQueueName(q string) bool {
 		return false
 	}
 	return !strings.ContainsAny(q, " \t\r\n{}:")
+}
+
+// ForStep is the task of waiting step s's next attempt, as the outbox holds it: a step of a job of
+// feature (which may be empty when unknown) whose status is QUEUED, or RETRYING with the attempt due
+// at s.NextAttemptAt (the task is then scheduled for that time when it is after now).
+func ForStep(s *store.Step, feature string, now time.Time) store.OutboxTask {
+	p := StepPayload{JobID: s.JobID, Feature: feature, Step: s.Name, Run: s.Run, Attempt: s.Attempts + 1}
+	t := store.OutboxTask{TaskID: p.TaskID(), Queue: s.Queue, TypeName: TypeStep, Payload: p.Marshal(), CreatedAt: now}
+	if s.Status == store.StepRetrying && s.NextAttemptAt != nil && s.NextAttemptAt.After(now) {
+		at := *s.NextAttemptAt
+		t.ProcessAt = &at
+	}
+	return t
 }

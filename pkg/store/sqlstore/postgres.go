@@ -253,7 +253,8 @@ func optJSON(raw json.RawMessage) *string {
 	return &s
 }
 
-func (p postgresHot) apply(ctx context.Context, c *store.Change) error {
+// statement returns the SQL and arguments that apply c.
+func (p postgresHot) statement(c *store.Change) (string, []any, error) {
 	j := c.Job
 	steps := make([]pgStepIn, len(c.Steps))
 	for i := range c.Steps {
@@ -292,7 +293,7 @@ func (p postgresHot) apply(ctx context.Context, c *store.Change) error {
 	}
 	rows, err := jsonArgs(attempts, inputs, events, outbox, steps)
 	if err != nil {
-		return fmt.Errorf("apply change of job %s: %w", j.ID, err)
+		return "", nil, err
 	}
 	args := make([]any, 0, 20)
 	args = append(args, j.ID, nil)
@@ -316,7 +317,15 @@ func (p postgresHot) apply(ctx context.Context, c *store.Change) error {
 		args = append(args, row.CreatedAt)
 	}
 	args = append(args, row.UpdatedAt, row.StartedAt, row.FinishedAt)
+	return query, args, nil
+}
 
+func (p postgresHot) apply(ctx context.Context, c *store.Change) error {
+	j := c.Job
+	query, args, err := p.statement(c)
+	if err != nil {
+		return fmt.Errorf("apply change of job %s: %w", j.ID, err)
+	}
 	var (
 		version sql.NullInt64
 		ok      bool

@@ -1,0 +1,121 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cao-run/cao/pkg/caller"
+	"github.com/cao-run/cao/pkg/limiter"
+	"github.com/cao-run/cao/pkg/orchestrator"
+	"github.com/cao-run/cao/pkg/task"
+)
+
+// execute calls the service while keeping both leases alive; losing either cancels the call. rsv is
+// the call's rate limit reservation (zero when the service has no rate limit).
+func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, lease limiter.Lease, rsv limiter.Reservation, clock *leaseClock) (orchestrator.Outcome, time.Duration) {
+	callCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stopMerge := context.AfterFunc(r.runCtx, func() { cancel(context.Cause(r.runCtx)) })
+	defer stopMerge()
+	untrack := r.track(a.Payload.JobID, &running{cancel: cancel})
+	defer untrack()
+
+	hbDone := make(chan struct{})
+	hbStopped := make(chan struct{})
+	go func() {
+		defer close(hbStopped)
+		r.heartbeat(callCtx, a, lease, clock, cancel, hbDone)
+	}()
+	defer func() { close(hbDone); <-hbStopped }()
+
+	data, err := templateData(a)
+	if err != nil {
+		return orchestrator.Outcome{Err: err, ErrorClass: "template"}, 0
+	}
+	// The budget was taken before the attempt was recorded, which takes a variable time: space this
+	// call from the others by when it leaves, not by when it was admitted.
+	if err := r.rate.Sent(callCtx, rsv); err != nil {
+		r.cfg.Logger.Warn("rate limit: record send time", "service", a.Service.Name, "err", err)
+	}
+	// The process may have been stopped (SIGSTOP, VM freeze) since it took its leases, and the
+	// heartbeat may not have noticed yet: never send on a lease that may belong to someone else now.
+	if !clock.valid(r.cfg.Now()) {
+		err := fmt.Errorf("%w: lease expired before the call was sent", limiter.ErrLeaseLost)
+		return orchestrator.Outcome{Err: err, ErrorClass: "lease_lost", Interrupted: true}, 0
+	}
+	start := r.cfg.Now()
+	res, err := r.caller.Call(callCtx, caller.Call{
+		JobID: a.Payload.JobID, Step: a.Step, Service: a.Service, Run: a.Payload.Run, Attempt: a.Payload.Attempt,
+		IdempotencyKey: task.IdempotencyKey(a.Payload.JobID, a.Payload.Step, a.Payload.Run), Data: data,
+	})
+	dur := r.cfg.Now().Sub(start)
+	if err == nil {
+		return orchestrator.Outcome{Output: res.Output, HTTPStatus: res.HTTPStatus}, dur
+	}
+	out := orchestrator.Outcome{Err: err, ErrorClass: "internal"}
+	var ce *caller.Error
+	if errors.As(err, &ce) {
+		out.ErrorClass, out.Retryable, out.RetryAfter, out.HTTPStatus = ce.Class, ce.Retryable, ce.RetryAfter, ce.HTTPStatus
+	}
+	if cause := context.Cause(callCtx); callCtx.Err() != nil &&
+		(errors.Is(cause, errShutdown) || errors.Is(cause, limiter.ErrLeaseLost)) {
+		// Abandoned by this worker (shutdown, or a lease it could not keep: the step was reclaimed,
+		// Redis lost the service slot, the database was unreachable past the lease) rather than failed
+		// by the service: put the step back without using an attempt. A reclaimed step fences it.
+		out.Interrupted = true
+	}
+	return out, dur
+}
+
+// heartbeat renews the step's database lease and the service semaphore lease about every third of
+// their TTLs; if either is lost (or cannot be renewed before it expires) the call is cancelled.
+func (r *Runner) heartbeat(ctx context.Context, a *orchestrator.Attempt, lease limiter.Lease, clock *leaseClock, cancel context.CancelCauseFunc, done <-chan struct{}) {
+	stepTTL, semTTL := clock.stepTTL, clock.semTTL
+	interval := stepTTL / 3
+	if clock.sem {
+		interval = min(interval, semTTL/3)
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		now := r.cfg.Now()
+		// A process that was stopped (SIGSTOP, GC pause, VM freeze) must not act on a lease that may
+		// already belong to someone else: give up before sending anything more.
+		if !clock.valid(now) {
+			cancel(fmt.Errorf("%w: lease expired before it could be renewed", limiter.ErrLeaseLost))
+			return
+		}
+		hctx, hcancel := context.WithTimeout(ctx, interval)
+		err := r.orch.Heartbeat(hctx, a)
+		hcancel()
+		switch {
+		case errors.Is(err, orchestrator.ErrFenced):
+			cancel(fmt.Errorf("%w: step reclaimed or cancelled", limiter.ErrLeaseLost))
+			return
+		case err == nil:
+			clock.renewed(now, false)
+		}
+		if lease.Token != 0 {
+			hctx, hcancel := context.WithTimeout(ctx, interval)
+			nl, err := r.sem.Renew(hctx, lease, semTTL)
+			hcancel()
+			switch {
+			case errors.Is(err, limiter.ErrLeaseLost):
+				cancel(fmt.Errorf("%w: service slot lost", limiter.ErrLeaseLost))
+				return
+			case err == nil:
+				lease = nl
+				clock.renewed(now, true)
+			}
+		}
+	}
+}

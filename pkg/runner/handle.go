@@ -1,0 +1,187 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/cao-run/cao/pkg/backoff"
+	"github.com/cao-run/cao/pkg/limiter"
+	"github.com/cao-run/cao/pkg/orchestrator"
+	"github.com/cao-run/cao/pkg/registry"
+	"github.com/cao-run/cao/pkg/store"
+	"github.com/cao-run/cao/pkg/task"
+)
+
+// busyError asks Asynq to try the task again after delay without counting a failure.
+type busyError struct {
+	service string
+	delay   time.Duration
+	why     string
+}
+
+func (e *busyError) Error() string {
+	return fmt.Sprintf("service %s %s; retry in %s", e.service, e.why, e.delay)
+}
+
+func isFailure(err error) bool {
+	var b *busyError
+	return !errors.As(err, &b)
+}
+
+// retryDelay is Asynq's delay before retrying a task: the requested delay for busy services, and for
+// infrastructure errors (database or Redis unreachable) 1s doubling to at most 30s, ±50%, so work
+// resumes soon after an outage without hammering a recovering database.
+func retryDelay(n int, err error, _ *asynq.Task) time.Duration {
+	var b *busyError
+	if errors.As(err, &b) {
+		return b.delay
+	}
+	d := time.Second << min(n, 5)
+	return backoff.Jitter(min(d, 30*time.Second), 0.5, rand.Float64)
+}
+
+// handle runs one step task. Returning nil acknowledges it; a busyError requeues it without counting
+// a failure; other errors (database or Redis unreachable) let Asynq retry it later.
+func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
+	p, err := task.ParseStepPayload(t.Payload())
+	if err != nil {
+		r.cfg.Logger.Error("drop malformed step task", "err", err)
+		return fmt.Errorf("%w: %v", asynq.SkipRetry, err)
+	}
+	r.wg.Add(1)
+	defer r.wg.Done()
+	log := r.cfg.Logger.With("job_id", p.JobID, "step", p.Step, "run", p.Run, "attempt", p.Attempt)
+
+	if r.admitCtx.Err() != nil {
+		// Stop began after Asynq handed this task out: a step that has not started is not started
+		// now. The task goes back to its queue for another worker, without using an attempt.
+		return &busyError{service: "(any)", delay: backoff.Jitter(r.cfg.BusyDelay, 0.5, rand.Float64), why: "is not called: the worker is stopping"}
+	}
+	target, err := r.orch.Resolve(ctx, p)
+	if errors.Is(err, orchestrator.ErrStale) {
+		log.Debug("stale step task acknowledged", "reason", err)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	svc := target.Service
+
+	// Waiting for the service ends when the task's context does or as soon as Stop begins: a step
+	// that has not started has nothing to finish.
+	admitCtx, stopAdmit := context.WithCancelCause(ctx)
+	stopWait := context.AfterFunc(r.admitCtx, func() { stopAdmit(context.Cause(r.admitCtx)) })
+	adm, err := r.admit(admitCtx, svc)
+	stopWait()
+	stopAdmit(nil)
+	if err != nil {
+		return err
+	}
+	lease, rsv, semAt := adm.lease, adm.rsv, adm.semAt
+	// The slot is held until the outcome is recorded, so a service never shows more RUNNING steps
+	// than its max_concurrency; recording is one statement.
+	held := true
+	release := func() {
+		if held {
+			held = false
+			r.release(ctx, lease)
+		}
+	}
+	defer release()
+
+	stepAt := r.cfg.Now() // the step's lease counts from no later than this
+	a, err := r.orch.StartAttempt(ctx, target, r.cfg.WorkerID)
+	if errors.Is(err, orchestrator.ErrStale) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	clock := &leaseClock{stepOK: stepAt, stepTTL: r.orch.Config().StepLeaseTTL, semOK: semAt, semTTL: svc.LeaseTTL, sem: lease.Token != 0}
+	for continued := false; ; continued = true {
+		var (
+			out orchestrator.Outcome
+			dur time.Duration
+		)
+		if continued && r.admitCtx.Err() != nil {
+			// Stopping: a step claimed by continuation has not started; put it back.
+			out = orchestrator.Outcome{Err: errShutdown, ErrorClass: "interrupted", Interrupted: true}
+		} else {
+			out, dur = r.execute(ctx, a, lease, rsv, clock)
+		}
+		// Record even if the task's context ended: the outcome is what matters now. A step this
+		// records as ready may be claimed for this handler in the same statement (continued).
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		recordAt := r.cfg.Now() // a continued step's lease counts from no later than this
+		next, err := r.finish(rctx, a, out)
+		cancel()
+		release()
+		if r.cfg.Hooks.OnAttempt != nil {
+			r.cfg.Hooks.OnAttempt(a.Service.Name, out, dur)
+		}
+		switch {
+		case errors.Is(err, orchestrator.ErrFenced):
+			log.Info("late result rejected: the attempt no longer owns the step")
+			return nil
+		case err != nil:
+			// The database did not take the result; the step's lease will expire and it is re-run in
+			// the same run (same Idempotency-Key), so nothing is lost.
+			log.Error("record outcome", "err", err)
+			return nil
+		case next == nil:
+			return nil
+		}
+		// Continued: the next step's service takes no slot or budget (see continueWith).
+		a, lease, rsv = next, limiter.Lease{Name: next.Service.Name}, limiter.Reservation{}
+		clock = &leaseClock{stepOK: recordAt, stepTTL: r.orch.Config().StepLeaseTTL}
+		log = r.cfg.Logger.With("job_id", a.Payload.JobID, "step", a.Payload.Step, "run", a.Payload.Run, "attempt", a.Payload.Attempt)
+	}
+}
+
+// continues reports whether this worker runs step st of service svc right after the step it
+// finished, instead of queueing it: only when the service needs no slot or rate budget (admission
+// would otherwise have to wait with the step already claimed), this worker serves the step's queue,
+// and the worker is not stopping.
+func (r *Runner) continues(st *registry.Step, svc *registry.Service) bool {
+	if svc.MaxConcurrency > 0 || svc.RateLimit != nil || r.admitCtx.Err() != nil {
+		return false
+	}
+	_, ok := r.cfg.Queues[st.Queue]
+	return ok
+}
+
+// finish records the outcome, retrying while the database is unreachable (until ctx ends): a result
+// that is not recorded makes the step run again after its lease expires.
+func (r *Runner) finish(ctx context.Context, a *orchestrator.Attempt, out orchestrator.Outcome) (*orchestrator.Attempt, error) {
+	wait := 200 * time.Millisecond
+	for {
+		next, err := r.orch.FinishAndContinue(ctx, a, out, r.continues)
+		if err == nil || errors.Is(err, orchestrator.ErrFenced) || !errors.Is(err, store.ErrUnavailable) {
+			return next, err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+}
+
+func (r *Runner) busy(service, why string, wait time.Duration) error {
+	if r.cfg.Hooks.OnBusy != nil {
+		r.cfg.Hooks.OnBusy(service)
+	}
+	d := backoff.Jitter(r.cfg.BusyDelay, 0.5, rand.Float64)
+	if wait > d {
+		d = wait + backoff.Jitter(100*time.Millisecond, 1, rand.Float64)
+	}
+	return &busyError{service: service, delay: d, why: why}
+}

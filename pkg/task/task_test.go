@@ -1,0 +1,63 @@
+package task_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cao-run/cao/pkg/store"
+	"github.com/cao-run/cao/pkg/task"
+)
+
+func TestPayloadRoundTrip(t *testing.T) {
+	t.Parallel()
+	p := task.StepPayload{JobID: "6f1c0c3e-0000-4000-8000-000000000001", Feature: "plan", Step: "draft", Run: 2, Attempt: 3}
+	got, err := task.ParseStepPayload(p.Marshal())
+	require.NoError(t, err)
+	require.Equal(t, p, got)
+	require.Equal(t, "step:6f1c0c3e-0000-4000-8000-000000000001:2:3:draft", p.TaskID(), "the id does not depend on the feature")
+	require.Equal(t, "6f1c0c3e-0000-4000-8000-000000000001/draft/2", task.IdempotencyKey(p.JobID, p.Step, p.Run))
+
+	// Tasks enqueued before the feature was added still parse.
+	old, err := task.ParseStepPayload([]byte(`{"job_id":"j","step":"s","run":1,"attempt":1}`))
+	require.NoError(t, err)
+	require.Empty(t, old.Feature)
+
+	for _, bad := range []string{`{`, `{}`, `{"job_id":"j","step":"s","run":0,"attempt":1}`, `{"job_id":"j","step":"","run":1,"attempt":1}`} {
+		_, err := task.ParseStepPayload([]byte(bad))
+		require.Error(t, err, bad)
+	}
+}
+
+func TestForStep(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 5, 6, 7, 8, 9, 0, time.UTC)
+	s := &store.Step{JobID: "j", Name: "b", Queue: "heavy", Status: store.StepQueued, Run: 2, Attempts: 1}
+	ot := task.ForStep(s, "plan", now)
+	require.Equal(t, "step:j:2:2:b", ot.TaskID)
+	require.Equal(t, "heavy", ot.Queue)
+	require.Equal(t, task.TypeStep, ot.TypeName)
+	require.Nil(t, ot.ProcessAt)
+	require.Equal(t, now, ot.CreatedAt)
+	p, err := task.ParseStepPayload(ot.Payload)
+	require.NoError(t, err)
+	require.Equal(t, task.StepPayload{JobID: "j", Feature: "plan", Step: "b", Run: 2, Attempt: 2}, p)
+
+	due := now.Add(90 * time.Second)
+	s.Status, s.NextAttemptAt = store.StepRetrying, &due
+	require.Equal(t, &due, task.ForStep(s, "plan", now).ProcessAt, "a retry is scheduled for when it is due")
+	past := now.Add(-time.Second)
+	s.NextAttemptAt = &past
+	require.Nil(t, task.ForStep(s, "plan", now).ProcessAt, "an overdue retry runs now")
+}
+
+func TestValidQueueName(t *testing.T) {
+	t.Parallel()
+	for _, ok := range []string{"default", "heavy", "llm-eu_1"} {
+		require.True(t, task.ValidQueueName(ok), ok)
+	}
+	for _, bad := range []string{"", "a b", "a:b", "{x}", string(make([]byte, 101))} {
+		require.False(t, task.ValidQueueName(bad), bad)
+	}
+}
