@@ -40,24 +40,7 @@ const maxRoundTripsPerStep = 4.0
 // claim of its first step to its completion, and fails above the budget.
 func TestRoundTripsPerStep(t *testing.T) {
 	t.Parallel()
-	ctx := testinfra.Context(t, 2*time.Minute)
-	url := testinfra.PostgresSchema(t)
-	require.NoError(t, migrate.Up(ctx, "postgres", url))
-	rt, proxied := testinfra.CountRoundTrips(t, url)
-	st, err := sqlstore.OpenPostgres(ctx, proxied, sqlstore.Config{})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = st.Close() })
-	direct, err := sqlstore.OpenPostgres(ctx, url, sqlstore.Config{MaxOpenConns: 1})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = direct.Close() })
-
-	rdb := testinfra.Redis(t)
-	relay := dispatch.NewRelay(st, asynq.NewClientFromRedisClient(rdb.Client), dispatch.RelayConfig{PollInterval: time.Hour})
-	require.NoError(t, relay.Start(ctx))
-	t.Cleanup(func() { _ = relay.Stop(context.Background()) })
-	reg, err := registry.Parse("chain.yaml", []byte(chainRegistry), func(string) (string, bool) { return "", false })
-	require.NoError(t, err)
-	orch := orchestrator.New(st, reg, nil, relay, orchestrator.Config{})
+	ctx, orch, rt, outboxEmpty := roundTripSetup(t)
 
 	run := func() {
 		v, _, err := orch.CreateJob(ctx, orchestrator.CreateRequest{Feature: "chain5", Input: json.RawMessage(`{"n": 1}`)})
@@ -73,12 +56,6 @@ func TestRoundTripsPerStep(t *testing.T) {
 		got, err := orch.GetJob(ctx, v.Job.ID)
 		require.NoError(t, err)
 		require.Equal(t, "COMPLETED", string(got.Job.Status))
-	}
-	outboxEmpty := func() {
-		testinfra.Eventually(t, 10*time.Second, func() bool {
-			n, err := direct.CountOutbox(ctx)
-			return err == nil && n == 0
-		}, "dispatched tasks' outbox rows deleted")
 	}
 	// Warm up: pooled connections, prepared statements, the relay's first pass.
 	run()
@@ -97,9 +74,39 @@ func TestRoundTripsPerStep(t *testing.T) {
 
 	// Creating a job is one statement (its outbox row's delete comes later, batched).
 	before = rt.Count()
-	_, _, err = orch.CreateJob(ctx, orchestrator.CreateRequest{Feature: "chain5", Input: json.RawMessage(`{}`)})
+	_, _, err := orch.CreateJob(ctx, orchestrator.CreateRequest{Feature: "chain5", Input: json.RawMessage(`{}`)})
 	require.NoError(t, err)
 	require.EqualValues(t, 1, rt.Count()-before, "round trips of CreateJob")
+}
+
+// roundTripSetup opens a Postgres store through a round-trip counter, with a started relay as the
+// dispatcher, and returns an orchestrator over them and a function that waits until every dispatched
+// task's outbox row is deleted (checked on an uncounted connection).
+func roundTripSetup(t *testing.T) (context.Context, *orchestrator.Orchestrator, *testinfra.RoundTrips, func()) {
+	t.Helper()
+	ctx := testinfra.Context(t, 2*time.Minute)
+	url := testinfra.PostgresSchema(t)
+	require.NoError(t, migrate.Up(ctx, "postgres", url))
+	rt, proxied := testinfra.CountRoundTrips(t, url)
+	st, err := sqlstore.OpenPostgres(ctx, proxied, sqlstore.Config{})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = st.Close() })
+	direct, err := sqlstore.OpenPostgres(ctx, url, sqlstore.Config{MaxOpenConns: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = direct.Close() })
+	rdb := testinfra.Redis(t)
+	relay := dispatch.NewRelay(st, asynq.NewClientFromRedisClient(rdb.Client), dispatch.RelayConfig{PollInterval: time.Hour})
+	require.NoError(t, relay.Start(ctx))
+	t.Cleanup(func() { _ = relay.Stop(context.Background()) })
+	reg, err := registry.Parse("chain.yaml", []byte(chainRegistry), func(string) (string, bool) { return "", false })
+	require.NoError(t, err)
+	outboxEmpty := func() {
+		testinfra.Eventually(t, 10*time.Second, func() bool {
+			n, err := direct.CountOutbox(ctx)
+			return err == nil && n == 0
+		}, "dispatched tasks' outbox rows deleted")
+	}
+	return ctx, orchestrator.New(st, reg, nil, relay, orchestrator.Config{}), rt, outboxEmpty
 }
 
 // BenchmarkChainJob runs 5-step jobs through the orchestrator on Postgres as a worker would (claim,
@@ -147,23 +154,7 @@ func BenchmarkChainJob(b *testing.B) {
 // the chain itself (FinishAndContinue): one statement records a step and claims the next.
 func TestRoundTripsPerStepContinued(t *testing.T) {
 	t.Parallel()
-	ctx := testinfra.Context(t, 2*time.Minute)
-	url := testinfra.PostgresSchema(t)
-	require.NoError(t, migrate.Up(ctx, "postgres", url))
-	rt, proxied := testinfra.CountRoundTrips(t, url)
-	st, err := sqlstore.OpenPostgres(ctx, proxied, sqlstore.Config{})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = st.Close() })
-	direct, err := sqlstore.OpenPostgres(ctx, url, sqlstore.Config{MaxOpenConns: 1})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = direct.Close() })
-	rdb := testinfra.Redis(t)
-	relay := dispatch.NewRelay(st, asynq.NewClientFromRedisClient(rdb.Client), dispatch.RelayConfig{PollInterval: time.Hour})
-	require.NoError(t, relay.Start(ctx))
-	t.Cleanup(func() { _ = relay.Stop(context.Background()) })
-	reg, err := registry.Parse("chain.yaml", []byte(chainRegistry), func(string) (string, bool) { return "", false })
-	require.NoError(t, err)
-	orch := orchestrator.New(st, reg, nil, relay, orchestrator.Config{})
+	ctx, orch, rt, outboxEmpty := roundTripSetup(t)
 	always := func(*registry.Step, *registry.Service) bool { return true }
 
 	run := func() {
@@ -182,12 +173,6 @@ func TestRoundTripsPerStepContinued(t *testing.T) {
 			}
 		}
 		require.Equal(t, 5, steps)
-	}
-	outboxEmpty := func() {
-		testinfra.Eventually(t, 10*time.Second, func() bool {
-			n, err := direct.CountOutbox(ctx)
-			return err == nil && n == 0
-		}, "dispatched tasks' outbox rows deleted")
 	}
 	run()
 	outboxEmpty()

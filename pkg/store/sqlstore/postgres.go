@@ -32,7 +32,8 @@ const pgLoadJob = `SELECT j.id, j.feature_name, j.status, j.input, j.input_versi
 	(SELECT json_agg(s ORDER BY s.position, s.name) FROM job_steps s WHERE s.job_id = j.id)
 FROM jobs j WHERE j.id = $1`
 
-// pgStep is a job_steps row as json_agg writes it.
+// pgStep is a job_steps row in JSON: as json_agg reads it, and as a change writes it (with the
+// state its compare-and-set expects).
 type pgStep struct {
 	Name           string          `json:"name"`
 	Position       int             `json:"position"`
@@ -53,6 +54,9 @@ type pgStep struct {
 	UpdatedAt      time.Time       `json:"updated_at"`
 	StartedAt      *time.Time      `json:"started_at"`
 	FinishedAt     *time.Time      `json:"finished_at"`
+	ExpStatus      string          `json:"exp_status"`
+	ExpRun         int             `json:"exp_run"`
+	ExpAttempts    int             `json:"exp_attempts"`
 }
 
 func (p postgresHot) loadJob(ctx context.Context, id string) (*store.Job, []store.Step, error) {
@@ -142,11 +146,11 @@ const pgApplyUpdate = `WITH jb AS (
 	RETURNING version),
 st AS (
 	UPDATE job_steps s SET status = v.status, run = v.run, attempts = v.attempts, lost = v.lost, lease_owner = v.lease_owner,
-		lease_expires_at = v.lease_expires_at, next_attempt_at = v.next_attempt_at, output = v.output::jsonb,
+		lease_expires_at = v.lease_expires_at, next_attempt_at = v.next_attempt_at, output = v.output,
 		error = v.error, error_class = v.error_class, updated_at = v.updated_at, started_at = v.started_at,
 		finished_at = v.finished_at
 	FROM jsonb_to_recordset($7::jsonb) AS v(name text, status text, run int, attempts int, lost int, lease_owner text,
-		lease_expires_at timestamptz, next_attempt_at timestamptz, output text, error text, error_class text,
+		lease_expires_at timestamptz, next_attempt_at timestamptz, output jsonb, error text, error_class text,
 		updated_at timestamptz, started_at timestamptz, finished_at timestamptz,
 		exp_status text, exp_run int, exp_attempts int)
 	WHERE s.job_id = $1 AND s.name = v.name AND s.status = v.exp_status AND s.run = v.exp_run
@@ -169,11 +173,11 @@ st AS (
 	INSERT INTO job_steps (job_id, name, position, service, queue, needs, status, run, attempts, lost, lease_owner,
 		lease_expires_at, next_attempt_at, output, error, error_class, created_at, updated_at, started_at, finished_at)
 	SELECT $1, v.name, v.position, v.service, v.queue, v.needs, v.status, v.run, v.attempts, v.lost, v.lease_owner,
-		v.lease_expires_at, v.next_attempt_at, v.output::jsonb, v.error, v.error_class, v.created_at, v.updated_at,
+		v.lease_expires_at, v.next_attempt_at, v.output, v.error, v.error_class, v.created_at, v.updated_at,
 		v.started_at, v.finished_at
 	FROM jsonb_to_recordset($7::jsonb) AS v(name text, position int, service text, queue text, needs jsonb, status text,
 		run int, attempts int, lost int, lease_owner text, lease_expires_at timestamptz, next_attempt_at timestamptz,
-		output text, error text, error_class text, created_at timestamptz, updated_at timestamptz,
+		output jsonb, error text, error_class text, created_at timestamptz, updated_at timestamptz,
 		started_at timestamptz, finished_at timestamptz)
 	RETURNING 1)` + pgApplyTail + `
 SELECT (SELECT version FROM jb),
@@ -182,30 +186,6 @@ SELECT (SELECT version FROM jb),
 
 // JSON shapes of the rows a change sends.
 type (
-	pgStepIn struct {
-		Name           string     `json:"name"`
-		Position       int        `json:"position"`
-		Service        string     `json:"service"`
-		Queue          string     `json:"queue"`
-		Needs          []string   `json:"needs"`
-		Status         string     `json:"status"`
-		Run            int        `json:"run"`
-		Attempts       int        `json:"attempts"`
-		Lost           int        `json:"lost"`
-		LeaseOwner     string     `json:"lease_owner"`
-		LeaseExpiresAt *time.Time `json:"lease_expires_at"`
-		NextAttemptAt  *time.Time `json:"next_attempt_at"`
-		Output         *string    `json:"output"`
-		Error          string     `json:"error"`
-		ErrorClass     string     `json:"error_class"`
-		CreatedAt      time.Time  `json:"created_at"`
-		UpdatedAt      time.Time  `json:"updated_at"`
-		StartedAt      *time.Time `json:"started_at"`
-		FinishedAt     *time.Time `json:"finished_at"`
-		ExpStatus      string     `json:"exp_status"`
-		ExpRun         int        `json:"exp_run"`
-		ExpAttempts    int        `json:"exp_attempts"`
-	}
 	pgAttemptIn struct {
 		Step       string     `json:"step"`
 		Run        int        `json:"run"`
@@ -256,17 +236,17 @@ func optJSON(raw json.RawMessage) *string {
 // statement returns the SQL and arguments that apply c.
 func (p postgresHot) statement(c *store.Change) (string, []any, error) {
 	j := c.Job
-	steps := make([]pgStepIn, len(c.Steps))
+	steps := make([]pgStep, len(c.Steps))
 	for i := range c.Steps {
 		s, e := &c.Steps[i].Step, c.Steps[i].Expect
 		needs := s.Needs
 		if needs == nil {
 			needs = []string{}
 		}
-		steps[i] = pgStepIn{
+		steps[i] = pgStep{
 			Name: s.Name, Position: s.Position, Service: s.Service, Queue: s.Queue, Needs: needs,
 			Status: string(s.Status), Run: s.Run, Attempts: s.Attempts, Lost: s.Lost, LeaseOwner: s.LeaseOwner,
-			LeaseExpiresAt: s.LeaseExpiresAt, NextAttemptAt: s.NextAttemptAt, Output: optJSON(s.Output),
+			LeaseExpiresAt: s.LeaseExpiresAt, NextAttemptAt: s.NextAttemptAt, Output: s.Output,
 			Error: s.Error, ErrorClass: s.ErrorClass, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt,
 			StartedAt: s.StartedAt, FinishedAt: s.FinishedAt,
 			ExpStatus: string(e.Status), ExpRun: e.Run, ExpAttempts: e.Attempts,
