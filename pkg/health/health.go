@@ -80,6 +80,14 @@ func NewChecker(st store.Store, rdb redis.UniversalClient, reg *registry.Registr
 	return &Checker{store: st, rdb: rdb, insp: asynq.NewInspectorFromRedisClient(rdb), reg: reg, sem: sem, caller: c, queues: queues}
 }
 
+// Unavailable reports whether the database or Redis does not answer right now (within a second), so
+// that a failed request can be answered 503 rather than 500.
+func (c *Checker) Unavailable(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	return c.store.Ping(ctx) != nil || c.rdb.Ping(ctx).Err() != nil
+}
+
 // Run performs every check concurrently within ctx (each bounded to a few seconds).
 func (c *Checker) Run(ctx context.Context) Report {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -199,12 +199,18 @@ func (o *Orchestrator) insertJob(ctx context.Context, f *registry.Feature, input
 	return &JobView{Job: sn.job, Steps: sn.steps}, nil
 }
 
-// GetJob returns the job with its steps and attempts.
-func (o *Orchestrator) GetJob(ctx context.Context, id string) (*JobView, error) {
+// Job returns the job without its steps; ErrJobNotFound if it does not exist.
+func (o *Orchestrator) Job(ctx context.Context, id string) (*store.Job, error) {
 	job, err := o.store.GetJob(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, ErrJobNotFound
 	}
+	return job, err
+}
+
+// GetJob returns the job with its steps and attempts.
+func (o *Orchestrator) GetJob(ctx context.Context, id string) (*JobView, error) {
+	job, err := o.Job(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -240,12 +246,14 @@ func (o *Orchestrator) ListJobs(ctx context.Context, f store.JobFilter) ([]store
 
 // Events returns the job's events after afterSeq (ErrJobNotFound if the job does not exist).
 func (o *Orchestrator) Events(ctx context.Context, jobID string, afterSeq int64, limit int) ([]store.Event, error) {
-	if _, err := o.store.GetJob(ctx, jobID); err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, ErrJobNotFound
-		}
+	if _, err := o.Job(ctx, jobID); err != nil {
 		return nil, err
 	}
+	return o.EventLog(ctx, jobID, afterSeq, limit)
+}
+
+// EventLog returns up to limit (at most 10,000) events of a job known to exist, after afterSeq.
+func (o *Orchestrator) EventLog(ctx context.Context, jobID string, afterSeq int64, limit int) ([]store.Event, error) {
 	if limit <= 0 || limit > 10000 {
 		limit = 10000
 	}
@@ -347,4 +355,9 @@ func (o *Orchestrator) ExpireIdempotencyKeys(ctx context.Context) (int64, error)
 		return err
 	})
 	return n, err
+}
+
+// LastSeqs returns the seq of the newest event of each of the jobs that exist among ids.
+func (o *Orchestrator) LastSeqs(ctx context.Context, ids []string) (map[string]int64, error) {
+	return o.store.LastSeqs(ctx, ids)
 }

@@ -88,7 +88,7 @@ func benchChild() error {
 	if err := n.Start(ctx); err != nil {
 		return err
 	}
-	api := New(n, Options{})
+	api := New(nodeDeps(n), Options{})
 	mux := http.NewServeMux()
 	mux.Handle("/", api.Handler())
 	mux.HandleFunc(benchMemPath, func(w http.ResponseWriter, _ *http.Request) {

@@ -34,7 +34,7 @@ func (s *Server) readJSON(c *gin.Context, dst any, emptyOK bool) bool {
 			return false
 		}
 	}
-	limit := s.n.Config.MaxBodyBytes
+	limit := s.d.Settings.MaxBodyBytes
 	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, limit))
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
@@ -105,7 +105,7 @@ func (s *Server) createJob(c *gin.Context) {
 		abort(c, http.StatusBadRequest, codeInvalidRequest, fmt.Sprintf("Idempotency-Key longer than %d characters", maxIdempotencyKey), nil)
 		return
 	}
-	view, created, err := s.n.Orchestrator.CreateJob(c.Request.Context(), orchestrator.CreateRequest{
+	view, created, err := s.d.Jobs.CreateJob(c.Request.Context(), orchestrator.CreateRequest{
 		Feature: *body.FeatureName, Input: body.InputData, IdempotencyKey: key,
 	})
 	if err != nil {
@@ -113,7 +113,7 @@ func (s *Server) createJob(c *gin.Context) {
 		return
 	}
 	if created {
-		s.n.Metrics.JobsCreated.WithLabelValues(view.Job.FeatureName).Inc()
+		s.d.Metrics.JobsCreated.WithLabelValues(view.Job.FeatureName).Inc()
 	} else {
 		c.Header("Idempotent-Replayed", "true")
 	}
@@ -129,7 +129,7 @@ func (s *Server) accepted(c *gin.Context, v *orchestrator.JobView) {
 
 // monitorURL is ws(s)://HOST/ws/ID from CAO_PUBLIC_URL or the request.
 func (s *Server) monitorURL(c *gin.Context, id string) string {
-	if pub := s.n.Config.PublicURL; pub != "" {
+	if pub := s.d.Settings.PublicURL; pub != "" {
 		return "ws" + strings.TrimPrefix(pub, "http") + "/ws/" + id
 	}
 	scheme := "ws"
@@ -155,7 +155,7 @@ func (s *Server) getJob(c *gin.Context) {
 	if !ok {
 		return
 	}
-	v, err := s.n.Orchestrator.GetJob(c.Request.Context(), id)
+	v, err := s.d.Jobs.GetJob(c.Request.Context(), id)
 	if err != nil {
 		s.fail(c, err)
 		return
@@ -188,7 +188,7 @@ func (s *Server) listJobs(c *gin.Context) {
 		}
 		f.After = pos
 	}
-	jobs, next, err := s.n.Orchestrator.ListJobs(c.Request.Context(), f)
+	jobs, next, err := s.d.Jobs.ListJobs(c.Request.Context(), f)
 	if err != nil {
 		s.fail(c, err)
 		return
@@ -241,7 +241,7 @@ func (s *Server) resumeJob(c *gin.Context) {
 	if !s.readJSON(c, &body, true) {
 		return
 	}
-	v, err := s.n.Orchestrator.Resume(c.Request.Context(), id, orchestrator.ResumeRequest{FromStep: body.FromStep, Input: body.InputData})
+	v, err := s.d.Jobs.Resume(c.Request.Context(), id, orchestrator.ResumeRequest{FromStep: body.FromStep, Input: body.InputData})
 	if err != nil {
 		s.fail(c, err)
 		return
@@ -254,7 +254,7 @@ func (s *Server) cancelJob(c *gin.Context) {
 	if !ok {
 		return
 	}
-	v, err := s.n.Orchestrator.Cancel(c.Request.Context(), id)
+	v, err := s.d.Jobs.Cancel(c.Request.Context(), id)
 	if err != nil {
 		s.fail(c, err)
 		return
@@ -285,7 +285,7 @@ func (s *Server) jobEvents(c *gin.Context) {
 		}
 		limit = n
 	}
-	evs, err := s.n.Orchestrator.Events(c.Request.Context(), id, after, limit)
+	evs, err := s.d.Jobs.Events(c.Request.Context(), id, after, limit)
 	if err != nil {
 		s.fail(c, err)
 		return
@@ -294,5 +294,5 @@ func (s *Server) jobEvents(c *gin.Context) {
 }
 
 func (s *Server) features(c *gin.Context) {
-	c.JSON(http.StatusOK, gin.H{"success": true, "features": featuresJSON(s.n.Registry)})
+	c.JSON(http.StatusOK, gin.H{"success": true, "features": featuresJSON(s.d.Registry)})
 }

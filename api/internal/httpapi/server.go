@@ -15,7 +15,6 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/cao-run/cao/pkg/node"
 )
 
 // Options are the API's settings beyond the node's configuration.
@@ -24,17 +23,20 @@ type Options struct {
 	Monitoring http.Handler
 }
 
-// Server is the HTTP API over one node.
+// Server is the HTTP API over the core's services.
 type Server struct {
-	n    *node.Node
+	d    Deps
 	log  *slog.Logger
 	opts Options
 	ws   *wsHub
 }
 
-// New returns the API server for the node.
-func New(n *node.Node, opts Options) *Server {
-	s := &Server{n: n, log: n.Logger.With("component", "api"), opts: opts}
+// New returns the API server over d.
+func New(d Deps, opts Options) *Server {
+	if d.Logger == nil {
+		d.Logger = slog.Default()
+	}
+	s := &Server{d: d, log: d.Logger.With("component", "api"), opts: opts}
 	s.ws = newWSHub(s)
 	return s
 }
@@ -53,7 +55,7 @@ func (s *Server) Handler() http.Handler {
 
 	r.GET("/health", s.live)
 	r.GET("/health/services", s.services)
-	r.GET("/metrics", s.auth(), gin.WrapH(promhttp.HandlerFor(s.n.Metrics.Registry, promhttp.HandlerOpts{})))
+	r.GET("/metrics", s.auth(), gin.WrapH(promhttp.HandlerFor(s.d.Metrics.Registry, promhttp.HandlerOpts{})))
 
 	v1 := r.Group("/api/v1")
 	v1.GET("/health", s.live)
@@ -83,7 +85,7 @@ func (s *Server) Stop(ctx context.Context) error { return s.ws.stop(ctx) }
 func (s *Server) live(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) }
 
 func (s *Server) services(c *gin.Context) {
-	rep := s.n.Health.Run(c.Request.Context())
+	rep := s.d.Health.Run(c.Request.Context())
 	status := http.StatusOK
 	if rep.Status == "down" {
 		status = http.StatusServiceUnavailable
@@ -93,11 +95,7 @@ func (s *Server) services(c *gin.Context) {
 }
 
 // unavailable reports whether the database or Redis is down right now (to answer 503, not 500).
-func (s *Server) unavailable(ctx context.Context) bool {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-	defer cancel()
-	return s.n.Store.Ping(ctx) != nil || s.n.Redis.Ping(ctx).Err() != nil
-}
+func (s *Server) unavailable(ctx context.Context) bool { return s.d.Health.Unavailable(ctx) }
 
 // monitoringCookie carries the API key for the asynqmon UI, whose own requests cannot add headers.
 const monitoringCookie = "cao_monitoring_key"
@@ -107,7 +105,7 @@ const monitoringCookie = "cao_monitoring_key"
 func (s *Server) monitoringAuth() gin.HandlerFunc {
 	check := s.auth()
 	return func(c *gin.Context) {
-		if len(s.n.Config.APIKeys) > 0 {
+		if len(s.d.Settings.APIKeys) > 0 {
 			if key := c.Query("api_key"); key != "" && s.validKey(key) {
 				secure := c.Request.TLS != nil || strings.EqualFold(c.GetHeader("X-Forwarded-Proto"), "https")
 				http.SetCookie(c.Writer, &http.Cookie{
@@ -126,7 +124,7 @@ func (s *Server) monitoringAuth() gin.HandlerFunc {
 
 // validKey reports whether key is one of CAO_API_KEYS (constant time per key).
 func (s *Server) validKey(key string) bool {
-	for _, k := range s.n.Config.APIKeys {
+	for _, k := range s.d.Settings.APIKeys {
 		if key != "" && subtle.ConstantTimeCompare([]byte(key), []byte(k)) == 1 {
 			return true
 		}
@@ -137,7 +135,7 @@ func (s *Server) validKey(key string) bool {
 // auth requires one of CAO_API_KEYS (Authorization: Bearer, X-API-Key, or ?api_key= for WebSocket
 // upgrades from browsers, which cannot set headers) unless authentication is off.
 func (s *Server) auth() gin.HandlerFunc {
-	keys := s.n.Config.APIKeys
+	keys := s.d.Settings.APIKeys
 	return func(c *gin.Context) {
 		if len(keys) == 0 {
 			c.Next()
@@ -161,7 +159,7 @@ func (s *Server) auth() gin.HandlerFunc {
 
 // cors answers preflights and sets CORS headers for origins in CAO_ALLOWED_ORIGINS.
 func (s *Server) cors() gin.HandlerFunc {
-	allowed := s.n.Config.AllowedOrigins
+	allowed := s.d.Settings.AllowedOrigins
 	return func(c *gin.Context) {
 		origin := c.GetHeader("Origin")
 		if origin != "" && (slices.Contains(allowed, origin) || slices.Contains(allowed, "*")) {

@@ -159,7 +159,7 @@ func (e *testEnv) startAPI(t testing.TB, opts nodeOptions) *testAPI {
 	n.OnClose(st.Close)
 	require.NoError(t, n.Start(ctx))
 
-	srv := New(n, Options{})
+	srv := New(nodeDeps(n), Options{})
 	hs := httptest.NewUnstartedServer(srv.Handler())
 	if opts.Listener != nil {
 		opts.Listener(hs)
@@ -295,5 +295,18 @@ func eventually(t testing.TB, d time.Duration, cond func() bool, msg string, arg
 			t.Fatalf("condition not met within %s: "+msg, append([]any{d}, args...)...)
 		}
 		<-tick.C
+	}
+}
+
+// nodeDeps hands the API the parts of a node it uses, as serve.APIDeps does (which these tests
+// cannot import: serve imports this package).
+func nodeDeps(n *node.Node) Deps {
+	return Deps{
+		Jobs: n.Orchestrator, Events: n.Hub, Health: n.Health, Metrics: n.Metrics, Registry: n.Registry,
+		Settings: Settings{
+			APIKeys: n.Config.APIKeys, AllowedOrigins: n.Config.AllowedOrigins,
+			PublicURL: n.Config.PublicURL, MaxBodyBytes: n.Config.MaxBodyBytes,
+		},
+		Logger: n.Logger,
 	}
 }

@@ -21,7 +21,6 @@ import (
 
 	"github.com/cao-run/cao/pkg/events"
 	"github.com/cao-run/cao/pkg/orchestrator"
-	"github.com/cao-run/cao/pkg/store"
 )
 
 // codeOriginNotAllowed answers a WebSocket upgrade from a browser origin outside CAO_ALLOWED_ORIGINS.
@@ -94,7 +93,7 @@ func newWSHub(s *Server) *wsHub {
 		s: s, cfg: defaultWSConfig(), ctx: ctx, cancel: cancel,
 		closing: make(chan struct{}), topics: map[string]*topic{},
 	}
-	h.origins, h.anyOrigin = originPatterns(s.n.Config.AllowedOrigins, s.n.Config.PublicURL)
+	h.origins, h.anyOrigin = originPatterns(s.d.Settings.AllowedOrigins, s.d.Settings.PublicURL)
 	return h
 }
 
@@ -246,10 +245,7 @@ func (h *wsHub) join(ctx context.Context, jobID string, c *wsClient) (leave func
 		}
 		leave := func() { h.unregister(t, c) }
 		if created {
-			job, err := h.s.n.Store.GetJob(ctx, jobID)
-			if errors.Is(err, store.ErrNotFound) {
-				err = orchestrator.ErrJobNotFound
-			}
+			job, err := h.s.d.Jobs.Job(ctx, jobID)
 			if err != nil {
 				h.mu.Lock()
 				if h.topics[jobID] == t {
@@ -298,7 +294,7 @@ func (h *wsHub) register(jobID string, c *wsClient) (t *topic, created bool, err
 	t = h.topics[jobID]
 	if t == nil {
 		t = &topic{
-			h: h, jobID: jobID, sub: h.s.n.Hub.Subscribe(jobID, h.cfg.topicBuffer),
+			h: h, jobID: jobID, sub: h.s.d.Events.Subscribe(jobID, h.cfg.topicBuffer),
 			done: make(chan struct{}), ready: make(chan struct{}), clients: map[*wsClient]struct{}{},
 			polled: make(chan int64, 1),
 		}
@@ -350,7 +346,7 @@ func (t *topic) run() {
 					continue
 				}
 				// A burst overflowed the buffer: subscribe again first, then read what was missed.
-				sub = t.h.s.n.Hub.Subscribe(t.jobID, t.h.cfg.topicBuffer)
+				sub = t.h.s.d.Events.Subscribe(t.jobID, t.h.cfg.topicBuffer)
 				subC = sub.C
 				t.forward(t.readLog(&head))
 				continue
@@ -402,7 +398,7 @@ func (h *wsHub) pollLoop() {
 		h.mu.Unlock()
 		ids := slices.Collect(maps.Keys(topics))
 		for chunk := range slices.Chunk(ids, 1000) {
-			seqs, err := h.s.n.Store.LastSeqs(h.ctx, chunk)
+			seqs, err := h.s.d.Jobs.LastSeqs(h.ctx, chunk)
 			if err != nil {
 				continue // the next tick tries again
 			}
@@ -451,7 +447,7 @@ func (t *topic) order(batch []events.Message, head *int64) []wire {
 func (t *topic) readLog(head *int64) []wire {
 	var out []wire
 	for {
-		evs, err := t.h.s.n.Store.ListEvents(t.h.ctx, t.jobID, *head, t.h.cfg.pageSize)
+		evs, err := t.h.s.d.Jobs.EventLog(t.h.ctx, t.jobID, *head, t.h.cfg.pageSize)
 		if err != nil {
 			t.h.s.log.Warn("websocket: read event log", "job_id", t.jobID, "err", err)
 			return out
@@ -554,7 +550,7 @@ func (h *wsHub) serve(c *gin.Context) {
 	if err != nil {
 		return // Accept answered the request
 	}
-	m := h.s.n.Metrics
+	m := h.s.d.Metrics
 	m.WSClients.Inc()
 	defer m.WSClients.Dec()
 	conn.SetReadLimit(1024) // clients send nothing but control frames
@@ -574,7 +570,7 @@ type startPoint struct {
 
 // snapshotStart is the snapshot of the job (the object of GET /api/v1/jobs/{id}) at its last_seq.
 func (h *wsHub) snapshotStart(ctx context.Context, id string) (startPoint, error) {
-	view, err := h.s.n.Orchestrator.GetJob(ctx, id)
+	view, err := h.s.d.Jobs.GetJob(ctx, id)
 	if err != nil {
 		return startPoint{}, err
 	}
@@ -587,14 +583,11 @@ func (h *wsHub) snapshotStart(ctx context.Context, id string) (startPoint, error
 
 // replayStart is the first page of the events after after_seq.
 func (h *wsHub) replayStart(ctx context.Context, id string, after int64) (startPoint, error) {
-	job, err := h.s.n.Store.GetJob(ctx, id)
-	if errors.Is(err, store.ErrNotFound) {
-		return startPoint{}, orchestrator.ErrJobNotFound
-	}
+	job, err := h.s.d.Jobs.Job(ctx, id)
 	if err != nil {
 		return startPoint{}, err
 	}
-	evs, err := h.s.n.Orchestrator.Events(ctx, id, after, h.cfg.pageSize)
+	evs, err := h.s.d.Jobs.EventLog(ctx, id, after, h.cfg.pageSize)
 	if err != nil {
 		return startPoint{}, err
 	}
@@ -711,7 +704,7 @@ func (w *wsConn) deliver(d *delivery) (done bool, err error) {
 // ends the job (a terminal event followed by more, after a resume, does not).
 func (w *wsConn) replay() (terminal bool, err error) {
 	for {
-		evs, err := w.h.s.n.Orchestrator.Events(w.h.ctx, w.jobID, w.last, w.h.cfg.pageSize)
+		evs, err := w.h.s.d.Jobs.Events(w.h.ctx, w.jobID, w.last, w.h.cfg.pageSize)
 		if err != nil {
 			w.h.s.log.Warn("websocket: replay", "job_id", w.jobID, "err", err)
 			w.close(websocket.StatusTryAgainLater, "event log unavailable; reconnect with after_seq")
@@ -742,7 +735,7 @@ func (w *wsConn) write(b []byte) error {
 	if err := w.conn.Write(ctx, websocket.MessageText, b); err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			// The peer did not take one message in writeTimeout; the library already dropped it.
-			w.h.s.n.Metrics.WSSlowClosed.Inc()
+			w.h.s.d.Metrics.WSSlowClosed.Inc()
 		}
 		return errClosed
 	}
@@ -754,7 +747,7 @@ func (w *wsConn) close(code websocket.StatusCode, reason string) {
 }
 
 func (w *wsConn) closeSlow() {
-	w.h.s.n.Metrics.WSSlowClosed.Inc()
+	w.h.s.d.Metrics.WSSlowClosed.Inc()
 	w.close(websocket.StatusTryAgainLater, "too slow; reconnect with after_seq")
 }
 

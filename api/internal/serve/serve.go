@@ -60,6 +60,24 @@ func Monitoring(redisURL string) (http.Handler, error) {
 	return asynqmon.New(asynqmon.Options{RootPath: "/monitoring", RedisConnOpt: opt}), nil
 }
 
+// APIDeps hands the HTTP API the parts of the node it uses.
+func APIDeps(n *node.Node) httpapi.Deps {
+	return httpapi.Deps{
+		Jobs:     n.Orchestrator,
+		Events:   n.Hub,
+		Health:   n.Health,
+		Metrics:  n.Metrics,
+		Registry: n.Registry,
+		Settings: httpapi.Settings{
+			APIKeys:        n.Config.APIKeys,
+			AllowedOrigins: n.Config.AllowedOrigins,
+			PublicURL:      n.Config.PublicURL,
+			MaxBodyBytes:   n.Config.MaxBodyBytes,
+		},
+		Logger: n.Logger,
+	}
+}
+
 // Serve runs the node and the HTTP API on ln until ctx ends; then it stops accepting requests, closes
 // WebSockets, drains in-flight requests and stops the node.
 func Serve(ctx context.Context, n *node.Node, ln net.Listener, opts httpapi.Options) error {
@@ -67,7 +85,7 @@ func Serve(ctx context.Context, n *node.Node, ln net.Listener, opts httpapi.Opti
 		_ = n.Stop(context.Background())
 		return err
 	}
-	api := httpapi.New(n, opts)
+	api := httpapi.New(APIDeps(n), opts)
 	srv := &http.Server{
 		Handler:           api.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,

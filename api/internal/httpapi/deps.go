@@ -1,0 +1,57 @@
+package httpapi
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/cao-run/cao/pkg/events"
+	"github.com/cao-run/cao/pkg/health"
+	"github.com/cao-run/cao/pkg/metrics"
+	"github.com/cao-run/cao/pkg/orchestrator"
+	"github.com/cao-run/cao/pkg/registry"
+	"github.com/cao-run/cao/pkg/store"
+)
+
+// Jobs is what the API asks of the core about jobs (the orchestrator implements it). Every read and
+// change of a job, REST and WebSocket alike, goes through it.
+type Jobs interface {
+	CreateJob(ctx context.Context, req orchestrator.CreateRequest) (*orchestrator.JobView, bool, error)
+	GetJob(ctx context.Context, id string) (*orchestrator.JobView, error)
+	Job(ctx context.Context, id string) (*store.Job, error)
+	ListJobs(ctx context.Context, f store.JobFilter) ([]store.Job, *store.Cursor, error)
+	Events(ctx context.Context, id string, afterSeq int64, limit int) ([]store.Event, error)
+	EventLog(ctx context.Context, id string, afterSeq int64, limit int) ([]store.Event, error)
+	LastSeqs(ctx context.Context, ids []string) (map[string]int64, error)
+	Resume(ctx context.Context, id string, req orchestrator.ResumeRequest) (*orchestrator.JobView, error)
+	Cancel(ctx context.Context, id string) (*orchestrator.JobView, error)
+}
+
+// Events is the live fan-out of job events in this process (events.Hub implements it).
+type Events interface {
+	Subscribe(jobID string, buf int) *events.Subscription
+}
+
+// Health checks the backends and services (health.Checker implements it).
+type Health interface {
+	Run(ctx context.Context) health.Report
+	Unavailable(ctx context.Context) bool
+}
+
+// Settings are the API's configuration (from the CAO_* environment).
+type Settings struct {
+	APIKeys        []string // CAO_API_KEYS; empty: no authentication
+	AllowedOrigins []string // CAO_ALLOWED_ORIGINS
+	PublicURL      string   // CAO_PUBLIC_URL; empty: from the request's Host
+	MaxBodyBytes   int64    // CAO_MAX_BODY_BYTES
+}
+
+// Deps are the API's dependencies, each as narrow as the handlers need.
+type Deps struct {
+	Jobs     Jobs
+	Events   Events
+	Health   Health
+	Metrics  *metrics.Metrics
+	Registry *registry.Registry // the features listed by GET /features
+	Settings Settings
+	Logger   *slog.Logger
+}

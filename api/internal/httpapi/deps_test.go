@@ -1,0 +1,84 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cao-run/cao/pkg/health"
+	"github.com/cao-run/cao/pkg/metrics"
+	"github.com/cao-run/cao/pkg/orchestrator"
+	"github.com/cao-run/cao/pkg/registry"
+)
+
+// fakeJobs answers every call with err; calls the test does not expect panic (nil interface).
+type fakeJobs struct {
+	Jobs
+	err   error
+	calls []string
+}
+
+func (f *fakeJobs) GetJob(_ context.Context, id string) (*orchestrator.JobView, error) {
+	f.calls = append(f.calls, "GetJob "+id)
+	return nil, f.err
+}
+
+func (f *fakeJobs) Resume(_ context.Context, id string, _ orchestrator.ResumeRequest) (*orchestrator.JobView, error) {
+	f.calls = append(f.calls, "Resume "+id)
+	return nil, f.err
+}
+
+type fakeHealth struct{ down bool }
+
+func (fakeHealth) Run(context.Context) health.Report     { return health.Report{Status: "ok"} }
+func (h fakeHealth) Unavailable(context.Context) bool { return h.down }
+
+// The handlers depend on narrow interfaces, so they run on fakes: domain errors map to the
+// contract's statuses and codes, and an unknown failure is a 503 when a backend is down.
+func TestHandlersOnFakes(t *testing.T) {
+	t.Parallel()
+	reg, err := registry.Parse("r.yaml", []byte("services: {sim: {kind: mock}}\nfeatures: {f: {steps: [{name: a, service: sim}]}}\n"),
+		func(string) (string, bool) { return "", false })
+	require.NoError(t, err)
+	id := uuid.NewString()
+	for _, tc := range []struct {
+		name       string
+		err        error
+		down       bool
+		method     string
+		path       string
+		wantStatus int
+		wantCode   string
+	}{
+		{"unknown job", orchestrator.ErrJobNotFound, false, http.MethodGet, "/api/v1/jobs/" + id, http.StatusNotFound, "job_not_found"},
+		{"not resumable", orchestrator.ErrNotResumable, false, http.MethodPost, "/api/v1/jobs/" + id + "/resume", http.StatusConflict, "job_not_resumable"},
+		{"database down", context.DeadlineExceeded, true, http.MethodGet, "/api/v1/jobs/" + id, http.StatusServiceUnavailable, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			jobs := &fakeJobs{err: tc.err}
+			s := New(Deps{Jobs: jobs, Health: fakeHealth{down: tc.down}, Metrics: metrics.New(func() float64 { return 0 }), Registry: reg, Settings: Settings{MaxBodyBytes: 1 << 20}}, Options{})
+			rec := httptest.NewRecorder()
+			s.Handler().ServeHTTP(rec, httptest.NewRequest(tc.method, tc.path, strings.NewReader("{}")))
+			require.Equal(t, tc.wantStatus, rec.Code, rec.Body.String())
+			var body struct {
+				Success bool `json:"success"`
+				Error   struct {
+					Code string `json:"code"`
+				} `json:"error"`
+			}
+			require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &body), rec.Body.String())
+			require.False(t, body.Success)
+			if tc.wantCode != "" {
+				require.Equal(t, tc.wantCode, body.Error.Code)
+			}
+			require.Len(t, jobs.calls, 1)
+		})
+	}
+}
