@@ -36,7 +36,7 @@ func (f *fakeJobs) Resume(_ context.Context, id string, _ orchestrator.ResumeReq
 
 type fakeHealth struct{ down bool }
 
-func (fakeHealth) Run(context.Context) health.Report     { return health.Report{Status: "ok"} }
+func (fakeHealth) Run(context.Context) health.Report  { return health.Report{Status: "ok"} }
 func (h fakeHealth) Unavailable(context.Context) bool { return h.down }
 
 // The handlers depend on narrow interfaces, so they run on fakes: domain errors map to the
