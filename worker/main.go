@@ -37,9 +37,7 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	log := cfg.Logger()
-	host, _ := os.Hostname()
-	id := fmt.Sprintf("worker-%s-%d", host, os.Getpid())
-	n, err := node.Open(ctx, cfg, log, id)
+	n, err := node.Open(ctx, cfg, log, node.ProcessID("worker"))
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cao-run/cao/pkg/orchestrator"
+	"github.com/cao-run/cao/pkg/runner"
+	"github.com/cao-run/cao/pkg/store/sqlstore"
 )
 
 // Config is the validated environment of an api or worker process.
@@ -50,7 +54,6 @@ const (
 	DefaultRedisURL    = "redis://127.0.0.1:6379/0"
 	DefaultRegistry    = "deploy/registry.yaml"
 	DefaultHTTPAddr    = ":8000"
-	DefaultQueues      = "heavy=6,medium=3,default=1"
 )
 
 // FromEnv reads the configuration from the process environment.
@@ -67,19 +70,19 @@ func Parse(lookup func(string) (string, bool)) (Config, error) {
 		PublicURL:         strings.TrimRight(p.str("CAO_PUBLIC_URL", ""), "/"),
 		APIKeys:           p.list("CAO_API_KEYS"),
 		AllowedOrigins:    p.list("CAO_ALLOWED_ORIGINS"),
-		WorkerConcurrency: p.integer("CAO_WORKER_CONCURRENCY", 20, 1, 10000),
+		WorkerConcurrency: p.integer("CAO_WORKER_CONCURRENCY", runner.DefaultConcurrency, 1, 10000),
 		AutoMigrate:       p.boolean("CAO_AUTO_MIGRATE", true),
 		LogFormat:         p.oneOf("CAO_LOG_FORMAT", "json", "json", "text"),
-		StepLeaseTTL:      p.duration("CAO_STEP_LEASE_TTL", 10*time.Second, time.Second),
-		StuckJobAfter:     p.duration("CAO_STUCK_JOB_AFTER", 5*time.Minute, time.Second),
-		FailStuckAfter:    p.duration("CAO_FAIL_STUCK_AFTER", 15*time.Minute, time.Second),
-		ShutdownGrace:     p.duration("CAO_SHUTDOWN_GRACE", 30*time.Second, 0),
+		StepLeaseTTL:      p.duration("CAO_STEP_LEASE_TTL", orchestrator.DefaultStepLeaseTTL, time.Second),
+		StuckJobAfter:     p.duration("CAO_STUCK_JOB_AFTER", orchestrator.DefaultStuckJobAfter, time.Second),
+		FailStuckAfter:    p.duration("CAO_FAIL_STUCK_AFTER", orchestrator.DefaultFailStuckAfter, time.Second),
+		ShutdownGrace:     p.duration("CAO_SHUTDOWN_GRACE", runner.DefaultShutdownGrace, 0),
 		WorkerIdlePoll:    p.duration("CAO_WORKER_IDLE_POLL", 0, time.Millisecond),
 		MaxBodyBytes:      int64(p.integer("CAO_MAX_BODY_BYTES", 1<<20, 1024, 1<<30)),
-		IdempotencyTTL:    p.duration("CAO_IDEMPOTENCY_TTL", 24*time.Hour, time.Minute),
+		IdempotencyTTL:    p.duration("CAO_IDEMPOTENCY_TTL", orchestrator.DefaultIdempotencyTTL, time.Minute),
 		DataDir:           p.str("CAO_DATA_DIR", ".cao"),
 		MetricsAddr:       p.str("CAO_METRICS_ADDR", ""),
-		DBMaxConns:        p.integer("CAO_DATABASE_MAX_CONNS", 10, 1, 1000),
+		DBMaxConns:        p.integer("CAO_DATABASE_MAX_CONNS", sqlstore.DefaultMaxOpenConns, 1, 1000),
 	}
 	switch auth := strings.ToLower(p.str("CAO_AUTH", "on")); auth {
 	case "off", "false", "0", "no":
@@ -229,7 +232,10 @@ func (p *parser) url(name, v string, schemes ...string) {
 
 // queues parses "heavy=6,medium=3,default=1".
 func (p *parser) queues(name string) map[string]int {
-	v := p.str(name, DefaultQueues)
+	v := p.str(name, "")
+	if v == "" {
+		return runner.DefaultQueues()
+	}
 	out := map[string]int{}
 	for _, part := range strings.Split(v, ",") {
 		part = strings.TrimSpace(part)
@@ -241,13 +247,13 @@ func (p *parser) queues(name string) map[string]int {
 		n, err := strconv.Atoi(strings.TrimSpace(w))
 		if !ok || q == "" || err != nil || n < 1 || strings.ContainsAny(q, " :{}") {
 			p.bad(name, v, "comma-separated queue=weight pairs with weights >= 1, e.g. heavy=6,medium=3,default=1")
-			return map[string]int{"heavy": 6, "medium": 3, "default": 1}
+			return runner.DefaultQueues()
 		}
 		out[q] = n
 	}
 	if len(out) == 0 {
 		p.bad(name, v, "at least one queue=weight pair")
-		return map[string]int{"heavy": 6, "medium": 3, "default": 1}
+		return runner.DefaultQueues()
 	}
 	return out
 }

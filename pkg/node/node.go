@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -29,6 +30,13 @@ import (
 	"github.com/cao-run/cao/pkg/store"
 	"github.com/cao-run/cao/pkg/store/sqlstore"
 )
+
+// ProcessID names this process in leases, attempt records and logs: role-host-pid (role is api,
+// worker or dev). Tests match worker ids with this shape.
+func ProcessID(role string) string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s-%s-%d", role, host, os.Getpid())
+}
 
 // Node is one CAO process's shared dependencies.
 type Node struct {

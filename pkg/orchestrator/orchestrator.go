@@ -53,6 +53,16 @@ func (e *InputError) Error() string {
 	return fmt.Sprintf("invalid input: %s %s", f.Field, f.Message)
 }
 
+// Defaults of Config.
+const (
+	DefaultStepLeaseTTL            = 10 * time.Second
+	DefaultMaxLostAttempts         = 5
+	DefaultStuckJobAfter           = 5 * time.Minute
+	DefaultFailStuckAfter          = 15 * time.Minute
+	DefaultIdempotencyTTL          = 24 * time.Hour
+	DefaultIdempotencyAbandonAfter = time.Minute
+)
+
 // Config holds the orchestrator's tunables; zero values take the documented defaults.
 type Config struct {
 	// StepLeaseTTL is how long a RUNNING step's heartbeat lease lasts; a worker renews it about every
@@ -81,22 +91,22 @@ type Config struct {
 // WithDefaults returns c with every zero field set to its default.
 func (c Config) WithDefaults() Config {
 	if c.StepLeaseTTL <= 0 {
-		c.StepLeaseTTL = 10 * time.Second
+		c.StepLeaseTTL = DefaultStepLeaseTTL
 	}
 	if c.MaxLostAttempts <= 0 {
-		c.MaxLostAttempts = 5
+		c.MaxLostAttempts = DefaultMaxLostAttempts
 	}
 	if c.StuckJobAfter <= 0 {
-		c.StuckJobAfter = 5 * time.Minute
+		c.StuckJobAfter = DefaultStuckJobAfter
 	}
 	if c.FailStuckAfter <= 0 {
-		c.FailStuckAfter = 15 * time.Minute
+		c.FailStuckAfter = DefaultFailStuckAfter
 	}
 	if c.IdempotencyTTL <= 0 {
-		c.IdempotencyTTL = 24 * time.Hour
+		c.IdempotencyTTL = DefaultIdempotencyTTL
 	}
 	if c.IdempotencyAbandonAfter <= 0 {
-		c.IdempotencyAbandonAfter = time.Minute
+		c.IdempotencyAbandonAfter = DefaultIdempotencyAbandonAfter
 	}
 	if c.Now == nil {
 		c.Now = time.Now

@@ -29,7 +29,8 @@ type Config struct {
 	Queues map[string]int
 	// Concurrency is how many steps this process runs at once. Default 20.
 	Concurrency int
-	// WorkerID names this process in leases and attempt records. Default host-pid-random.
+	// WorkerID names this process in leases and attempt records; processes pass node.ProcessID.
+	// Default host-pid-random.
 	WorkerID string
 	// ShutdownGrace is how long Stop lets running steps finish before interrupting them (they go back
 	// to their queue without using an attempt). Default 30s.
@@ -68,26 +69,26 @@ type Hooks struct {
 // WithDefaults returns c with every zero field set to its default.
 func (c Config) WithDefaults() Config {
 	if len(c.Queues) == 0 {
-		c.Queues = map[string]int{"heavy": 6, "medium": 3, "default": 1}
+		c.Queues = DefaultQueues()
 	}
 	if c.Concurrency <= 0 {
-		c.Concurrency = 20
+		c.Concurrency = DefaultConcurrency
 	}
 	if c.WorkerID == "" {
 		host, _ := os.Hostname()
 		c.WorkerID = fmt.Sprintf("%s-%d-%04x", host, os.Getpid(), rand.IntN(1<<16))
 	}
 	if c.ShutdownGrace <= 0 {
-		c.ShutdownGrace = 30 * time.Second
+		c.ShutdownGrace = DefaultShutdownGrace
 	}
 	if c.BusyDelay <= 0 {
-		c.BusyDelay = time.Second
+		c.BusyDelay = DefaultBusyDelay
 	}
 	if c.MaxRateWait <= 0 {
 		c.MaxRateWait = DefaultMaxRateWait
 	}
 	if c.PollInterval <= 0 {
-		c.PollInterval = time.Second
+		c.PollInterval = DefaultPollInterval
 	}
 	if c.IdlePoll <= 0 {
 		c.IdlePoll = DefaultIdlePoll
@@ -101,8 +102,17 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
-// DefaultIdlePoll is Config.IdlePoll's default.
-const DefaultIdlePoll = 20 * time.Millisecond
+// Defaults of Config.
+const (
+	DefaultIdlePoll      = 20 * time.Millisecond
+	DefaultConcurrency   = 20
+	DefaultShutdownGrace = 30 * time.Second
+	DefaultBusyDelay     = time.Second
+	DefaultPollInterval  = 500 * time.Millisecond
+)
+
+// DefaultQueues returns Config.Queues' default: heavy=6, medium=3, default=1.
+func DefaultQueues() map[string]int { return map[string]int{"heavy": 6, "medium": 3, "default": 1} }
 
 // errShutdown is the cancellation cause of calls interrupted by Stop.
 var errShutdown = errors.New("worker shutting down")

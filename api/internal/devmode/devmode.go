@@ -139,8 +139,7 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), ou
 		_ = ln.Close()
 		return err
 	}
-	host, _ := os.Hostname()
-	n := node.Build(cfg, log, fmt.Sprintf("dev-%s-%d", host, os.Getpid()), reg, b.store, b.rdb)
+	n := node.Build(cfg, log, node.ProcessID("dev"), reg, b.store, b.rdb)
 	queues := workerQueues(cfg.WorkerQueues, reg)
 	r := n.NewRunner(runner.Config{Queues: queues, Concurrency: cfg.WorkerConcurrency, ShutdownGrace: cfg.ShutdownGrace, IdlePoll: cfg.WorkerIdlePoll})
 	// Node.Stop runs these after its own loops stopped, in this order. The runner stops with its own

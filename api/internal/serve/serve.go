@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"time"
 
@@ -32,8 +31,7 @@ func Run(ctx context.Context) error {
 		return err
 	}
 	log := cfg.Logger()
-	host, _ := os.Hostname()
-	n, err := node.Open(ctx, cfg, log, fmt.Sprintf("api-%s-%d", host, os.Getpid()))
+	n, err := node.Open(ctx, cfg, log, node.ProcessID("api"))
 	if err != nil {
 		return err
 	}

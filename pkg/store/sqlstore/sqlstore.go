@@ -36,6 +36,8 @@ const (
 	sqliteBusyTimeout = 10 * time.Second
 	// slowQuery is the duration above which a query is logged when Config.Logger is set.
 	slowQuery = 200 * time.Millisecond
+	// DefaultMaxOpenConns is Config.MaxOpenConns' default.
+	DefaultMaxOpenConns = 10
 	// defaultIdleInTxTimeout is Config.IdleInTxTimeout's default.
 	defaultIdleInTxTimeout = 5 * time.Second
 )
@@ -62,7 +64,7 @@ type Config struct {
 // WithDefaults returns a copy of c with every unset field given its documented default.
 func (c Config) WithDefaults() Config {
 	if c.MaxOpenConns == 0 {
-		c.MaxOpenConns = 10
+		c.MaxOpenConns = DefaultMaxOpenConns
 	}
 	if c.MaxIdleConns == 0 {
 		c.MaxIdleConns = c.MaxOpenConns
