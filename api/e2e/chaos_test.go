@@ -16,6 +16,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/cao-run/cao/pkg/testinfra"
 	"github.com/stretchr/testify/require"
 )
 
@@ -343,10 +344,10 @@ func workerIDMatches(pattern, id string) bool {
 func waitStepStatus(t *testing.T, cl *client, id, step, status string, d time.Duration) map[string]any {
 	t.Helper()
 	var j map[string]any
-	chaosWait(t, d, fmt.Sprintf("step %s of job %s to be %s", step, id, status), func() bool {
+	testinfra.Eventually(t, d, func() bool {
 		j = cl.job(id)
 		return steps(j)[step]["status"] == status
-	})
+	}, "%s", fmt.Sprintf("step %s of job %s to be %s", step, id, status))
 	return j
 }
 
@@ -449,18 +450,18 @@ func chaosStopWorker(t *testing.T, row *chaosRow) {
 	})
 	require.True(t, again.Replayed, "the re-run reuses the key: a duplicate call, not a second effect: %+v", keyCalls(svc, call.Key))
 	waitStepStatus(t, cl, call.Job, call.Step, "SUCCEEDED", 30*time.Second)
-	chaosWait(t, 10*time.Second, "the semaphore lease of the stopped worker to expire", func() bool {
+	testinfra.Eventually(t, 10*time.Second, func() bool {
 		return time.Since(stoppedAt) > semTTL+500*time.Millisecond
-	})
+	}, "%s", "the semaphore lease of the stopped worker to expire")
 	require.NoError(t, stopped.cmd.Process.Signal(syscall.SIGCONT))
-	chaosWait(t, 20*time.Second, "the stopped worker's late result to be rejected", func() bool {
+	testinfra.Eventually(t, 20*time.Second, func() bool {
 		for _, l := range c.logLines("late result rejected") {
 			if strings.Contains(l, "job_id="+call.Job) && strings.Contains(l, "step="+call.Step) {
 				return true
 			}
 		}
 		return false
-	})
+	}, "%s", "the stopped worker's late result to be rejected")
 
 	s := steps(cl.job(call.Job))[call.Step]
 	require.EqualValues(t, again.Attempt, s["output"].(map[string]any)["attempt"], "the output is the winner's")
@@ -486,7 +487,7 @@ func chaosRedisRestart(t *testing.T, row *chaosRow) {
 	b := newChaosBatch(t, c, svc, row, "fanout", 4, false)
 
 	b.submit(16, cl)
-	chaosWait(t, 30*time.Second, "8 answered calls", func() bool { return svc.Answered() >= 8 })
+	testinfra.Eventually(t, 30*time.Second, func() bool { return svc.Answered() >= 8 }, "%s", "8 answered calls")
 	held := svc.trap(csHoldBeforeEffect, func(*csCall) bool { return true })
 	call := held.wait(t, 30*time.Second)
 	rds.kill()
@@ -568,7 +569,7 @@ func chaosPostgresRestart(t *testing.T, row *chaosRow) {
 	b := newChaosBatch(t, c, svc, row, "fanout", 4, true)
 
 	b.submit(16, cl)
-	chaosWait(t, 30*time.Second, "8 answered calls", func() bool { return svc.Answered() >= 8 })
+	testinfra.Eventually(t, 30*time.Second, func() bool { return svc.Answered() >= 8 }, "%s", "8 answered calls")
 	held := svc.trap(csHoldBeforeEffect, func(*csCall) bool { return true })
 	call := held.wait(t, 30*time.Second)
 	base := "http://" + api.Addr
@@ -582,7 +583,7 @@ func chaosPostgresRestart(t *testing.T, row *chaosRow) {
 	require.Equal(t, "down", h.body["status"])
 	require.Equal(t, "down", h.body["postgres"].(map[string]any)["status"])
 	// Stay down past the step lease: running steps cannot heartbeat.
-	chaosWait(t, 10*time.Second, "postgres down for 3s", func() bool { return time.Since(downAt) > 3*time.Second })
+	testinfra.Eventually(t, 10*time.Second, func() bool { return time.Since(downAt) > 3*time.Second }, "%s", "postgres down for 3s")
 	// The held call's worker could not renew the step's lease: it abandoned the call, which must
 	// not fail the step.
 	abandoned := pollUntil(5*time.Second, func() bool {
@@ -616,7 +617,7 @@ func chaosKillReplicas(t *testing.T, row *chaosRow) {
 	b := newChaosBatch(t, c, svc, row, "fanout", 4, true)
 
 	b.submit(20, cl1, cl2)
-	chaosWait(t, 30*time.Second, "6 answered calls", func() bool { return svc.Answered() >= 6 })
+	testinfra.Eventually(t, 30*time.Second, func() bool { return svc.Answered() >= 6 }, "%s", "6 answered calls")
 	held := svc.trap(csHoldBeforeEffect, func(*csCall) bool { return true })
 	call := held.wait(t, 30*time.Second)
 	// api1 started first: it is likely the maintenance leader, whose lease must pass to api2.

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cao-run/cao/pkg/testinfra"
 	"github.com/stretchr/testify/require"
 )
 
@@ -291,7 +292,7 @@ func (s *countingService) Answered() int {
 func (s *countingService) waitCall(t *testing.T, d time.Duration, what string, match func(c csCall) bool) csCall {
 	t.Helper()
 	var found csCall
-	chaosWait(t, d, what, func() bool {
+	testinfra.Eventually(t, d, func() bool {
 		for _, c := range s.Calls() {
 			if match(c) {
 				found = c
@@ -299,7 +300,7 @@ func (s *countingService) waitCall(t *testing.T, d time.Duration, what string, m
 			}
 		}
 		return false
-	})
+	}, "%s", what)
 	return found
 }
 
@@ -315,20 +316,6 @@ func pollUntil(d time.Duration, cond func() bool) bool {
 		<-tick.C
 	}
 	return true
-}
-
-// chaosWait polls cond every 20ms until it holds, failing the test after d.
-func chaosWait(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		<-tick.C
-	}
 }
 
 // chaosRegistry is the registry of the chaos and recovery tests: one limited HTTP service (the
@@ -389,7 +376,7 @@ func (p *proc) running() bool {
 func attemptWorkerID(t *testing.T, cl *client, jobID, step string, run, attempt int) string {
 	t.Helper()
 	var id string
-	chaosWait(t, 10*time.Second, fmt.Sprintf("attempt %d of %s/%s/%d in the history", attempt, jobID, step, run), func() bool {
+	testinfra.Eventually(t, 10*time.Second, func() bool {
 		for _, h := range steps(cl.job(jobID))[step]["attempt_history"].([]any) {
 			m := h.(map[string]any)
 			if int(m["run"].(float64)) == run && int(m["attempt"].(float64)) == attempt {
@@ -398,7 +385,7 @@ func attemptWorkerID(t *testing.T, cl *client, jobID, step string, run, attempt 
 			}
 		}
 		return false
-	})
+	}, "%s", fmt.Sprintf("attempt %d of %s/%s/%d in the history", attempt, jobID, step, run))
 	return id
 }
 
@@ -478,11 +465,11 @@ func (p *pgProxy) down() {
 func (p *pgProxy) up() {
 	p.t.Helper()
 	var ln net.Listener
-	chaosWait(p.t, 10*time.Second, "the proxy port to be free again", func() bool {
+	testinfra.Eventually(p.t, 10*time.Second, func() bool {
 		var err error
 		ln, err = net.Listen("tcp", p.addr)
 		return err == nil
-	})
+	}, "%s", "the proxy port to be free again")
 	p.mu.Lock()
 	p.ln = ln
 	p.mu.Unlock()
@@ -544,13 +531,13 @@ func (r *privateRedis) start() {
 	r.done = make(chan struct{})
 	cmd, done := r.cmd, r.done
 	go func() { _ = cmd.Wait(); _ = f.Close(); close(done) }()
-	chaosWait(r.t, 10*time.Second, "the private redis-server to answer PING", func() bool {
+	testinfra.Eventually(r.t, 10*time.Second, func() bool {
 		if !r.running() {
 			b, _ := os.ReadFile(r.log)
 			r.t.Fatalf("redis-server exited:\n%s", b)
 		}
 		return r.ping() == nil
-	})
+	}, "%s", "the private redis-server to answer PING")
 }
 
 // kill stops redis-server with SIGKILL: everything it held is gone.

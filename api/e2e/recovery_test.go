@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cao-run/cao/pkg/testinfra"
 	"github.com/stretchr/testify/require"
 )
 
@@ -134,10 +135,10 @@ func TestCancelInFlightCall(t *testing.T) {
 	for name, s := range steps(j) {
 		require.Equal(t, "CANCELLED", s["status"], name)
 	}
-	chaosWait(t, 10*time.Second, "the cancelled attempt in the history", func() bool {
+	testinfra.Eventually(t, 10*time.Second, func() bool {
 		h := attemptHistory(steps(cl.job(id))["a"])
 		return len(h) == 1 && h[0]["status"] == "cancelled"
-	})
+	}, "%s", "the cancelled attempt in the history")
 	require.Len(t, svc.Calls(), 1, "nothing else was called")
 	code, _ = cl.do("POST", "/api/v1/jobs/"+id+"/cancel", nil)
 	require.Equal(t, http.StatusConflict, code)

@@ -19,9 +19,6 @@ import (
 // triggers an immediate full re-enqueue of waiting steps.
 const EpochKey = "cao:epoch"
 
-// asynqQueuesKey is the set in which Asynq lists known queues (asynq/internal/base.AllQueues).
-const asynqQueuesKey = "asynq:queues"
-
 // ReconcilerConfig tunes the reconciler; zero values take the defaults.
 type ReconcilerConfig struct {
 	// Interval between sweeps of waiting steps. Default 10s.
@@ -109,15 +106,8 @@ func (r *Reconciler) Tick(ctx context.Context) error {
 // OrphanSuffix ends the id of the copy of a task whose worker died before claiming its step.
 const OrphanSuffix = ":orphan"
 
-// Asynq keeps the leases of a queue's active tasks in a sorted set (task id -> expiry in Unix
-// seconds) and a live server extends them to now+asynqLease every 5s.
-const (
-	asynqLease = 30 * time.Second
-	// orphanAfter is how long a lease may go unrenewed before its task counts as orphaned.
-	orphanAfter = 12 * time.Second
-)
-
-func asynqLeaseKey(queue string) string { return "asynq:{" + queue + "}:lease" }
+// orphanAfter is how long a task's Asynq lease may go unrenewed before the task counts as orphaned.
+const orphanAfter = 12 * time.Second
 
 type taskState int
 

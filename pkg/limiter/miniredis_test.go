@@ -75,17 +75,17 @@ func TestScriptsRunOnMiniredis(t *testing.T) {
 	base := now.Add(10 * time.Second)
 	m.SetTime(base)
 	for range 3 {
-		allowed, _, err := rate.Allow(ctx, "llm", 3, time.Second)
+		allowed, _, err := rate.allowOne(ctx, "llm", 3, time.Second)
 		require.NoError(t, err)
 		require.True(t, allowed)
 	}
 	m.SetTime(base.Add(400 * time.Millisecond))
-	allowed, retry, err := rate.Allow(ctx, "llm", 3, time.Second)
+	allowed, retry, err := rate.allowOne(ctx, "llm", 3, time.Second)
 	require.NoError(t, err)
 	require.False(t, allowed)
 	require.Equal(t, 600*time.Millisecond, retry)
 	m.SetTime(base.Add(time.Second))
-	allowed, _, err = rate.Allow(ctx, "llm", 3, time.Second)
+	allowed, _, err = rate.allowOne(ctx, "llm", 3, time.Second)
 	require.NoError(t, err)
 	require.True(t, allowed)
 }

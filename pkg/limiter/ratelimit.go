@@ -75,15 +75,6 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return fmt(at)
 `)
 
-// Allow takes one request from the fleet-wide budget of `requests` per `per` for name. When it returns
-// allowed=false, retryAfter is how long until a request would be allowed. A burst of up to `requests` is
-// allowed, and no window of length `per` (by the Redis server clock) ever holds more than `requests`
-// allowed requests. requests <= 0 means unlimited: Allow makes no Redis call.
-func (r *RateLimiter) Allow(ctx context.Context, name string, requests int, per time.Duration) (allowed bool, retryAfter time.Duration, err error) {
-	_, allowed, retryAfter, _, err = r.reserve(ctx, name, requests, per)
-	return allowed, retryAfter, err
-}
-
 // Reserve is Allow that also returns the admitted request's reservation; pass it to Sent just before
 // the request leaves.
 func (r *RateLimiter) Reserve(ctx context.Context, name string, requests int, per time.Duration) (res Reservation, allowed bool, retryAfter time.Duration, err error) {

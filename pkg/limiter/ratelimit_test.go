@@ -17,7 +17,7 @@ func TestAllowBurstThenRetryAfter(t *testing.T) {
 	b := setup(t)
 
 	for i := range 5 {
-		allowed, retry, err := b.rate.Allow(b.ctx, "api", 5, time.Second)
+		allowed, retry, err := b.rate.allowOne(b.ctx, "api", 5, time.Second)
 		require.NoError(t, err)
 		require.True(t, allowed, "request %d of the burst", i)
 		require.Zero(t, retry)
@@ -136,4 +136,13 @@ func TestSentMovesTheWindowToTheSendTime(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, allowed)
 	require.NoError(t, b.rate.Sent(b.ctx, res))
+}
+
+// allowOne takes one request from the fleet-wide budget of `requests` per `per` for name. When it returns
+// allowed=false, retryAfter is how long until a request would be allowed. A burst of up to `requests` is
+// allowed, and no window of length `per` (by the Redis server clock) ever holds more than `requests`
+// allowed requests. requests <= 0 means unlimited: allowOne makes no Redis call.
+func (r *RateLimiter) allowOne(ctx context.Context, name string, requests int, per time.Duration) (allowed bool, retryAfter time.Duration, err error) {
+	_, allowed, retryAfter, _, err = r.reserve(ctx, name, requests, per)
+	return allowed, retryAfter, err
 }

@@ -278,17 +278,3 @@ func (s *Semaphore) InUse(ctx context.Context, name string) (int, error) {
 	}
 	return int(n), nil
 }
-
-// Waiters returns up to n waiter IDs of semaphore name in queue order (longest waiting first). A
-// holder that releases its slot can use it to wake the next waiter instead of letting the slot idle
-// until that waiter polls again.
-func (s *Semaphore) Waiters(ctx context.Context, name string, n int) ([]string, error) {
-	if n <= 0 {
-		return nil, nil
-	}
-	ids, err := s.rdb.ZRange(ctx, s.keys(name).waiters, 0, int64(n-1)).Result()
-	if err != nil {
-		return nil, fmt.Errorf("limiter: waiters %q: %w", name, err)
-	}
-	return ids, nil
-}

@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -202,7 +203,7 @@ func TestKeysShareHashTagAndExpire(t *testing.T) {
 	require.NoError(t, err)
 	_, err = b.sem.Acquire(b.ctx, "llm", 1, time.Minute, "waiter")
 	require.ErrorIs(t, err, ErrFull)
-	_, _, err = b.rate.Allow(b.ctx, "llm", 10, time.Second)
+	_, _, err = b.rate.allowOne(b.ctx, "llm", 10, time.Second)
 	require.NoError(t, err)
 
 	keys, err := b.rdb.Keys(b.ctx, b.prefix+"*").Result()
@@ -233,7 +234,7 @@ func TestUnlimitedMakesNoRedisCall(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, sem.Release(ctx, l))
 
-	allowed, _, err := NewRateLimiter(rdb, Config{}).Allow(ctx, "llm", 0, time.Second)
+	allowed, _, err := NewRateLimiter(rdb, Config{}).allowOne(ctx, "llm", 0, time.Second)
 	require.NoError(t, err)
 	require.True(t, allowed)
 }
@@ -250,7 +251,7 @@ func TestInvalidArguments(t *testing.T) {
 	require.NoError(t, err)
 	_, err = b.sem.Renew(b.ctx, l, 0)
 	require.ErrorContains(t, err, "ttl")
-	_, _, err = b.rate.Allow(b.ctx, "llm", 1, 0)
+	_, _, err = b.rate.allowOne(b.ctx, "llm", 1, 0)
 	require.ErrorContains(t, err, "per")
 }
 
@@ -265,7 +266,7 @@ func TestWaitersInQueueOrder(t *testing.T) {
 		_, err := s.Acquire(ctx, "w", 1, time.Minute, id)
 		require.ErrorIs(t, err, ErrFull)
 	}
-	ids, err := s.Waiters(ctx, "w", 2)
+	ids, err := s.waiters(ctx, "w", 2)
 	require.NoError(t, err)
 	require.Equal(t, []string{"first", "second"}, ids)
 	require.NoError(t, s.Release(ctx, l))
@@ -273,7 +274,21 @@ func TestWaitersInQueueOrder(t *testing.T) {
 	require.ErrorIs(t, err, ErrFull, "the first waiter is served first")
 	_, err = s.Acquire(ctx, "w", 1, time.Minute, "first")
 	require.NoError(t, err)
-	ids, err = s.Waiters(ctx, "w", 5)
+	ids, err = s.waiters(ctx, "w", 5)
 	require.NoError(t, err)
 	require.Equal(t, []string{"second", "third"}, ids)
+}
+
+// waiters returns up to n waiter IDs of semaphore name in queue order (longest waiting first). A
+// holder that releases its slot can use it to wake the next waiter instead of letting the slot idle
+// until that waiter polls again.
+func (s *Semaphore) waiters(ctx context.Context, name string, n int) ([]string, error) {
+	if n <= 0 {
+		return nil, nil
+	}
+	ids, err := s.rdb.ZRange(ctx, s.keys(name).waiters, 0, int64(n-1)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("limiter: waiters %q: %w", name, err)
+	}
+	return ids, nil
 }

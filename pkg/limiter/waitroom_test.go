@@ -47,7 +47,7 @@ func acquireAsync(ctx context.Context, w *WaitRoom, name string, limit, maxWaite
 func (b *bundle) waitForWaiters(t *testing.T, name string, n int) {
 	t.Helper()
 	testinfra.Eventually(t, 5*time.Second, func() bool {
-		ids, err := b.sem.Waiters(b.ctx, name, n+1)
+		ids, err := b.sem.waiters(b.ctx, name, n+1)
 		return err == nil && len(ids) == n
 	}, "%d waiters queued for %s", n, name)
 }
@@ -79,7 +79,7 @@ func TestWaitRoomReleaseWakesWaiterInAnotherProcess(t *testing.T) {
 	l := receive(t, got, "waiter after release")
 	require.Greater(t, l.Token, held.Token)
 	require.Equal(t, 0, waiterRoom.Waiting("llm"))
-	ids, err := b.sem.Waiters(b.ctx, "llm", 5)
+	ids, err := b.sem.waiters(b.ctx, "llm", 5)
 	require.NoError(t, err)
 	require.Empty(t, ids, "a served waiter leaves the queue")
 }
@@ -125,7 +125,7 @@ func TestWaitRoomLobby(t *testing.T) {
 	b.waitForWaiters(t, "img", 1)
 	second := acquireAsync(b.ctx, w, "img", 1, 1)
 	testinfra.Eventually(t, 5*time.Second, func() bool { return w.Waiting("img") == 2 }, "second caller waits")
-	ids, err := b.sem.Waiters(b.ctx, "img", 5)
+	ids, err := b.sem.waiters(b.ctx, "img", 5)
 	require.NoError(t, err)
 	require.Len(t, ids, 1, "the room of img has one place: the second caller waits in the lobby, not in the queue")
 

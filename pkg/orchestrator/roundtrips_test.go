@@ -72,11 +72,16 @@ func TestRoundTripsPerStep(t *testing.T) {
 	t.Logf("Postgres round trips per step, claim to completion with dispatch and job creation amortised: %.2f", perStep)
 	require.LessOrEqual(t, perStep, maxRoundTripsPerStep)
 
-	// Creating a job is one statement (its outbox row's delete comes later, batched).
-	before = rt.Count()
-	_, _, err := orch.CreateJob(ctx, orchestrator.CreateRequest{Feature: "chain5", Input: json.RawMessage(`{}`)})
-	require.NoError(t, err)
-	require.EqualValues(t, 1, rt.Count()-before, "round trips of CreateJob")
+	// Creating a job is one statement (its outbox row's delete comes later, batched). The fewest of
+	// three tries, so that a stray ping of the pool cannot fail it.
+	fewest := int64(1 << 30)
+	for range 3 {
+		before = rt.Count()
+		_, _, err := orch.CreateJob(ctx, orchestrator.CreateRequest{Feature: "chain5", Input: json.RawMessage(`{}`)})
+		require.NoError(t, err)
+		fewest = min(fewest, rt.Count()-before)
+	}
+	require.EqualValues(t, 1, fewest, "round trips of CreateJob")
 }
 
 // roundTripSetup opens a Postgres store through a round-trip counter, with a started relay as the
@@ -88,7 +93,9 @@ func roundTripSetup(t *testing.T) (context.Context, *orchestrator.Orchestrator, 
 	url := testinfra.PostgresSchema(t)
 	require.NoError(t, migrate.Up(ctx, "postgres", url))
 	rt, proxied := testinfra.CountRoundTrips(t, url)
-	st, err := sqlstore.OpenPostgres(ctx, proxied, sqlstore.Config{})
+	// One connection, kept busy: database/sql pings a pooled connection that sat idle for a second
+	// before reusing it, which would count as a round trip of whatever runs next.
+	st, err := sqlstore.OpenPostgres(ctx, proxied, sqlstore.Config{MaxOpenConns: 1})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = st.Close() })
 	direct, err := sqlstore.OpenPostgres(ctx, url, sqlstore.Config{MaxOpenConns: 1})

@@ -34,15 +34,6 @@ func (r *Registry) Queues() []string {
 	return out
 }
 
-// Redact replaces the secrets of every service in text with "[REDACTED]".
-func (r *Registry) Redact(text string) string {
-	var all []string
-	for _, s := range r.Services {
-		all = append(all, s.Secrets...)
-	}
-	return redact(all, text)
-}
-
 // Redact replaces every secret of the service in text with "[REDACTED]", longest secrets first so that
 // a secret containing another is hidden whole.
 func (s *Service) Redact(text string) string { return redact(s.Secrets, text) }
@@ -55,28 +46,6 @@ func (f *Feature) Step(name string) (*Step, bool) {
 		}
 	}
 	return nil, false
-}
-
-// Roots returns the steps that need nothing, in file order: they start as soon as the job does.
-func (f *Feature) Roots() []*Step {
-	var out []*Step
-	for _, s := range f.Steps {
-		if len(s.Needs) == 0 {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
-// Dependents returns the names of the steps that directly need the step called name, in file order.
-func (f *Feature) Dependents(name string) []string {
-	var out []string
-	for _, s := range f.Steps {
-		if slices.Contains(s.Needs, name) {
-			out = append(out, s.Name)
-		}
-	}
-	return out
 }
 
 // Downstream returns the names of every step that depends on the step called name, directly or

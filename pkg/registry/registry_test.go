@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -162,12 +163,12 @@ features:
 		}
 		return out
 	}
-	require.Equal(t, []string{"a", "e"}, names(f.Roots()))
+	require.Equal(t, []string{"a", "e"}, names(roots(f)))
 	require.Equal(t, []string{"d", "b", "c", "g"}, f.Downstream("a"))
 	require.Equal(t, []string{"d", "c", "g"}, f.Downstream("b"))
 	require.Equal(t, []string{"g"}, f.Downstream("e"))
 	require.Empty(t, f.Downstream("g"))
-	require.Equal(t, []string{"d", "c"}, f.Dependents("b"))
+	require.Equal(t, []string{"d", "c"}, dependents(f, "b"))
 }
 
 func parse(t *testing.T, src string, env map[string]string) *registry.Registry {
@@ -246,7 +247,7 @@ services:
 	api := reg.Services["api"]
 	require.Equal(t, "auth [REDACTED] then [REDACTED] end", api.Redact("auth Bearer abcd1234 then abcd1234 end"))
 	require.Equal(t, "nothing secret", api.Redact("nothing secret"))
-	require.Equal(t, "x [REDACTED]", reg.Redact("x abcd1234"))
+	require.Equal(t, "x [REDACTED]", redactAll(reg, "x abcd1234"))
 
 	svc := &registry.Service{Secrets: []string{"abc", "abcdef"}}
 	require.Equal(t, "[REDACTED]-[REDACTED]", svc.Redact("abcdef-abc"))
@@ -737,4 +738,34 @@ features:
 	require.NotContains(t, svc.Secrets, "gpt-4o-mini", "a model name in the body is content, not a credential")
 	require.NotContains(t, svc.Secrets, "https://api.example.com/v1", "a default is written in the file")
 	require.Equal(t, `{"model":"gpt-4o-mini","auth":"[REDACTED]"}`, svc.Redact(`{"model":"gpt-4o-mini","auth":"Bearer sk-secret-value"}`))
+}
+
+// redactAll replaces the secrets of every service of r in text with "[REDACTED]".
+func redactAll(r *registry.Registry, text string) string {
+	for _, svc := range r.Services {
+		text = svc.Redact(text)
+	}
+	return text
+}
+
+// roots returns the steps of f that need nothing, in file order.
+func roots(f *registry.Feature) []*registry.Step {
+	var out []*registry.Step
+	for _, s := range f.Steps {
+		if len(s.Needs) == 0 {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// dependents returns the names of the steps of f that directly need the step called name.
+func dependents(f *registry.Feature, name string) []string {
+	var out []string
+	for _, s := range f.Steps {
+		if slices.Contains(s.Needs, name) {
+			out = append(out, s.Name)
+		}
+	}
+	return out
 }

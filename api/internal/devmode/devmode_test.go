@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cao-run/cao/pkg/testinfra"
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -93,7 +94,7 @@ func startDev(t *testing.T, dataDir string, args []string, env ...string) *devPr
 	})
 
 	banner := regexp.MustCompile(`API\s+(http://127\.0\.0\.1:\d+)/api/v1`)
-	waitFor(t, 20*time.Second, "the dev mode banner", func() bool {
+	testinfra.Eventually(t, 20*time.Second, func() bool {
 		select {
 		case <-p.done:
 			t.Fatalf("cao-api dev exited before serving: %v\n%s", p.err, p.out.String())
@@ -104,15 +105,15 @@ func startDev(t *testing.T, dataDir string, args []string, env ...string) *devPr
 			p.base = m[1]
 		}
 		return m != nil
-	})
-	waitFor(t, 10*time.Second, "GET /health", func() bool {
+	}, "%s", "the dev mode banner")
+	testinfra.Eventually(t, 10*time.Second, func() bool {
 		resp, err := http.Get(p.base + "/health")
 		if err != nil {
 			return false
 		}
 		_ = resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
-	})
+	}, "%s", "GET /health")
 	return p
 }
 
@@ -167,20 +168,6 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
-}
-
-// waitFor polls cond until it holds, failing the test after d.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		<-tick.C
-	}
 }
 
 // call sends a JSON request and decodes the JSON answer.
@@ -257,24 +244,24 @@ func startJob(t *testing.T, base, feature string, input any) string {
 func waitJob(t *testing.T, base, id string, d time.Duration) jobView {
 	t.Helper()
 	var j jobView
-	waitFor(t, d, "job "+id+" to finish", func() bool {
+	testinfra.Eventually(t, d, func() bool {
 		j = getJob(t, base, id)
 		return j.Status == "COMPLETED" || j.Status == "FAILED" || j.Status == "CANCELLED"
-	})
+	}, "%s", "job "+id+" to finish")
 	return j
 }
 
 // waitStep polls the job until its step has the status.
 func waitStep(t *testing.T, base, id, step, status string, d time.Duration) {
 	t.Helper()
-	waitFor(t, d, fmt.Sprintf("step %s of job %s to be %s", step, id, status), func() bool {
+	testinfra.Eventually(t, d, func() bool {
 		for _, s := range getJob(t, base, id).Steps {
 			if s.Name == step {
 				return s.Status == status
 			}
 		}
 		return false
-	})
+	}, "%s", fmt.Sprintf("step %s of job %s to be %s", step, id, status))
 }
 
 func requireCompleted(t *testing.T, j jobView) {

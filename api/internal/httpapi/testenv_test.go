@@ -284,20 +284,6 @@ func emitEvents(t testing.TB, n *node.Node, jobID string, count, batch int, publ
 	}
 }
 
-// eventually polls cond every 10ms until it holds or d passes.
-func eventually(t testing.TB, d time.Duration, cond func() bool, msg string, args ...any) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s: "+msg, append([]any{d}, args...)...)
-		}
-		<-tick.C
-	}
-}
-
 // nodeDeps hands the API the parts of a node it uses, as serve.APIDeps does (which these tests
 // cannot import: serve imports this package).
 func nodeDeps(n *node.Node) Deps {

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cao-run/cao/pkg/testinfra"
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
 )
@@ -189,7 +190,7 @@ func TestWSProtocol(t *testing.T) {
 	require.Empty(t, msgs)
 
 	// The gauge went back to zero once every connection ended.
-	eventually(t, 10*time.Second, func() bool { return metricValue(t, api, "cao_websocket_clients") == 0 },
+	testinfra.Eventually(t, 10*time.Second, func() bool { return metricValue(t, api, "cao_websocket_clients") == 0 },
 		"cao_websocket_clients back to 0")
 }
 
@@ -488,7 +489,7 @@ func TestWSSlowClientClosed(t *testing.T) {
 	for sent := 0; sent < events; sent += chunk {
 		emitEvents(t, api.Node, jobID, chunk, 20, true)
 		head := sent + chunk
-		eventually(t, 20*time.Second, func() bool {
+		testinfra.Eventually(t, 20*time.Second, func() bool {
 			mu.Lock()
 			defer mu.Unlock()
 			for i := range results {
@@ -601,7 +602,7 @@ func TestWSRejects(t *testing.T) {
 	require.Equal(t, "upgrade_required", body.Error.Code)
 
 	// Refused and finished connections leave no topic and no hub subscription behind.
-	eventually(t, 10*time.Second, func() bool {
+	testinfra.Eventually(t, 10*time.Second, func() bool {
 		api.Server.ws.mu.Lock()
 		topics := len(api.Server.ws.topics)
 		api.Server.ws.mu.Unlock()
@@ -640,7 +641,7 @@ func TestWSPingDropsDeadPeer(t *testing.T) {
 	snap := <-got
 	require.Equal(t, "snapshot", snap.Type)
 
-	eventually(t, 10*time.Second, func() bool { return metricValue(t, api, "cao_websocket_clients") == 1 },
+	testinfra.Eventually(t, 10*time.Second, func() bool { return metricValue(t, api, "cao_websocket_clients") == 1 },
 		"the peer that does not answer pings is dropped")
 	// The live one has been pinged many times meanwhile and still gets events.
 	emitEvents(t, api.Node, jobID, 1, 1, true)
