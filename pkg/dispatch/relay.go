@@ -13,6 +13,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/cao-run/cao/pkg/startstop"
 	"github.com/cao-run/cao/pkg/store"
 )
 
@@ -41,7 +42,9 @@ type RelayConfig struct {
 	// DeleteDelay is how long Dispatch gathers the ids of enqueued tasks before it deletes their
 	// outbox rows in one statement. Default 100ms.
 	DeleteDelay time.Duration
-	Logger      *slog.Logger
+	// Now is the clock that ages outbox rows. Default time.Now.
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
 func (c RelayConfig) withDefaults() RelayConfig {
@@ -56,6 +59,9 @@ func (c RelayConfig) withDefaults() RelayConfig {
 	}
 	if c.DeleteDelay <= 0 {
 		c.DeleteDelay = DefaultDeleteDelay
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -78,9 +84,9 @@ type Relay struct {
 	cfg   RelayConfig
 	wake  chan struct{}
 
+	life startstop.Loop
+
 	mu       sync.Mutex
-	cancel   context.CancelFunc
-	done     chan struct{}
 	enqueued int64
 	sent     []int64       // ids of dispatched tasks whose rows wait to be deleted
 	flush    chan struct{} // wakes the deleter
@@ -99,40 +105,22 @@ func (r *Relay) Notify() {
 	}
 }
 
-// Start runs the relay loop until Stop. Safe to call twice.
+// Start runs the relay loop and the deleter of dispatched rows until Stop. Safe to call twice.
 func (r *Relay) Start(ctx context.Context) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.cancel != nil {
-		return nil
-	}
-	// The loop outlives the start request; Stop ends it.
-	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	r.cancel = cancel
-	r.done = make(chan struct{})
-	loopDone, delDone := make(chan struct{}), make(chan struct{})
-	go func() { defer close(loopDone); r.loop(lctx) }()
-	go func() { defer close(delDone); r.deleter(lctx) }()
-	go func() { <-loopDone; <-delDone; close(r.done) }()
+	r.life.Start(ctx, func(ctx context.Context) {
+		var wg sync.WaitGroup
+		wg.Go(func() { r.loop(ctx) })
+		wg.Go(func() { r.deleter(ctx) })
+		wg.Wait()
+	})
 	return nil
 }
 
-// Stop ends the loop after the current batch. Safe to call twice.
+// Stop ends the loop after the current batch and deletes the rows dispatched so far. Safe to call
+// twice.
 func (r *Relay) Stop(ctx context.Context) error {
-	r.mu.Lock()
-	cancel, done := r.cancel, r.done
-	r.cancel = nil
-	r.mu.Unlock()
-	if cancel == nil {
-		return nil
-	}
-	cancel()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	_, err := r.life.Stop(ctx)
+	return err
 }
 
 // Enqueued returns how many tasks this relay has moved (for metrics and tests).
@@ -247,7 +235,7 @@ func (r *Relay) RunOnce(ctx context.Context) (int, error) {
 	var n int
 	err := r.store.Tx(ctx, func(tx store.Tx) error {
 		n = 0
-		tasks, err := tx.ClaimOutbox(ctx, time.Now().Add(-r.cfg.MinAge), r.cfg.BatchSize)
+		tasks, err := tx.ClaimOutbox(ctx, r.cfg.Now().Add(-r.cfg.MinAge), r.cfg.BatchSize)
 		if err != nil || len(tasks) == 0 {
 			return err
 		}

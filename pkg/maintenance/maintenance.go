@@ -14,6 +14,7 @@ import (
 
 	"github.com/cao-run/cao/pkg/dispatch"
 	"github.com/cao-run/cao/pkg/orchestrator"
+	"github.com/cao-run/cao/pkg/startstop"
 )
 
 // LeaderKey is the Redis key holding the maintenance leader's lease.
@@ -31,7 +32,9 @@ type Config struct {
 	StuckEvery time.Duration
 	// KeysEvery is how often expired idempotency keys are deleted. Default 10m.
 	KeysEvery time.Duration
-	Logger    *slog.Logger
+	// Now is the clock that spaces the periodic tasks. Default time.Now.
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
 func (c Config) withDefaults() Config {
@@ -47,6 +50,9 @@ func (c Config) withDefaults() Config {
 	if c.KeysEvery <= 0 {
 		c.KeysEvery = 10 * time.Minute
 	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -60,9 +66,9 @@ type Maintainer struct {
 	rdb  redis.UniversalClient
 	cfg  Config
 
+	life startstop.Loop
+
 	mu      sync.Mutex
-	cancel  context.CancelFunc
-	done    chan struct{}
 	leader  bool
 	lastKey time.Time
 }
@@ -81,33 +87,14 @@ func (m *Maintainer) IsLeader() bool {
 
 // Start runs the loop until Stop. Safe to call twice.
 func (m *Maintainer) Start(ctx context.Context) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.cancel != nil {
-		return nil
-	}
-	// The loop outlives the start request; Stop ends it.
-	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	m.cancel = cancel
-	m.done = make(chan struct{})
-	go m.loop(lctx)
+	m.life.Start(ctx, m.loop)
 	return nil
 }
 
 // Stop ends the loop and gives up leadership. Safe to call twice.
 func (m *Maintainer) Stop(ctx context.Context) error {
-	m.mu.Lock()
-	cancel, done := m.cancel, m.done
-	m.cancel = nil
-	m.mu.Unlock()
-	if cancel == nil {
-		return nil
-	}
-	cancel()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		return ctx.Err()
+	if stopped, err := m.life.Stop(ctx); !stopped || err != nil {
+		return err
 	}
 	if m.IsLeader() {
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
@@ -134,7 +121,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0`)
 
 func (m *Maintainer) loop(ctx context.Context) {
-	defer close(m.done)
 	t := time.NewTicker(m.cfg.Tick)
 	defer t.Stop()
 	var lastStuck time.Time
@@ -170,16 +156,16 @@ func (m *Maintainer) tick(ctx context.Context, lastStuck *time.Time) {
 			m.warn(ctx, "reconcile redis", err)
 		}
 	}
-	if time.Since(*lastStuck) >= m.cfg.StuckEvery {
-		*lastStuck = time.Now()
+	if now := m.cfg.Now(); now.Sub(*lastStuck) >= m.cfg.StuckEvery {
+		*lastStuck = now
 		if n, err := m.orch.DetectStuckJobs(ctx, 100); err != nil {
 			m.warn(ctx, "detect stuck jobs", err)
 		} else if n > 0 {
 			m.cfg.Logger.Info("marked or failed stuck jobs", "count", n)
 		}
 	}
-	if time.Since(m.lastKey) >= m.cfg.KeysEvery {
-		m.lastKey = time.Now()
+	if now := m.cfg.Now(); now.Sub(m.lastKey) >= m.cfg.KeysEvery {
+		m.lastKey = now
 		if _, err := m.orch.ExpireIdempotencyKeys(ctx); err != nil {
 			m.warn(ctx, "expire idempotency keys", err)
 		}

@@ -2,6 +2,8 @@
 package metrics
 
 import (
+	"github.com/cao-run/cao/pkg/orchestrator"
+
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -57,10 +59,24 @@ func New(outbox func() float64) *Metrics {
 	return m
 }
 
-// ObserveAttempt records a finished attempt.
-func (m *Metrics) ObserveAttempt(service, outcome string, d time.Duration) {
-	m.Attempts.WithLabelValues(service, outcome).Inc()
+// ObserveAttempt records a finished attempt under its outcome label: succeeded, interrupted (given
+// back without using an attempt), retryable_error or error.
+func (m *Metrics) ObserveAttempt(service string, out orchestrator.Outcome, d time.Duration) {
+	m.Attempts.WithLabelValues(service, AttemptOutcome(out)).Inc()
 	m.AttemptTime.WithLabelValues(service).Observe(d.Seconds())
+}
+
+// AttemptOutcome is the outcome label of an attempt.
+func AttemptOutcome(out orchestrator.Outcome) string {
+	switch {
+	case out.Interrupted:
+		return "interrupted"
+	case out.Err != nil && out.Retryable:
+		return "retryable_error"
+	case out.Err != nil:
+		return "error"
+	}
+	return "succeeded"
 }
 
 // LeaseCollector exposes leases in use and max per service, read at scrape time.

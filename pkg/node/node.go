@@ -148,18 +148,7 @@ func (n *Node) NewRunner(cfg runner.Config) *runner.Runner {
 		cfg.WorkerID = n.ID
 	}
 	if cfg.Hooks.OnAttempt == nil {
-		cfg.Hooks.OnAttempt = func(service string, out orchestrator.Outcome, d time.Duration) {
-			outcome := "succeeded"
-			switch {
-			case out.Interrupted:
-				outcome = "interrupted"
-			case out.Err != nil && out.Retryable:
-				outcome = "retryable_error"
-			case out.Err != nil:
-				outcome = "error"
-			}
-			n.Metrics.ObserveAttempt(service, outcome, d)
-		}
+		cfg.Hooks.OnAttempt = n.Metrics.ObserveAttempt
 	}
 	if cfg.Hooks.OnBusy == nil {
 		cfg.Hooks.OnBusy = func(service string) { n.Metrics.Busy.WithLabelValues(service).Inc() }
