@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/cao-run/cao/pkg/metrics"
@@ -25,5 +25,7 @@ func TestAttemptOutcome(t *testing.T) {
 	}
 	m := metrics.New(func() float64 { return 0 })
 	m.ObserveAttempt("llm", orchestrator.Outcome{Err: boom, Retryable: true}, 30*time.Millisecond)
-	require.InDelta(t, 1, testutil.ToFloat64(m.Attempts.WithLabelValues("llm", "retryable_error")), 0)
+	var pb dto.Metric
+	require.NoError(t, m.Attempts.WithLabelValues("llm", "retryable_error").Write(&pb))
+	require.InDelta(t, 1, pb.GetCounter().GetValue(), 0)
 }
