@@ -359,7 +359,7 @@ func (p *proc) waitTick(ctx context.Context, deadline time.Time, tick time.Durat
 	}
 	select {
 	case <-p.done:
-		return fmt.Errorf("%s exited: %v\n%s", p.name, p.err, p.tail())
+		return fmt.Errorf("%s exited: %w\n%s", p.name, p.err, p.tail())
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-time.After(tick):
@@ -430,7 +430,7 @@ func (c *cluster) waitCompleted(ctx context.Context, n int, timeout time.Duratio
 		}
 		for _, p := range append([]*proc{c.api}, c.workers...) {
 			if p.exited() {
-				return time.Time{}, fmt.Errorf("%s exited: %v\n%s", p.name, p.err, p.tail())
+				return time.Time{}, fmt.Errorf("%s exited: %w\n%s", p.name, p.err, p.tail())
 			}
 		}
 		if time.Since(lastReport) >= 5*time.Second {

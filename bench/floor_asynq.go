@@ -74,7 +74,7 @@ func newChainTask(chain, index int) *asynq.Task {
 	return asynq.NewTask(floorTaskType, b)
 }
 
-// chainFloor runs chains chains of length tasks on raw Asynq, each handler enqueuing the next task of
+// chainFloor runs `chains` chains of `length` tasks on raw Asynq, each handler enqueuing the next task of
 // its chain, the first tasks enqueued by enqueuers goroutines. It returns tasks per second from the
 // first enqueue to the last task done.
 func chainFloor(ctx context.Context, o options, chains, length, enqueuers int) (float64, error) {
@@ -88,7 +88,7 @@ func chainFloor(ctx context.Context, o options, chains, length, enqueuers int) (
 	err = f.start(func(ctx context.Context, t *asynq.Task) error {
 		var p chainTask
 		if err := json.Unmarshal(t.Payload(), &p); err != nil {
-			return fmt.Errorf("%w: %v", asynq.SkipRetry, err)
+			return fmt.Errorf("%w: %w", asynq.SkipRetry, err)
 		}
 		if p.Index+1 < length {
 			if _, err := f.client.EnqueueContext(ctx, newChainTask(p.Chain, p.Index+1)); err != nil {

@@ -48,7 +48,7 @@ func runChain(ctx context.Context, e *env) []row {
 	return rows
 }
 
-// caoChain posts the chain jobs to a fresh cluster with workers workers and returns steps per second
+// caoChain posts the chain jobs to a fresh cluster of `workers` worker processes and returns steps per second
 // from the first POST to the last job's finished_at.
 func caoChain(ctx context.Context, e *env, workers int) (float64, error) {
 	c, err := e.startCluster(ctx, clusterSpec{registry: registryYAML("", 0), workers: workers, concurrency: chainConcurrency})

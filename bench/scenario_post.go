@@ -70,11 +70,11 @@ func caoPost(ctx context.Context, e *env) (loadResult, error) {
 		return err
 	}
 	if w := runClosedLoop(ctx, clients, postWarmup, post); w.ops == 0 {
-		return loadResult{}, fmt.Errorf("warm-up: no POST succeeded: %v", w.firstErr)
+		return loadResult{}, fmt.Errorf("warm-up: no POST succeeded: %w", w.firstErr)
 	}
 	res := runClosedLoop(ctx, clients, e.opts.postDuration, post)
 	if res.ops == 0 {
-		return res, fmt.Errorf("no POST succeeded: %v", res.firstErr)
+		return res, fmt.Errorf("no POST succeeded: %w", res.firstErr)
 	}
 	return res, ctx.Err()
 }
@@ -110,7 +110,7 @@ func insertFloor(ctx context.Context, e *env, conns int) (loadResult, error) {
 	runClosedLoop(ctx, clients, postWarmup, insert)
 	res := runClosedLoop(ctx, clients, e.opts.postDuration, insert)
 	if res.ops == 0 {
-		return res, fmt.Errorf("no INSERT succeeded: %v", res.firstErr)
+		return res, fmt.Errorf("no INSERT succeeded: %w", res.firstErr)
 	}
 	return res, ctx.Err()
 }

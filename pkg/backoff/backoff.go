@@ -4,37 +4,37 @@ package backoff
 import "time"
 
 // Exponential returns the "full jitter" delay before retry number attempt (1 for the first retry):
-// rnd() * min(max, initial * 2^(attempt-1)). It never overflows, whatever attempt is.
+// rnd() * min(ceil, initial * 2^(attempt-1)). It never overflows, whatever attempt is.
 // rnd returns values in [0, 1), like math/rand.Float64; a nil rnd means no jitter (the full ceiling).
-func Exponential(attempt int, initial, max time.Duration, rnd func() float64) time.Duration {
-	ceiling := Ceiling(attempt, initial, max)
+func Exponential(attempt int, initial, ceil time.Duration, rnd func() float64) time.Duration {
+	ceiling := Ceiling(attempt, initial, ceil)
 	if rnd == nil {
 		return ceiling
 	}
 	return scale(ceiling, clamp01(rnd()))
 }
 
-// Ceiling returns min(max, initial * 2^(attempt-1)) without overflow; attempt < 1 counts as 1.
-func Ceiling(attempt int, initial, max time.Duration) time.Duration {
-	if initial <= 0 || max <= 0 {
+// Ceiling returns min(ceil, initial * 2^(attempt-1)) without overflow; attempt < 1 counts as 1.
+func Ceiling(attempt int, initial, ceil time.Duration) time.Duration {
+	if initial <= 0 || ceil <= 0 {
 		return 0
 	}
-	if initial >= max {
-		return max
+	if initial >= ceil {
+		return ceil
 	}
 	if attempt < 1 {
 		attempt = 1
 	}
 	d := initial
 	for i := 1; i < attempt; i++ {
-		// Doubling past max/2 would reach max anyway (and may overflow), so stop there.
-		if d > max/2 {
-			return max
+		// Doubling past ceil/2 would reach ceil anyway (and may overflow), so stop there.
+		if d > ceil/2 {
+			return ceil
 		}
 		d *= 2
 	}
-	if d > max {
-		return max
+	if d > ceil {
+		return ceil
 	}
 	return d
 }

@@ -33,7 +33,7 @@ func retryAfter(h http.Header, now time.Time, useReset bool) time.Duration {
 	if !useReset {
 		return 0
 	}
-	var exhausted, any time.Duration
+	var exhausted, anyReset time.Duration
 	for _, rl := range rateLimitResets {
 		v := strings.TrimSpace(h.Get(rl.reset))
 		if v == "" {
@@ -43,7 +43,7 @@ func retryAfter(h http.Header, now time.Time, useReset bool) time.Duration {
 		if !ok {
 			continue
 		}
-		any = max(any, d)
+		anyReset = max(anyReset, d)
 		if strings.TrimSpace(h.Get(rl.remaining)) == "0" {
 			exhausted = max(exhausted, d)
 		}
@@ -51,7 +51,7 @@ func retryAfter(h http.Header, now time.Time, useReset bool) time.Duration {
 	if exhausted > 0 {
 		return capDelay(exhausted)
 	}
-	return capDelay(any)
+	return capDelay(anyReset)
 }
 
 // parseRetryAfter reads RFC 9110 Retry-After: delay-seconds or an HTTP-date.

@@ -267,6 +267,7 @@ func (u *unit) advance() {
 			running++
 		case store.StepSucceeded:
 			succeeded++
+		default: // waiting or ended otherwise: nothing to count
 		}
 	}
 	if failed != nil {
@@ -274,6 +275,7 @@ func (u *unit) advance() {
 			switch s.Status {
 			case store.StepPending, store.StepQueued, store.StepRetrying:
 				u.setStep(s, store.StepSkipped, "", fmt.Sprintf("step %s failed", failed.Name))
+			default: // running steps finish and are recorded; ended ones stay as they are
 			}
 		}
 		if running == 0 {

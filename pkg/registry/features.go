@@ -118,11 +118,11 @@ func (l *loader) feature(name, path string, n *yaml.Node, services map[string]*S
 		names = append(names, s)
 	}
 
-	for i, sn := range v.Content {
+	for i := range v.Content {
 		if stepFieldsOf[i] == nil {
 			continue
 		}
-		st := l.step(name, fmt.Sprintf("%s[%d]", sp, i), sn, stepFieldsOf[i], names, services, declared)
+		st := l.step(name, fmt.Sprintf("%s[%d]", sp, i), stepFieldsOf[i], names, services, declared)
 		if st != nil {
 			if j, ok := first[st.Name]; ok && j == i {
 				feat.Steps = append(feat.Steps, st)
@@ -133,7 +133,7 @@ func (l *loader) feature(name, path string, n *yaml.Node, services map[string]*S
 	return feat
 }
 
-func (l *loader) step(feature, path string, n *yaml.Node, f map[string]*yaml.Node, names []string, services map[string]*Service, declared map[string]string) *Step {
+func (l *loader) step(feature, path string, f map[string]*yaml.Node, names []string, services map[string]*Service, declared map[string]string) *Step {
 	st := &Step{Queue: DefaultQueue}
 	if v := f["name"]; v != nil {
 		st.Name = v.Value
@@ -198,13 +198,14 @@ func (l *loader) step(feature, path string, n *yaml.Node, f map[string]*yaml.Nod
 		st.Retry = l.retry(v, join(path, "retry"), st.Retry)
 	}
 
-	if kind == KindHTTP {
+	switch kind {
+	case KindHTTP:
 		for _, k := range mockFields {
 			if f[k] != nil {
 				l.errorf(join(path, k), "only allowed for steps of %s services (service %s is %s)", KindMock, st.Service, KindHTTP)
 			}
 		}
-	} else if kind == KindMock {
+	case KindMock:
 		st.Mock = l.mock(f, path, st.Mock)
 	}
 

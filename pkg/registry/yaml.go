@@ -68,6 +68,7 @@ func (l *loader) show(n *yaml.Node) string {
 		return "a mapping"
 	case yaml.SequenceNode:
 		return "a list"
+	default: // scalars: shown below
 	}
 	if n.ShortTag() == "!!null" {
 		return "null"
@@ -335,6 +336,7 @@ func (l *loader) value(n *yaml.Node, path string) (any, bool) {
 			return nil, false
 		}
 		return n.Value, true // strings, timestamps and anything else: as written
+	default: // documents and aliases are resolved before this
 	}
 	l.errorf(path, "unsupported YAML value")
 	return nil, false

@@ -283,6 +283,7 @@ func isEmpty(v any) bool {
 		return rv.Float() == 0
 	case reflect.Pointer, reflect.Interface:
 		return rv.IsNil()
+	default: // other kinds are never empty
 	}
 	return false
 }
@@ -430,7 +431,7 @@ func compileText(path, s string) (*text, error) {
 		}
 		n.single = single
 	}
-	wrapActions(t.Tree, t.Tree.Root)
+	wrapActions(t.Tree, t.Root)
 	return n, nil
 }
 
@@ -468,11 +469,11 @@ func wrapActions(tree *parse.Tree, n parse.Node) {
 // singleAction returns the pipeline of a template that is exactly one action, surrounded by nothing
 // but whitespace, and declares no variable; nil otherwise.
 func singleAction(t *template.Template) *parse.PipeNode {
-	if t.Tree == nil || t.Tree.Root == nil {
+	if t.Tree == nil || t.Root == nil {
 		return nil
 	}
 	var action *parse.ActionNode
-	for _, n := range t.Tree.Root.Nodes {
+	for _, n := range t.Root.Nodes {
 		switch x := n.(type) {
 		case *parse.TextNode:
 			if len(bytes.TrimSpace(x.Text)) != 0 {

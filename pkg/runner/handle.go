@@ -51,7 +51,7 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	p, err := task.ParseStepPayload(t.Payload())
 	if err != nil {
 		r.cfg.Logger.Error("drop malformed step task", "err", err)
-		return fmt.Errorf("%w: %v", asynq.SkipRetry, err)
+		return fmt.Errorf("%w: %w", asynq.SkipRetry, err)
 	}
 	r.wg.Add(1)
 	defer r.wg.Done()

@@ -181,13 +181,13 @@ type backends struct {
 // openBackends migrates and opens the SQLite database under cfg.DataDir and starts the embedded Redis
 // with a client for it.
 func openBackends(ctx context.Context, cfg config.Config, log *slog.Logger) (*backends, error) {
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("data directory (--data-dir or CAO_DATA_DIR) %s: %w", cfg.DataDir, err)
 	}
 	// Keep the database out of git without touching the repository's .gitignore.
 	ignore := filepath.Join(cfg.DataDir, ".gitignore")
 	if _, err := os.Stat(ignore); errors.Is(err, fs.ErrNotExist) {
-		_ = os.WriteFile(ignore, []byte("*\n"), 0o644)
+		_ = os.WriteFile(ignore, []byte("*\n"), 0o600)
 	}
 	dbPath := filepath.Join(cfg.DataDir, DatabaseFile)
 	if cfg.AutoMigrate {

@@ -107,6 +107,7 @@ func (s *Server) monitoringAuth() gin.HandlerFunc {
 		if len(s.d.Settings.APIKeys) > 0 {
 			if key := c.Query("api_key"); key != "" && s.validKey(key) {
 				secure := c.Request.TLS != nil || strings.EqualFold(c.GetHeader("X-Forwarded-Proto"), "https")
+				//nolint:gosec // Secure is set whenever the request came over HTTPS; dev mode is plain HTTP
 				http.SetCookie(c.Writer, &http.Cookie{
 					Name: monitoringCookie, Value: key, Path: "/monitoring", HttpOnly: true, Secure: secure,
 					SameSite: http.SameSiteStrictMode, MaxAge: 12 * 3600,

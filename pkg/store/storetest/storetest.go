@@ -771,7 +771,7 @@ func testIdempotencyKeysExpire(t *testing.T, s store.Store) {
 // ListJobs must return them: (CreatedAt, ID) descending.
 func listFixture(t *testing.T, s store.Store) []store.Job {
 	t.Helper()
-	offsets := []time.Duration{
+	offsets := []int64{ // µs
 		0, 1, 9, 10, 11, 99, 100, 101, 999, 1000, 9999, 10000, 90000, 99999, 100000,
 		123456, 500000, 500000, 500000, 654321, 900000, 999998, 999999,
 		-1,      // the previous second's last microsecond
@@ -781,7 +781,7 @@ func listFixture(t *testing.T, s store.Store) []store.Job {
 	jobs := make([]*store.Job, len(offsets))
 	// Insert in an order unrelated to creation time.
 	for i, k := range rotate(len(offsets), 7) {
-		jobs[i] = newJob([]string{"alpha", "beta"}[k%2], statuses[k%3], base.Add(offsets[k]*time.Microsecond))
+		jobs[i] = newJob([]string{"alpha", "beta"}[k%2], statuses[k%3], base.Add(time.Duration(offsets[k])*time.Microsecond))
 	}
 	seed(t, s, jobs)
 	want := make([]store.Job, len(jobs))
