@@ -33,6 +33,7 @@ type unit struct {
 	outbox   []store.OutboxTask
 	attempts []store.Attempt
 	inputs   []store.JobInput
+	illegal  error // the first illegal status move fn made (see moves.go)
 }
 
 // maxApplyRuns bounds how often withJob computes a change again after it lost a race: many steps of
@@ -80,6 +81,10 @@ func (o *Orchestrator) withJobFrom(ctx context.Context, jobID string, from *snap
 		u := o.newUnit(ctx, job, steps)
 		if err := fn(u); err != nil {
 			return nil, err
+		}
+		if u.illegal != nil {
+			o.cfg.Logger.Error("change refused", "err", u.illegal)
+			return nil, u.illegal
 		}
 		if !u.changed() {
 			return nil, nil
@@ -194,6 +199,9 @@ func (u *unit) stepEvent(s *store.Step, errMsg, reason string) {
 
 // setStep changes a step's status and stages its event.
 func (u *unit) setStep(s *store.Step, status store.StepStatus, errMsg, reason string) {
+	if !legal(stepMoves, s.Status, status) {
+		u.illegalStep(s, status)
+	}
 	s.Status = status
 	u.dirty[s.Name] = true
 	if u.job.StuckAt != nil {
@@ -212,6 +220,9 @@ func (u *unit) setStep(s *store.Step, status store.StepStatus, errMsg, reason st
 
 // setJob changes the job's status and stages its event.
 func (u *unit) setJob(status store.JobStatus, errMsg, reason string) {
+	if !legal(jobMoves, u.job.Status, status) {
+		u.illegalJob(status)
+	}
 	u.job.Status = status
 	u.jobDirt = true
 	switch {
