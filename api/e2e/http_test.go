@@ -75,6 +75,14 @@ func (s *scripted) serve(w http.ResponseWriter, r *http.Request) {
 	case "/text":
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte("plain text answer"))
+	case "/unstorable/nul": // answers that no database can store
+		_, _ = w.Write([]byte(`{"text":"a\u0000b"}`))
+	case "/unstorable/number":
+		_, _ = w.Write([]byte(`{"n":1e999999}`))
+	case "/unstorable/utf8":
+		_, _ = w.Write([]byte("{\"s\":\"\xff\xfe\"}"))
+	case "/unstorable/deep":
+		_, _ = w.Write([]byte(strings.Repeat("[", 10001) + strings.Repeat("]", 10001)))
 	default:
 		http.NotFound(w, r)
 	}
@@ -138,6 +146,9 @@ features:
     steps: [{name: call, service: api, request: {path: /huge}}]
   text:
     steps: [{name: call, service: api, request: {path: /text}}]
+  unstorable:
+    input: {type: object, required: [kind], properties: {kind: {type: string}}}
+    steps: [{name: call, service: api, request: {path: "/unstorable/{{ .input.kind }}"}}]
 `, baseURL)
 }
 
@@ -187,6 +198,28 @@ func TestHTTPStepsRetriesAndSecrets(t *testing.T) {
 		require.EqualValues(t, 2, st["attempts"])
 		hist := st["attempt_history"].([]any)
 		require.EqualValues(t, 429, hist[0].(map[string]any)["http_status"])
+	})
+
+	t.Run("an answer that cannot be stored fails the step at once, with one call", func(t *testing.T) {
+		for _, kind := range []string{"nul", "number", "utf8", "deep"} {
+			id := cl.createJob("unstorable", map[string]any{"kind": kind})
+			j := cl.waitJob(id, 30*time.Second, "COMPLETED", "FAILED")
+			require.Equal(t, "FAILED", j["status"], "%s: %v", kind, j)
+			st := steps(j)["call"]
+			want := "invalid_response"
+			if kind == "deep" {
+				want = "response_too_large" // this registry caps answers at 4 KiB, which catches it first
+			}
+			require.Equal(t, want, st["error_class"], "%s: %v", kind, st)
+			require.EqualValues(t, 1, st["attempts"], kind)
+			n := 0
+			for _, c := range svc.byPath("/unstorable/" + kind) {
+				if strings.HasPrefix(c.Key, id+"/") {
+					n++
+				}
+			}
+			require.Equal(t, 1, n, "%s: one call, not re-sent as if a worker had died", kind)
+		}
 	})
 
 	t.Run("500, 500, 200", func(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -153,6 +154,11 @@ func (o *Orchestrator) checkInput(f *registry.Feature, raw json.RawMessage) (jso
 		if errs := f.Input.Validate(v); len(errs) > 0 {
 			return nil, &InputError{Fields: errs}
 		}
+	}
+	// What passes the schema must also be storable: no NUL character, no number out of range.
+	if u := store.CheckValue(v, "$"); u != nil {
+		field := strings.TrimPrefix(u.Path, "$.")
+		return nil, &InputError{Fields: []schema.FieldError{{Field: field, Message: u.Reason}}}
 	}
 	canon, err := json.Marshal(v)
 	if err != nil {

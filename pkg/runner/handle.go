@@ -114,6 +114,12 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 		} else {
 			out, dur = r.execute(ctx, a, lease, rsv, clock)
 		}
+		if u := store.CheckJSON(out.Output); out.Err == nil && u != nil {
+			// An answer no backend can hold is the service's fault: fail the step now rather than
+			// lose the outcome and have the step re-run as if this worker had died.
+			out = orchestrator.Outcome{Err: fmt.Errorf("the service's answer cannot be stored: %w", u),
+				ErrorClass: "invalid_response", HTTPStatus: out.HTTPStatus}
+		}
 		// Record even if the task's context ended: the outcome is what matters now. A step this
 		// records as ready may be claimed for this handler in the same statement (continued).
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)

@@ -64,18 +64,22 @@ func normalizeChange(c *store.Change) error {
 	} else {
 		c.Job.Version = c.Version + 1
 	}
+	// Error texts come from services; a NUL in them is not stored as it is.
+	c.Job.Error = store.CleanText(c.Job.Error)
 	for i := range c.Steps {
 		s := &c.Steps[i].Step
 		s.JobID = c.Job.ID
 		if err := normalizeStep(s, c.Create); err != nil {
 			return err
 		}
+		s.Error = store.CleanText(s.Error)
 	}
 	for i := range c.Attempts {
 		a := &c.Attempts[i]
 		a.JobID = c.Job.ID
 		a.StartedAt = orNow(a.StartedAt)
 		a.FinishedAt = dbTimePtr(a.FinishedAt)
+		a.Error = store.CleanText(a.Error)
 	}
 	for i := range c.Inputs {
 		c.Inputs[i].JobID = c.Job.ID
@@ -84,6 +88,8 @@ func normalizeChange(c *store.Change) error {
 	for i := range c.Events {
 		c.Events[i].JobID = c.Job.ID
 		c.Events[i].At = orNow(c.Events[i].At)
+		c.Events[i].Error = store.CleanText(c.Events[i].Error)
+		c.Events[i].Reason = store.CleanText(c.Events[i].Reason)
 	}
 	for i := range c.Outbox {
 		c.Outbox[i].CreatedAt = orNow(c.Outbox[i].CreatedAt)
