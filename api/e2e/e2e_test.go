@@ -2,6 +2,7 @@
 package e2e
 
 import (
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net/http"
@@ -141,6 +142,10 @@ func TestAPIRejectsBadInputWithContractErrors(t *testing.T) {
 		{"bad status filter", "GET", "/api/v1/jobs?status=DONE", nil, nil, 400, "invalid_query"},
 		{"bad limit", "GET", "/api/v1/jobs?limit=0", nil, nil, 400, "invalid_query"},
 		{"bad cursor", "GET", "/api/v1/jobs?cursor=bm90LWEtY3Vyc29y", nil, nil, 400, "invalid_query"},
+		{"forged cursor time", "GET", "/api/v1/jobs?cursor=" + base64.RawURLEncoding.EncodeToString([]byte("-9223372036854775808|6b3e4cc4-8a5e-4a8f-9c39-5b0f7d1c2e11")), nil, nil, 400, "invalid_query"},
+		{"NUL in feature filter", "GET", "/api/v1/jobs?feature=%00", nil, nil, 400, "invalid_query"},
+		{"invalid UTF-8 in feature filter", "GET", "/api/v1/jobs?feature=%ff", nil, nil, 400, "invalid_query"},
+		{"invalid UTF-8 in Idempotency-Key", "POST", "/api/v1/jobs", `{"feature_name": "report", "input_data": {"topic": "x"}}`, []string{"Idempotency-Key", "k\xff\xfe"}, 400, "invalid_request"},
 		{"bad after_seq", "GET", "/api/v1/jobs/" + id + "/events?after_seq=-1", nil, nil, 400, "invalid_query"},
 		{"resume unknown job", "POST", "/api/v1/jobs/6b3e4cc4-8a5e-4a8f-9c39-5b0f7d1c2e11/resume", nil, nil, 404, "job_not_found"},
 		{"resume running job", "POST", "/api/v1/jobs/" + id + "/resume", `{}`, nil, 409, "job_not_resumable"},

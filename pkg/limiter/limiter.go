@@ -22,7 +22,7 @@ var ErrLeaseLost = errors.New("limiter: lease lost")
 
 const (
 	defaultPrefix    = "cao:"
-	defaultWaiterTTL = 10 * time.Second
+	defaultWaiterTTL = 3 * time.Second
 	// fenceTTL keeps a semaphore's fencing counter after its last acquire. Tokens stay increasing even
 	// when the counter expires, because the script never issues a token below the server time in µs.
 	fenceTTL = 24 * time.Hour
@@ -33,7 +33,8 @@ type Config struct {
 	// Prefix starts every Redis key the limiter writes. Default "cao:".
 	Prefix string
 	// WaiterTTL is how long a waiter keeps its place in a semaphore queue without calling Acquire again;
-	// callers must poll more often than this. Zero or negative means the default, 10s.
+	// callers must poll more often than this (a WaitRoom polls every 250ms). Zero or negative means
+	// the default, 3s: a waiter whose process died holds up the ones behind it at most this long.
 	WaiterTTL time.Duration
 }
 

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -81,4 +82,22 @@ func TestHandlersOnFakes(t *testing.T) {
 			require.Len(t, jobs.calls, 1)
 		})
 	}
+}
+
+// HEAD works wherever GET does, without a body.
+func TestHeadIsGetWithoutBody(t *testing.T) {
+	t.Parallel()
+	s := New(Deps{Health: fakeHealth{}, Metrics: metrics.New(func() float64 { return 0 })}, Options{})
+	srv := httptest.NewServer(s.Handler())
+	t.Cleanup(srv.Close)
+	req, err := http.NewRequestWithContext(context.Background(), http.MethodHead, srv.URL+"/health", nil)
+	require.NoError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, "application/json; charset=utf-8", resp.Header.Get("Content-Type"))
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Empty(t, body)
 }

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
@@ -101,6 +102,10 @@ func (s *Server) createJob(c *gin.Context) {
 		return
 	}
 	key := c.GetHeader("Idempotency-Key")
+	if !storableText(key) {
+		abort(c, http.StatusBadRequest, codeInvalidRequest, "Idempotency-Key must be valid UTF-8 without NUL characters", nil)
+		return
+	}
 	if len(key) > maxIdempotencyKey {
 		abort(c, http.StatusBadRequest, codeInvalidRequest, fmt.Sprintf("Idempotency-Key longer than %d characters", maxIdempotencyKey), nil)
 		return
@@ -165,6 +170,10 @@ func (s *Server) getJob(c *gin.Context) {
 
 func (s *Server) listJobs(c *gin.Context) {
 	f := store.JobFilter{Limit: 50, Feature: c.Query("feature")}
+	if !storableText(f.Feature) {
+		abort(c, http.StatusBadRequest, codeInvalidQuery, "feature must be valid UTF-8 without NUL characters", nil)
+		return
+	}
 	if st := c.Query("status"); st != "" {
 		f.Status = store.JobStatus(strings.ToUpper(st))
 		if !f.Status.Valid() {
@@ -208,6 +217,9 @@ func encodeCursor(c store.Cursor) string {
 	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(c.CreatedAt.UnixMicro(), 10) + "|" + c.ID))
 }
 
+// maxCursorMicros is the end of year 9999 in µs since the epoch.
+const maxCursorMicros = 253402300799999999
+
 func decodeCursor(s string) (*store.Cursor, error) {
 	b, err := base64.RawURLEncoding.DecodeString(s)
 	if err != nil {
@@ -220,6 +232,11 @@ func decodeCursor(s string) (*store.Cursor, error) {
 	us, err := strconv.ParseInt(ts, 10, 64)
 	if err != nil {
 		return nil, err
+	}
+	// Cursors are creation times of jobs: anything outside years 1970-9999 was not made here (and
+	// -2^63 µs would wrap around in the database and match every job).
+	if us < 0 || us > maxCursorMicros {
+		return nil, errors.New("cursor time out of range")
 	}
 	if _, err := uuid.Parse(id); err != nil {
 		return nil, err
@@ -295,4 +312,10 @@ func (s *Server) jobEvents(c *gin.Context) {
 
 func (s *Server) features(c *gin.Context) {
 	c.JSON(http.StatusOK, gin.H{"success": true, "features": featuresJSON(s.d.Registry)})
+}
+
+// storableText reports whether a query parameter or header value can be stored and compared as
+// text: valid UTF-8 without NUL characters.
+func storableText(s string) bool {
+	return utf8.ValidString(s) && !strings.ContainsRune(s, 0)
 }

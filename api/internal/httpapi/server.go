@@ -75,7 +75,19 @@ func (s *Server) Handler() http.Handler {
 		r.Any("/monitoring", s.auth(), func(c *gin.Context) { c.Redirect(http.StatusMovedPermanently, "/monitoring/") })
 		r.Any("/monitoring/*path", s.monitoringAuth(), mon)
 	}
-	return r
+	return headAsGet(r)
+}
+
+// headAsGet serves HEAD wherever GET is served: the request is routed as a GET, and net/http, which
+// knows the request was a HEAD, sends the headers without the body.
+func headAsGet(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead {
+			r = r.Clone(r.Context())
+			r.Method = http.MethodGet
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // Stop closes every WebSocket connection (used on shutdown before the HTTP server drains).
