@@ -442,6 +442,11 @@ func chaosStopWorker(t *testing.T, row *chaosRow) {
 	t.Cleanup(func() { _ = stopped.cmd.Process.Signal(syscall.SIGCONT) })
 	b.addFault("SIGSTOP beyond the step and semaphore leases", id)
 	stoppedAt := time.Now()
+	t.Cleanup(func() {
+		if t.Failed() { // the state to look at when recovery did not happen in time
+			t.Logf("job %s at failure: %v", call.Job, cl.job(call.Job))
+		}
+	})
 	// The service answers the stopped worker (the effect is applied by its attempt); the answer
 	// waits in the stopped process's socket.
 	held.Release()
