@@ -23,6 +23,10 @@ type Lease struct {
 	// ExpiresAt is when the lease stops being held, by the Redis server clock. Zero for a lease of an
 	// unlimited semaphore, which never expires.
 	ExpiresAt time.Time
+	// RequestedAt is this process's clock just before it sent the request that granted the lease:
+	// by the local clock the lease is surely held until RequestedAt plus its TTL (the holder of a
+	// lease checks this before using it, in case the process was stopped in between).
+	RequestedAt time.Time
 	// limit is the semaphore's limit when the lease was taken: Release wakes as many waiters as there
 	// are free slots by it.
 	limit int
@@ -178,6 +182,7 @@ func (s *Semaphore) Acquire(ctx context.Context, name string, limit int, ttl tim
 	}
 	k := s.keys(name)
 	id := uuid.NewString()
+	requested := time.Now()
 	res, err := acquireScript.Run(ctx, s.rdb, []string{k.holders, k.fence, k.waiters, k.seen},
 		limit, millis(ttl), id, waiterID, millis(s.cfg.WaiterTTL), millis(fenceTTL)).Result()
 	if err != nil {
@@ -190,7 +195,7 @@ func (s *Semaphore) Acquire(ctx context.Context, name string, limit int, ttl tim
 	if r[0] != 1 {
 		return Lease{}, ErrFull
 	}
-	return Lease{Name: name, ID: id, Token: r[1], ExpiresAt: time.UnixMilli(r[2]), limit: limit}, nil
+	return Lease{Name: name, ID: id, Token: r[1], ExpiresAt: time.UnixMilli(r[2]), RequestedAt: requested, limit: limit}, nil
 }
 
 // Renew extends a lease still held to now+ttl by the Redis server clock and returns it updated. It

@@ -75,9 +75,13 @@ func TestWaitRoomReleaseWakesWaiterInAnotherProcess(t *testing.T) {
 	b.waitForWaiters(t, "llm", 1)
 	require.Equal(t, 1, waiterRoom.Waiting("llm"))
 
+	beforeRelease := time.Now()
 	require.NoError(t, b.sem.Release(b.ctx, held))
 	l := receive(t, got, "waiter after release")
 	require.Greater(t, l.Token, held.Token)
+	// The lease counts from the request that granted it, not from when the wait began: a holder
+	// that checks RequestedAt+TTL before using its lease must not find it run down by the wait.
+	require.False(t, l.RequestedAt.Before(beforeRelease), "RequestedAt %s is before the release at %s", l.RequestedAt, beforeRelease)
 	require.Equal(t, 0, waiterRoom.Waiting("llm"))
 	ids, err := b.sem.waiters(b.ctx, "llm", 5)
 	require.NoError(t, err)

@@ -23,7 +23,8 @@ const rateSlack = 50 * time.Millisecond
 type admission struct {
 	lease limiter.Lease
 	rsv   limiter.Reservation
-	// semAt is a moment no later than when the slot's lease was granted: the lease clock counts from it.
+	// semAt is a moment no later than when the slot's lease was granted (not when the wait for it
+	// began, which may be long before): the lease clock counts from it.
 	semAt time.Time
 }
 
@@ -34,7 +35,7 @@ type admission struct {
 // attempt. Waiting ends when ctx does (the task's own context, or the runner stopping).
 func (r *Runner) admit(ctx context.Context, svc *registry.Service) (admission, error) {
 	for {
-		semAt := r.cfg.Now()
+		waitAt := r.cfg.Now()
 		lease, err := r.room.Acquire(ctx, svc.Name, svc.MaxConcurrency, svc.LeaseTTL, r.maxWaiters(svc))
 		switch {
 		case errors.Is(err, limiter.ErrFull):
@@ -43,6 +44,13 @@ func (r *Runner) admit(ctx context.Context, svc *registry.Service) (admission, e
 			return admission{}, r.busy(svc.Name, "was still at max_concurrency when the wait ended", 0)
 		case err != nil:
 			return admission{}, err
+		}
+		// The lease counts from the request that granted it; a step that waited in the wait room
+		// would otherwise start with a lease clock already run down by the wait, and give its call
+		// up as if the lease had been lost.
+		semAt := waitAt
+		if !lease.RequestedAt.IsZero() {
+			semAt = lease.RequestedAt
 		}
 		a := admission{lease: lease, semAt: semAt}
 		rl := svc.RateLimit
