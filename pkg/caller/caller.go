@@ -13,6 +13,7 @@ import (
 
 	"github.com/cao-run/cao/pkg/registry"
 	"github.com/cao-run/cao/pkg/render"
+	"github.com/cao-run/cao/pkg/store"
 )
 
 // UserAgent is sent with every HTTP call.
@@ -114,6 +115,14 @@ func (c *Caller) Call(ctx context.Context, call Call) (Result, error) {
 	start := c.cfg.Now()
 	res, err := c.call(ctx, call)
 	res.Duration = c.cfg.Now().Sub(start)
+	if err == nil {
+		if u := store.CheckJSON(res.Output); u != nil {
+			// An answer no backend can hold is the service's fault: the step fails now, rather than
+			// losing its outcome and re-running as if its worker had died.
+			err = newError(call.Service, ClassInvalidResponse, false, res.HTTPStatus, "the answer cannot be stored: %s", u)
+			res.Output = nil
+		}
+	}
 	if err != nil {
 		if err.HTTPStatus == 0 {
 			err.HTTPStatus = res.HTTPStatus

@@ -36,6 +36,8 @@ type Config struct {
 	// callers must poll more often than this (a WaitRoom polls every 250ms). Zero or negative means
 	// the default, 3s: a waiter whose process died holds up the ones behind it at most this long.
 	WaiterTTL time.Duration
+	// Now is this process's clock, which stamps Lease.RequestedAt. Default time.Now.
+	Now func() time.Time
 }
 
 // WithDefaults returns a copy of c with the zero fields set to their defaults.
@@ -45,6 +47,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.WaiterTTL <= 0 {
 		c.WaiterTTL = defaultWaiterTTL
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 	return c
 }

@@ -182,7 +182,7 @@ func (s *Semaphore) Acquire(ctx context.Context, name string, limit int, ttl tim
 	}
 	k := s.keys(name)
 	id := uuid.NewString()
-	requested := time.Now()
+	requested := s.cfg.Now()
 	res, err := acquireScript.Run(ctx, s.rdb, []string{k.holders, k.fence, k.waiters, k.seen},
 		limit, millis(ttl), id, waiterID, millis(s.cfg.WaiterTTL), millis(fenceTTL)).Result()
 	if err != nil {

@@ -22,7 +22,6 @@ type unit struct {
 	o        *Orchestrator
 	now      time.Time
 	job      *store.Job
-	version  int64             // the job's version as read
 	feature  *registry.Feature // nil if the feature left the registry
 	steps    []*store.Step
 	byName   map[string]*store.Step
@@ -120,7 +119,7 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 
 func (o *Orchestrator) newUnit(ctx context.Context, job *store.Job, steps []store.Step) *unit {
 	u := &unit{
-		ctx: ctx, o: o, now: o.now(), job: job, version: job.Version,
+		ctx: ctx, o: o, now: o.now(), job: job,
 		byName: make(map[string]*store.Step, len(steps)),
 		expect: make(map[string]store.StepExpect, len(steps)),
 		dirty:  map[string]bool{},
@@ -163,7 +162,7 @@ func (u *unit) change() *store.Change {
 		u.job.UpdatedAt = u.now // progress
 	}
 	c := &store.Change{
-		Job: u.job, Version: u.version, Attempts: u.attempts, Inputs: u.inputs, Events: u.events, Outbox: u.outbox,
+		Job: u.job, Version: u.job.Version, Attempts: u.attempts, Inputs: u.inputs, Events: u.events, Outbox: u.outbox,
 	}
 	for _, s := range u.steps {
 		if u.dirty[s.Name] {

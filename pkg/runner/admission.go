@@ -23,9 +23,6 @@ const rateSlack = 50 * time.Millisecond
 type admission struct {
 	lease limiter.Lease
 	rsv   limiter.Reservation
-	// semAt is a moment no later than when the slot's lease was granted (not when the wait for it
-	// began, which may be long before): the lease clock counts from it.
-	semAt time.Time
 }
 
 // admit waits for the service to have room for one more call: a slot of its fleet-wide semaphore
@@ -35,7 +32,6 @@ type admission struct {
 // attempt. Waiting ends when ctx does (the task's own context, or the runner stopping).
 func (r *Runner) admit(ctx context.Context, svc *registry.Service) (admission, error) {
 	for {
-		waitAt := r.cfg.Now()
 		lease, err := r.room.Acquire(ctx, svc.Name, svc.MaxConcurrency, svc.LeaseTTL, r.maxWaiters(svc))
 		switch {
 		case errors.Is(err, limiter.ErrFull):
@@ -45,14 +41,7 @@ func (r *Runner) admit(ctx context.Context, svc *registry.Service) (admission, e
 		case err != nil:
 			return admission{}, err
 		}
-		// The lease counts from the request that granted it; a step that waited in the wait room
-		// would otherwise start with a lease clock already run down by the wait, and give its call
-		// up as if the lease had been lost.
-		semAt := waitAt
-		if !lease.RequestedAt.IsZero() {
-			semAt = lease.RequestedAt
-		}
-		a := admission{lease: lease, semAt: semAt}
+		a := admission{lease: lease}
 		rl := svc.RateLimit
 		if rl == nil {
 			return a, nil

@@ -82,7 +82,7 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	if err != nil {
 		return err
 	}
-	lease, rsv, semAt := adm.lease, adm.rsv, adm.semAt
+	lease, rsv := adm.lease, adm.rsv
 	// The slot is held until the outcome is recorded, so a service never shows more RUNNING steps
 	// than its max_concurrency; recording is one statement.
 	held := true
@@ -102,7 +102,7 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	if err != nil {
 		return err
 	}
-	clock := &leaseClock{stepOK: stepAt, stepTTL: r.orch.Config().StepLeaseTTL, semOK: semAt, semTTL: svc.LeaseTTL, sem: lease.Token != 0}
+	clock := &leaseClock{stepOK: stepAt, stepTTL: r.orch.Config().StepLeaseTTL, semOK: lease.RequestedAt, semTTL: svc.LeaseTTL, sem: lease.Token != 0}
 	for continued := false; ; continued = true {
 		var (
 			out orchestrator.Outcome
@@ -113,12 +113,6 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 			out = orchestrator.Outcome{Err: errShutdown, ErrorClass: "interrupted", Interrupted: true}
 		} else {
 			out, dur = r.execute(ctx, a, lease, rsv, clock)
-		}
-		if u := store.CheckJSON(out.Output); out.Err == nil && u != nil {
-			// An answer no backend can hold is the service's fault: fail the step now rather than
-			// lose the outcome and have the step re-run as if this worker had died.
-			out = orchestrator.Outcome{Err: fmt.Errorf("the service's answer cannot be stored: %w", u),
-				ErrorClass: "invalid_response", HTTPStatus: out.HTTPStatus}
 		}
 		// Record even if the task's context ended: the outcome is what matters now. A step this
 		// records as ready may be claimed for this handler in the same statement (continued).

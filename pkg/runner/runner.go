@@ -50,7 +50,8 @@ type Config struct {
 	// costs one Redis call per poll. Default DefaultIdlePoll (Asynq's own is 1s).
 	IdlePoll time.Duration
 	// Now is the clock of the lease checks (a lease is surely held only while, by this clock, less
-	// than its TTL passed since it was last taken or renewed). Default time.Now.
+	// than its TTL passed since it was last taken or renewed); the Semaphore's Config.Now, which
+	// stamps a slot's Lease.RequestedAt, must be the same clock. Default time.Now.
 	Now func() time.Time
 	// Logger receives operational logs. Default slog.Default().
 	Logger *slog.Logger

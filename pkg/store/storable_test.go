@@ -34,3 +34,12 @@ func TestCheckJSON(t *testing.T) {
 	require.Equal(t, "a\uFFFDb", store.CleanText("a\x00b"))
 	require.Equal(t, "ab", store.CleanText("ab"))
 }
+
+func TestCheckJSONLargeButStorableNumbers(t *testing.T) {
+	t.Parallel()
+	// Shapes that pass the quick scan only through the full check, and still are storable.
+	for _, ok := range []string{`{"n": 1e99999}`, `{"s": "e123456 in text"}`, `{"s": "\\u0000 escaped"}`} {
+		require.Nil(t, store.CheckJSON(json.RawMessage(ok)), ok)
+	}
+	require.NotNil(t, store.CheckJSON(json.RawMessage(`{"n": 1`+strings.Repeat("0", 150000)+`}`)), "a run of digits")
+}
