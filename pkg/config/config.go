@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cao-run/cao/pkg/auth"
 	"github.com/cao-run/cao/pkg/orchestrator"
 	"github.com/cao-run/cao/pkg/runner"
 	"github.com/cao-run/cao/pkg/store/sqlstore"
@@ -25,7 +26,8 @@ type Config struct {
 	RegistryPath      string         // CAO_REGISTRY
 	HTTPAddr          string         // CAO_HTTP_ADDR
 	PublicURL         string         // CAO_PUBLIC_URL; empty: from the request's Host
-	APIKeys           []string       // CAO_API_KEYS
+	APIKeys           []auth.Key     // CAO_API_KEYS: `key` or `tenant:key` entries
+	AdminKeys         []auth.Key     // CAO_ADMIN_KEYS: same syntax; these keys see every tenant
 	AuthOff           bool           // CAO_AUTH=off
 	AllowedOrigins    []string       // CAO_ALLOWED_ORIGINS
 	WorkerQueues      map[string]int // CAO_WORKER_QUEUES
@@ -46,7 +48,27 @@ type Config struct {
 	DataDir        string        // CAO_DATA_DIR: where dev mode keeps its SQLite database (.cao)
 	MetricsAddr    string        // CAO_METRICS_ADDR: a worker's /metrics and /health listener (none)
 	DBMaxConns     int           // CAO_DATABASE_MAX_CONNS: connections per process to Postgres (10)
+
+	// RateLimit is CAO_RATE_LIMIT: each tenant's request budget on /api/v1, fleet-wide (zero: none).
+	RateLimit RateLimit
+	// HTTPReadTimeout is CAO_HTTP_READ_TIMEOUT: a request's headers and body must arrive within it.
+	HTTPReadTimeout time.Duration
+	// WSMaxPerTenant is CAO_WS_MAX_PER_TENANT: open WebSocket connections one tenant may hold on one
+	// API process (0: no cap).
+	WSMaxPerTenant int
 }
+
+// RateLimit is a request budget: Requests per Per. The zero value means no limit.
+type RateLimit struct {
+	Requests int
+	Per      time.Duration
+}
+
+// Defaults of the HTTP hardening variables.
+const (
+	DefaultHTTPReadTimeout = 30 * time.Second
+	DefaultWSMaxPerTenant  = 1000
+)
 
 // Defaults for every variable.
 const (
@@ -68,7 +90,8 @@ func Parse(lookup func(string) (string, bool)) (Config, error) {
 		RegistryPath:      p.str("CAO_REGISTRY", DefaultRegistry),
 		HTTPAddr:          p.str("CAO_HTTP_ADDR", DefaultHTTPAddr),
 		PublicURL:         strings.TrimRight(p.str("CAO_PUBLIC_URL", ""), "/"),
-		APIKeys:           p.list("CAO_API_KEYS"),
+		APIKeys:           p.keys("CAO_API_KEYS", false),
+		AdminKeys:         p.keys("CAO_ADMIN_KEYS", true),
 		AllowedOrigins:    p.list("CAO_ALLOWED_ORIGINS"),
 		WorkerConcurrency: p.integer("CAO_WORKER_CONCURRENCY", runner.DefaultConcurrency, 1, 10000),
 		AutoMigrate:       p.boolean("CAO_AUTO_MIGRATE", true),
@@ -83,6 +106,9 @@ func Parse(lookup func(string) (string, bool)) (Config, error) {
 		DataDir:           p.str("CAO_DATA_DIR", ".cao"),
 		MetricsAddr:       p.str("CAO_METRICS_ADDR", ""),
 		DBMaxConns:        p.integer("CAO_DATABASE_MAX_CONNS", sqlstore.DefaultMaxOpenConns, 1, 1000),
+		RateLimit:         p.rateLimit("CAO_RATE_LIMIT"),
+		HTTPReadTimeout:   p.duration("CAO_HTTP_READ_TIMEOUT", DefaultHTTPReadTimeout, 100*time.Millisecond),
+		WSMaxPerTenant:    p.integer("CAO_WS_MAX_PER_TENANT", DefaultWSMaxPerTenant, 0, 1_000_000),
 	}
 	switch auth := strings.ToLower(p.str("CAO_AUTH", "on")); auth {
 	case "off", "false", "0", "no":
@@ -117,10 +143,15 @@ func Parse(lookup func(string) (string, bool)) (Config, error) {
 
 // CheckAuth fails when the API would start open to anyone without saying so.
 func (c Config) CheckAuth() error {
-	if len(c.APIKeys) == 0 && !c.AuthOff {
+	if len(c.APIKeys) == 0 && len(c.AdminKeys) == 0 && !c.AuthOff {
 		return errors.New("CAO_API_KEYS: no API keys configured; set CAO_API_KEYS=key1,key2 or CAO_AUTH=off to run without authentication")
 	}
 	return nil
+}
+
+// Keyring is every API and admin key, for the API to match requests against.
+func (c Config) Keyring() *auth.Keyring {
+	return auth.NewKeyring(append(slices.Clone(c.APIKeys), c.AdminKeys...)...)
 }
 
 // Logger builds the process logger from CAO_LOG_LEVEL and CAO_LOG_FORMAT.
@@ -146,6 +177,36 @@ func (p *parser) str(name, def string) string {
 		return strings.TrimSpace(v)
 	}
 	return def
+}
+
+// keys parses CAO_API_KEYS or CAO_ADMIN_KEYS; the error never quotes a key.
+func (p *parser) keys(name string, admin bool) []auth.Key {
+	v, _ := p.lookup(name)
+	keys, err := auth.ParseKeys(v, admin)
+	if err != nil {
+		p.errs = append(p.errs, fmt.Errorf("%s: %w (entries are key or tenant:key, comma-separated)", name, err))
+	}
+	return keys
+}
+
+// rateLimit parses "50/1s" or "600/1m" (a bare unit means one of it: "100/s", "600/m").
+func (p *parser) rateLimit(name string) RateLimit {
+	v := p.str(name, "")
+	if v == "" {
+		return RateLimit{}
+	}
+	n, per, ok := strings.Cut(v, "/")
+	count, err := strconv.Atoi(strings.TrimSpace(n))
+	per = strings.TrimSpace(per)
+	if per != "" && (per[0] < '0' || per[0] > '9') {
+		per = "1" + per
+	}
+	d, derr := time.ParseDuration(per)
+	if !ok || err != nil || derr != nil || count < 1 || d < time.Millisecond || d > 24*time.Hour {
+		p.bad(name, v, "requests/period such as 50/1s or 600/1m (at least 1 request, period 1ms to 24h)")
+		return RateLimit{}
+	}
+	return RateLimit{Requests: count, Per: d}
 }
 
 func (p *parser) list(name string) []string {

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"github.com/cao-run/cao/pkg/auth"
+
 	"log/slog"
 	"testing"
 	"time"
@@ -38,7 +40,7 @@ func TestValues(t *testing.T) {
 		"CAO_STEP_LEASE_TTL": "3s",
 	}))
 	require.NoError(t, err)
-	require.Equal(t, []string{"a", "b"}, c.APIKeys)
+	require.Equal(t, []auth.Key{{Tenant: "default", Secret: "a"}, {Tenant: "default", Secret: "b"}}, c.APIKeys)
 	require.Equal(t, map[string]int{"heavy": 2, "llm": 5}, c.WorkerQueues)
 	require.Equal(t, 7, c.WorkerConcurrency)
 	require.False(t, c.AutoMigrate)
@@ -87,4 +89,41 @@ func TestAuthOff(t *testing.T) {
 	c, err := Parse(env(map[string]string{"CAO_AUTH": "off"}))
 	require.NoError(t, err)
 	require.NoError(t, c.CheckAuth())
+}
+
+func TestKeysAndLimits(t *testing.T) {
+	t.Parallel()
+	c, err := Parse(env(map[string]string{
+		"CAO_API_KEYS": "acme:k1, globex:k2,k3", "CAO_ADMIN_KEYS": "ops:root1",
+		"CAO_RATE_LIMIT": "50/1s", "CAO_HTTP_READ_TIMEOUT": "5s", "CAO_WS_MAX_PER_TENANT": "7",
+	}))
+	require.NoError(t, err)
+	require.Equal(t, []auth.Key{
+		{Tenant: "acme", Secret: "k1"}, {Tenant: "globex", Secret: "k2"}, {Tenant: "default", Secret: "k3"},
+	}, c.APIKeys)
+	require.Equal(t, []auth.Key{{Tenant: "ops", Secret: "root1", Admin: true}}, c.AdminKeys)
+	require.Equal(t, RateLimit{Requests: 50, Per: time.Second}, c.RateLimit)
+	require.Equal(t, 5*time.Second, c.HTTPReadTimeout)
+	require.Equal(t, 7, c.WSMaxPerTenant)
+
+	c, err = Parse(env(map[string]string{"CAO_ADMIN_KEYS": "root", "CAO_RATE_LIMIT": "600/m"}))
+	require.NoError(t, err)
+	require.NoError(t, c.CheckAuth(), "admin keys alone turn authentication on")
+	require.Equal(t, RateLimit{Requests: 600, Per: time.Minute}, c.RateLimit)
+	require.Equal(t, DefaultHTTPReadTimeout, c.HTTPReadTimeout)
+
+	for name, bad := range map[string]string{
+		"CAO_API_KEYS": "bad tenant:k", "CAO_ADMIN_KEYS": "ops:", "CAO_RATE_LIMIT": "0/1s",
+		"CAO_HTTP_READ_TIMEOUT": "1ns", "CAO_WS_MAX_PER_TENANT": "-1",
+	} {
+		_, err := Parse(env(map[string]string{name: bad}))
+		require.ErrorContains(t, err, name)
+		if name == "CAO_API_KEYS" || name == "CAO_ADMIN_KEYS" {
+			require.NotContains(t, err.Error(), bad, "the error must not quote a key")
+		}
+	}
+	for _, bad := range []string{"50", "x/1s", "50/1x", "50/0s", "50/48h"} {
+		_, err := Parse(env(map[string]string{"CAO_RATE_LIMIT": bad}))
+		require.ErrorContains(t, err, "CAO_RATE_LIMIT", bad)
+	}
 }

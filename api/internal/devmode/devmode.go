@@ -248,7 +248,7 @@ func printBanner(out io.Writer, cfg config.Config, reg *registry.Registry, addr,
 	base := "http://" + net.JoinHostPort(host, port)
 	auth := "off (set CAO_API_KEYS=key1,key2 to require keys)"
 	authHeader := ""
-	if len(cfg.APIKeys) > 0 {
+	if len(cfg.APIKeys)+len(cfg.AdminKeys) > 0 {
 		auth = "on: send one of CAO_API_KEYS as Authorization: Bearer <key> or X-API-Key"
 		authHeader = "  -H \"Authorization: Bearer <one of CAO_API_KEYS>\" \\\n"
 	}

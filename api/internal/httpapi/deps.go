@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 
+	"github.com/cao-run/cao/pkg/auth"
 	"github.com/cao-run/cao/pkg/events"
 	"github.com/cao-run/cao/pkg/health"
 	"github.com/cao-run/cao/pkg/metrics"
@@ -39,10 +40,10 @@ type Health interface {
 
 // Settings are the API's configuration (from the CAO_* environment).
 type Settings struct {
-	APIKeys        []string // CAO_API_KEYS; empty: no authentication
-	AllowedOrigins []string // CAO_ALLOWED_ORIGINS
-	PublicURL      string   // CAO_PUBLIC_URL; empty: from the request's Host
-	MaxBodyBytes   int64    // CAO_MAX_BODY_BYTES
+	Keys           *auth.Keyring // CAO_API_KEYS and CAO_ADMIN_KEYS; empty: no authentication
+	AllowedOrigins []string      // CAO_ALLOWED_ORIGINS
+	PublicURL      string        // CAO_PUBLIC_URL; empty: from the request's Host
+	MaxBodyBytes   int64         // CAO_MAX_BODY_BYTES
 }
 
 // Deps are the API's dependencies, each as narrow as the handlers need.

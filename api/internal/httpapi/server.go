@@ -5,7 +5,6 @@ package httpapi
 
 import (
 	"context"
-	"crypto/subtle"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -116,7 +115,7 @@ const monitoringCookie = "cao_monitoring_key"
 func (s *Server) monitoringAuth() gin.HandlerFunc {
 	check := s.auth()
 	return func(c *gin.Context) {
-		if len(s.d.Settings.APIKeys) > 0 {
+		if !s.d.Settings.Keys.Empty() {
 			if key := c.Query("api_key"); key != "" && s.validKey(key) {
 				secure := c.Request.TLS != nil || strings.EqualFold(c.GetHeader("X-Forwarded-Proto"), "https")
 				//nolint:gosec // Secure is set whenever the request came over HTTPS; dev mode is plain HTTP
@@ -136,20 +135,16 @@ func (s *Server) monitoringAuth() gin.HandlerFunc {
 
 // validKey reports whether key is one of CAO_API_KEYS (constant time per key).
 func (s *Server) validKey(key string) bool {
-	for _, k := range s.d.Settings.APIKeys {
-		if key != "" && subtle.ConstantTimeCompare([]byte(key), []byte(k)) == 1 {
-			return true
-		}
-	}
-	return false
+	_, ok := s.d.Settings.Keys.Lookup(key)
+	return ok
 }
 
 // auth requires one of CAO_API_KEYS (Authorization: Bearer, X-API-Key, or ?api_key= for WebSocket
 // upgrades from browsers, which cannot set headers) unless authentication is off.
 func (s *Server) auth() gin.HandlerFunc {
-	keys := s.d.Settings.APIKeys
+	keys := s.d.Settings.Keys
 	return func(c *gin.Context) {
-		if len(keys) == 0 {
+		if keys.Empty() {
 			c.Next()
 			return
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/cao-run/cao/pkg/auth"
 	"github.com/cao-run/cao/pkg/config"
 	"github.com/cao-run/cao/pkg/events"
 	"github.com/cao-run/cao/pkg/migrate"
@@ -145,7 +146,9 @@ func (e *testEnv) startAPI(t testing.TB, opts nodeOptions) *testAPI {
 	cfg, err := config.Parse(func(string) (string, bool) { return "", false })
 	require.NoError(t, err)
 	cfg.DatabaseURL, cfg.RedisURL = e.PGURL, e.RedisURL
-	cfg.APIKeys, cfg.AllowedOrigins = opts.APIKeys, opts.AllowedOrigins
+	cfg.APIKeys, err = auth.ParseKeys(strings.Join(opts.APIKeys, ","), false)
+	require.NoError(t, err)
+	cfg.AllowedOrigins = opts.AllowedOrigins
 	cfg.AuthOff = len(opts.APIKeys) == 0
 
 	st, err := sqlstore.OpenPostgres(ctx, e.PGURL, sqlstore.Config{MaxOpenConns: 4, MaxIdleConns: 4})
@@ -290,7 +293,7 @@ func nodeDeps(n *node.Node) Deps {
 	return Deps{
 		Jobs: n.Orchestrator, Events: n.Hub, Health: n.Health, Metrics: n.Metrics, Registry: n.Registry,
 		Settings: Settings{
-			APIKeys: n.Config.APIKeys, AllowedOrigins: n.Config.AllowedOrigins,
+			Keys: n.Config.Keyring(), AllowedOrigins: n.Config.AllowedOrigins,
 			PublicURL: n.Config.PublicURL, MaxBodyBytes: n.Config.MaxBodyBytes,
 		},
 		Logger: n.Logger,

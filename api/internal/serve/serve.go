@@ -67,7 +67,7 @@ func APIDeps(n *node.Node) httpapi.Deps {
 		Metrics:  n.Metrics,
 		Registry: n.Registry,
 		Settings: httpapi.Settings{
-			APIKeys:        n.Config.APIKeys,
+			Keys:           n.Config.Keyring(),
 			AllowedOrigins: n.Config.AllowedOrigins,
 			PublicURL:      n.Config.PublicURL,
 			MaxBodyBytes:   n.Config.MaxBodyBytes,
