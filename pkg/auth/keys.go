@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+
+	"github.com/cao-run/cao/pkg/store"
 )
 
 // DefaultTenant owns bare keys, every job made with authentication off, and dev mode's jobs.
-const DefaultTenant = "default"
+const DefaultTenant = store.DefaultTenant
 
 // tenantPattern is what a tenant name may look like: it appears in URLs (?tenant=), Redis keys and
 // metric labels, so it is kept to a small safe alphabet.
@@ -97,7 +99,18 @@ func (kr *Keyring) Lookup(key string) (Caller, bool) {
 		return Caller{}, false
 	}
 	// Comparing fixed-size digests keeps the comparison constant-time whatever the key's length.
-	sum := sha256.Sum256([]byte(key))
+	return kr.LookupSum(Sum(key))
+}
+
+// Sum is the digest a key is known by where it must be remembered (tickets, sessions): the key
+// itself is never stored.
+func Sum(key string) [sha256.Size]byte { return sha256.Sum256([]byte(key)) }
+
+// LookupSum returns the caller of the key whose Sum is sum, if that key is still configured.
+func (kr *Keyring) LookupSum(sum [sha256.Size]byte) (Caller, bool) {
+	if kr == nil {
+		return Caller{}, false
+	}
 	var found Caller
 	ok := 0
 	for _, k := range kr.keys {

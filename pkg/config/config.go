@@ -15,6 +15,7 @@ import (
 
 	"github.com/cao-run/cao/pkg/auth"
 	"github.com/cao-run/cao/pkg/orchestrator"
+	"github.com/cao-run/cao/pkg/registry"
 	"github.com/cao-run/cao/pkg/runner"
 	"github.com/cao-run/cao/pkg/store/sqlstore"
 )
@@ -50,18 +51,12 @@ type Config struct {
 	DBMaxConns     int           // CAO_DATABASE_MAX_CONNS: connections per process to Postgres (10)
 
 	// RateLimit is CAO_RATE_LIMIT: each tenant's request budget on /api/v1, fleet-wide (zero: none).
-	RateLimit RateLimit
+	RateLimit registry.RateLimit
 	// HTTPReadTimeout is CAO_HTTP_READ_TIMEOUT: a request's headers and body must arrive within it.
 	HTTPReadTimeout time.Duration
 	// WSMaxPerTenant is CAO_WS_MAX_PER_TENANT: open WebSocket connections one tenant may hold on one
 	// API process (0: no cap).
 	WSMaxPerTenant int
-}
-
-// RateLimit is a request budget: Requests per Per. The zero value means no limit.
-type RateLimit struct {
-	Requests int
-	Per      time.Duration
 }
 
 // Defaults of the HTTP hardening variables.
@@ -190,10 +185,10 @@ func (p *parser) keys(name string, admin bool) []auth.Key {
 }
 
 // rateLimit parses "50/1s" or "600/1m" (a bare unit means one of it: "100/s", "600/m").
-func (p *parser) rateLimit(name string) RateLimit {
+func (p *parser) rateLimit(name string) registry.RateLimit {
 	v := p.str(name, "")
 	if v == "" {
-		return RateLimit{}
+		return registry.RateLimit{}
 	}
 	n, per, ok := strings.Cut(v, "/")
 	count, err := strconv.Atoi(strings.TrimSpace(n))
@@ -204,9 +199,9 @@ func (p *parser) rateLimit(name string) RateLimit {
 	d, derr := time.ParseDuration(per)
 	if !ok || err != nil || derr != nil || count < 1 || d < time.Millisecond || d > 24*time.Hour {
 		p.bad(name, v, "requests/period such as 50/1s or 600/1m (at least 1 request, period 1ms to 24h)")
-		return RateLimit{}
+		return registry.RateLimit{}
 	}
-	return RateLimit{Requests: count, Per: d}
+	return registry.RateLimit{Requests: count, Per: d}
 }
 
 func (p *parser) list(name string) []string {

@@ -2,6 +2,7 @@ package config
 
 import (
 	"github.com/cao-run/cao/pkg/auth"
+	"github.com/cao-run/cao/pkg/registry"
 
 	"log/slog"
 	"testing"
@@ -102,14 +103,14 @@ func TestKeysAndLimits(t *testing.T) {
 		{Tenant: "acme", Secret: "k1"}, {Tenant: "globex", Secret: "k2"}, {Tenant: "default", Secret: "k3"},
 	}, c.APIKeys)
 	require.Equal(t, []auth.Key{{Tenant: "ops", Secret: "root1", Admin: true}}, c.AdminKeys)
-	require.Equal(t, RateLimit{Requests: 50, Per: time.Second}, c.RateLimit)
+	require.Equal(t, registry.RateLimit{Requests: 50, Per: time.Second}, c.RateLimit)
 	require.Equal(t, 5*time.Second, c.HTTPReadTimeout)
 	require.Equal(t, 7, c.WSMaxPerTenant)
 
 	c, err = Parse(env(map[string]string{"CAO_ADMIN_KEYS": "root", "CAO_RATE_LIMIT": "600/m"}))
 	require.NoError(t, err)
 	require.NoError(t, c.CheckAuth(), "admin keys alone turn authentication on")
-	require.Equal(t, RateLimit{Requests: 600, Per: time.Minute}, c.RateLimit)
+	require.Equal(t, registry.RateLimit{Requests: 600, Per: time.Minute}, c.RateLimit)
 	require.Equal(t, DefaultHTTPReadTimeout, c.HTTPReadTimeout)
 
 	for name, bad := range map[string]string{

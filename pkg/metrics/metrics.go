@@ -19,6 +19,7 @@ type Metrics struct {
 	Busy          *prometheus.CounterVec   // service
 	WSClients     prometheus.Gauge
 	WSSlowClosed  prometheus.Counter
+	RateLimited   *prometheus.CounterVec // limit: api (CAO_RATE_LIMIT) or websocket (CAO_WS_MAX_PER_TENANT)
 	OutboxPending prometheus.GaugeFunc
 }
 
@@ -48,8 +49,11 @@ func New(outbox func() float64) *Metrics {
 		WSSlowClosed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "cao_websocket_slow_closed_total", Help: "WebSocket clients closed for being too slow.",
 		}),
+		RateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cao_http_rate_limited_total", Help: "Requests answered 429 because a tenant was over a limit, by limit.",
+		}, []string{"limit"}),
 	}
-	reg.MustRegister(m.JobsCreated, m.Attempts, m.AttemptTime, m.Busy, m.WSClients, m.WSSlowClosed)
+	reg.MustRegister(m.JobsCreated, m.Attempts, m.AttemptTime, m.Busy, m.WSClients, m.WSSlowClosed, m.RateLimited)
 	if outbox != nil {
 		m.OutboxPending = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "cao_outbox_pending", Help: "Tasks committed but not yet moved to Redis.",

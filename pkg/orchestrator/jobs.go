@@ -21,6 +21,7 @@ import (
 
 // CreateRequest asks for a new job.
 type CreateRequest struct {
+	Tenant         string // who owns the job (store.DefaultTenant when empty)
 	Feature        string
 	Input          json.RawMessage // a JSON object; empty means {}
 	IdempotencyKey string          // optional
@@ -45,20 +46,24 @@ func (o *Orchestrator) CreateJob(ctx context.Context, req CreateRequest) (view *
 	if err != nil {
 		return nil, false, err
 	}
+	tenant := req.Tenant
+	if tenant == "" {
+		tenant = store.DefaultTenant
+	}
 	if req.IdempotencyKey == "" {
-		v, err := o.insertJob(ctx, f, input, "")
+		v, err := o.insertJob(ctx, tenant, f, input, "")
 		return v, err == nil, err
 	}
 	hash := requestHash(req.Feature, input)
 	for range 3 {
-		existing, err := o.reserveKey(ctx, req.IdempotencyKey, hash)
+		existing, err := o.reserveKey(ctx, tenant, req.IdempotencyKey, hash)
 		if err != nil {
 			return nil, false, err
 		}
 		if existing == nil {
-			v, err := o.insertJob(ctx, f, input, req.IdempotencyKey)
+			v, err := o.insertJob(ctx, tenant, f, input, req.IdempotencyKey)
 			if err != nil {
-				o.releaseKey(ctx, req.IdempotencyKey)
+				o.releaseKey(ctx, tenant, req.IdempotencyKey)
 				return nil, false, err
 			}
 			return v, true, nil
@@ -71,12 +76,12 @@ func (o *Orchestrator) CreateJob(ctx context.Context, req CreateRequest) (view *
 				return nil, false, ErrIdempotencyInFlight
 			}
 			// The first request died before creating its job: take the key over.
-			o.releaseKey(ctx, req.IdempotencyKey)
+			o.releaseKey(ctx, tenant, req.IdempotencyKey)
 			continue
 		}
-		v, err := o.GetJob(ctx, existing.JobID)
+		v, err := o.GetJob(ctx, store.TenantScope(tenant), existing.JobID)
 		if errors.Is(err, ErrJobNotFound) {
-			o.releaseKey(ctx, req.IdempotencyKey)
+			o.releaseKey(ctx, tenant, req.IdempotencyKey)
 			continue
 		}
 		return v, false, err
@@ -84,14 +89,14 @@ func (o *Orchestrator) CreateJob(ctx context.Context, req CreateRequest) (view *
 	return nil, false, ErrIdempotencyInFlight
 }
 
-// reserveKey stores the key for a first request (returning nil) or returns the live record.
-func (o *Orchestrator) reserveKey(ctx context.Context, key, hash string) (*store.IdempotencyRecord, error) {
+// reserveKey stores the tenant's key for a first request (returning nil) or returns the live record.
+func (o *Orchestrator) reserveKey(ctx context.Context, tenant, key, hash string) (*store.IdempotencyRecord, error) {
 	now := o.now()
 	var existing *store.IdempotencyRecord
 	err := o.store.Tx(ctx, func(tx store.Tx) error {
 		existing = nil
 		err := tx.InsertIdempotencyKey(ctx, &store.IdempotencyRecord{
-			Key: key, RequestHash: hash, CreatedAt: now, ExpiresAt: now.Add(o.cfg.IdempotencyTTL),
+			Tenant: tenant, Key: key, RequestHash: hash, CreatedAt: now, ExpiresAt: now.Add(o.cfg.IdempotencyTTL),
 		})
 		if err == nil || !errors.Is(err, store.ErrDuplicate) {
 			return err
@@ -99,16 +104,16 @@ func (o *Orchestrator) reserveKey(ctx context.Context, key, hash string) (*store
 		return errDuplicateKey
 	})
 	if errors.Is(err, errDuplicateKey) {
-		rec, gerr := o.store.GetIdempotencyKey(ctx, key)
+		rec, gerr := o.store.GetIdempotencyKey(ctx, tenant, key)
 		if errors.Is(gerr, store.ErrNotFound) {
-			return o.reserveKey(ctx, key, hash)
+			return o.reserveKey(ctx, tenant, key, hash)
 		}
 		if gerr != nil {
 			return nil, gerr
 		}
 		if rec.ExpiresAt.Before(now) {
-			o.releaseKey(ctx, key)
-			return o.reserveKey(ctx, key, hash)
+			o.releaseKey(ctx, tenant, key)
+			return o.reserveKey(ctx, tenant, key, hash)
 		}
 		existing = rec
 		return existing, nil
@@ -118,9 +123,9 @@ func (o *Orchestrator) reserveKey(ctx context.Context, key, hash string) (*store
 
 var errDuplicateKey = errors.New("duplicate idempotency key")
 
-func (o *Orchestrator) releaseKey(ctx context.Context, key string) {
+func (o *Orchestrator) releaseKey(ctx context.Context, tenant, key string) {
 	err := o.store.Tx(context.WithoutCancel(ctx), func(tx store.Tx) error {
-		return tx.DeleteIdempotencyKey(ctx, key)
+		return tx.DeleteIdempotencyKey(ctx, tenant, key)
 	})
 	if err != nil {
 		o.cfg.Logger.Warn("release idempotency key", "err", err)
@@ -167,10 +172,10 @@ func (o *Orchestrator) checkInput(f *registry.Feature, raw json.RawMessage) (jso
 	return canon, nil
 }
 
-func (o *Orchestrator) insertJob(ctx context.Context, f *registry.Feature, input json.RawMessage, key string) (*JobView, error) {
+func (o *Orchestrator) insertJob(ctx context.Context, tenant string, f *registry.Feature, input json.RawMessage, key string) (*JobView, error) {
 	now := o.now()
 	job := &store.Job{
-		ID: uuid.NewString(), FeatureName: f.Name, Status: store.JobPending, Input: input, InputVersion: 1,
+		ID: uuid.NewString(), Tenant: tenant, FeatureName: f.Name, Status: store.JobPending, Input: input, InputVersion: 1,
 		IdempotencyKey: key, CreatedAt: now, UpdatedAt: now,
 	}
 	steps := make([]store.Step, len(f.Steps))
@@ -205,18 +210,19 @@ func (o *Orchestrator) insertJob(ctx context.Context, f *registry.Feature, input
 	return &JobView{Job: sn.job, Steps: sn.steps}, nil
 }
 
-// Job returns the job without its steps; ErrJobNotFound if it does not exist.
-func (o *Orchestrator) Job(ctx context.Context, id string) (*store.Job, error) {
-	job, err := o.store.GetJob(ctx, id)
+// Job returns the job without its steps; ErrJobNotFound if it does not exist or is outside scope
+// (another tenant's job answers exactly as a job that does not exist).
+func (o *Orchestrator) Job(ctx context.Context, scope store.Scope, id string) (*store.Job, error) {
+	job, err := o.store.GetJob(ctx, scope, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, ErrJobNotFound
 	}
 	return job, err
 }
 
-// GetJob returns the job with its steps and attempts.
-func (o *Orchestrator) GetJob(ctx context.Context, id string) (*JobView, error) {
-	job, err := o.Job(ctx, id)
+// GetJob returns the job in scope with its steps and attempts.
+func (o *Orchestrator) GetJob(ctx context.Context, scope store.Scope, id string) (*JobView, error) {
+	job, err := o.Job(ctx, scope, id)
 	if err != nil {
 		return nil, err
 	}
@@ -250,9 +256,10 @@ func (o *Orchestrator) ListJobs(ctx context.Context, f store.JobFilter) ([]store
 	return jobs, &store.Cursor{CreatedAt: last.CreatedAt, ID: last.ID}, nil
 }
 
-// Events returns the job's events after afterSeq (ErrJobNotFound if the job does not exist).
-func (o *Orchestrator) Events(ctx context.Context, jobID string, afterSeq int64, limit int) ([]store.Event, error) {
-	if _, err := o.Job(ctx, jobID); err != nil {
+// Events returns the job's events after afterSeq (ErrJobNotFound if the job does not exist or is
+// outside scope).
+func (o *Orchestrator) Events(ctx context.Context, scope store.Scope, jobID string, afterSeq int64, limit int) ([]store.Event, error) {
+	if _, err := o.Job(ctx, scope, jobID); err != nil {
 		return nil, err
 	}
 	return o.EventLog(ctx, jobID, afterSeq, limit)
@@ -274,7 +281,11 @@ type ResumeRequest struct {
 
 // Resume re-runs the job's failed, skipped, cancelled and stuck steps (and, with FromStep, that step
 // and its downstream steps) in a new run each; SUCCEEDED steps outside that set are kept.
-func (o *Orchestrator) Resume(ctx context.Context, id string, req ResumeRequest) (*JobView, error) {
+// A job outside scope is ErrJobNotFound.
+func (o *Orchestrator) Resume(ctx context.Context, scope store.Scope, id string, req ResumeRequest) (*JobView, error) {
+	if _, err := o.Job(ctx, scope, id); err != nil {
+		return nil, err
+	}
 	err := o.withJob(ctx, id, func(u *unit) error {
 		if u.feature == nil {
 			return fmt.Errorf("%w: %q is no longer registered", ErrFeatureNotFound, u.job.FeatureName)
@@ -325,12 +336,16 @@ func (o *Orchestrator) Resume(ctx context.Context, id string, req ResumeRequest)
 	if err != nil {
 		return nil, err
 	}
-	return o.GetJob(ctx, id)
+	return o.GetJob(ctx, scope, id)
 }
 
 // Cancel ends a job: waiting and running steps become CANCELLED (running calls are cancelled by their
 // workers when they see the job's CANCELLED event or lose their lease) and the job ends CANCELLED.
-func (o *Orchestrator) Cancel(ctx context.Context, id string) (*JobView, error) {
+// A job outside scope is ErrJobNotFound.
+func (o *Orchestrator) Cancel(ctx context.Context, scope store.Scope, id string) (*JobView, error) {
+	if _, err := o.Job(ctx, scope, id); err != nil {
+		return nil, err
+	}
 	err := o.withJob(ctx, id, func(u *unit) error {
 		if u.job.Status.Terminal() {
 			return fmt.Errorf("%w: job is %s", ErrAlreadyTerminal, u.job.Status)
@@ -346,7 +361,7 @@ func (o *Orchestrator) Cancel(ctx context.Context, id string) (*JobView, error) 
 	if err != nil {
 		return nil, err
 	}
-	return o.GetJob(ctx, id)
+	return o.GetJob(ctx, scope, id)
 }
 
 // nowPtr returns a pointer to t.

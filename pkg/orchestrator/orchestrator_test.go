@@ -131,7 +131,7 @@ func (b *bundle) create(t *testing.T) *orchestrator.JobView {
 
 func stepStatus(t *testing.T, b *bundle, jobID string) map[string]store.StepStatus {
 	t.Helper()
-	v, err := b.orch.GetJob(context.Background(), jobID)
+	v, err := b.orch.GetJob(context.Background(), store.AllTenants, jobID)
 	require.NoError(t, err)
 	m := map[string]store.StepStatus{}
 	for _, s := range v.Steps {
@@ -175,7 +175,7 @@ func TestRunDAGInNeedsOrder(t *testing.T) {
 		require.ElementsMatch(t, []string{"b", "c"}, order[1:3])
 		require.Equal(t, "d", order[3])
 
-		v, err := b.orch.GetJob(ctx, v.Job.ID)
+		v, err := b.orch.GetJob(ctx, store.AllTenants, v.Job.ID)
 		require.NoError(t, err)
 		require.Equal(t, store.JobCompleted, v.Job.Status)
 		require.NotNil(t, v.Job.StartedAt)
@@ -185,7 +185,7 @@ func TestRunDAGInNeedsOrder(t *testing.T) {
 		require.Equal(t, "d", output["d"]["step"])
 
 		// Events: contiguous seqs from 1, ending with the terminal job event.
-		evs, err := b.orch.Events(ctx, v.Job.ID, 0, 0)
+		evs, err := b.orch.Events(ctx, store.AllTenants, v.Job.ID, 0, 0)
 		require.NoError(t, err)
 		for i, e := range evs {
 			require.Equal(t, int64(i+1), e.Seq)
@@ -240,7 +240,7 @@ func TestDuplicateDeliveryRunsOnce(t *testing.T) {
 		_, err := b.orch.Prepare(ctx, p)
 		require.ErrorIs(t, err, orchestrator.ErrStale)
 		require.NoError(t, b.orch.FinishAttempt(ctx, winners[0], orchestrator.Outcome{Output: json.RawMessage(`2`)}))
-		got, err := b.orch.GetJob(ctx, v.Job.ID)
+		got, err := b.orch.GetJob(ctx, store.AllTenants, v.Job.ID)
 		require.NoError(t, err)
 		require.JSONEq(t, `1`, string(got.Steps[0].Output))
 		require.Equal(t, 1, got.Steps[0].Attempts)
@@ -261,7 +261,7 @@ func TestRetryThenFailSkipsDownstream(t *testing.T) {
 	tasks := b.drain(t)
 	require.Len(t, tasks, 1)
 	require.Equal(t, 2, tasks[0].Attempt)
-	got, _ := b.orch.GetJob(ctx, v.Job.ID)
+	got, _ := b.orch.GetJob(ctx, store.AllTenants, v.Job.ID)
 	require.NotNil(t, got.Steps[0].NextAttemptAt)
 
 	// Retry-After beyond the backoff wins.
@@ -272,7 +272,7 @@ func TestRetryThenFailSkipsDownstream(t *testing.T) {
 	require.Equal(t, store.StepSkipped, st["b"])
 	require.Equal(t, store.StepSkipped, st["d"])
 	require.Equal(t, store.StepStatus(store.JobFailed), st["$job"])
-	got, _ = b.orch.GetJob(ctx, v.Job.ID)
+	got, _ = b.orch.GetJob(ctx, store.AllTenants, v.Job.ID)
 	require.Contains(t, got.Job.Error, "step a failed")
 	require.Len(t, got.Attempts, 2)
 	require.Equal(t, 503, got.Attempts[0].HTTPStatus)
@@ -286,7 +286,7 @@ func TestRetryAfterSetsDelay(t *testing.T) {
 	v := b.create(t)
 	a := b.start(t, b.drain(t)[0], "w1")
 	require.NoError(t, b.orch.FinishAttempt(ctx, a, orchestrator.Outcome{Err: errors.New("429"), Retryable: true, RetryAfter: 7 * time.Second}))
-	got, _ := b.orch.GetJob(ctx, v.Job.ID)
+	got, _ := b.orch.GetJob(ctx, store.AllTenants, v.Job.ID)
 	require.WithinDuration(t, b.clock.Now().Add(7*time.Second), *got.Steps[0].NextAttemptAt, time.Millisecond)
 }
 
@@ -320,7 +320,7 @@ func TestCancelFencesRunningAttempt(t *testing.T) {
 	ctx := context.Background()
 	v := b.create(t)
 	a := b.start(t, b.drain(t)[0], "w1")
-	_, err := b.orch.Cancel(ctx, v.Job.ID)
+	_, err := b.orch.Cancel(ctx, store.AllTenants, v.Job.ID)
 	require.NoError(t, err)
 	st := stepStatus(t, b, v.Job.ID)
 	for _, name := range []string{"a", "b", "c", "d"} {
@@ -329,9 +329,9 @@ func TestCancelFencesRunningAttempt(t *testing.T) {
 	require.Equal(t, store.StepStatus(store.JobCancelled), st["$job"])
 	require.ErrorIs(t, b.orch.Heartbeat(ctx, a), orchestrator.ErrFenced)
 	require.ErrorIs(t, b.orch.FinishAttempt(ctx, a, orchestrator.Outcome{Output: json.RawMessage(`1`)}), orchestrator.ErrFenced)
-	_, err = b.orch.Cancel(ctx, v.Job.ID)
+	_, err = b.orch.Cancel(ctx, store.AllTenants, v.Job.ID)
 	require.ErrorIs(t, err, orchestrator.ErrAlreadyTerminal)
-	got, _ := b.orch.GetJob(ctx, v.Job.ID)
+	got, _ := b.orch.GetJob(ctx, store.AllTenants, v.Job.ID)
 	require.Equal(t, store.AttemptCancelled, got.Attempts[0].Status)
 }
 
@@ -358,9 +358,9 @@ func TestResume(t *testing.T) {
 		require.Equal(t, store.StepStatus(store.JobFailed), stepStatus(t, b, id)["$job"])
 
 		// Resume re-runs b (failed) and d (skipped) in run 2; a and c are kept.
-		_, err := b.orch.Resume(ctx, id, orchestrator.ResumeRequest{Input: json.RawMessage(`{"name":"y"}`)})
+		_, err := b.orch.Resume(ctx, store.AllTenants, id, orchestrator.ResumeRequest{Input: json.RawMessage(`{"name":"y"}`)})
 		require.NoError(t, err)
-		got, _ := b.orch.GetJob(ctx, id)
+		got, _ := b.orch.GetJob(ctx, store.AllTenants, id)
 		runs := map[string]int{}
 		for _, s := range got.Steps {
 			runs[s.Name] = s.Run
@@ -384,12 +384,12 @@ func TestResume(t *testing.T) {
 			}
 			tasks = b.drain(t)
 		}
-		got, _ = b.orch.GetJob(ctx, id)
+		got, _ = b.orch.GetJob(ctx, store.AllTenants, id)
 		require.Equal(t, store.JobCompleted, got.Job.Status)
 		require.JSONEq(t, `"A1"`, string(got.Steps[0].Output), "a SUCCEEDED step is never executed again")
 
 		// Completed: not resumable. from_step on a failed job re-runs downstream too.
-		_, err = b.orch.Resume(ctx, id, orchestrator.ResumeRequest{})
+		_, err = b.orch.Resume(ctx, store.AllTenants, id, orchestrator.ResumeRequest{})
 		require.ErrorIs(t, err, orchestrator.ErrNotResumable)
 	})
 }
@@ -400,22 +400,22 @@ func TestResumeFromStepAndValidation(t *testing.T) {
 	ctx := context.Background()
 	v := b.create(t)
 	id := v.Job.ID
-	_, err := b.orch.Resume(ctx, id, orchestrator.ResumeRequest{})
+	_, err := b.orch.Resume(ctx, store.AllTenants, id, orchestrator.ResumeRequest{})
 	require.ErrorIs(t, err, orchestrator.ErrNotResumable, "running and not stuck")
 	a := b.start(t, b.drain(t)[0], "w1")
 	require.NoError(t, b.orch.FinishAttempt(ctx, a, orchestrator.Outcome{Err: errors.New("bad"), Retryable: false}))
 
-	_, err = b.orch.Resume(ctx, id, orchestrator.ResumeRequest{FromStep: "nope"})
+	_, err = b.orch.Resume(ctx, store.AllTenants, id, orchestrator.ResumeRequest{FromStep: "nope"})
 	require.ErrorIs(t, err, orchestrator.ErrStepNotFound)
 	var inErr *orchestrator.InputError
-	_, err = b.orch.Resume(ctx, id, orchestrator.ResumeRequest{Input: json.RawMessage(`{"name":""}`)})
+	_, err = b.orch.Resume(ctx, store.AllTenants, id, orchestrator.ResumeRequest{Input: json.RawMessage(`{"name":""}`)})
 	require.ErrorAs(t, err, &inErr)
-	_, err = b.orch.Resume(ctx, "6b3e4cc4-8a5e-4a8f-9c39-5b0f7d1c2e11", orchestrator.ResumeRequest{})
+	_, err = b.orch.Resume(ctx, store.AllTenants, "6b3e4cc4-8a5e-4a8f-9c39-5b0f7d1c2e11", orchestrator.ResumeRequest{})
 	require.ErrorIs(t, err, orchestrator.ErrJobNotFound)
 
-	_, err = b.orch.Resume(ctx, id, orchestrator.ResumeRequest{FromStep: "a"})
+	_, err = b.orch.Resume(ctx, store.AllTenants, id, orchestrator.ResumeRequest{FromStep: "a"})
 	require.NoError(t, err)
-	got, _ := b.orch.GetJob(ctx, id)
+	got, _ := b.orch.GetJob(ctx, store.AllTenants, id)
 	for _, s := range got.Steps {
 		require.Equal(t, 2, s.Run, s.Name)
 	}
@@ -437,7 +437,7 @@ func TestReaperRequeuesLostStepInSameRun(t *testing.T) {
 		n, err = b.orch.ReapExpiredSteps(ctx, 10)
 		require.NoError(t, err)
 		require.Equal(t, 1, n)
-		got, _ := b.orch.GetJob(ctx, v.Job.ID)
+		got, _ := b.orch.GetJob(ctx, store.AllTenants, v.Job.ID)
 		require.Equal(t, store.StepQueued, got.Steps[0].Status)
 		require.Equal(t, 1, got.Steps[0].Run, "same run: same Idempotency-Key")
 		require.Equal(t, 1, got.Steps[0].Lost)
@@ -451,7 +451,7 @@ func TestReaperRequeuesLostStepInSameRun(t *testing.T) {
 		require.ErrorIs(t, b.orch.FinishAttempt(ctx, a, orchestrator.Outcome{Output: json.RawMessage(`"late"`)}), orchestrator.ErrFenced)
 		a2 := b.start(t, tasks[0], "w2")
 		require.NoError(t, b.orch.FinishAttempt(ctx, a2, orchestrator.Outcome{Output: json.RawMessage(`"ok"`)}))
-		got, _ = b.orch.GetJob(ctx, v.Job.ID)
+		got, _ = b.orch.GetJob(ctx, store.AllTenants, v.Job.ID)
 		require.JSONEq(t, `"ok"`, string(got.Steps[0].Output))
 	})
 }
@@ -481,12 +481,12 @@ func TestStuckJobDetectedRecoveredThenFailed(t *testing.T) {
 	n, err := b.orch.DetectStuckJobs(ctx, 10)
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
-	got, _ := b.orch.GetJob(ctx, v.Job.ID)
+	got, _ := b.orch.GetJob(ctx, store.AllTenants, v.Job.ID)
 	require.NotNil(t, got.Job.StuckAt)
 	require.Contains(t, got.Job.StuckReason, "stuck")
 	tasks := b.drain(t)
 	require.Len(t, tasks, 1, "waiting step re-dispatched")
-	evs, _ := b.orch.Events(ctx, v.Job.ID, 0, 0)
+	evs, _ := b.orch.Events(ctx, store.AllTenants, v.Job.ID, 0, 0)
 	require.Contains(t, evs[len(evs)-1].Reason, "stuck")
 
 	// A stuck job can be resumed even though it is not terminal.
@@ -494,7 +494,7 @@ func TestStuckJobDetectedRecoveredThenFailed(t *testing.T) {
 	n, err = b.orch.DetectStuckJobs(ctx, 10)
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
-	got, _ = b.orch.GetJob(ctx, v.Job.ID)
+	got, _ = b.orch.GetJob(ctx, store.AllTenants, v.Job.ID)
 	require.Equal(t, store.JobFailed, got.Job.Status)
 	require.Contains(t, got.Job.Error, "stuck")
 }
@@ -537,7 +537,7 @@ func TestIdempotencyKeyConcurrentCreatesOneJob(t *testing.T) {
 		}
 		wg.Wait()
 		require.Len(t, ids, 1, "exactly one job")
-		jobs, err := b.store.ListJobs(ctx, store.JobFilter{Limit: 100})
+		jobs, err := b.store.ListJobs(ctx, store.JobFilter{Scope: store.AllTenants, Limit: 100})
 		require.NoError(t, err)
 		require.Len(t, jobs, 1)
 
@@ -569,7 +569,7 @@ func TestFinishAttemptRetriedAfterLostCommitAnswer(t *testing.T) {
 	// The worker did not hear the commit's answer and records the same outcome again: a no-op that
 	// keeps the succeeded record (it must not turn into "lost").
 	require.NoError(t, b.orch.FinishAttempt(ctx, a, out))
-	got, _ := b.orch.GetJob(ctx, v.Job.ID)
+	got, _ := b.orch.GetJob(ctx, store.AllTenants, v.Job.ID)
 	require.Equal(t, store.StepSucceeded, got.Steps[0].Status)
 	require.Len(t, got.Attempts, 1)
 	require.Equal(t, store.AttemptSucceeded, got.Attempts[0].Status)
@@ -582,7 +582,7 @@ func TestFinishAttemptRetriedAfterLostCommitAnswer(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
 	require.ErrorIs(t, b.orch.FinishAttempt(ctx, a2, orchestrator.Outcome{Output: json.RawMessage(`1`)}), orchestrator.ErrFenced)
-	got, _ = b.orch.GetJob(ctx, v.Job.ID)
+	got, _ = b.orch.GetJob(ctx, store.AllTenants, v.Job.ID)
 	for _, at := range got.Attempts {
 		if at.Step == p.Step {
 			require.Equal(t, store.AttemptLost, at.Status)

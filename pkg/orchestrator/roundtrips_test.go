@@ -13,6 +13,7 @@ import (
 	"github.com/cao-run/cao/pkg/migrate"
 	"github.com/cao-run/cao/pkg/orchestrator"
 	"github.com/cao-run/cao/pkg/registry"
+	"github.com/cao-run/cao/pkg/store"
 	"github.com/cao-run/cao/pkg/store/sqlstore"
 	"github.com/cao-run/cao/pkg/task"
 	"github.com/cao-run/cao/pkg/testinfra"
@@ -53,7 +54,7 @@ func TestRoundTripsPerStep(t *testing.T) {
 			require.NoError(t, err)
 			require.NoError(t, orch.FinishAttempt(ctx, a, orchestrator.Outcome{Output: json.RawMessage(`{"ok": true}`)}))
 		}
-		got, err := orch.GetJob(ctx, v.Job.ID)
+		got, err := orch.GetJob(ctx, store.AllTenants, v.Job.ID)
 		require.NoError(t, err)
 		require.Equal(t, "COMPLETED", string(got.Job.Status))
 	}

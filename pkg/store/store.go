@@ -72,9 +72,31 @@ func (s StepStatus) Terminal() bool {
 // Waiting reports whether the step has a task in (or due for) the queue.
 func (s StepStatus) Waiting() bool { return s == StepQueued || s == StepRetrying }
 
+// DefaultTenant owns the jobs of bare keys, of authentication off and of dev mode, and every job
+// stored before tenants existed; a job or key written with an empty tenant gets it.
+const DefaultTenant = "default"
+
+// Scope is the set of tenants a query may see. The API builds it from the caller's key: a tenant's
+// key sees its own tenant's jobs, an admin's key every tenant's (or one, with ?tenant=). The zero
+// Scope sees nothing, so a scope that was forgotten fails closed.
+type Scope struct {
+	Tenant string // the tenant seen, unless All
+	All    bool   // every tenant (admins, and the core's own work on jobs it was handed by id)
+}
+
+// AllTenants is the scope of admins and of the core itself.
+var AllTenants = Scope{All: true}
+
+// TenantScope is the scope of one tenant.
+func TenantScope(tenant string) Scope { return Scope{Tenant: tenant} }
+
+// Allows reports whether a job of tenant is inside the scope.
+func (s Scope) Allows(tenant string) bool { return s.All || (s.Tenant != "" && s.Tenant == tenant) }
+
 // Job is one execution of a feature.
 type Job struct {
 	ID           string
+	Tenant       string // the tenant of the key that created the job
 	FeatureName  string
 	Status       JobStatus
 	Input        json.RawMessage // current input (replaced by resume with input_data)
@@ -190,6 +212,7 @@ type OutboxTask struct {
 
 // IdempotencyRecord remembers a POST /jobs Idempotency-Key.
 type IdempotencyRecord struct {
+	Tenant      string // keys are scoped per tenant
 	Key         string
 	RequestHash string
 	JobID       string // empty while the first request is still creating the job
@@ -213,6 +236,7 @@ type Cursor struct {
 
 // JobFilter selects jobs for ListJobs.
 type JobFilter struct {
+	Scope   Scope     // whose jobs (the zero Scope lists nothing)
 	Status  JobStatus // empty: any
 	Feature string    // empty: any
 	Limit   int       // 1..1000
@@ -247,22 +271,23 @@ type Change struct {
 	Events []Event
 	// Outbox holds the tasks the change requires; Apply sets their IDs.
 	Outbox []OutboxTask
-	// IdempotencyKey, with Create, binds that stored key (reserved by InsertIdempotencyKey and not yet
-	// bound) to the new job; ErrConflict, and nothing written, if it is missing or bound.
+	// IdempotencyKey, with Create, binds that stored key of the job's tenant (reserved by
+	// InsertIdempotencyKey and not yet bound) to the new job; ErrConflict, and nothing written, if it
+	// is missing or bound.
 	IdempotencyKey string
 }
 
 // Reader holds the queries available both inside and outside a transaction.
 type Reader interface {
-	// GetJob returns the job or ErrNotFound.
-	GetJob(ctx context.Context, id string) (*Job, error)
+	// GetJob returns the job, or ErrNotFound if it does not exist or is outside the scope.
+	GetJob(ctx context.Context, scope Scope, id string) (*Job, error)
 	// GetSteps returns the job's steps ordered by Position.
 	GetSteps(ctx context.Context, jobID string) ([]Step, error)
 	// GetAttempts returns the job's attempts ordered by step position, run, attempt.
 	GetAttempts(ctx context.Context, jobID string) ([]Attempt, error)
 	// GetJobInputs returns the job's input history ordered by version.
 	GetJobInputs(ctx context.Context, jobID string) ([]JobInput, error)
-	// ListJobs returns jobs newest first.
+	// ListJobs returns the jobs in the filter's scope, newest first.
 	ListJobs(ctx context.Context, f JobFilter) ([]Job, error)
 	// ListEvents returns up to limit events of the job with Seq > afterSeq, in Seq order.
 	ListEvents(ctx context.Context, jobID string, afterSeq int64, limit int) ([]Event, error)
@@ -274,8 +299,8 @@ type Reader interface {
 	ListIdleJobs(ctx context.Context, updatedBefore time.Time, limit int) ([]Job, error)
 	// ListStuckJobs returns PENDING and RUNNING jobs whose StuckAt is before the given time.
 	ListStuckJobs(ctx context.Context, stuckBefore time.Time, limit int) ([]Job, error)
-	// GetIdempotencyKey returns the record or ErrNotFound.
-	GetIdempotencyKey(ctx context.Context, key string) (*IdempotencyRecord, error)
+	// GetIdempotencyKey returns the tenant's record or ErrNotFound.
+	GetIdempotencyKey(ctx context.Context, tenant, key string) (*IdempotencyRecord, error)
 	// CountOutbox returns how many tasks wait in the outbox.
 	CountOutbox(ctx context.Context) (int64, error)
 	// LastSeqs returns the LastSeq of each of the jobs that exist among ids, by id.
@@ -310,12 +335,12 @@ type Tx interface {
 	// ClaimOutbox returns up to limit outbox tasks created before createdBefore, oldest first, locked
 	// for this transaction and skipped by concurrent claimers (FOR UPDATE SKIP LOCKED on Postgres).
 	ClaimOutbox(ctx context.Context, createdBefore time.Time, limit int) ([]OutboxTask, error)
-	// InsertIdempotencyKey stores a new key; ErrDuplicate if the key exists.
+	// InsertIdempotencyKey stores a new key; ErrDuplicate if the tenant already has the key.
 	InsertIdempotencyKey(ctx context.Context, r *IdempotencyRecord) error
-	// UpdateIdempotencyKey rewrites the record with the same key (job id, hash, times).
+	// UpdateIdempotencyKey rewrites the record with the same tenant and key (job id, hash, times).
 	UpdateIdempotencyKey(ctx context.Context, r *IdempotencyRecord) error
-	// DeleteIdempotencyKey removes one key.
-	DeleteIdempotencyKey(ctx context.Context, key string) error
+	// DeleteIdempotencyKey removes one key of the tenant.
+	DeleteIdempotencyKey(ctx context.Context, tenant, key string) error
 	// DeleteExpiredIdempotencyKeys removes keys whose ExpiresAt is before now and returns how many.
 	DeleteExpiredIdempotencyKeys(ctx context.Context, now time.Time) (int64, error)
 }

@@ -12,27 +12,89 @@ import (
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
+	"github.com/cao-run/cao/pkg/auth"
 	"github.com/cao-run/cao/pkg/health"
 	"github.com/cao-run/cao/pkg/metrics"
 	"github.com/cao-run/cao/pkg/orchestrator"
 	"github.com/cao-run/cao/pkg/registry"
+	"github.com/cao-run/cao/pkg/store"
 )
 
 // fakeJobs answers every call with err; calls the test does not expect panic (nil interface).
 type fakeJobs struct {
 	Jobs
-	err   error
-	calls []string
+	err    error
+	calls  []string
+	scopes []store.Scope
 }
 
-func (f *fakeJobs) GetJob(_ context.Context, id string) (*orchestrator.JobView, error) {
+func (f *fakeJobs) GetJob(_ context.Context, scope store.Scope, id string) (*orchestrator.JobView, error) {
 	f.calls = append(f.calls, "GetJob "+id)
+	f.scopes = append(f.scopes, scope)
 	return nil, f.err
 }
 
-func (f *fakeJobs) Resume(_ context.Context, id string, _ orchestrator.ResumeRequest) (*orchestrator.JobView, error) {
+func (f *fakeJobs) Resume(_ context.Context, scope store.Scope, id string, _ orchestrator.ResumeRequest) (*orchestrator.JobView, error) {
 	f.calls = append(f.calls, "Resume "+id)
+	f.scopes = append(f.scopes, scope)
 	return nil, f.err
+}
+
+func (f *fakeJobs) ListJobs(_ context.Context, filter store.JobFilter) ([]store.Job, *store.Cursor, error) {
+	f.calls = append(f.calls, "ListJobs")
+	f.scopes = append(f.scopes, filter.Scope)
+	return nil, nil, f.err
+}
+
+// Each key's requests reach the core in its tenant's scope; admin keys see every tenant, or the
+// one named by ?tenant=; a key in the query string is refused outside /ws/ and /monitoring/.
+func TestCallerScopes(t *testing.T) {
+	t.Parallel()
+	keys := auth.NewKeyring(auth.Key{Tenant: "acme", Secret: "k-acme"}, auth.Key{Tenant: "ops", Secret: "k-root", Admin: true})
+	id := uuid.NewString()
+	for _, tc := range []struct {
+		name, path, key string
+		wantStatus      int
+		wantCode        string
+		wantScope       store.Scope
+	}{
+		{"tenant get", "/api/v1/jobs/" + id, "k-acme", 404, "job_not_found", store.TenantScope("acme")},
+		{"tenant list", "/api/v1/jobs", "k-acme", 200, "", store.TenantScope("acme")},
+		{"tenant lists itself", "/api/v1/jobs?tenant=acme", "k-acme", 200, "", store.TenantScope("acme")},
+		{"tenant lists another", "/api/v1/jobs?tenant=globex", "k-acme", 403, "forbidden", store.Scope{}},
+		{"admin get", "/api/v1/jobs/" + id, "k-root", 404, "job_not_found", store.AllTenants},
+		{"admin list", "/api/v1/jobs", "k-root", 200, "", store.AllTenants},
+		{"admin list one tenant", "/api/v1/jobs?tenant=globex", "k-root", 200, "", store.TenantScope("globex")},
+		{"bad tenant name", "/api/v1/jobs?tenant=a%20b", "k-root", 400, "invalid_query", store.Scope{}},
+		{"key in the query", "/api/v1/jobs?api_key=k-acme", "", 401, "unauthorized", store.Scope{}},
+		{"key in the query besides a header", "/api/v1/jobs?api_key=k-acme", "k-acme", 401, "unauthorized", store.Scope{}},
+		{"unknown key", "/api/v1/jobs", "k-nope", 401, "unauthorized", store.Scope{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			jobs := &fakeJobs{err: orchestrator.ErrJobNotFound}
+			if strings.HasSuffix(tc.path, "jobs") || strings.Contains(tc.path, "jobs?") {
+				jobs.err = nil
+			}
+			s := New(Deps{Jobs: jobs, Health: fakeHealth{}, Metrics: metrics.New(func() float64 { return 0 }),
+				Settings: Settings{MaxBodyBytes: 1 << 20, Keys: keys}}, Options{})
+			req := httptest.NewRequest(http.MethodGet, tc.path, nil)
+			if tc.key != "" {
+				req.Header.Set("Authorization", "Bearer "+tc.key)
+			}
+			rec := httptest.NewRecorder()
+			s.Handler().ServeHTTP(rec, req)
+			require.Equal(t, tc.wantStatus, rec.Code, rec.Body.String())
+			if tc.wantCode != "" {
+				require.Contains(t, rec.Body.String(), `"code":"`+tc.wantCode+`"`)
+			}
+			if tc.wantScope == (store.Scope{}) {
+				require.Empty(t, jobs.calls, "a refused request reaches nothing")
+				return
+			}
+			require.Equal(t, []store.Scope{tc.wantScope}, jobs.scopes)
+		})
+	}
 }
 
 type fakeHealth struct{ down bool }

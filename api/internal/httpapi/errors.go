@@ -28,6 +28,8 @@ const (
 	codeKeyReused          = "idempotency_key_reused"
 	codeBodyTooLarge       = "body_too_large"
 	codeUnauthorized       = "unauthorized"
+	codeForbidden          = "forbidden"
+	codeRateLimited        = "rate_limited"
 	codeUnavailable        = "service_unavailable"
 	codeUnsupportedContent = "unsupported_media_type"
 	codeInternal           = "internal_error"

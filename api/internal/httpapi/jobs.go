@@ -111,7 +111,7 @@ func (s *Server) createJob(c *gin.Context) {
 		return
 	}
 	view, created, err := s.d.Jobs.CreateJob(c.Request.Context(), orchestrator.CreateRequest{
-		Feature: *body.FeatureName, Input: body.InputData, IdempotencyKey: key,
+		Tenant: callerOf(c).Tenant, Feature: *body.FeatureName, Input: body.InputData, IdempotencyKey: key,
 	})
 	if err != nil {
 		s.fail(c, err)
@@ -145,8 +145,10 @@ func (s *Server) monitorURL(c *gin.Context, id string) string {
 }
 
 // jobID validates the :id path parameter.
-func jobID(c *gin.Context) (string, bool) {
-	id := c.Param("id")
+func jobID(c *gin.Context) (string, bool) { return parseJobID(c, c.Param("id")) }
+
+// parseJobID validates a job id from the request (answering 400 if it is not a UUID).
+func parseJobID(c *gin.Context, id string) (string, bool) {
 	u, err := uuid.Parse(id)
 	if err != nil || len(id) != 36 {
 		abort(c, http.StatusBadRequest, codeInvalidJobID, "job id must be a UUID", nil)
@@ -160,7 +162,7 @@ func (s *Server) getJob(c *gin.Context) {
 	if !ok {
 		return
 	}
-	v, err := s.d.Jobs.GetJob(c.Request.Context(), id)
+	v, err := s.d.Jobs.GetJob(c.Request.Context(), scopeOf(c), id)
 	if err != nil {
 		s.fail(c, err)
 		return
@@ -169,7 +171,10 @@ func (s *Server) getJob(c *gin.Context) {
 }
 
 func (s *Server) listJobs(c *gin.Context) {
-	f := store.JobFilter{Limit: 50, Feature: c.Query("feature")}
+	f := store.JobFilter{Scope: scopeOf(c), Limit: 50, Feature: c.Query("feature")}
+	if !tenantFilter(c, &f) {
+		return
+	}
 	if !storableText(f.Feature) {
 		abort(c, http.StatusBadRequest, codeInvalidQuery, "feature must be valid UTF-8 without NUL characters", nil)
 		return
@@ -258,7 +263,7 @@ func (s *Server) resumeJob(c *gin.Context) {
 	if !s.readJSON(c, &body, true) {
 		return
 	}
-	v, err := s.d.Jobs.Resume(c.Request.Context(), id, orchestrator.ResumeRequest{FromStep: body.FromStep, Input: body.InputData})
+	v, err := s.d.Jobs.Resume(c.Request.Context(), scopeOf(c), id, orchestrator.ResumeRequest{FromStep: body.FromStep, Input: body.InputData})
 	if err != nil {
 		s.fail(c, err)
 		return
@@ -271,7 +276,7 @@ func (s *Server) cancelJob(c *gin.Context) {
 	if !ok {
 		return
 	}
-	v, err := s.d.Jobs.Cancel(c.Request.Context(), id)
+	v, err := s.d.Jobs.Cancel(c.Request.Context(), scopeOf(c), id)
 	if err != nil {
 		s.fail(c, err)
 		return
@@ -302,7 +307,7 @@ func (s *Server) jobEvents(c *gin.Context) {
 		}
 		limit = n
 	}
-	evs, err := s.d.Jobs.Events(c.Request.Context(), id, after, limit)
+	evs, err := s.d.Jobs.Events(c.Request.Context(), scopeOf(c), id, after, limit)
 	if err != nil {
 		s.fail(c, err)
 		return

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -53,12 +52,12 @@ func (s *Server) Handler() http.Handler {
 
 	r.GET("/health", s.live)
 	r.GET("/health/services", s.services)
-	r.GET("/metrics", s.auth(), gin.WrapH(promhttp.HandlerFor(s.d.Metrics.Registry, promhttp.HandlerOpts{})))
+	r.GET("/metrics", s.authenticate(headersOnly), gin.WrapH(promhttp.HandlerFor(s.d.Metrics.Registry, promhttp.HandlerOpts{})))
 
 	v1 := r.Group("/api/v1")
 	v1.GET("/health", s.live)
 	v1.GET("/health/services", s.services)
-	authed := v1.Group("", s.auth())
+	authed := v1.Group("", s.authenticate(headersOnly), s.rateLimit())
 	authed.POST("/jobs", s.createJob)
 	authed.GET("/jobs", s.listJobs)
 	authed.GET("/jobs/:id", s.getJob)
@@ -66,12 +65,19 @@ func (s *Server) Handler() http.Handler {
 	authed.POST("/jobs/:id/cancel", s.cancelJob)
 	authed.GET("/jobs/:id/events", s.jobEvents)
 	authed.GET("/features", s.features)
+	authed.POST("/ws-tickets", s.createTicket)
 
-	r.GET("/ws/:id", s.auth(), s.ws.serve)
+	r.GET("/ws/:id", s.wsAuthenticate(), s.ws.serve)
 	s.registerUI(r)
 	if s.opts.Monitoring != nil {
 		mon := gin.WrapH(s.opts.Monitoring)
-		r.Any("/monitoring", s.auth(), func(c *gin.Context) { c.Redirect(http.StatusMovedPermanently, "/monitoring/") })
+		r.Any("/monitoring", func(c *gin.Context) {
+			u := "/monitoring/"
+			if q := c.Request.URL.RawQuery; q != "" {
+				u += "?" + q
+			}
+			c.Redirect(http.StatusMovedPermanently, u)
+		})
 		r.Any("/monitoring/*path", s.monitoringAuth(), mon)
 	}
 	return headAsGet(r)
@@ -94,6 +100,8 @@ func (s *Server) Stop(ctx context.Context) error { return s.ws.stop(ctx) }
 
 func (s *Server) live(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) }
 
+// services answers /health/services: the overall status to anyone, the detail (services, limits,
+// queues) only with a valid key.
 func (s *Server) services(c *gin.Context) {
 	rep := s.d.Health.Run(c.Request.Context())
 	status := http.StatusOK
@@ -101,68 +109,15 @@ func (s *Server) services(c *gin.Context) {
 		status = http.StatusServiceUnavailable
 		c.Header("Retry-After", "5")
 	}
-	c.JSON(status, rep)
+	if _, ok := s.d.Settings.Keys.Lookup(headerKey(c.Request)); ok || s.d.Settings.Keys.Empty() {
+		c.JSON(status, rep)
+		return
+	}
+	c.JSON(status, gin.H{"status": rep.Status})
 }
 
 // unavailable reports whether the database or Redis is down right now (to answer 503, not 500).
 func (s *Server) unavailable(ctx context.Context) bool { return s.d.Health.Unavailable(ctx) }
-
-// monitoringCookie carries the API key for the asynqmon UI, whose own requests cannot add headers.
-const monitoringCookie = "cao_monitoring_key"
-
-// monitoringAuth is auth for /monitoring/: open /monitoring/?api_key=KEY once and the key is kept in
-// an HttpOnly cookie scoped to /monitoring, so the UI's own API calls are authorised too.
-func (s *Server) monitoringAuth() gin.HandlerFunc {
-	check := s.auth()
-	return func(c *gin.Context) {
-		if !s.d.Settings.Keys.Empty() {
-			if key := c.Query("api_key"); key != "" && s.validKey(key) {
-				secure := c.Request.TLS != nil || strings.EqualFold(c.GetHeader("X-Forwarded-Proto"), "https")
-				//nolint:gosec // Secure is set whenever the request came over HTTPS; dev mode is plain HTTP
-				http.SetCookie(c.Writer, &http.Cookie{
-					Name: monitoringCookie, Value: key, Path: "/monitoring", HttpOnly: true, Secure: secure,
-					SameSite: http.SameSiteStrictMode, MaxAge: 12 * 3600,
-				})
-			} else if c.GetHeader("Authorization") == "" && c.GetHeader("X-API-Key") == "" && key == "" {
-				if v, err := c.Cookie(monitoringCookie); err == nil && v != "" {
-					c.Request.Header.Set("X-API-Key", v)
-				}
-			}
-		}
-		check(c)
-	}
-}
-
-// validKey reports whether key is one of CAO_API_KEYS (constant time per key).
-func (s *Server) validKey(key string) bool {
-	_, ok := s.d.Settings.Keys.Lookup(key)
-	return ok
-}
-
-// auth requires one of CAO_API_KEYS (Authorization: Bearer, X-API-Key, or ?api_key= for WebSocket
-// upgrades from browsers, which cannot set headers) unless authentication is off.
-func (s *Server) auth() gin.HandlerFunc {
-	keys := s.d.Settings.Keys
-	return func(c *gin.Context) {
-		if keys.Empty() {
-			c.Next()
-			return
-		}
-		got := c.GetHeader("X-API-Key")
-		if h := c.GetHeader("Authorization"); got == "" && strings.HasPrefix(h, "Bearer ") {
-			got = strings.TrimPrefix(h, "Bearer ")
-		}
-		if got == "" {
-			got = c.Query("api_key")
-		}
-		if s.validKey(got) {
-			c.Next()
-			return
-		}
-		c.Header("WWW-Authenticate", `Bearer realm="cao"`)
-		abort(c, http.StatusUnauthorized, codeUnauthorized, "a valid API key is required (Authorization: Bearer <key> or X-API-Key)", nil)
-	}
-}
 
 // cors answers preflights and sets CORS headers for origins in CAO_ALLOWED_ORIGINS.
 func (s *Server) cors() gin.HandlerFunc {

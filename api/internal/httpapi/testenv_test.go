@@ -292,7 +292,10 @@ func emitEvents(t testing.TB, n *node.Node, jobID string, count, batch int, publ
 func nodeDeps(n *node.Node) Deps {
 	return Deps{
 		Jobs: n.Orchestrator, Events: n.Hub, Health: n.Health, Metrics: n.Metrics, Registry: n.Registry,
+		Tokens:  auth.NewTokens(n.Redis, n.Config.Keyring(), ""),
+		Limiter: n.RateLimiter,
 		Settings: Settings{
+			RateLimit: n.Config.RateLimit, WSMaxPerTenant: n.Config.WSMaxPerTenant,
 			Keys: n.Config.Keyring(), AllowedOrigins: n.Config.AllowedOrigins,
 			PublicURL: n.Config.PublicURL, MaxBodyBytes: n.Config.MaxBodyBytes,
 		},

@@ -13,6 +13,7 @@ import (
 // jobJSON is the contract's job object.
 type jobJSON struct {
 	ID           string          `json:"id"`
+	Tenant       string          `json:"tenant"`
 	FeatureName  string          `json:"feature_name"`
 	Status       store.JobStatus `json:"status"`
 	InputData    json.RawMessage `json:"input_data"`
@@ -83,7 +84,7 @@ func rawOrNull(b json.RawMessage) json.RawMessage {
 
 func summaryJSON(j *store.Job) jobJSON {
 	return jobJSON{
-		ID: j.ID, FeatureName: j.FeatureName, Status: j.Status, InputData: rawOrNull(j.Input), InputVersion: j.InputVersion,
+		ID: j.ID, Tenant: j.Tenant, FeatureName: j.FeatureName, Status: j.Status, InputData: rawOrNull(j.Input), InputVersion: j.InputVersion,
 		Output: rawOrNull(j.Output), Error: strOrNil(j.Error), Stuck: j.StuckAt != nil, StuckReason: j.StuckReason,
 		LastSeq: j.LastSeq, CreatedAt: j.CreatedAt.UTC(), UpdatedAt: j.UpdatedAt.UTC(), StartedAt: utc(j.StartedAt),
 		FinishedAt: utc(j.FinishedAt),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/cao-run/cao/pkg/events"
+	"github.com/cao-run/cao/pkg/store"
 )
 
 // codeUpgradeRequired answers a plain HTTP request to /ws/{id}.
@@ -74,13 +76,35 @@ type wsHub struct {
 	mu       sync.Mutex
 	stopping bool
 	topics   map[string]*topic
+	open     map[string]int // open connections per tenant (CAO_WS_MAX_PER_TENANT)
+}
+
+// admit counts a new connection of tenant, or reports false when the tenant is at its cap.
+func (h *wsHub) admit(tenant string) bool {
+	limit := h.s.d.Settings.WSMaxPerTenant
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if limit > 0 && h.open[tenant] >= limit {
+		return false
+	}
+	h.open[tenant]++
+	return true
+}
+
+// release forgets a connection admitted for tenant.
+func (h *wsHub) release(tenant string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.open[tenant]--; h.open[tenant] <= 0 {
+		delete(h.open, tenant)
+	}
 }
 
 func newWSHub(s *Server) *wsHub {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &wsHub{
 		s: s, cfg: defaultWSConfig(), ctx: ctx, cancel: cancel,
-		closing: make(chan struct{}), topics: map[string]*topic{},
+		closing: make(chan struct{}), topics: map[string]*topic{}, open: map[string]int{},
 	}
 	h.origins, h.anyOrigin = originPatterns(s.d.Settings.AllowedOrigins, s.d.Settings.PublicURL)
 	return h
@@ -121,6 +145,14 @@ func (h *wsHub) serve(c *gin.Context) {
 	}
 
 	ctx := c.Request.Context()
+	scope := scopeOf(c)
+	tenant := callerOf(c).Tenant
+	if !h.admit(tenant) {
+		h.s.d.Metrics.RateLimited.WithLabelValues("websocket").Inc()
+		tooMany(c, 5*time.Second, fmt.Sprintf("tenant %q already holds %d WebSocket connections on this server", tenant, h.s.d.Settings.WSMaxPerTenant))
+		return
+	}
+	defer h.release(tenant)
 	cl := newWSClient(h.cfg.clientQueue)
 	leave, err := h.join(ctx, id, cl)
 	switch {
@@ -137,9 +169,9 @@ func (h *wsHub) serve(c *gin.Context) {
 	// Read the starting point only now that the client is on its topic (see join).
 	var st startPoint
 	if hasAfter {
-		st, err = h.replayStart(ctx, id, after)
+		st, err = h.replayStart(ctx, scope, id, after)
 	} else {
-		st, err = h.snapshotStart(ctx, id)
+		st, err = h.snapshotStart(ctx, scope, id)
 	}
 	if err != nil {
 		h.s.fail(c, err)
@@ -173,8 +205,8 @@ type startPoint struct {
 }
 
 // snapshotStart is the snapshot of the job (the object of GET /api/v1/jobs/{id}) at its last_seq.
-func (h *wsHub) snapshotStart(ctx context.Context, id string) (startPoint, error) {
-	view, err := h.s.d.Jobs.GetJob(ctx, id)
+func (h *wsHub) snapshotStart(ctx context.Context, scope store.Scope, id string) (startPoint, error) {
+	view, err := h.s.d.Jobs.GetJob(ctx, scope, id)
 	if err != nil {
 		return startPoint{}, err
 	}
@@ -186,8 +218,8 @@ func (h *wsHub) snapshotStart(ctx context.Context, id string) (startPoint, error
 }
 
 // replayStart is the first page of the events after after_seq.
-func (h *wsHub) replayStart(ctx context.Context, id string, after int64) (startPoint, error) {
-	job, err := h.s.d.Jobs.Job(ctx, id)
+func (h *wsHub) replayStart(ctx context.Context, scope store.Scope, id string, after int64) (startPoint, error) {
+	job, err := h.s.d.Jobs.Job(ctx, scope, id)
 	if err != nil {
 		return startPoint{}, err
 	}

@@ -113,7 +113,7 @@ func (w *wsConn) deliver(d *delivery) (done bool, err error) {
 // ends the job (a terminal event followed by more, after a resume, does not).
 func (w *wsConn) replay() (terminal bool, err error) {
 	for {
-		evs, err := w.h.s.d.Jobs.Events(w.h.ctx, w.jobID, w.last, w.h.cfg.pageSize)
+		evs, err := w.h.s.d.Jobs.EventLog(w.h.ctx, w.jobID, w.last, w.h.cfg.pageSize)
 		if err != nil {
 			w.h.s.log.Warn("websocket: replay", "job_id", w.jobID, "err", err)
 			w.close(websocket.StatusTryAgainLater, "event log unavailable; reconnect with after_seq")

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cao-run/cao/pkg/events"
 	"github.com/cao-run/cao/pkg/orchestrator"
+	"github.com/cao-run/cao/pkg/store"
 )
 
 // topic is one job's live stream in this process.
@@ -52,7 +53,9 @@ func (h *wsHub) join(ctx context.Context, jobID string, c *wsClient) (leave func
 		}
 		leave := func() { h.unregister(t, c) }
 		if created {
-			job, err := h.s.d.Jobs.Job(ctx, jobID)
+			// The topic is shared by every client of the job, whatever its tenant: each client
+			// reads its own starting point in its own scope before anything is sent to it.
+			job, err := h.s.d.Jobs.Job(ctx, store.AllTenants, jobID)
 			if err != nil {
 				h.mu.Lock()
 				if h.topics[jobID] == t {

@@ -104,7 +104,7 @@ type genericHot struct{ s *Store }
 func (g genericHot) loadJob(ctx context.Context, id string) (*store.Job, []store.Step, error) {
 	// Two reads. The steps are read after the job, so they are as new as the job or newer; a change
 	// computed from a job whose steps moved on is refused by Apply's version check.
-	job, err := g.s.GetJob(ctx, id)
+	job, err := g.s.GetJob(ctx, store.AllTenants, id)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -135,7 +135,8 @@ func (t *txn) apply(ctx context.Context, c *store.Change) error {
 			return err
 		}
 		if c.IdempotencyKey != "" {
-			res := t.conn(ctx).Exec(`UPDATE idempotency_keys SET job_id = ? WHERE "key" = ? AND job_id IS NULL`, j.ID, c.IdempotencyKey)
+			res := t.conn(ctx).Exec(`UPDATE idempotency_keys SET job_id = ? WHERE tenant = ? AND "key" = ? AND job_id IS NULL`,
+				j.ID, j.Tenant, c.IdempotencyKey)
 			if res.Error != nil {
 				return fmt.Errorf("bind idempotency key: %w", interpretError(res.Error))
 			}

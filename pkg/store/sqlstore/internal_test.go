@@ -129,9 +129,9 @@ func TestPostgresDeadlockRetried(t *testing.T) {
 	require.NoError(t, <-errs)
 	require.NoError(t, <-errs)
 	require.Equal(t, 3, calls[0]+calls[1], "the deadlock victim ran twice")
-	ja, err := s.GetJob(ctx, a.ID)
+	ja, err := s.GetJob(ctx, store.AllTenants, a.ID)
 	require.NoError(t, err)
-	jb, err := s.GetJob(ctx, b.ID)
+	jb, err := s.GetJob(ctx, store.AllTenants, b.ID)
 	require.NoError(t, err)
 	require.EqualValues(t, 2, ja.LastSeq+jb.LastSeq)
 }

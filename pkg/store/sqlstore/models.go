@@ -16,6 +16,7 @@ import (
 
 type jobRow struct {
 	ID             string     `gorm:"column:id;primaryKey"`
+	Tenant         string     `gorm:"column:tenant"`
 	FeatureName    string     `gorm:"column:feature_name"`
 	Status         string     `gorm:"column:status"`
 	Input          jsonText   `gorm:"column:input"`
@@ -119,6 +120,7 @@ type outboxRow struct {
 func (outboxRow) TableName() string { return "outbox" }
 
 type idempotencyRow struct {
+	Tenant      string    `gorm:"column:tenant;primaryKey"`
 	Key         string    `gorm:"column:key;primaryKey"`
 	RequestHash string    `gorm:"column:request_hash"`
 	JobID       *string   `gorm:"column:job_id"`
@@ -245,6 +247,7 @@ func normalizeJob(j *store.Job, insert bool) error {
 	}
 	j.ID = id
 	if insert {
+		j.Tenant = tenantOrDefault(j.Tenant)
 		j.CreatedAt = orNow(j.CreatedAt)
 		if j.UpdatedAt.IsZero() {
 			j.UpdatedAt = j.CreatedAt
@@ -264,6 +267,7 @@ func normalizeJob(j *store.Job, insert bool) error {
 func jobToRow(j *store.Job) jobRow {
 	return jobRow{
 		ID:             j.ID,
+		Tenant:         j.Tenant,
 		FeatureName:    j.FeatureName,
 		Status:         string(j.Status),
 		Input:          nonNullJSON(j.Input),
@@ -285,6 +289,7 @@ func jobToRow(j *store.Job) jobRow {
 func (r *jobRow) toJob() store.Job {
 	return store.Job{
 		ID:             r.ID,
+		Tenant:         r.Tenant,
 		FeatureName:    r.FeatureName,
 		Status:         store.JobStatus(r.Status),
 		Input:          rawJSON(r.Input),
@@ -506,10 +511,20 @@ func (r *outboxRow) toTask() store.OutboxTask {
 
 func (r *idempotencyRow) toRecord() store.IdempotencyRecord {
 	return store.IdempotencyRecord{
+		Tenant:      r.Tenant,
 		Key:         r.Key,
 		RequestHash: r.RequestHash,
 		JobID:       derefString(r.JobID),
 		CreatedAt:   r.CreatedAt.UTC(),
 		ExpiresAt:   r.ExpiresAt.UTC(),
 	}
+}
+
+// tenantOrDefault is the tenant a row is written with: rows written without one belong to
+// store.DefaultTenant, as rows stored before tenants existed do.
+func tenantOrDefault(t string) string {
+	if t == "" {
+		return store.DefaultTenant
+	}
+	return t
 }

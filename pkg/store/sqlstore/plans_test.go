@@ -59,7 +59,7 @@ func TestHotQueriesUseIndexes(t *testing.T) {
 
 	now := time.Now()
 	id := ids[len(ids)/2+1] // a finished job
-	_, err = s.GetJob(ctx, id)
+	_, err = s.GetJob(ctx, store.AllTenants, id)
 	require.NoError(t, err)
 	_, err = s.GetSteps(ctx, id)
 	require.NoError(t, err)
@@ -69,13 +69,19 @@ func TestHotQueriesUseIndexes(t *testing.T) {
 	require.NoError(t, err)
 	_, err = s.ListEvents(ctx, id, 1, 100)
 	require.NoError(t, err)
+	tenant := store.TenantScope("acme")
+	_, err = s.GetJob(ctx, tenant, id)
+	require.ErrorIs(t, err, store.ErrNotFound)
 	after := &store.Cursor{CreatedAt: now.Add(-time.Hour), ID: id}
 	for _, f := range []store.JobFilter{
-		{Limit: 50},
-		{Status: store.JobCompleted, Limit: 50},
-		{Feature: "plan", Limit: 50},
-		{Status: store.JobCompleted, Feature: "plan", Limit: 50, After: after},
-		{Limit: 50, After: after},
+		{Scope: store.AllTenants, Limit: 50},
+		{Scope: store.AllTenants, Status: store.JobCompleted, Limit: 50},
+		{Scope: store.AllTenants, Limit: 50, After: after},
+		{Scope: tenant, Limit: 50},
+		{Scope: tenant, Status: store.JobCompleted, Limit: 50},
+		{Scope: tenant, Feature: "plan", Limit: 50},
+		{Scope: tenant, Status: store.JobCompleted, Feature: "plan", Limit: 50, After: after},
+		{Scope: tenant, Limit: 50, After: after},
 	} {
 		_, err = s.ListJobs(ctx, f)
 		require.NoError(t, err)
@@ -88,7 +94,7 @@ func TestHotQueriesUseIndexes(t *testing.T) {
 	require.NoError(t, err)
 	_, err = s.ListStuckJobs(ctx, now, 100)
 	require.NoError(t, err)
-	_, err = s.GetIdempotencyKey(ctx, "k-1")
+	_, err = s.GetIdempotencyKey(ctx, "", "k-1")
 	require.ErrorIs(t, err, store.ErrNotFound)
 	_, err = s.LastSeqs(ctx, ids[:20])
 	require.NoError(t, err)

@@ -27,7 +27,7 @@ type postgresHot struct{ db *sql.DB }
 // conflictCode is the SQLSTATE cao_conflict raises.
 const conflictCode = "CA409"
 
-const pgLoadJob = `SELECT j.id, j.feature_name, j.status, j.input, j.input_version, j.output, j.error, j.last_seq,
+const pgLoadJob = `SELECT j.id, j.tenant, j.feature_name, j.status, j.input, j.input_version, j.output, j.error, j.last_seq,
 	j.stuck_at, j.stuck_reason, j.idempotency_key, j.created_at, j.updated_at, j.started_at, j.finished_at, j.version,
 	(SELECT json_agg(s ORDER BY s.position, s.name) FROM job_steps s WHERE s.job_id = j.id)
 FROM jobs j WHERE j.id = $1`
@@ -68,7 +68,7 @@ func (p postgresHot) loadJob(ctx context.Context, id string) (*store.Job, []stor
 		r     jobRow
 		steps jsonText
 	)
-	err := p.db.QueryRowContext(ctx, pgLoadJob, key).Scan(&r.ID, &r.FeatureName, &r.Status, &r.Input, &r.InputVersion,
+	err := p.db.QueryRowContext(ctx, pgLoadJob, key).Scan(&r.ID, &r.Tenant, &r.FeatureName, &r.Status, &r.Input, &r.InputVersion,
 		&r.Output, &r.Error, &r.LastSeq, &r.StuckAt, &r.StuckReason, &r.IdempotencyKey, &r.CreatedAt, &r.UpdatedAt,
 		&r.StartedAt, &r.FinishedAt, &r.Version, &steps)
 	if err != nil {
@@ -160,14 +160,15 @@ SELECT (SELECT version FROM jb),
 	CASE WHEN NOT EXISTS (SELECT 1 FROM jb) OR (SELECT count(*) FROM st) = $8 THEN true ELSE cao_conflict('step') END,
 	(SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM ob)`
 
-// pgApplyCreate: $1 job id, $2 idempotency key or NULL, $3..$6 tail, $7 steps, $8.. job fields.
+// pgApplyCreate: $1 job id, $2 idempotency key or NULL, $3..$6 tail, $7 steps, $8..$20 job fields,
+// $21 tenant.
 const pgApplyCreate = `WITH jb AS (
 	INSERT INTO jobs (id, feature_name, status, input, input_version, output, error, last_seq, stuck_at, stuck_reason,
-		idempotency_key, created_at, updated_at, started_at, finished_at, version)
-	VALUES ($1, $8, $9, $10::jsonb, $11, $12::jsonb, $13, $14, $15, $16, $2, $17, $18, $19, $20, 1)
+		idempotency_key, created_at, updated_at, started_at, finished_at, version, tenant)
+	VALUES ($1, $8, $9, $10::jsonb, $11, $12::jsonb, $13, $14, $15, $16, $2, $17, $18, $19, $20, 1, $21)
 	RETURNING version),
 ik AS (
-	UPDATE idempotency_keys SET job_id = $1 WHERE "key" = $2 AND job_id IS NULL
+	UPDATE idempotency_keys SET job_id = $1 WHERE tenant = $21 AND "key" = $2 AND job_id IS NULL
 	RETURNING 1),
 st AS (
 	INSERT INTO job_steps (job_id, name, position, service, queue, needs, status, run, attempts, lost, lease_owner,
@@ -297,6 +298,9 @@ func (p postgresHot) statement(c *store.Change) (string, []any, error) {
 		args = append(args, row.CreatedAt)
 	}
 	args = append(args, row.UpdatedAt, row.StartedAt, row.FinishedAt)
+	if c.Create {
+		args = append(args, row.Tenant)
+	}
 	return query, args, nil
 }
 

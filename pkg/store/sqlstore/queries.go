@@ -34,14 +34,14 @@ func withLimit(db *gorm.DB, limit int) *gorm.DB {
 	return db
 }
 
-// GetJob returns the job or store.ErrNotFound.
-func (q *queries) GetJob(ctx context.Context, id string) (*store.Job, error) {
+// GetJob returns the job, or store.ErrNotFound if it does not exist or is outside scope.
+func (q *queries) GetJob(ctx context.Context, scope store.Scope, id string) (*store.Job, error) {
 	key, ok := canonicalID(id)
 	if !ok {
 		return nil, fmt.Errorf("get job %q: %w", id, store.ErrNotFound)
 	}
 	var row jobRow
-	if err := q.conn(ctx).Where("id = ?", key).Take(&row).Error; err != nil {
+	if err := scoped(q.conn(ctx), scope).Where("id = ?", key).Take(&row).Error; err != nil {
 		return nil, fmt.Errorf("get job %s: %w", key, interpretError(err))
 	}
 	j := row.toJob()
@@ -110,7 +110,7 @@ func (q *queries) ListJobs(ctx context.Context, f store.JobFilter) ([]store.Job,
 		limit = defaultListLimit
 	}
 	limit = min(limit, maxListLimit)
-	db := q.conn(ctx).Model(&jobRow{})
+	db := scoped(q.conn(ctx).Model(&jobRow{}), f.Scope)
 	if f.Status != "" {
 		db = db.Where("status = ?", string(f.Status))
 	}
@@ -131,6 +131,17 @@ func (q *queries) ListJobs(ctx context.Context, f store.JobFilter) ([]store.Job,
 		return nil, fmt.Errorf("list jobs: %w", interpretError(err))
 	}
 	return jobsFromRows(rows), nil
+}
+
+// scoped limits a query of the jobs table to the scope's tenant; the zero Scope matches no row.
+func scoped(db *gorm.DB, scope store.Scope) *gorm.DB {
+	if scope.All {
+		return db
+	}
+	if scope.Tenant == "" {
+		return db.Where("1 = 0")
+	}
+	return db.Where("tenant = ?", scope.Tenant)
 }
 
 func jobsFromRows(rows []jobRow) []store.Job {
@@ -216,10 +227,10 @@ func (q *queries) ListStuckJobs(ctx context.Context, stuckBefore time.Time, limi
 	return jobsFromRows(rows), nil
 }
 
-// GetIdempotencyKey returns the record or store.ErrNotFound.
-func (q *queries) GetIdempotencyKey(ctx context.Context, key string) (*store.IdempotencyRecord, error) {
+// GetIdempotencyKey returns the tenant's record or store.ErrNotFound.
+func (q *queries) GetIdempotencyKey(ctx context.Context, tenant, key string) (*store.IdempotencyRecord, error) {
 	var row idempotencyRow
-	if err := q.conn(ctx).Where(`"key" = ?`, key).Take(&row).Error; err != nil {
+	if err := q.conn(ctx).Where(`tenant = ? AND "key" = ?`, tenantOrDefault(tenant), key).Take(&row).Error; err != nil {
 		return nil, fmt.Errorf("get idempotency key: %w", interpretError(err))
 	}
 	r := row.toRecord()
@@ -537,7 +548,7 @@ func (t *txn) UpdateIdempotencyKey(ctx context.Context, r *store.IdempotencyReco
 	if err != nil {
 		return fmt.Errorf("update idempotency key: %w", err)
 	}
-	res := t.conn(ctx).Model(&idempotencyRow{}).Where(`"key" = ?`, row.Key).Updates(map[string]any{
+	res := t.conn(ctx).Model(&idempotencyRow{}).Where(`tenant = ? AND "key" = ?`, row.Tenant, row.Key).Updates(map[string]any{
 		"request_hash": row.RequestHash,
 		"job_id":       row.JobID,
 		"created_at":   row.CreatedAt,
@@ -562,7 +573,9 @@ func idempotencyToRow(r *store.IdempotencyRecord) (idempotencyRow, error) {
 	}
 	r.CreatedAt = orNow(r.CreatedAt)
 	r.ExpiresAt = dbTime(r.ExpiresAt)
+	r.Tenant = tenantOrDefault(r.Tenant)
 	return idempotencyRow{
+		Tenant:      r.Tenant,
 		Key:         r.Key,
 		RequestHash: r.RequestHash,
 		JobID:       optString(r.JobID),
@@ -572,8 +585,8 @@ func idempotencyToRow(r *store.IdempotencyRecord) (idempotencyRow, error) {
 }
 
 // DeleteIdempotencyKey removes one key; a key that does not exist is not an error.
-func (t *txn) DeleteIdempotencyKey(ctx context.Context, key string) error {
-	if err := t.conn(ctx).Where(`"key" = ?`, key).Delete(&idempotencyRow{}).Error; err != nil {
+func (t *txn) DeleteIdempotencyKey(ctx context.Context, tenant, key string) error {
+	if err := t.conn(ctx).Where(`tenant = ? AND "key" = ?`, tenantOrDefault(tenant), key).Delete(&idempotencyRow{}).Error; err != nil {
 		return fmt.Errorf("delete idempotency key: %w", interpretError(err))
 	}
 	return nil

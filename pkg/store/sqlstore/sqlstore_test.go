@@ -70,7 +70,7 @@ func TestPostgresBecomesUnavailable(t *testing.T) {
 	require.NoError(t, s.Close())
 	// A closed pool is not "unavailable" in the retry-later sense, but it must not look like a
 	// missing row either.
-	_, err := s.GetJob(ctx, "7b0e3c0a-8a55-4a8c-9d8e-0c1f0f4f5e6a")
+	_, err := s.GetJob(ctx, store.AllTenants, "7b0e3c0a-8a55-4a8c-9d8e-0c1f0f4f5e6a")
 	require.Error(t, err)
 	require.NotErrorIs(t, err, store.ErrNotFound)
 }

@@ -212,7 +212,7 @@ func testApplyCreateBindsKey(t *testing.T, s store.Store) {
 	c := createChange(base)
 	c.Job.IdempotencyKey, c.IdempotencyKey = key, key
 	require.NoError(t, s.Apply(ctx, c))
-	rec, err := s.GetIdempotencyKey(ctx, key)
+	rec, err := s.GetIdempotencyKey(ctx, "", key)
 	require.NoError(t, err)
 	require.Equal(t, c.Job.ID, rec.JobID)
 

@@ -55,6 +55,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"PingAndDialect", testPingAndDialect},
 	}
 	tests = append(tests, applyTests...)
+	tests = append(tests, tenantTests...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -226,11 +227,11 @@ func testJobInsertGetUpdate(t *testing.T, s store.Store) {
 	require.Equal(t, id, j.ID, "InsertJob stores the canonical lowercase id")
 	require.Equal(t, base.Add(123456*time.Microsecond), j.CreatedAt, "InsertJob normalizes times to UTC microseconds")
 
-	got, err := s.GetJob(ctx, id)
+	got, err := s.GetJob(ctx, store.AllTenants, id)
 	require.NoError(t, err)
 	requireJob(t, j, got)
 	require.Equal(t, time.UTC, got.CreatedAt.Location())
-	got, err = s.GetJob(ctx, strings.ToUpper(id))
+	got, err = s.GetJob(ctx, store.AllTenants, strings.ToUpper(id))
 	require.NoError(t, err, "ids are case-insensitive")
 	require.Equal(t, id, got.ID)
 
@@ -249,7 +250,7 @@ func testJobInsertGetUpdate(t *testing.T, s store.Store) {
 	j.UpdatedAt = base.Add(time.Hour + 999999*time.Microsecond)
 	j.FinishedAt = ptr(base.Add(time.Hour))
 	require.NoError(t, s.Tx(ctx, func(tx store.Tx) error { return tx.UpdateJob(ctx, j) }))
-	got, err = s.GetJob(ctx, id)
+	got, err = s.GetJob(ctx, store.AllTenants, id)
 	require.NoError(t, err)
 	requireJob(t, j, got)
 
@@ -272,7 +273,7 @@ func testJobDefaults(t *testing.T, s store.Store) {
 	require.Equal(t, 1, j.InputVersion)
 	require.WithinRange(t, j.CreatedAt, before, time.Now().Add(time.Second))
 	require.Equal(t, j.CreatedAt, j.UpdatedAt)
-	got, err := s.GetJob(ctx, j.ID)
+	got, err := s.GetJob(ctx, store.AllTenants, j.ID)
 	require.NoError(t, err)
 	requireJob(t, j, got)
 	require.Nil(t, got.Output)
@@ -419,7 +420,7 @@ func testLockJobSerializes(t *testing.T, s store.Store) {
 	for err := range errs {
 		require.NoError(t, err)
 	}
-	got, err := s.GetJob(ctx, j.ID)
+	got, err := s.GetJob(ctx, store.AllTenants, j.ID)
 	require.NoError(t, err)
 	require.EqualValues(t, writers*rounds, got.LastSeq)
 	events, err := s.ListEvents(ctx, j.ID, 0, 0)
@@ -699,10 +700,10 @@ func testIdempotencyKeys(t *testing.T, s store.Store) {
 		ExpiresAt:   base.Add(24 * time.Hour),
 	}
 	require.NoError(t, s.Tx(ctx, func(tx store.Tx) error { return tx.InsertIdempotencyKey(ctx, rec) }))
-	got, err := s.GetIdempotencyKey(ctx, "client-key-1")
+	got, err := s.GetIdempotencyKey(ctx, "", "client-key-1")
 	require.NoError(t, err)
 	require.Equal(t, store.IdempotencyRecord{
-		Key: "client-key-1", RequestHash: "sha256:aaa", CreatedAt: base.Add(time.Microsecond), ExpiresAt: base.Add(24 * time.Hour),
+		Tenant: store.DefaultTenant, Key: "client-key-1", RequestHash: "sha256:aaa", CreatedAt: base.Add(time.Microsecond), ExpiresAt: base.Add(24 * time.Hour),
 	}, *got)
 
 	dup := *rec
@@ -715,7 +716,7 @@ func testIdempotencyKeys(t *testing.T, s store.Store) {
 	rec.RequestHash = "sha256:ccc"
 	rec.ExpiresAt = base.Add(48 * time.Hour)
 	require.NoError(t, s.Tx(ctx, func(tx store.Tx) error { return tx.UpdateIdempotencyKey(ctx, rec) }))
-	got, err = s.GetIdempotencyKey(ctx, "client-key-1")
+	got, err = s.GetIdempotencyKey(ctx, "", "client-key-1")
 	require.NoError(t, err)
 	require.Equal(t, *rec, *got)
 
@@ -723,10 +724,10 @@ func testIdempotencyKeys(t *testing.T, s store.Store) {
 	err = s.Tx(ctx, func(tx store.Tx) error { return tx.UpdateIdempotencyKey(ctx, missing) })
 	require.ErrorIs(t, err, store.ErrNotFound)
 
-	require.NoError(t, s.Tx(ctx, func(tx store.Tx) error { return tx.DeleteIdempotencyKey(ctx, "client-key-1") }))
-	_, err = s.GetIdempotencyKey(ctx, "client-key-1")
+	require.NoError(t, s.Tx(ctx, func(tx store.Tx) error { return tx.DeleteIdempotencyKey(ctx, "", "client-key-1") }))
+	_, err = s.GetIdempotencyKey(ctx, "", "client-key-1")
 	require.ErrorIs(t, err, store.ErrNotFound)
-	require.NoError(t, s.Tx(ctx, func(tx store.Tx) error { return tx.DeleteIdempotencyKey(ctx, "client-key-1") }),
+	require.NoError(t, s.Tx(ctx, func(tx store.Tx) error { return tx.DeleteIdempotencyKey(ctx, "", "client-key-1") }),
 		"deleting a missing key is not an error")
 }
 
@@ -757,7 +758,7 @@ func testIdempotencyKeysExpire(t *testing.T, s store.Store) {
 	}))
 	require.EqualValues(t, 3, deleted)
 	for key := range expiries {
-		_, err := s.GetIdempotencyKey(ctx, key)
+		_, err := s.GetIdempotencyKey(ctx, "", key)
 		if strings.HasPrefix(key, "expired") {
 			require.ErrorIs(t, err, store.ErrNotFound, key)
 		} else {
@@ -840,7 +841,7 @@ func testListJobsPagination(t *testing.T, s store.Store) {
 	ctx := testContext(t)
 	want := listFixture(t, s)
 
-	all, err := s.ListJobs(ctx, store.JobFilter{})
+	all, err := s.ListJobs(ctx, store.JobFilter{Scope: store.AllTenants})
 	require.NoError(t, err)
 	require.Equal(t, jobIDs(want), jobIDs(all), "Limit 0 lists up to the default page size")
 	for i := range want {
@@ -848,19 +849,19 @@ func testListJobsPagination(t *testing.T, s store.Store) {
 	}
 
 	for _, limit := range []int{1, 7, 25, 1000} {
-		got := pageAll(t, s, store.JobFilter{Limit: limit})
+		got := pageAll(t, s, store.JobFilter{Scope: store.AllTenants, Limit: limit})
 		require.Equal(t, jobIDs(want), jobIDs(got), "limit %d", limit)
 	}
 
 	// A cursor from a time with nanoseconds behaves like its microsecond.
 	mid := want[10]
-	page, err := s.ListJobs(ctx, store.JobFilter{Limit: 3, After: &store.Cursor{
+	page, err := s.ListJobs(ctx, store.JobFilter{Scope: store.AllTenants, Limit: 3, After: &store.Cursor{
 		CreatedAt: mid.CreatedAt.Add(999 * time.Nanosecond), ID: mid.ID,
 	}})
 	require.NoError(t, err)
 	require.Equal(t, jobIDs(want[11:14]), jobIDs(page))
 
-	_, err = s.ListJobs(ctx, store.JobFilter{Limit: 3, After: &store.Cursor{CreatedAt: base, ID: "not-a-uuid"}})
+	_, err = s.ListJobs(ctx, store.JobFilter{Scope: store.AllTenants, Limit: 3, After: &store.Cursor{CreatedAt: base, ID: "not-a-uuid"}})
 	require.Error(t, err)
 }
 
@@ -871,15 +872,15 @@ func testListJobsFilters(t *testing.T, s store.Store) {
 		filter store.JobFilter
 		keep   func(store.Job) bool
 	}{
-		{"status", store.JobFilter{Status: store.JobRunning, Limit: 3},
+		{"status", store.JobFilter{Scope: store.AllTenants, Status: store.JobRunning, Limit: 3},
 			func(j store.Job) bool { return j.Status == store.JobRunning }},
-		{"feature", store.JobFilter{Feature: "alpha", Limit: 4},
+		{"feature", store.JobFilter{Scope: store.AllTenants, Feature: "alpha", Limit: 4},
 			func(j store.Job) bool { return j.FeatureName == "alpha" }},
-		{"status and feature", store.JobFilter{Status: store.JobPending, Feature: "beta", Limit: 2},
+		{"status and feature", store.JobFilter{Scope: store.AllTenants, Status: store.JobPending, Feature: "beta", Limit: 2},
 			func(j store.Job) bool { return j.Status == store.JobPending && j.FeatureName == "beta" }},
-		{"no match", store.JobFilter{Status: store.JobCancelled, Limit: 5},
+		{"no match", store.JobFilter{Scope: store.AllTenants, Status: store.JobCancelled, Limit: 5},
 			func(j store.Job) bool { return false }},
-		{"unknown feature", store.JobFilter{Feature: "gamma", Limit: 5},
+		{"unknown feature", store.JobFilter{Scope: store.AllTenants, Feature: "gamma", Limit: 5},
 			func(j store.Job) bool { return false }},
 	}
 	for _, tc := range cases {
@@ -1107,10 +1108,10 @@ func testNotFound(t *testing.T, s store.Store) {
 		name string
 		call func() error
 	}{
-		{"GetJob", func() error { _, err := s.GetJob(ctx, missing); return err }},
-		{"GetJob not a UUID", func() error { _, err := s.GetJob(ctx, "not-a-uuid"); return err }},
-		{"GetJob empty id", func() error { _, err := s.GetJob(ctx, ""); return err }},
-		{"GetIdempotencyKey", func() error { _, err := s.GetIdempotencyKey(ctx, "missing"); return err }},
+		{"GetJob", func() error { _, err := s.GetJob(ctx, store.AllTenants, missing); return err }},
+		{"GetJob not a UUID", func() error { _, err := s.GetJob(ctx, store.AllTenants, "not-a-uuid"); return err }},
+		{"GetJob empty id", func() error { _, err := s.GetJob(ctx, store.AllTenants, ""); return err }},
+		{"GetIdempotencyKey", func() error { _, err := s.GetIdempotencyKey(ctx, "", "missing"); return err }},
 		{"LockJob", func() error {
 			return s.Tx(ctx, func(tx store.Tx) error { _, err := tx.LockJob(ctx, missing); return err })
 		}},
@@ -1160,7 +1161,7 @@ func seedInTx(ctx context.Context, tx store.Tx, j *store.Job) error {
 func requireNothingOf(t *testing.T, s store.Store, j *store.Job) {
 	t.Helper()
 	ctx := testContext(t)
-	_, err := s.GetJob(ctx, j.ID)
+	_, err := s.GetJob(ctx, store.AllTenants, j.ID)
 	require.ErrorIs(t, err, store.ErrNotFound)
 	steps, err := s.GetSteps(ctx, j.ID)
 	require.NoError(t, err)
@@ -1171,7 +1172,7 @@ func requireNothingOf(t *testing.T, s store.Store, j *store.Job) {
 	n, err := s.CountOutbox(ctx)
 	require.NoError(t, err)
 	require.Zero(t, n)
-	_, err = s.GetIdempotencyKey(ctx, j.ID)
+	_, err = s.GetIdempotencyKey(ctx, "", j.ID)
 	require.ErrorIs(t, err, store.ErrNotFound)
 }
 
@@ -1192,7 +1193,7 @@ func testTxRollbackOnError(t *testing.T, s store.Store) {
 
 	// The store still works after the rollback.
 	require.NoError(t, s.Tx(ctx, func(tx store.Tx) error { return seedInTx(ctx, tx, j) }))
-	_, err = s.GetJob(ctx, j.ID)
+	_, err = s.GetJob(ctx, store.AllTenants, j.ID)
 	require.NoError(t, err)
 }
 
@@ -1220,15 +1221,15 @@ func testTxIsolation(t *testing.T, s store.Store) {
 		if err := tx.InsertJob(ctx, j); err != nil {
 			return err
 		}
-		if _, err := tx.GetJob(ctx, j.ID); err != nil {
+		if _, err := tx.GetJob(ctx, store.AllTenants, j.ID); err != nil {
 			return err
 		}
-		if _, err := s.GetJob(ctx, j.ID); !errors.Is(err, store.ErrNotFound) {
+		if _, err := s.GetJob(ctx, store.AllTenants, j.ID); !errors.Is(err, store.ErrNotFound) {
 			return errors.Join(errors.New("uncommitted job visible outside its transaction"), err)
 		}
 		return nil
 	}))
-	_, err := s.GetJob(ctx, j.ID)
+	_, err := s.GetJob(ctx, store.AllTenants, j.ID)
 	require.NoError(t, err)
 }
 
@@ -1239,7 +1240,7 @@ func testCancelledContext(t *testing.T, s store.Store) {
 	err := s.Tx(ctx, func(tx store.Tx) error { called = true; return nil })
 	require.ErrorIs(t, err, context.Canceled)
 	require.False(t, called)
-	_, err = s.GetJob(ctx, uuid.NewString())
+	_, err = s.GetJob(ctx, store.AllTenants, uuid.NewString())
 	require.Error(t, err)
 	require.NotErrorIs(t, err, store.ErrNotFound)
 }

@@ -84,13 +84,16 @@ const CAO = (() => {
     return data;
   }
 
-  function wsURL(jobID, afterSeq) {
+  // wsURL is the WebSocket address of a job. Browsers cannot set headers on a WebSocket, and a key in
+  // a URL ends up in logs and history: with a key, the page trades it for a single-use ticket first.
+  async function wsURL(jobID, afterSeq) {
     const u = new URL('/ws/' + encodeURIComponent(jobID), location.href);
     u.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
     if (afterSeq !== null && afterSeq !== undefined) u.searchParams.set('after_seq', String(afterSeq));
-    // Browsers cannot set headers on a WebSocket: the key travels as a query parameter.
-    const k = apiKey();
-    if (k) u.searchParams.set('api_key', k);
+    if (apiKey()) {
+      const t = await api('POST', '/api/v1/ws-tickets', { job_id: jobID });
+      u.searchParams.set('ticket', t.ticket);
+    }
     return u.toString();
   }
 

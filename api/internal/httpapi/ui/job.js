@@ -99,10 +99,19 @@
 
   // --- WebSocket -----------------------------------------------------------------------------------
 
-  function connect() {
+  async function connect() {
     if (state.stopped) return;
     const after = state.job ? state.lastSeq : null; // no after_seq the first time: get a snapshot
-    const ws = new WebSocket(wsURL(jobID, after));
+    let url;
+    try {
+      url = await wsURL(jobID, after);
+    } catch (e) {
+      if (e.status === 404) { fail('Job not found'); return; }
+      reconnectLater();
+      return;
+    }
+    if (state.stopped) return;
+    const ws = new WebSocket(url);
     state.ws = ws;
     let received = 0;
     ws.onopen = () => setConn('connected', 'connected');
