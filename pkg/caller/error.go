@@ -1,6 +1,8 @@
 package caller
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -57,10 +59,16 @@ func redact(svc *registry.Service, s string) string {
 }
 
 // excerpt returns the start of an error body, redacted, at most maxExcerpt bytes, on one line.
-// Redaction happens before truncation so that a cut can never leave part of a secret visible.
+// Redaction happens before truncation so that a cut can never leave part of a secret visible. A JSON
+// body is redacted as outputs are (redactJSON), so that no escaping hides a secret.
 func excerpt(svc *registry.Service, body []byte) string {
-	s := strings.ToValidUTF8(string(body), "\uFFFD")
-	s = strings.TrimSpace(redact(svc, s))
+	var s string
+	if trimmed := bytes.TrimSpace(body); len(trimmed) > 0 && json.Valid(trimmed) {
+		s = string(redactJSON(svc, trimmed))
+	} else {
+		s = redact(svc, string(body))
+	}
+	s = strings.TrimSpace(strings.ToValidUTF8(s, "\uFFFD"))
 	if len(s) > maxExcerpt {
 		cut := maxExcerpt
 		for cut > 0 && !utf8.RuneStart(s[cut]) {

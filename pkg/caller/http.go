@@ -211,7 +211,10 @@ func safeURL(raw string) string {
 // Path safety: every string in the template data is url.PathEscape'd (and "." / ".." are escaped
 // too) before the path template runs, so a value like "//evil.example/x" or "../admin" becomes one
 // opaque path segment. Slashes in the rendered path therefore only come from the registry file.
-// On top of that the final URL must keep the base URL's scheme, host and user info.
+// A templated path holds no "?" (the registry refuses it), so any "?" or "#" in the rendered path
+// came from the data by another way (an object key printed as JSON, printf "%c" of a number): it is
+// escaped too, and input can never add a query or a fragment. On top of that the final URL must
+// keep the base URL's scheme, host and user info.
 func prepare(call Call) (*preparedRequest, *Error) {
 	svc, step := call.Service, call.Step
 	data := call.Data.Map()
@@ -232,6 +235,9 @@ func prepare(call Call) (*preparedRequest, *Error) {
 			return nil, templateError(svc, step, "path", err)
 		}
 		path = s
+		if !r.PathTemplate.IsStatic() {
+			path = pathDelims.Replace(path)
+		}
 	}
 
 	query := url.Values{}
@@ -325,6 +331,9 @@ func joinURL(svc *registry.Service, path string, query url.Values) (*url.URL, *E
 	return u, nil
 }
 
+// pathDelims escapes what would end the path of a URL.
+var pathDelims = strings.NewReplacer("?", "%3F", "#", "%23")
+
 // pathEscaped returns a copy of the template data whose strings are url.PathEscape'd.
 func pathEscaped(v any) any {
 	switch x := v.(type) {
@@ -378,9 +387,11 @@ func outputJSON(svc *registry.Service, body []byte) json.RawMessage {
 }
 
 // redactJSON removes the service's secrets from a valid JSON document. The raw text is redacted first
-// (keeping the document byte for byte when no secret appears); if that breaks the JSON the redacted
-// text is stored as a JSON string. Then string values are checked once more after decoding, which
-// catches secrets the server escaped (\/ or \u sequences); only then is the document re-encoded.
+// (keeping the document byte for byte when no secret appears); Service.Redact knows the usual
+// escaped forms of each secret, so "\u003c" or "\/" hide nothing. If that breaks the JSON (a secret
+// matched across the document's own quotes) the redacted text is stored as a JSON string, so the
+// result is always valid JSON. Then string values are checked once more after decoding, which catches
+// any other escaping (and a JSON document inside a string); only then is the document re-encoded.
 func redactJSON(svc *registry.Service, body []byte) json.RawMessage {
 	if svc == nil || len(svc.Secrets) == 0 {
 		return body
@@ -440,15 +451,10 @@ func redactValue(svc *registry.Service, v any) (any, bool) {
 	return v, false
 }
 
-// redactString is redact for the many small strings of a document: it skips the (costlier) Redact
-// call unless some secret occurs in s.
+// redactString redacts one decoded string of a document, in which a secret may appear in any of
+// the forms Service.Redact knows (a URL-encoded one, say).
 func redactString(svc *registry.Service, s string) string {
-	for _, secret := range svc.Secrets {
-		if secret != "" && strings.Contains(s, secret) {
-			return redact(svc, s)
-		}
-	}
-	return s
+	return redact(svc, s)
 }
 
 // jsonString encodes s as a JSON string value.

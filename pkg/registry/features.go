@@ -118,19 +118,39 @@ func (l *loader) feature(name, path string, n *yaml.Node, services map[string]*S
 		names = append(names, s)
 	}
 
+	templates := map[string][]templateField{} // by step name
 	for i := range v.Content {
 		if stepFieldsOf[i] == nil {
 			continue
 		}
-		st := l.step(name, fmt.Sprintf("%s[%d]", sp, i), stepFieldsOf[i], names, services, declared)
+		p := fmt.Sprintf("%s[%d]", sp, i)
+		st := l.step(name, p, stepFieldsOf[i], names, services, declared)
 		if st != nil {
 			if j, ok := first[st.Name]; ok && j == i {
 				feat.Steps = append(feat.Steps, st)
+				templates[st.Name] = stepTemplates(p, st, stepFieldsOf[i], services[st.Service])
 			}
 		}
 	}
 	l.cycles(feat, sp, first)
+	l.checkStepRefs(feat, names, templates)
 	return feat
+}
+
+// stepTemplates returns the template strings a step renders: its request, and its mock output, its
+// own or its service's.
+func stepTemplates(path string, st *Step, f map[string]*yaml.Node, svc *Service) []templateField {
+	out := requestTemplates(join(path, "request"), st.Request)
+	switch {
+	case f["output"] != nil:
+		out = append(out, templateFields(join(path, "output"), st.Mock.Output)...)
+	case svc != nil && st.Mock.Output != nil:
+		for _, tf := range templateFields(join(join("services", svc.Name), "output"), st.Mock.Output) {
+			tf.via = path
+			out = append(out, tf)
+		}
+	}
+	return out
 }
 
 func (l *loader) step(feature, path string, f map[string]*yaml.Node, names []string, services map[string]*Service, declared map[string]string) *Step {
@@ -227,6 +247,18 @@ func (l *loader) step(feature, path string, f map[string]*yaml.Node, names []str
 	return st
 }
 
+// checkTemplatedPath refuses a "?" in a path that holds a template: query parameters go in query:,
+// where every value is encoded on its own. A literal query in a path without templates, such as
+// "/search?format=json", stays allowed: nothing from the input can reach it. (Whatever a template
+// renders into a path is escaped by the caller, "?" and "#" included, so input cannot add a query.)
+func (l *loader) checkTemplatedPath(n *yaml.Node, s, path string) bool {
+	if strings.Contains(s, "{{") && strings.Contains(s, "?") {
+		l.errorf(path, "a templated path must not contain \"?\" (put query parameters under query:, one template per value), got %s", l.show(n))
+		return false
+	}
+	return true
+}
+
 func defaultRequest() *Request {
 	body := map[string]any{}
 	return &Request{
@@ -253,8 +285,10 @@ func (l *loader) request(n *yaml.Node, path string) (*Request, []string) {
 		return nil, nil
 	}
 	r := &Request{Method: "POST", Path: "/"}
-	// Values from the environment in the headers and query are credentials.
+	// Values from the environment in the headers, query and path are credentials (an API key may sit
+	// in a path, as in /bot${TOKEN}/sendMessage), as those of the base URL are.
 	secrets := append(l.secretsOf(f["headers"]), l.secretsOf(f["query"])...)
+	secrets = append(secrets, l.secretsOf(f["path"])...)
 	if v := f["method"]; v != nil {
 		if m, ok := l.method(v, join(path, "method")); ok {
 			r.Method = m
@@ -262,7 +296,7 @@ func (l *loader) request(n *yaml.Node, path string) (*Request, []string) {
 	}
 	if v := f["path"]; v != nil {
 		p := join(path, "path")
-		if s, ok := l.str(v, p); ok && l.checkPath(v, s, p) {
+		if s, ok := l.str(v, p); ok && l.checkPath(v, s, p) && l.checkTemplatedPath(v, s, p) {
 			r.Path = s
 		}
 	}

@@ -73,9 +73,10 @@ func Parse(path string, data []byte, env func(string) (string, bool)) (*Registry
 	reg := l.parse(data)
 	if len(l.errs) > 0 {
 		errs := make([]error, len(l.errs))
+		rd := newRedactor(secretList(l.allSecrets))
 		for i, e := range l.errs {
-			// Belt and braces: whatever a message quotes, no secret survives.
-			e.Message = redact(secretList(l.allSecrets), e.Message)
+			// Belt and braces: whatever a message quotes, no secret survives, in any form.
+			e.Message = rd.replace(e.Message)
 			errs[i] = e
 		}
 		return nil, errors.Join(errs...)
@@ -147,6 +148,9 @@ func (l *loader) parse(data []byte) *Registry {
 	}
 	for _, svc := range reg.Services {
 		svc.Secrets = secretList(svc.Secrets)
+		if len(svc.Secrets) > 0 {
+			redactorFor(svc.Secrets) // built once here, not on the first call
+		}
 	}
 	return reg
 }

@@ -560,6 +560,65 @@ features: {f: {steps: [{name: a, service: llm, retry: {initial_backoff: 10s, max
 			},
 		},
 		{
+			name: "templated path with a query",
+			src: svc + `features:
+  f:
+    steps:
+      - {name: a, service: llm, request: {path: "/items/{{ .input.id }}?full=1"}}
+      - {name: b, service: llm, request: {path: "/items?id={{ .input.id }}"}}
+      - {name: c, service: llm, request: {path: "/items/{{ if .input.id }}x?y{{ end }}"}}
+      - {name: d, service: llm, request: {path: "/search?format=json", query: {q: "{{ .input.q }}"}}}
+`,
+			want: []string{
+				`features.f.steps[0].request.path: a templated path must not contain "?" (put query parameters under query:, one template per value), got "/items/{{ .input.id }}?full=1"`,
+				`features.f.steps[1].request.path: a templated path must not contain "?" ...`,
+				`features.f.steps[2].request.path: a templated path must not contain "?" ...`,
+			},
+		},
+		{
+			name: "steps used by a template must be upstream",
+			src: svc + `features:
+  f:
+    steps:
+      - {name: a, service: llm, request: {body: {x: "{{ .steps.nope.output }}"}}}
+      - name: b
+        service: llm
+        needs: [a]
+        request: {path: "/x/{{ .steps.b.output.id }}", query: {q: "{{ .steps.c.output }}"}}
+      - {name: c, service: llm, needs: [a], request: {headers: {X-D: "{{ index .steps \"d\" \"output\" }}"}}}
+      - {name: d, service: sim, needs: [c], output: {v: "{{ $.steps.a.output }} {{ .steps.c.output | json }}"}}
+      - {name: e, service: sim, needs: [d], output: "{{ index .steps .input.which }}"}
+      - {name: g, service: sim, needs: [a], output: "{{ json .steps }}"}
+      - {name: h, service: sim, needs: [a], output: "{{ json . }}"}
+      - {name: i, service: sim, needs: [a], output: "{{ define \"t\" }}{{ .steps.b.output }}{{ end }}{{ template \"t\" . }}"}
+`,
+			want: []string{
+				`features.f.steps[0].request.body.x: .steps.nope.output: unknown step "nope" (expected a step upstream of "a" through needs, and it needs none)`,
+				`features.f.steps[1].request.path: .steps.b.output.id: step "b" cannot use its own output (expected a step upstream of "b" through needs: a)`,
+				`features.f.steps[1].request.query.q: .steps.c.output: step "c" is not upstream of "b" (add it to needs; expected a step upstream of "b" through needs: a)`,
+				`features.f.steps[2].request.headers.X-D: index .steps "d" "output": step "d" runs after "c", which it needs (expected a step upstream of "c" through needs: a)`,
+				`features.f.steps[4].output: index .steps .input.which: the step must be named in the template (.steps.NAME or index .steps "NAME") so that it can be checked (expected a step upstream of "e" through needs: a, c, d)`,
+				`features.f.steps[5].output: .steps: name the step (.steps.NAME.output); the whole .steps would hold the outputs of steps that are not upstream (expected a step upstream of "g" through needs: a)`,
+				`features.f.steps[6].output: .: the whole template data holds .steps, the outputs of every step that has succeeded so far; use what you need (.input, .steps.NAME.output, .job.id) instead`,
+				`features.f.steps[7].output: .steps.b.output: step "b" is not upstream of "i" (add it to needs; expected a step upstream of "i" through needs: a)`,
+			},
+		},
+		{
+			name: "steps used by a service's mock output must be upstream of the steps that use it",
+			src: svc + `  echo: {kind: mock, output: {from: "{{ .steps.a.output }}"}}
+features:
+  f:
+    steps:
+      - {name: a, service: sim}
+      - {name: b, service: echo, needs: [a]}
+      - {name: c, service: echo}
+      - {name: d, service: echo, output: "{{ .input }}"}
+`,
+			want: []string{
+				`services.echo.output.from: .steps.a.output: step "a" is not upstream of "c" (add it to needs; expected a step upstream of "c" through needs, and it needs none) (this output is echo's, used by features.f.steps[2])`,
+			},
+		},
+		{
 			name: "bad health",
 			src:  "services: {a: {base_url: \"https://x.example\", health: {method: GET}}, b: {base_url: \"https://x.example\", health: {path: models}}}",
 			want: []string{
@@ -768,4 +827,62 @@ func dependents(f *registry.Feature, name string) []string {
 		}
 	}
 	return out
+}
+
+func TestStepReferencesUpstream(t *testing.T) {
+	t.Parallel()
+
+	// Every way of naming an upstream step loads, a dot rebound by with or range is not the data, and
+	// a step may use a step it needs only transitively.
+	reg := parse(t, `
+services:
+  api: {base_url: "https://x.example"}
+  sim: {kind: mock, output: {prev: "{{ .steps.a.output }}"}}
+features:
+  f:
+    steps:
+      - {name: a, service: sim, output: {id: 7, list: [x]}}
+      - {name: b, service: sim, needs: [a]}
+      - name: c
+        service: api
+        needs: [b]
+        request:
+          method: GET
+          path: "/items/{{ .steps.a.output.id }}/{{ (index .steps \"b\").output.prev.id }}"
+          query:
+            q: "{{ with .steps.a.output }}{{ .id }}{{ end }}{{ range .steps.a.output.list }}{{ .steps }}{{ end }}"
+            r: "{{ with .input }}{{ .steps.not_a_step }}{{ end }}{{ if .steps.b.output }}{{ $.steps.b.output.prev.id }}{{ end }}"
+          headers: {X-Prev: "{{ index .steps \"a\" \"output\" \"id\" }}"}
+          body: {all: "{{ .steps.a.output }}", vars: "{{ $o := .steps.b.output }}{{ $o.prev }}", job: "{{ .job.id }}"}
+`, nil)
+	c, ok := reg.Features["f"].Step("c")
+	require.True(t, ok)
+	p, err := c.Request.PathTemplate.ExecuteString(render.Data{Steps: map[string]any{
+		"a": map[string]any{"id": 7, "list": []any{"x"}},
+		"b": map[string]any{"prev": map[string]any{"id": 8}},
+	}})
+	require.NoError(t, err)
+	require.Equal(t, "/items/7/8", p)
+}
+
+func TestShippedRegistriesLoad(t *testing.T) {
+	t.Parallel()
+
+	env := envOf(map[string]string{"OPENAI_API_KEY": "sk-test-key"})
+	for _, file := range []string{
+		"../../deploy/registry.yaml",
+		"../../deploy/registry.openai.yaml",
+		"../../api/internal/devmode/testdata/registry.yaml",
+		"testdata/contract.yaml",
+	} {
+		data, err := os.ReadFile(filepath.FromSlash(file))
+		require.NoError(t, err)
+		_, err = registry.Parse(file, data, func(k string) (string, bool) {
+			if v, ok := env(k); ok {
+				return v, true
+			}
+			return contractEnv(k)
+		})
+		require.NoError(t, err, file)
+	}
 }

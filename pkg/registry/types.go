@@ -48,7 +48,9 @@ type Service struct {
 	Mock             MockSpec     // for KindMock
 	MaxResponseBytes int64        // responses larger than this fail the step
 	// Secrets are the literal values that must be redacted from anything CAO logs, stores or returns:
-	// every header value and every ${VAR} expansion inside the service definition.
+	// every header value and every ${VAR} expansion inside the service definition, and those of its
+	// steps' request headers, query and path. Redact hides them in every encoded form too (URL, JSON,
+	// HTML, base64: see SecretForms), with a replacer built once at load.
 	Secrets []string
 }
 
