@@ -70,31 +70,37 @@ const (
 // authenticate admits requests that carry a configured key and records their caller. With no key
 // configured (CAO_AUTH=off, dev mode) every request acts for the default tenant.
 func (s *Server) authenticate(src keySource) gin.HandlerFunc {
-	keys := s.d.Settings.Keys
 	return func(c *gin.Context) {
-		if keys.Empty() {
-			c.Set(callerCtxKey, openCaller)
+		if s.identify(c, src) {
 			c.Next()
-			return
 		}
-		_, inQuery := c.GetQuery("api_key")
-		if inQuery && src == headersOnly {
-			unauthorized(c, "?api_key= is accepted only on /ws/ and /monitoring/; send the key in Authorization: Bearer <key> or X-API-Key")
-			return
-		}
-		key := headerKey(c.Request)
-		if key == "" && src == headersOrQuery {
-			key = c.Query("api_key")
-		}
-		cl, ok := keys.Lookup(key)
-		if !ok {
-			unauthorized(c, "a valid API key is required (Authorization: Bearer <key> or X-API-Key)")
-			return
-		}
-		c.Set(callerCtxKey, cl)
-		c.Set(keyCtxKey, key)
-		c.Next()
 	}
+}
+
+// identify records the request's caller from its key, or answers 401 and reports false.
+func (s *Server) identify(c *gin.Context, src keySource) bool {
+	keys := s.d.Settings.Keys
+	if keys.Empty() {
+		c.Set(callerCtxKey, openCaller)
+		return true
+	}
+	_, inQuery := c.GetQuery("api_key")
+	if inQuery && src == headersOnly {
+		unauthorized(c, "?api_key= is accepted only on /ws/ and /monitoring/; send the key in Authorization: Bearer <key> or X-API-Key")
+		return false
+	}
+	key := headerKey(c.Request)
+	if key == "" && src == headersOrQuery {
+		key = c.Query("api_key")
+	}
+	cl, ok := keys.Lookup(key)
+	if !ok {
+		unauthorized(c, "a valid API key is required (Authorization: Bearer <key> or X-API-Key)")
+		return false
+	}
+	c.Set(callerCtxKey, cl)
+	c.Set(keyCtxKey, key)
+	return true
 }
 
 func unauthorized(c *gin.Context, msg string) {
@@ -104,11 +110,12 @@ func unauthorized(c *gin.Context, msg string) {
 
 // wsAuthenticate admits a WebSocket by a ticket for its job (?ticket=), or as authenticate does.
 func (s *Server) wsAuthenticate() gin.HandlerFunc {
-	byKey := s.authenticate(headersOrQuery)
 	return func(c *gin.Context) {
 		ticket, ok := c.GetQuery("ticket")
 		if !ok {
-			byKey(c)
+			if s.identify(c, headersOrQuery) {
+				c.Next()
+			}
 			return
 		}
 		g, err := s.d.Tokens.RedeemTicket(c.Request.Context(), ticket)
@@ -137,7 +144,6 @@ const monitoringSession = "cao_monitoring_session"
 // admin keys may change queues or tasks, or read the Redis server's INFO (which describes every
 // database on the server, not only CAO's).
 func (s *Server) monitoringAuth() gin.HandlerFunc {
-	byKey := s.authenticate(headersOrQuery)
 	return func(c *gin.Context) {
 		if s.d.Settings.Keys.Empty() {
 			c.Set(callerCtxKey, openCaller)
@@ -154,22 +160,27 @@ func (s *Server) monitoringAuth() gin.HandlerFunc {
 			}
 			c.Set(callerCtxKey, g.Caller)
 		} else {
-			byKey(c)
-			if c.IsAborted() {
+			if !s.identify(c, headersOrQuery) {
 				return
 			}
-			key := c.GetString(keyCtxKey)
-			session, expires, err := s.d.Tokens.IssueSession(c.Request.Context(), key, callerOf(c))
-			if err != nil {
-				s.fail(c, err)
-				return
+			// A browser signs in once with ?api_key=; scripts that send the key in a header on
+			// every request need no session.
+			if key := c.Query("api_key"); key != "" {
+				if !s.startSession(c, key) {
+					return
+				}
+				if c.Request.Method == http.MethodGet {
+					// Take the key out of the address bar (and history) once the cookie is set.
+					u := *c.Request.URL
+					q := u.Query()
+					q.Del("api_key")
+					u.RawQuery = q.Encode()
+					c.Header("Cache-Control", "no-store")
+					c.Redirect(http.StatusSeeOther, u.RequestURI())
+					c.Abort()
+					return
+				}
 			}
-			secure := c.Request.TLS != nil || strings.EqualFold(c.GetHeader("X-Forwarded-Proto"), "https")
-			//nolint:gosec // Secure is set whenever the request came over HTTPS; dev mode is plain HTTP
-			http.SetCookie(c.Writer, &http.Cookie{
-				Name: monitoringSession, Value: session, Path: "/monitoring", HttpOnly: true, Secure: secure,
-				SameSite: http.SameSiteStrictMode, Expires: expires,
-			})
 		}
 		if !callerOf(c).Admin && (changesQueues(c.Request) || strings.HasSuffix(c.Request.URL.Path, "/api/redis_info")) {
 			abort(c, http.StatusForbidden, codeForbidden, "only admin keys (CAO_ADMIN_KEYS) may change queues and tasks or read the Redis server's info", nil)
@@ -177,6 +188,22 @@ func (s *Server) monitoringAuth() gin.HandlerFunc {
 		}
 		c.Next()
 	}
+}
+
+// startSession sets the /monitoring session cookie for key; on failure it answers and reports false.
+func (s *Server) startSession(c *gin.Context, key string) bool {
+	session, expires, err := s.d.Tokens.IssueSession(c.Request.Context(), key, callerOf(c))
+	if err != nil {
+		s.fail(c, err)
+		return false
+	}
+	secure := c.Request.TLS != nil || strings.EqualFold(c.GetHeader("X-Forwarded-Proto"), "https")
+	//nolint:gosec // Secure is set whenever the request came over HTTPS; dev mode is plain HTTP
+	http.SetCookie(c.Writer, &http.Cookie{
+		Name: monitoringSession, Value: session, Path: "/monitoring", HttpOnly: true, Secure: secure,
+		SameSite: http.SameSiteStrictMode, Expires: expires,
+	})
+	return true
 }
 
 // changesQueues reports whether an asynqmon request would change something (its API changes state
