@@ -111,8 +111,10 @@ type Job struct {
 	StuckAt        *time.Time
 	StuckReason    string
 	IdempotencyKey string
-	CreatedAt      time.Time
-	UpdatedAt      time.Time // last state change of the job or any of its steps (progress)
+	// WebhookURL, when set, receives a signed POST each time the job becomes terminal.
+	WebhookURL string
+	CreatedAt  time.Time
+	UpdatedAt  time.Time // last state change of the job or any of its steps (progress)
 	StartedAt      *time.Time
 	FinishedAt     *time.Time
 }
@@ -220,6 +222,24 @@ type IdempotencyRecord struct {
 	ExpiresAt   time.Time
 }
 
+// WebhookDelivery is one completion webhook to deliver at least once: the change that ends a job
+// inserts it with the payload as it will be sent, and deliverers claim it until it is delivered or
+// given up.
+type WebhookDelivery struct {
+	ID            string // the webhook-id header: the same on every attempt
+	JobID         string
+	URL           string
+	Type          string // job.completed, job.failed or job.cancelled
+	Payload       []byte // the exact body sent
+	Attempts      int    // attempts claimed so far
+	LastStatus    int    // HTTP status of the last attempt (0: none, or no answer)
+	LastError     string
+	NextAttemptAt time.Time // when due; while claimed, when the claim expires
+	DeliveredAt   *time.Time
+	GaveUpAt      *time.Time
+	CreatedAt     time.Time
+}
+
 // JobInput is a past or current input of a job (resume can replace it).
 type JobInput struct {
 	JobID     string
@@ -271,6 +291,8 @@ type Change struct {
 	Events []Event
 	// Outbox holds the tasks the change requires; Apply sets their IDs.
 	Outbox []OutboxTask
+	// Webhooks are completion webhooks to deliver (never with Create: a new job is not terminal).
+	Webhooks []WebhookDelivery
 	// IdempotencyKey, with Create, binds that stored key of the job's tenant (reserved by
 	// InsertIdempotencyKey and not yet bound) to the new job; ErrConflict, and nothing written, if it
 	// is missing or bound.
@@ -307,6 +329,8 @@ type Reader interface {
 	LastSeqs(ctx context.Context, ids []string) (map[string]int64, error)
 	// DeleteOutbox removes outbox tasks that were dispatched; ids that do not exist are ignored.
 	DeleteOutbox(ctx context.Context, ids []int64) error
+	// ListWebhookDeliveries returns the job's webhook deliveries, oldest first.
+	ListWebhookDeliveries(ctx context.Context, jobID string) ([]WebhookDelivery, error)
 }
 
 // Tx is a transaction. Every state change of a job happens inside one Tx that first calls LockJob.
@@ -358,6 +382,15 @@ type Store interface {
 	// given run and attempt and leased by owner (a single-row compare-and-set that takes no job lock);
 	// ErrConflict otherwise.
 	ExtendLease(ctx context.Context, jobID, step string, run, attempt int, owner string, until time.Time) error
+	// ClaimWebhooks claims up to limit deliveries due at now (neither delivered nor given up), oldest
+	// first: each gets one more attempt and is not due again before claimUntil, so a deliverer that
+	// dies mid-attempt leaves it to another after claimUntil. Concurrent claimers never get the same
+	// delivery.
+	ClaimWebhooks(ctx context.Context, now, claimUntil time.Time, limit int) ([]WebhookDelivery, error)
+	// FinishWebhook records the outcome of a claimed attempt (LastStatus, LastError, NextAttemptAt,
+	// DeliveredAt, GaveUpAt) if the delivery is still at d.Attempts; ErrConflict if another claim
+	// took it meanwhile.
+	FinishWebhook(ctx context.Context, d *WebhookDelivery) error
 	// Tx runs fn in one transaction, committing if fn returns nil and rolling back otherwise.
 	// Implementations retry fn on serialization failures and busy errors a few times.
 	Tx(ctx context.Context, fn func(tx Tx) error) error

@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -95,6 +96,14 @@ func normalizeChange(c *store.Change) error {
 		c.Outbox[i].CreatedAt = orNow(c.Outbox[i].CreatedAt)
 		c.Outbox[i].ProcessAt = dbTimePtr(c.Outbox[i].ProcessAt)
 	}
+	if c.Create && len(c.Webhooks) > 0 {
+		return errors.New("a change that creates a job cannot deliver webhooks")
+	}
+	for i := range c.Webhooks {
+		if err := normalizeWebhook(&c.Webhooks[i], c.Job.ID); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -174,6 +183,9 @@ func (t *txn) apply(ctx context.Context, c *store.Change) error {
 		}
 	}
 	if err := t.AppendEvents(ctx, c.Events); err != nil {
+		return err
+	}
+	if err := t.insertWebhooks(ctx, c.Webhooks); err != nil {
 		return err
 	}
 	return t.InsertOutbox(ctx, c.Outbox)

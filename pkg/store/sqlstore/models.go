@@ -27,6 +27,7 @@ type jobRow struct {
 	StuckAt        *time.Time `gorm:"column:stuck_at"`
 	StuckReason    string     `gorm:"column:stuck_reason"`
 	IdempotencyKey *string    `gorm:"column:idempotency_key"`
+	WebhookURL     *string    `gorm:"column:webhook_url"`
 	CreatedAt      time.Time  `gorm:"column:created_at;autoCreateTime:false"`
 	UpdatedAt      time.Time  `gorm:"column:updated_at;autoUpdateTime:false"`
 	StartedAt      *time.Time `gorm:"column:started_at"`
@@ -278,6 +279,7 @@ func jobToRow(j *store.Job) jobRow {
 		StuckAt:        j.StuckAt,
 		StuckReason:    j.StuckReason,
 		IdempotencyKey: optString(j.IdempotencyKey),
+		WebhookURL:     optString(j.WebhookURL),
 		CreatedAt:      j.CreatedAt,
 		UpdatedAt:      j.UpdatedAt,
 		StartedAt:      j.StartedAt,
@@ -300,6 +302,7 @@ func (r *jobRow) toJob() store.Job {
 		StuckAt:        readTimePtr(r.StuckAt),
 		StuckReason:    r.StuckReason,
 		IdempotencyKey: derefString(r.IdempotencyKey),
+		WebhookURL:     derefString(r.WebhookURL),
 		CreatedAt:      r.CreatedAt.UTC(),
 		UpdatedAt:      r.UpdatedAt.UTC(),
 		StartedAt:      readTimePtr(r.StartedAt),

@@ -28,7 +28,7 @@ type postgresHot struct{ db *sql.DB }
 const conflictCode = "CA409"
 
 const pgLoadJob = `SELECT j.id, j.tenant, j.feature_name, j.status, j.input, j.input_version, j.output, j.error, j.last_seq,
-	j.stuck_at, j.stuck_reason, j.idempotency_key, j.created_at, j.updated_at, j.started_at, j.finished_at, j.version,
+	j.stuck_at, j.stuck_reason, j.idempotency_key, j.webhook_url, j.created_at, j.updated_at, j.started_at, j.finished_at, j.version,
 	(SELECT json_agg(s ORDER BY s.position, s.name) FROM job_steps s WHERE s.job_id = j.id)
 FROM jobs j WHERE j.id = $1`
 
@@ -69,7 +69,7 @@ func (p postgresHot) loadJob(ctx context.Context, id string) (*store.Job, []stor
 		steps jsonText
 	)
 	err := p.db.QueryRowContext(ctx, pgLoadJob, key).Scan(&r.ID, &r.Tenant, &r.FeatureName, &r.Status, &r.Input, &r.InputVersion,
-		&r.Output, &r.Error, &r.LastSeq, &r.StuckAt, &r.StuckReason, &r.IdempotencyKey, &r.CreatedAt, &r.UpdatedAt,
+		&r.Output, &r.Error, &r.LastSeq, &r.StuckAt, &r.StuckReason, &r.IdempotencyKey, &r.WebhookURL, &r.CreatedAt, &r.UpdatedAt,
 		&r.StartedAt, &r.FinishedAt, &r.Version, &steps)
 	if err != nil {
 		return nil, nil, fmt.Errorf("load job %s: %w", key, interpretError(err))
@@ -161,11 +161,11 @@ SELECT (SELECT version FROM jb),
 	(SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM ob)`
 
 // pgApplyCreate: $1 job id, $2 idempotency key or NULL, $3..$6 tail, $7 steps, $8..$20 job fields,
-// $21 tenant.
+// $21 tenant, $22 webhook_url.
 const pgApplyCreate = `WITH jb AS (
 	INSERT INTO jobs (id, feature_name, status, input, input_version, output, error, last_seq, stuck_at, stuck_reason,
-		idempotency_key, created_at, updated_at, started_at, finished_at, version, tenant)
-	VALUES ($1, $8, $9, $10::jsonb, $11, $12::jsonb, $13, $14, $15, $16, $2, $17, $18, $19, $20, 1, $21)
+		idempotency_key, created_at, updated_at, started_at, finished_at, version, tenant, webhook_url)
+	VALUES ($1, $8, $9, $10::jsonb, $11, $12::jsonb, $13, $14, $15, $16, $2, $17, $18, $19, $20, 1, $21, $22)
 	RETURNING version),
 ik AS (
 	UPDATE idempotency_keys SET job_id = $1 WHERE tenant = $21 AND "key" = $2 AND job_id IS NULL
@@ -289,6 +289,9 @@ func (p postgresHot) statement(c *store.Change) (string, []any, error) {
 		args = append(args, j.FeatureName)
 	} else {
 		query = pgApplyUpdate
+		if len(c.Webhooks) > 0 {
+			query = pgApplyUpdateWebhooks
+		}
 		args[1] = c.Version
 		args = append(args, len(c.Steps))
 	}
@@ -299,7 +302,18 @@ func (p postgresHot) statement(c *store.Change) (string, []any, error) {
 	}
 	args = append(args, row.UpdatedAt, row.StartedAt, row.FinishedAt)
 	if c.Create {
-		args = append(args, row.Tenant)
+		args = append(args, row.Tenant, row.WebhookURL)
+	} else if len(c.Webhooks) > 0 {
+		hooks := make([]pgWebhookIn, len(c.Webhooks))
+		for i, d := range c.Webhooks {
+			hooks[i] = pgWebhookIn{ID: d.ID, URL: d.URL, Type: d.Type, Payload: string(d.Payload),
+				NextAttemptAt: d.NextAttemptAt, CreatedAt: d.CreatedAt}
+		}
+		w, err := jsonArgs(hooks)
+		if err != nil {
+			return "", nil, err
+		}
+		args = append(args, w[0])
 	}
 	return query, args, nil
 }

@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS webhook_deliveries;
+ALTER TABLE jobs DROP COLUMN IF EXISTS webhook_url;

@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS webhook_deliveries;
+ALTER TABLE jobs DROP COLUMN webhook_url;
