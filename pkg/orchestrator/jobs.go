@@ -25,6 +25,7 @@ type CreateRequest struct {
 	Feature        string
 	Input          json.RawMessage // a JSON object; empty means {}
 	IdempotencyKey string          // optional
+	WebhookURL     string          // optional: receives a signed POST when the job ends (see package webhook)
 }
 
 // JobView is a job with its steps and their attempts, as returned by the API.
@@ -32,6 +33,7 @@ type JobView struct {
 	Job      store.Job
 	Steps    []store.Step
 	Attempts []store.Attempt
+	Webhooks []store.WebhookDelivery // completion webhook deliveries, oldest first (none without webhook_url)
 }
 
 // CreateJob validates the input against the feature, stores the job, its steps and the tasks of its
@@ -46,22 +48,28 @@ func (o *Orchestrator) CreateJob(ctx context.Context, req CreateRequest) (view *
 	if err != nil {
 		return nil, false, err
 	}
+	hook := ""
+	if req.WebhookURL != "" {
+		if hook, err = o.cfg.Webhooks.Check(req.WebhookURL); err != nil {
+			return nil, false, err
+		}
+	}
 	tenant := req.Tenant
 	if tenant == "" {
 		tenant = store.DefaultTenant
 	}
 	if req.IdempotencyKey == "" {
-		v, err := o.insertJob(ctx, tenant, f, input, "")
+		v, err := o.insertJob(ctx, tenant, f, input, hook, "")
 		return v, err == nil, err
 	}
-	hash := requestHash(req.Feature, input)
+	hash := requestHash(req.Feature, input, hook)
 	for range 3 {
 		existing, err := o.reserveKey(ctx, tenant, req.IdempotencyKey, hash)
 		if err != nil {
 			return nil, false, err
 		}
 		if existing == nil {
-			v, err := o.insertJob(ctx, tenant, f, input, req.IdempotencyKey)
+			v, err := o.insertJob(ctx, tenant, f, input, hook, req.IdempotencyKey)
 			if err != nil {
 				o.releaseKey(ctx, tenant, req.IdempotencyKey)
 				return nil, false, err
@@ -132,11 +140,15 @@ func (o *Orchestrator) releaseKey(ctx context.Context, tenant, key string) {
 	}
 }
 
-func requestHash(feature string, input json.RawMessage) string {
+func requestHash(feature string, input json.RawMessage, webhookURL string) string {
 	h := sha256.New()
 	h.Write([]byte(feature))
 	h.Write([]byte{0})
 	h.Write(input)
+	if webhookURL != "" {
+		h.Write([]byte{0})
+		h.Write([]byte(webhookURL))
+	}
 	return hex.EncodeToString(h.Sum(nil))
 }
 
@@ -172,10 +184,10 @@ func (o *Orchestrator) checkInput(f *registry.Feature, raw json.RawMessage) (jso
 	return canon, nil
 }
 
-func (o *Orchestrator) insertJob(ctx context.Context, tenant string, f *registry.Feature, input json.RawMessage, key string) (*JobView, error) {
+func (o *Orchestrator) insertJob(ctx context.Context, tenant string, f *registry.Feature, input json.RawMessage, hook, key string) (*JobView, error) {
 	now := o.now()
 	job := &store.Job{
-		ID: uuid.NewString(), Tenant: tenant, FeatureName: f.Name, Status: store.JobPending, Input: input, InputVersion: 1,
+		ID: uuid.NewString(), Tenant: tenant, WebhookURL: hook, FeatureName: f.Name, Status: store.JobPending, Input: input, InputVersion: 1,
 		IdempotencyKey: key, CreatedAt: now, UpdatedAt: now,
 	}
 	steps := make([]store.Step, len(f.Steps))
@@ -234,7 +246,13 @@ func (o *Orchestrator) GetJob(ctx context.Context, scope store.Scope, id string)
 	if err != nil {
 		return nil, err
 	}
-	return &JobView{Job: *job, Steps: steps, Attempts: attempts}, nil
+	v := &JobView{Job: *job, Steps: steps, Attempts: attempts}
+	if job.WebhookURL != "" {
+		if v.Webhooks, err = o.store.ListWebhookDeliveries(ctx, id); err != nil {
+			return nil, err
+		}
+	}
+	return v, nil
 }
 
 // ListJobs returns a page of jobs, newest first, and the cursor of the next page (nil at the end).

@@ -15,6 +15,7 @@ import (
 	"github.com/cao-run/cao/pkg/registry"
 	"github.com/cao-run/cao/pkg/schema"
 	"github.com/cao-run/cao/pkg/store"
+	"github.com/cao-run/cao/pkg/webhook"
 )
 
 // Domain errors; the API maps them to HTTP statuses in one place.
@@ -80,6 +81,9 @@ type Config struct {
 	IdempotencyTTL time.Duration
 	// IdempotencyAbandonAfter is when a key whose first request never finished may be taken over. Default 1m.
 	IdempotencyAbandonAfter time.Duration
+	// Webhooks says which webhook_url a job may name (CAO_WEBHOOK_ALLOWED_HOSTS); the zero Policy
+	// refuses every one.
+	Webhooks webhook.Policy
 	// Now is the clock (tests). Default time.Now.
 	Now func() time.Time
 	// Rand returns a float in [0,1) for backoff jitter. Default math/rand/v2.

@@ -12,6 +12,7 @@ import (
 	"github.com/cao-run/cao/pkg/registry"
 	"github.com/cao-run/cao/pkg/store"
 	"github.com/cao-run/cao/pkg/task"
+	"github.com/cao-run/cao/pkg/webhook"
 )
 
 // unit is one change of one job: it stages step and job changes, the events that describe them, the
@@ -33,6 +34,7 @@ type unit struct {
 	attempts []store.Attempt
 	inputs   []store.JobInput
 	illegal  error // the first illegal status move fn made (see moves.go)
+	ended    bool  // fn made the job terminal: the change carries its completion webhook
 }
 
 // maxApplyRuns bounds how often withJob computes a change again after it lost a race: many steps of
@@ -164,6 +166,15 @@ func (u *unit) change() *store.Change {
 	c := &store.Change{
 		Job: u.job, Version: u.job.Version, Attempts: u.attempts, Inputs: u.inputs, Events: u.events, Outbox: u.outbox,
 	}
+	if u.ended && u.job.Status.Terminal() {
+		// The payload is the job as this change leaves it.
+		d, ok, err := webhook.For(u.job, u.now)
+		if err != nil {
+			u.o.cfg.Logger.Error("webhook payload", "job_id", u.job.ID, "err", err)
+		} else if ok {
+			c.Webhooks = []store.WebhookDelivery{d}
+		}
+	}
 	for _, s := range u.steps {
 		if u.dirty[s.Name] {
 			s.UpdatedAt = u.now
@@ -232,6 +243,7 @@ func (u *unit) setJob(status store.JobStatus, errMsg, reason string) {
 		t := u.now
 		u.job.FinishedAt = &t
 		u.job.StuckAt, u.job.StuckReason = nil, ""
+		u.ended = true
 	case status == store.JobPending:
 		u.job.FinishedAt = nil
 	}

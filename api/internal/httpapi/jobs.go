@@ -20,6 +20,7 @@ import (
 	"github.com/cao-run/cao/pkg/events"
 	"github.com/cao-run/cao/pkg/orchestrator"
 	"github.com/cao-run/cao/pkg/store"
+	"github.com/cao-run/cao/pkg/view"
 )
 
 // maxIdempotencyKey bounds the Idempotency-Key header length.
@@ -167,7 +168,7 @@ func (s *Server) getJob(c *gin.Context) {
 		s.fail(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"success": true, "job": JobJSON(v)})
+	c.JSON(http.StatusOK, gin.H{"success": true, "job": jobObject(v)})
 }
 
 func (s *Server) listJobs(c *gin.Context) {
@@ -207,9 +208,9 @@ func (s *Server) listJobs(c *gin.Context) {
 		s.fail(c, err)
 		return
 	}
-	out := make([]jobJSON, len(jobs))
+	out := make([]view.Job, len(jobs))
 	for i := range jobs {
-		out[i] = summaryJSON(&jobs[i])
+		out[i] = view.Summary(&jobs[i])
 	}
 	var nextCursor any
 	if next != nil {

@@ -210,7 +210,7 @@ func (h *wsHub) snapshotStart(ctx context.Context, scope store.Scope, id string)
 	if err != nil {
 		return startPoint{}, err
 	}
-	b, err := json.Marshal(snapshotMsg{Type: "snapshot", Seq: view.Job.LastSeq, Job: JobJSON(view)})
+	b, err := json.Marshal(snapshotMsg{Type: "snapshot", Seq: view.Job.LastSeq, Job: jobObject(view)})
 	if err != nil {
 		return startPoint{}, err
 	}
