@@ -18,6 +18,7 @@ import (
 	"github.com/cao-run/cao/pkg/registry"
 	"github.com/cao-run/cao/pkg/runner"
 	"github.com/cao-run/cao/pkg/store/sqlstore"
+	"github.com/cao-run/cao/pkg/webhook"
 )
 
 // Config is the validated environment of an api or worker process.
@@ -54,6 +55,10 @@ type Config struct {
 	RateLimit registry.RateLimit
 	// HTTPReadTimeout is CAO_HTTP_READ_TIMEOUT: a request's headers and body must arrive within it.
 	HTTPReadTimeout time.Duration
+	// WebhookSecret is CAO_WEBHOOK_SECRET, "whsec_<base64>": the key completion webhooks are signed with.
+	WebhookSecret string
+	// WebhookHosts is CAO_WEBHOOK_ALLOWED_HOSTS: where a webhook_url may point (empty: refused).
+	WebhookHosts webhook.Policy
 	// WSMaxPerTenant is CAO_WS_MAX_PER_TENANT: open WebSocket connections one tenant may hold on one
 	// API process (0: no cap).
 	WSMaxPerTenant int
@@ -105,6 +110,20 @@ func Parse(lookup func(string) (string, bool)) (Config, error) {
 		HTTPReadTimeout:   p.duration("CAO_HTTP_READ_TIMEOUT", DefaultHTTPReadTimeout, 100*time.Millisecond),
 		WSMaxPerTenant:    p.integer("CAO_WS_MAX_PER_TENANT", DefaultWSMaxPerTenant, 0, 1_000_000),
 	}
+	c.WebhookSecret = p.str("CAO_WEBHOOK_SECRET", "")
+	if c.WebhookSecret != "" {
+		if err := webhook.ParseSecret(c.WebhookSecret); err != nil {
+			// Never echo the secret.
+			p.errs = append(p.errs, fmt.Errorf("CAO_WEBHOOK_SECRET: %w", err))
+		}
+	}
+	hosts, err := webhook.NewPolicy(p.str("CAO_WEBHOOK_ALLOWED_HOSTS", ""))
+	if err != nil {
+		p.bad("CAO_WEBHOOK_ALLOWED_HOSTS", p.str("CAO_WEBHOOK_ALLOWED_HOSTS", ""), "comma-separated host or host:port entries ("+err.Error()+")")
+	} else if !hosts.Empty() && c.WebhookSecret == "" {
+		p.errs = append(p.errs, errors.New("CAO_WEBHOOK_ALLOWED_HOSTS: webhooks need CAO_WEBHOOK_SECRET to sign them (whsec_ followed by base64 of 32 random bytes)"))
+	}
+	c.WebhookHosts = hosts
 	switch auth := strings.ToLower(p.str("CAO_AUTH", "on")); auth {
 	case "off", "false", "0", "no":
 		c.AuthOff = true

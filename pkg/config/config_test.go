@@ -128,3 +128,21 @@ func TestKeysAndLimits(t *testing.T) {
 		require.ErrorContains(t, err, "CAO_RATE_LIMIT", bad)
 	}
 }
+
+func TestWebhookSettings(t *testing.T) {
+	t.Parallel()
+	const secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+	c, err := Parse(env(map[string]string{"CAO_WEBHOOK_SECRET": secret, "CAO_WEBHOOK_ALLOWED_HOSTS": "hooks.example.com,127.0.0.1:9000"}))
+	require.NoError(t, err)
+	require.Equal(t, secret, c.WebhookSecret)
+	_, err = c.WebhookHosts.Check("https://hooks.example.com/x")
+	require.NoError(t, err)
+
+	_, err = Parse(env(map[string]string{"CAO_WEBHOOK_ALLOWED_HOSTS": "hooks.example.com"}))
+	require.ErrorContains(t, err, "CAO_WEBHOOK_SECRET", "allowed hosts without a secret")
+	_, err = Parse(env(map[string]string{"CAO_WEBHOOK_SECRET": "not-a-secret-value"}))
+	require.ErrorContains(t, err, "CAO_WEBHOOK_SECRET")
+	require.NotContains(t, err.Error(), "not-a-secret-value", "the error never quotes the secret")
+	_, err = Parse(env(map[string]string{"CAO_WEBHOOK_SECRET": secret, "CAO_WEBHOOK_ALLOWED_HOSTS": "a/b"}))
+	require.ErrorContains(t, err, "CAO_WEBHOOK_ALLOWED_HOSTS")
+}

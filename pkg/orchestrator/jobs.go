@@ -42,7 +42,7 @@ type JobView struct {
 func (o *Orchestrator) CreateJob(ctx context.Context, req CreateRequest) (view *JobView, created bool, err error) {
 	f, ok := o.reg.Feature(req.Feature)
 	if !ok {
-		return nil, false, fmt.Errorf("%w: %q", ErrFeatureNotFound, req.Feature)
+		return nil, false, &UnknownNameError{Kind: ErrFeatureNotFound, Name: req.Feature, Valid: o.reg.FeatureNames()}
 	}
 	input, err := o.checkInput(f, req.Input)
 	if err != nil {
@@ -317,7 +317,11 @@ func (o *Orchestrator) Resume(ctx context.Context, scope store.Scope, id string,
 		rerun := map[string]bool{}
 		if req.FromStep != "" {
 			if _, ok := u.byName[req.FromStep]; !ok {
-				return fmt.Errorf("%w: %q", ErrStepNotFound, req.FromStep)
+				names := make([]string, len(u.steps))
+				for i, s := range u.steps {
+					names[i] = s.Name
+				}
+				return &UnknownNameError{Kind: ErrStepNotFound, Name: req.FromStep, Valid: names}
 			}
 			rerun[req.FromStep] = true
 			for _, d := range u.feature.Downstream(req.FromStep) {

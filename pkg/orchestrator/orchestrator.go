@@ -41,6 +41,18 @@ var (
 	ErrFenced = errors.New("attempt fenced")
 )
 
+// UnknownNameError is ErrFeatureNotFound or ErrStepNotFound with the names that would have been valid.
+type UnknownNameError struct {
+	Kind  error // ErrFeatureNotFound or ErrStepNotFound
+	Name  string
+	Valid []string
+}
+
+func (e *UnknownNameError) Error() string { return fmt.Sprintf("%v: %q", e.Kind, e.Name) }
+
+// Unwrap returns Kind.
+func (e *UnknownNameError) Unwrap() error { return e.Kind }
+
 // InputError lists what is wrong with a job's input_data.
 type InputError struct {
 	Fields []schema.FieldError

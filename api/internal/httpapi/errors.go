@@ -8,6 +8,7 @@ import (
 
 	"github.com/cao-run/cao/pkg/orchestrator"
 	"github.com/cao-run/cao/pkg/store"
+	"github.com/cao-run/cao/pkg/webhook"
 )
 
 // Error codes of the API's error envelope.
@@ -30,6 +31,8 @@ const (
 	codeUnauthorized       = "unauthorized"
 	codeForbidden          = "forbidden"
 	codeRateLimited        = "rate_limited"
+	codeWebhookNotAllowed  = "webhook_not_allowed"
+	codeBadRequest         = "bad_request"
 	codeUnavailable        = "service_unavailable"
 	codeUnsupportedContent = "unsupported_media_type"
 	codeInternal           = "internal_error"
@@ -48,16 +51,25 @@ func abort(c *gin.Context, status int, code, msg string, details any) {
 
 // fail maps a domain error to its HTTP status and code: the one place that does so.
 func (s *Server) fail(c *gin.Context, err error) {
-	var inErr *orchestrator.InputError
+	var (
+		inErr   *orchestrator.InputError
+		nameErr *orchestrator.UnknownNameError
+	)
+	var valid any
+	if errors.As(err, &nameErr) {
+		valid = gin.H{"valid": nameErr.Valid}
+	}
 	switch {
 	case errors.As(err, &inErr):
 		abort(c, http.StatusUnprocessableEntity, codeInvalidInput, "input_data does not match the feature's input schema", inErr.Fields)
+	case errors.Is(err, webhook.ErrNotAllowed):
+		abort(c, http.StatusUnprocessableEntity, codeWebhookNotAllowed, err.Error(), nil)
 	case errors.Is(err, orchestrator.ErrFeatureNotFound):
-		abort(c, http.StatusNotFound, codeFeatureNotFound, err.Error(), nil)
+		abort(c, http.StatusNotFound, codeFeatureNotFound, err.Error(), valid)
 	case errors.Is(err, orchestrator.ErrJobNotFound):
 		abort(c, http.StatusNotFound, codeJobNotFound, "job not found", nil)
 	case errors.Is(err, orchestrator.ErrStepNotFound):
-		abort(c, http.StatusUnprocessableEntity, codeStepNotFound, err.Error(), nil)
+		abort(c, http.StatusUnprocessableEntity, codeStepNotFound, err.Error(), valid)
 	case errors.Is(err, orchestrator.ErrNotResumable):
 		abort(c, http.StatusConflict, codeNotResumable, err.Error(), nil)
 	case errors.Is(err, orchestrator.ErrAlreadyTerminal):

@@ -47,6 +47,11 @@ func (s *Server) readJSON(c *gin.Context, dst any, emptyOK bool) bool {
 		abort(c, http.StatusBadRequest, codeInvalidJSON, "could not read the request body", nil)
 		return false
 	}
+	if !utf8.Valid(body) {
+		// encoding/json would store U+FFFD in place of each bad byte: refuse rather than change data.
+		abort(c, http.StatusBadRequest, codeInvalidJSON, "the request body is not valid UTF-8", nil)
+		return false
+	}
 	if len(bytes.TrimSpace(body)) == 0 {
 		if emptyOK {
 			return true
@@ -91,6 +96,7 @@ func jsonKind(goKind string) string {
 type createBody struct {
 	FeatureName *string         `json:"feature_name"`
 	InputData   json.RawMessage `json:"input_data"`
+	WebhookURL  *string         `json:"webhook_url"`
 }
 
 func (s *Server) createJob(c *gin.Context) {
@@ -101,6 +107,16 @@ func (s *Server) createJob(c *gin.Context) {
 	if body.FeatureName == nil || strings.TrimSpace(*body.FeatureName) == "" {
 		abort(c, http.StatusBadRequest, codeInvalidRequest, "feature_name is required", nil)
 		return
+	}
+	hook := ""
+	if body.WebhookURL != nil {
+		hook = *body.WebhookURL
+	}
+	for name, v := range map[string]string{"feature_name": *body.FeatureName, "webhook_url": hook} {
+		if !storableText(v) {
+			abort(c, http.StatusBadRequest, codeInvalidRequest, name+" must not contain NUL characters", nil)
+			return
+		}
 	}
 	key := c.GetHeader("Idempotency-Key")
 	if !storableText(key) {
@@ -113,6 +129,7 @@ func (s *Server) createJob(c *gin.Context) {
 	}
 	view, created, err := s.d.Jobs.CreateJob(c.Request.Context(), orchestrator.CreateRequest{
 		Tenant: callerOf(c).Tenant, Feature: *body.FeatureName, Input: body.InputData, IdempotencyKey: key,
+		WebhookURL: hook,
 	})
 	if err != nil {
 		s.fail(c, err)
@@ -129,20 +146,31 @@ func (s *Server) createJob(c *gin.Context) {
 // accepted writes the 202 answer of POST /jobs and /resume.
 func (s *Server) accepted(c *gin.Context, v *orchestrator.JobView) {
 	c.JSON(http.StatusAccepted, gin.H{
-		"success": true, "job_id": v.Job.ID, "monitor_url": s.monitorURL(c, v.Job.ID), "status": v.Job.Status,
+		"success": true, "job_id": v.Job.ID, "monitor_url": s.monitorURL(c, v.Job.ID), "ui_url": s.uiURL(c, v.Job.ID),
+		"status": v.Job.Status,
 	})
+}
+
+// uiURL is http(s)://HOST/ui/jobs/ID, the browser page of the job.
+func (s *Server) uiURL(c *gin.Context, id string) string {
+	return s.baseURL(c) + "/ui/jobs/" + id
+}
+
+// baseURL is CAO_PUBLIC_URL, or scheme://host of the request.
+func (s *Server) baseURL(c *gin.Context) string {
+	if pub := s.d.Settings.PublicURL; pub != "" {
+		return pub
+	}
+	scheme := "http"
+	if c.Request.TLS != nil || strings.EqualFold(c.GetHeader("X-Forwarded-Proto"), "https") {
+		scheme = "https"
+	}
+	return scheme + "://" + c.Request.Host
 }
 
 // monitorURL is ws(s)://HOST/ws/ID from CAO_PUBLIC_URL or the request.
 func (s *Server) monitorURL(c *gin.Context, id string) string {
-	if pub := s.d.Settings.PublicURL; pub != "" {
-		return "ws" + strings.TrimPrefix(pub, "http") + "/ws/" + id
-	}
-	scheme := "ws"
-	if c.Request.TLS != nil || strings.EqualFold(c.GetHeader("X-Forwarded-Proto"), "https") {
-		scheme = "wss"
-	}
-	return scheme + "://" + c.Request.Host + "/ws/" + id
+	return "ws" + strings.TrimPrefix(s.baseURL(c), "http") + "/ws/" + id
 }
 
 // jobID validates the :id path parameter.
@@ -262,6 +290,10 @@ func (s *Server) resumeJob(c *gin.Context) {
 	}
 	var body resumeBody
 	if !s.readJSON(c, &body, true) {
+		return
+	}
+	if !storableText(body.FromStep) {
+		abort(c, http.StatusBadRequest, codeInvalidRequest, "from_step must not contain NUL characters", nil)
 		return
 	}
 	v, err := s.d.Jobs.Resume(c.Request.Context(), scopeOf(c), id, orchestrator.ResumeRequest{FromStep: body.FromStep, Input: body.InputData})

@@ -143,6 +143,11 @@ func (h *wsHub) serve(c *gin.Context) {
 		abort(c, http.StatusUpgradeRequired, codeUpgradeRequired, "this endpoint speaks WebSocket only", nil)
 		return
 	}
+	if msg := handshakeProblem(c.Request); msg != "" {
+		c.Header("Sec-WebSocket-Version", "13")
+		abort(c, http.StatusBadRequest, codeBadRequest, msg, nil)
+		return
+	}
 
 	ctx := c.Request.Context()
 	scope := scopeOf(c)

@@ -3,6 +3,7 @@ package httpapi
 // This file is the WebSocket origin policy and upgrade detection.
 
 import (
+	"encoding/base64"
 	"net/http"
 	"net/url"
 	"path"
@@ -56,6 +57,19 @@ func (h *wsHub) originAllowed(r *http.Request) bool {
 // isUpgrade reports whether the request asks for a WebSocket.
 func isUpgrade(r *http.Request) bool {
 	return headerHasToken(r.Header, "Connection", "upgrade") && headerHasToken(r.Header, "Upgrade", "websocket")
+}
+
+// handshakeProblem says what is wrong with a WebSocket upgrade request's own headers (empty: nothing),
+// checked before websocket.Accept, whose refusals are plain text rather than the error envelope.
+func handshakeProblem(r *http.Request) string {
+	if v := r.Header.Get("Sec-WebSocket-Version"); v != "13" {
+		return "Sec-WebSocket-Version must be 13"
+	}
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(r.Header.Get("Sec-WebSocket-Key")))
+	if err != nil || len(key) != 16 {
+		return "Sec-WebSocket-Key must be the base64 of 16 bytes"
+	}
+	return ""
 }
 
 func headerHasToken(h http.Header, key, token string) bool {
