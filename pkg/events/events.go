@@ -7,11 +7,22 @@ import (
 	"encoding/json"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cao-run/cao/pkg/pubsub"
 	"github.com/cao-run/cao/pkg/store"
 )
 
-// Channel is the Redis pub/sub channel every CAO process publishes committed events on.
-const Channel = "cao:events"
+// ChannelName is the last part of the Redis pub/sub channel CAO processes publish committed events on;
+// Channel gives the whole name, which is specific to the deployment.
+const ChannelName = "events"
+
+// Channel returns the pub/sub channel for events of the deployment rdb connects to, e.g.
+// "cao:{db3}:events": pub/sub is server-wide, so the name carries the database number (see package
+// pubsub) and deployments on other databases of the same server never receive these events.
+func Channel(rdb redis.UniversalClient) string {
+	return pubsub.Channel(rdb, pubsub.DefaultPrefix, ChannelName)
+}
 
 // Message is the wire form of one event, identical for REST, WebSocket and pub/sub.
 type Message struct {

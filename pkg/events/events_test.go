@@ -2,6 +2,7 @@ package events_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -91,4 +92,63 @@ func TestSlowSubscriberOverflowsWithoutBlockingOthers(t *testing.T) {
 	require.Equal(t, 2, n)
 	require.True(t, slow.Overflowed())
 	require.False(t, fast.Overflowed())
+}
+
+// TestDeploymentsOnOtherDatabasesShareNoEvents: pub/sub is server-wide, so two deployments on
+// different databases of one Redis server must use different channels. Each side has a positive
+// control (a hub of its own database receives its own event); the other side's hub, whose
+// connection delivers messages in the order the server published them, receives its own event
+// first, so nothing published earlier on the other database reached it.
+func TestDeploymentsOnOtherDatabasesShareNoEvents(t *testing.T) {
+	t.Parallel()
+	dbA, dbB := testinfra.Redis(t), testinfra.Redis(t)
+	require.NotEqual(t, dbA.DB, dbB.DB)
+	ctx := testinfra.Context(t, 30*time.Second)
+	require.Equal(t, fmt.Sprintf("cao:{db%d}:events", dbA.DB), events.Channel(dbA.Client))
+	require.NotEqual(t, events.Channel(dbA.Client), events.Channel(dbB.Client))
+
+	hubA, hubB := events.NewHub(dbA.Client), events.NewHub(dbB.Client)
+	require.NoError(t, hubA.Start(ctx))
+	require.NoError(t, hubB.Start(ctx))
+	defer func() {
+		require.NoError(t, hubA.Stop(context.Background()))
+		require.NoError(t, hubB.Stop(context.Background()))
+	}()
+	allA, allB := hubA.SubscribeAll(16), hubB.SubscribeAll(16)
+	pubA, pubB := events.NewRedisPublisher(dbA.Client), events.NewRedisPublisher(dbB.Client)
+	require.Equal(t, hubA.Channel(), pubA.Channel())
+
+	// A publishes; A's own hub receives it (positive control).
+	require.NoError(t, pubA.Publish(ctx, []store.Event{ev("job-of-a", 1, store.EventJob, "RUNNING")}))
+	require.Equal(t, "job-of-a", next(t, allA).JobID)
+	// B publishes after A; B's first message is its own, so A's did not cross.
+	require.NoError(t, pubB.Publish(ctx, []store.Event{ev("job-of-b", 1, store.EventJob, "RUNNING")}))
+	require.Equal(t, "job-of-b", next(t, allB).JobID)
+	// And B's did not reach A.
+	require.NoError(t, pubA.Publish(ctx, []store.Event{ev("job-of-a", 2, store.EventJob, "COMPLETED")}))
+	m := next(t, allA)
+	require.Equal(t, "job-of-a", m.JobID)
+	require.Equal(t, int64(2), m.Seq)
+	select {
+	case m := <-allB.C:
+		t.Fatalf("deployment B received %+v", m)
+	default:
+	}
+}
+
+// next returns the subscription's next message, failing the test after 5s.
+func next(t *testing.T, s *events.Subscription) events.Message {
+	t.Helper()
+	var m events.Message
+	var ok bool
+	testinfra.Eventually(t, 5*time.Second, func() bool {
+		select {
+		case m, ok = <-s.C:
+			return true
+		default:
+			return false
+		}
+	}, "a message on the subscription")
+	require.True(t, ok, "subscription closed")
+	return m
 }

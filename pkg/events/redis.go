@@ -10,13 +10,19 @@ import (
 	"github.com/cao-run/cao/pkg/store"
 )
 
-// RedisPublisher publishes events on Channel.
+// RedisPublisher publishes events on the deployment's events channel (Channel).
 type RedisPublisher struct {
-	rdb redis.UniversalClient
+	rdb     redis.UniversalClient
+	channel string
 }
 
-// NewRedisPublisher returns a publisher on the given client.
-func NewRedisPublisher(rdb redis.UniversalClient) *RedisPublisher { return &RedisPublisher{rdb: rdb} }
+// NewRedisPublisher returns a publisher on the given client, on Channel(rdb).
+func NewRedisPublisher(rdb redis.UniversalClient) *RedisPublisher {
+	return &RedisPublisher{rdb: rdb, channel: Channel(rdb)}
+}
+
+// Channel returns the pub/sub channel the publisher sends on.
+func (p *RedisPublisher) Channel() string { return p.channel }
 
 // Publish sends the events as one message.
 func (p *RedisPublisher) Publish(ctx context.Context, evs []store.Event) error {
@@ -27,7 +33,7 @@ func (p *RedisPublisher) Publish(ctx context.Context, evs []store.Event) error {
 	if err != nil {
 		return fmt.Errorf("events: encode: %w", err)
 	}
-	if err := p.rdb.Publish(ctx, Channel, b).Err(); err != nil {
+	if err := p.rdb.Publish(ctx, p.channel, b).Err(); err != nil {
 		return fmt.Errorf("events: publish: %w", err)
 	}
 	return nil
@@ -37,7 +43,8 @@ func (p *RedisPublisher) Publish(ctx context.Context, evs []store.Event) error {
 // to every-job listeners. Delivery to a subscriber never blocks the hub: a subscriber whose buffer is
 // full is marked overflowed and its channel closed, and it must resynchronise from the event log.
 type Hub struct {
-	rdb redis.UniversalClient
+	rdb     redis.UniversalClient
+	channel string
 
 	mu     sync.Mutex
 	byJob  map[string]map[*Subscription]struct{}
@@ -69,28 +76,32 @@ func (s *Subscription) Close() {
 	s.hub.removeLocked(s)
 }
 
-// NewHub returns a hub reading Channel from rdb; call Start before subscribing.
+// NewHub returns a hub reading Channel(rdb) from rdb; call Start before subscribing.
 func NewHub(rdb redis.UniversalClient) *Hub {
 	return &Hub{
-		rdb:   rdb,
-		byJob: map[string]map[*Subscription]struct{}{},
-		all:   map[*Subscription]struct{}{},
+		rdb:     rdb,
+		channel: Channel(rdb),
+		byJob:   map[string]map[*Subscription]struct{}{},
+		all:     map[*Subscription]struct{}{},
 	}
 }
 
-// Start subscribes to Channel and begins fanning out; it returns once the subscription is confirmed.
+// Channel returns the pub/sub channel the hub reads.
+func (h *Hub) Channel() string { return h.channel }
+
+// Start subscribes to the hub's channel and begins fanning out; it returns once the subscription is confirmed.
 func (h *Hub) Start(ctx context.Context) error {
 	h.mu.Lock()
 	if h.pubsub != nil {
 		h.mu.Unlock()
 		return nil
 	}
-	ps := h.rdb.Subscribe(context.WithoutCancel(ctx), Channel)
+	ps := h.rdb.Subscribe(context.WithoutCancel(ctx), h.channel)
 	h.pubsub = ps
 	h.done = make(chan struct{})
 	h.mu.Unlock()
 	if _, err := ps.Receive(ctx); err != nil {
-		return fmt.Errorf("events: subscribe %s: %w", Channel, err)
+		return fmt.Errorf("events: subscribe %s: %w", h.channel, err)
 	}
 	go h.loop(ps)
 	return nil

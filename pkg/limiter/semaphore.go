@@ -8,6 +8,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/cao-run/cao/pkg/pubsub"
 )
 
 // Lease is one slot of a semaphore, held until ExpiresAt unless renewed or released.
@@ -36,13 +38,15 @@ type Lease struct {
 // leases that expire unless renewed, so a crashed worker's slot comes back by itself, and callers that
 // poll with a stable waiter ID are served in the order they started waiting.
 type Semaphore struct {
-	rdb redis.UniversalClient
-	cfg Config
+	rdb  redis.UniversalClient
+	cfg  Config
+	wake string // the wake channel
 }
 
 // NewSemaphore returns a Semaphore that keeps its state in rdb.
 func NewSemaphore(rdb redis.UniversalClient, cfg Config) *Semaphore {
-	return &Semaphore{rdb: rdb, cfg: cfg.WithDefaults()}
+	cfg = cfg.WithDefaults()
+	return &Semaphore{rdb: rdb, cfg: cfg, wake: pubsub.Channel(rdb, cfg.Prefix, wakeChannelName)}
 }
 
 // semKeys are the Redis keys of one semaphore. They share the {name} hash tag so the scripts work on
@@ -248,7 +252,7 @@ func (s *Semaphore) Release(ctx context.Context, l Lease) error {
 			}
 		}
 		// Best effort: a waiter that misses it finds the slot at its next poll.
-		_ = s.rdb.Publish(ctx, s.WakeChannel(), wakeMessage(l.Name, wids)).Err()
+		_ = s.rdb.Publish(ctx, s.wake, wakeMessage(l.Name, wids)).Err()
 	}
 	if held, _ := res[0].(int64); held != 1 {
 		return fmt.Errorf("limiter: release %q lease %s: %w", l.Name, l.ID, ErrLeaseLost)
@@ -272,8 +276,13 @@ func (s *Semaphore) Leave(ctx context.Context, name, waiterID string) error {
 	return nil
 }
 
-// WakeChannel is the pub/sub channel on which Release names the waiter that may take a freed slot.
-func (s *Semaphore) WakeChannel() string { return s.cfg.Prefix + "sem:wake" }
+// wakeChannelName is the last part of the wake channel's name.
+const wakeChannelName = "sem:wake"
+
+// WakeChannel is the pub/sub channel on which Release names the waiters that may take a freed slot:
+// the key prefix, rdb's database number and "sem:wake", e.g. "cao:{db3}:sem:wake" (see package
+// pubsub: pub/sub is server-wide, and a deployment on another database must not wake these waiters).
+func (s *Semaphore) WakeChannel() string { return s.wake }
 
 // InUse returns the number of unexpired leases of semaphore name.
 func (s *Semaphore) InUse(ctx context.Context, name string) (int, error) {

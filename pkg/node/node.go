@@ -114,7 +114,10 @@ func Build(cfg config.Config, log *slog.Logger, id string, reg *registry.Registr
 	n.Semaphore = limiter.NewSemaphore(rdb, limiter.Config{})
 	n.RateLimiter = limiter.NewRateLimiter(rdb, limiter.Config{})
 	n.Caller = caller.New(caller.Config{})
-	n.Health = health.NewChecker(st, rdb, reg, n.Semaphore, n.Caller, reg.Queues())
+	// The checker probes services in the background only once a process asks it for a report (the
+	// API's /health/services) or starts it; Stop ends its loop.
+	n.Health = health.NewChecker(st, rdb, reg, n.Semaphore, n.RateLimiter, n.Caller, reg.Queues(),
+		health.Config{Logger: log.With("component", "health")})
 	n.Metrics = metrics.New(func() float64 {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
@@ -186,7 +189,8 @@ func (n *Node) Start(ctx context.Context) error {
 func (n *Node) Stop(ctx context.Context) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	var errs []error
+	// The health probe loop may run without Start (a report starts it): stop it first, always.
+	errs := []error{n.Health.Stop(ctx)}
 	if n.started {
 		errs = append(errs, n.Maintainer.Stop(ctx), n.Relay.Stop(ctx), n.Hub.Stop(ctx))
 		n.started = false
