@@ -10,6 +10,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/cao-run/cao/pkg/health"
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -103,17 +104,23 @@ func (s *Server) live(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "o
 // services answers /health/services: the overall status to anyone, the detail (services, limits,
 // queues) only with a valid key.
 func (s *Server) services(c *gin.Context) {
-	rep := s.d.Health.Run(c.Request.Context())
+	_, keyed := s.d.Settings.Keys.Lookup(headerKey(c.Request))
+	keyed = keyed || s.d.Settings.Keys.Empty()
+	var body any
+	overall := ""
+	if keyed {
+		rep := s.d.Health.Run(c.Request.Context())
+		body, overall = rep, rep.Status
+	} else {
+		overall = s.d.Health.Status(c.Request.Context())
+		body = gin.H{"status": overall}
+	}
 	status := http.StatusOK
-	if rep.Status == "down" {
+	if overall == health.StatusDown {
 		status = http.StatusServiceUnavailable
 		c.Header("Retry-After", "5")
 	}
-	if _, ok := s.d.Settings.Keys.Lookup(headerKey(c.Request)); ok || s.d.Settings.Keys.Empty() {
-		c.JSON(status, rep)
-		return
-	}
-	c.JSON(status, gin.H{"status": rep.Status})
+	c.JSON(status, body)
 }
 
 // unavailable reports whether the database or Redis is down right now (to answer 503, not 500).
