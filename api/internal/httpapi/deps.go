@@ -51,7 +51,9 @@ type Events interface {
 
 // Health checks the backends and services (health.Checker implements it).
 type Health interface {
+	// Run is the full report (for callers with a key); Status only its overall status, cheaply.
 	Run(ctx context.Context) health.Report
+	Status(ctx context.Context) string
 	Unavailable(ctx context.Context) bool
 }
 

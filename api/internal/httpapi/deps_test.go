@@ -100,6 +100,7 @@ func TestCallerScopes(t *testing.T) {
 type fakeHealth struct{ down bool }
 
 func (fakeHealth) Run(context.Context) health.Report  { return health.Report{Status: "ok"} }
+func (fakeHealth) Status(context.Context) string      { return health.StatusOK }
 func (h fakeHealth) Unavailable(context.Context) bool { return h.down }
 
 // The handlers depend on narrow interfaces, so they run on fakes: domain errors map to the
