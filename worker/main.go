@@ -80,15 +80,27 @@ func Serve(ctx context.Context, n *node.Node, rc runner.Config) error {
 		_ = n.Stop(context.Background())
 		return err
 	}
+	hooks, err := n.NewDeliverer()
+	if err != nil {
+		_ = n.Stop(context.Background())
+		return err
+	}
 	r := n.NewRunner(rc)
 	if err := r.Start(ctx); err != nil {
 		_ = n.Stop(context.Background())
 		return err
 	}
+	if hooks != nil {
+		_ = hooks.Start(ctx)
+	}
 	<-ctx.Done()
 	n.Logger.Info("worker shutting down")
 	stopCtx := context.Background()
-	err := r.Stop(stopCtx)
+	err = r.Stop(stopCtx)
+	if hooks != nil {
+		// Attempts in flight finish; a delivery claimed but not sent is taken again after its claim.
+		_ = hooks.Stop(stopCtx)
+	}
 	if nerr := n.Stop(stopCtx); err == nil {
 		err = nerr
 	}

@@ -29,6 +29,7 @@ import (
 	"github.com/cao-run/cao/pkg/runner"
 	"github.com/cao-run/cao/pkg/store"
 	"github.com/cao-run/cao/pkg/store/sqlstore"
+	"github.com/cao-run/cao/pkg/webhook"
 )
 
 // ProcessID names this process in leases, attempt records and logs: role-host-pid (role is api,
@@ -107,6 +108,7 @@ func Build(cfg config.Config, log *slog.Logger, id string, reg *registry.Registr
 		StuckJobAfter:  cfg.StuckJobAfter,
 		FailStuckAfter: cfg.FailStuckAfter,
 		IdempotencyTTL: cfg.IdempotencyTTL,
+		Webhooks:       cfg.WebhookHosts,
 		Logger:         log.With("component", "orchestrator"),
 	})
 	n.Reconciler = dispatch.NewReconciler(st, rdb, n.Queue, dispatch.ReconcilerConfig{Logger: log.With("component", "reconciler")})
@@ -157,6 +159,17 @@ func (n *Node) NewRunner(cfg runner.Config) *runner.Runner {
 		cfg.Hooks.OnBusy = func(service string) { n.Metrics.Busy.WithLabelValues(service).Inc() }
 	}
 	return runner.New(n.Orchestrator, n.Redis, n.Semaphore, n.RateLimiter, n.Caller, n.Hub, cfg)
+}
+
+// NewDeliverer returns the completion-webhook deliverer workers run (nil when CAO_WEBHOOK_SECRET is
+// not set: no job can then name a webhook_url, since the allow-list needs the secret).
+func (n *Node) NewDeliverer() (*webhook.Deliverer, error) {
+	if n.Config.WebhookSecret == "" {
+		return nil, nil
+	}
+	return webhook.NewDeliverer(n.Store, webhook.Config{
+		Secret: n.Config.WebhookSecret, Logger: n.Logger.With("component", "webhooks"),
+	})
 }
 
 // Start pings the backends and starts the event hub, the relay and the maintenance loop.
