@@ -55,6 +55,9 @@ type Config struct {
 	RateLimit registry.RateLimit
 	// HTTPReadTimeout is CAO_HTTP_READ_TIMEOUT: a request's headers and body must arrive within it.
 	HTTPReadTimeout time.Duration
+	// Retention is CAO_RETENTION: terminal jobs older than this are deleted with all their rows; 0
+	// keeps everything.
+	Retention time.Duration
 	// WebhookSecret is CAO_WEBHOOK_SECRET, "whsec_<base64>": the key completion webhooks are signed with.
 	WebhookSecret string
 	// WebhookHosts is CAO_WEBHOOK_ALLOWED_HOSTS: where a webhook_url may point (empty: refused).
@@ -68,6 +71,7 @@ type Config struct {
 const (
 	DefaultHTTPReadTimeout = 30 * time.Second
 	DefaultWSMaxPerTenant  = 1000
+	DefaultRetention       = 720 * time.Hour
 )
 
 // Defaults for every variable.
@@ -107,6 +111,7 @@ func Parse(lookup func(string) (string, bool)) (Config, error) {
 		MetricsAddr:       p.str("CAO_METRICS_ADDR", ""),
 		DBMaxConns:        p.integer("CAO_DATABASE_MAX_CONNS", sqlstore.DefaultMaxOpenConns, 1, 1000),
 		RateLimit:         p.rateLimit("CAO_RATE_LIMIT"),
+		Retention:         p.duration("CAO_RETENTION", DefaultRetention, 0),
 		HTTPReadTimeout:   p.duration("CAO_HTTP_READ_TIMEOUT", DefaultHTTPReadTimeout, 100*time.Millisecond),
 		WSMaxPerTenant:    p.integer("CAO_WS_MAX_PER_TENANT", DefaultWSMaxPerTenant, 0, 1_000_000),
 	}

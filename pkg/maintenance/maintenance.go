@@ -32,6 +32,14 @@ type Config struct {
 	StuckEvery time.Duration
 	// KeysEvery is how often expired idempotency keys are deleted. Default 10m.
 	KeysEvery time.Duration
+	// Retention is how long terminal jobs are kept (CAO_RETENTION); 0 keeps everything.
+	Retention time.Duration
+	// RetentionEvery is how often jobs past retention are deleted. Default 1m, or Retention/2 when
+	// that is shorter.
+	RetentionEvery time.Duration
+	// RetentionBatch is how many jobs one delete statement removes (default 200); one pass runs at
+	// most 10 of them, the rest waits for the next pass.
+	RetentionBatch int
 	// Now is the clock that spaces the periodic tasks. Default time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -49,6 +57,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.KeysEvery <= 0 {
 		c.KeysEvery = 10 * time.Minute
+	}
+	if c.RetentionEvery <= 0 {
+		c.RetentionEvery = time.Minute
+		if c.Retention > 0 && c.Retention/2 < c.RetentionEvery {
+			c.RetentionEvery = max(c.Retention/2, c.Tick)
+		}
+	}
+	if c.RetentionBatch <= 0 {
+		c.RetentionBatch = 200
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -68,9 +85,10 @@ type Maintainer struct {
 
 	life startstop.Loop
 
-	mu      sync.Mutex
-	leader  bool
-	lastKey time.Time
+	mu         sync.Mutex
+	leader     bool
+	lastKey    time.Time
+	lastPurged time.Time
 }
 
 // New returns a maintainer; rec may be nil (no Redis reconciliation).
@@ -162,6 +180,14 @@ func (m *Maintainer) tick(ctx context.Context, lastStuck *time.Time) {
 			m.warn(ctx, "detect stuck jobs", err)
 		} else if n > 0 {
 			m.cfg.Logger.Info("marked or failed stuck jobs", "count", n)
+		}
+	}
+	if now := m.cfg.Now(); m.cfg.Retention > 0 && now.Sub(m.lastPurged) >= m.cfg.RetentionEvery {
+		m.lastPurged = now
+		if n, err := m.orch.DeleteExpiredJobs(ctx, m.cfg.Retention, m.cfg.RetentionBatch, 10); err != nil {
+			m.warn(ctx, "delete jobs past retention", err)
+		} else if n > 0 {
+			m.cfg.Logger.Info("deleted jobs past retention", "count", n, "retention", m.cfg.Retention.String())
 		}
 	}
 	if now := m.cfg.Now(); now.Sub(m.lastKey) >= m.cfg.KeysEvery {

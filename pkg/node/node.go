@@ -112,7 +112,9 @@ func Build(cfg config.Config, log *slog.Logger, id string, reg *registry.Registr
 		Logger:         log.With("component", "orchestrator"),
 	})
 	n.Reconciler = dispatch.NewReconciler(st, rdb, n.Queue, dispatch.ReconcilerConfig{Logger: log.With("component", "reconciler")})
-	n.Maintainer = maintenance.New(n.Orchestrator, n.Reconciler, rdb, maintenance.Config{ID: id, Logger: log.With("component", "maintenance")})
+	n.Maintainer = maintenance.New(n.Orchestrator, n.Reconciler, rdb, maintenance.Config{
+		ID: id, Retention: cfg.Retention, Logger: log.With("component", "maintenance"),
+	})
 	n.Semaphore = limiter.NewSemaphore(rdb, limiter.Config{})
 	n.RateLimiter = limiter.NewRateLimiter(rdb, limiter.Config{})
 	n.Caller = caller.New(caller.Config{})

@@ -389,6 +389,25 @@ func (o *Orchestrator) Cancel(ctx context.Context, scope store.Scope, id string)
 // nowPtr returns a pointer to t.
 func nowPtr(t time.Time) *time.Time { return &t }
 
+// DeleteExpiredJobs deletes terminal jobs that finished more than retention ago (CAO_RETENTION) with
+// all their rows, batch jobs per statement and at most maxBatches statements per call, so no call
+// holds locks or a connection for long; it returns how many jobs it deleted.
+func (o *Orchestrator) DeleteExpiredJobs(ctx context.Context, retention time.Duration, batch, maxBatches int) (int64, error) {
+	if retention <= 0 {
+		return 0, nil
+	}
+	cutoff := o.now().Add(-retention)
+	var total int64
+	for range maxBatches {
+		n, err := o.store.DeleteFinishedJobs(ctx, cutoff, batch)
+		total += n
+		if err != nil || n < int64(batch) {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
 // ExpireIdempotencyKeys deletes Idempotency-Keys past their retention and returns how many.
 func (o *Orchestrator) ExpireIdempotencyKeys(ctx context.Context) (int64, error) {
 	var n int64

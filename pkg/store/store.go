@@ -382,6 +382,11 @@ type Store interface {
 	// given run and attempt and leased by owner (a single-row compare-and-set that takes no job lock);
 	// ErrConflict otherwise.
 	ExtendLease(ctx context.Context, jobID, step string, run, attempt int, owner string, until time.Time) error
+	// DeleteFinishedJobs deletes up to limit terminal jobs that finished before the given time, oldest
+	// first, with every row that belongs to them (steps, attempts, events, inputs, webhook
+	// deliveries, the Idempotency-Keys bound to them), in one short statement; a job whose webhook
+	// delivery is still pending is kept. It returns how many jobs it deleted.
+	DeleteFinishedJobs(ctx context.Context, finishedBefore time.Time, limit int) (int64, error)
 	// ClaimWebhooks claims up to limit deliveries due at now (neither delivered nor given up), oldest
 	// first: each gets one more attempt and is not due again before claimUntil, so a deliverer that
 	// dies mid-attempt leaves it to another after claimUntil. Concurrent claimers never get the same
