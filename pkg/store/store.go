@@ -115,8 +115,8 @@ type Job struct {
 	WebhookURL string
 	CreatedAt  time.Time
 	UpdatedAt  time.Time // last state change of the job or any of its steps (progress)
-	StartedAt      *time.Time
-	FinishedAt     *time.Time
+	StartedAt  *time.Time
+	FinishedAt *time.Time
 }
 
 // Step is the state of one step of a job in its current run.

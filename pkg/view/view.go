@@ -56,9 +56,10 @@ type Step struct {
 	ErrorClass    string           `json:"error_class,omitempty"`
 	Output        json.RawMessage  `json:"output"`
 	NextAttemptAt *time.Time       `json:"next_attempt_at,omitempty"`
-	History       []Attempt    `json:"attempt_history"`
+	History       []Attempt        `json:"attempt_history"`
 }
 
+// Attempt is one entry of a step's attempt_history.
 type Attempt struct {
 	Run        int        `json:"run"`
 	Attempt    int        `json:"attempt"`
@@ -137,4 +138,3 @@ func Full(job *store.Job, steps []store.Step, attempts []store.Attempt, webhooks
 	}
 	return j
 }
-
