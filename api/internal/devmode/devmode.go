@@ -150,7 +150,7 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), ou
 	n.OnClose(b.store.Close)
 	n.OnClose(func() error { b.redis.Close(); return nil })
 
-	mon, err := serve.Monitoring("redis://" + b.redis.Addr())
+	mon, err := serve.Monitoring("redis://"+b.redis.Addr(), log)
 	if err == nil {
 		err = n.Start(ctx)
 	}

@@ -183,6 +183,9 @@ func (h *wsHub) serve(c *gin.Context) {
 		return
 	}
 
+	// An upgraded connection is exempt from CAO_HTTP_READ_TIMEOUT and the write timeout: a hijacked
+	// connection may keep the server's deadlines (http.Hijacker), so clear them before the upgrade.
+	ClearDeadlines(c.Writer)
 	conn, err := websocket.Accept(c.Writer, c.Request, &websocket.AcceptOptions{
 		OriginPatterns:     h.origins,
 		InsecureSkipVerify: h.anyOrigin, // CAO_ALLOWED_ORIGINS=* deliberately allows every origin

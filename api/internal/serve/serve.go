@@ -35,7 +35,7 @@ func Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	mon, err := Monitoring(cfg.RedisURL)
+	mon, err := Monitoring(cfg.RedisURL, log)
 	if err != nil {
 		_ = n.Stop(context.Background())
 		return err
@@ -49,13 +49,44 @@ func Run(ctx context.Context) error {
 	return Serve(ctx, n, ln, httpapi.Options{Monitoring: mon})
 }
 
-// Monitoring returns the asynqmon UI for the Redis at redisURL, mounted under /monitoring.
-func Monitoring(redisURL string) (http.Handler, error) {
+// Monitoring returns the asynqmon UI for the Redis at redisURL, mounted under /monitoring. Its error
+// answers are the API's error envelope (httpapi.MonitoringErrors); log receives the 5xx details.
+func Monitoring(redisURL string, log *slog.Logger) (http.Handler, error) {
 	opt, err := asynq.ParseRedisURI(redisURL)
 	if err != nil {
 		return nil, fmt.Errorf("CAO_REDIS_URL: %w", err)
 	}
-	return asynqmon.New(asynqmon.Options{RootPath: "/monitoring", RedisConnOpt: opt}), nil
+	return httpapi.MonitoringErrors(asynqmon.New(asynqmon.Options{RootPath: "/monitoring", RedisConnOpt: opt}), log), nil
+}
+
+// WriteTimeout is how long the server gives a plain request, once its body has arrived, to be
+// answered: http.Server.WriteTimeout is CAO_HTTP_READ_TIMEOUT plus this (net/http counts it from the
+// end of the headers). WebSocket connections are exempt once upgraded (httpapi.ClearDeadlines).
+const WriteTimeout = 60 * time.Second
+
+// IdleTimeout is how long a keep-alive connection may wait for its next request.
+const IdleTimeout = 120 * time.Second
+
+// HTTPServer is the API's http.Server around h: a request's headers and body must arrive within
+// readTimeout (CAO_HTTP_READ_TIMEOUT; zero: config.DefaultHTTPReadTimeout), its answer be written
+// within WriteTimeout after that, and an error answered before the body was read closes the
+// connection instead of reading the rest at the client's pace (httpapi.CloseAfterEarlyError). Serve
+// it on EnvelopeListener(ln) so that net/http's own error answers are envelopes too.
+func HTTPServer(h http.Handler, readTimeout time.Duration, log *slog.Logger) *http.Server {
+	if readTimeout <= 0 {
+		readTimeout = config.DefaultHTTPReadTimeout
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	return &http.Server{
+		Handler:           httpapi.CloseAfterEarlyError(h, readTimeout),
+		ReadHeaderTimeout: readTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      readTimeout + WriteTimeout,
+		IdleTimeout:       IdleTimeout,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
 }
 
 // APIDeps hands the HTTP API the parts of the node it uses.
@@ -84,14 +115,9 @@ func Serve(ctx context.Context, n *node.Node, ln net.Listener, opts httpapi.Opti
 		return err
 	}
 	api := httpapi.New(APIDeps(n), opts)
-	srv := &http.Server{
-		Handler:           api.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		ErrorLog:          slog.NewLogLogger(n.Logger.Handler(), slog.LevelWarn),
-	}
+	srv := HTTPServer(api.Handler(), n.Config.HTTPReadTimeout, n.Logger)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() { errc <- srv.Serve(EnvelopeListener(ln)) }()
 	var serveErr error
 	select {
 	case <-ctx.Done():
