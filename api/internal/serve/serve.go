@@ -16,6 +16,7 @@ import (
 	"github.com/hibiken/asynqmon"
 
 	"github.com/cao-run/cao/api/internal/httpapi"
+	"github.com/cao-run/cao/pkg/auth"
 	"github.com/cao-run/cao/pkg/config"
 	"github.com/cao-run/cao/pkg/migrate"
 	"github.com/cao-run/cao/pkg/node"
@@ -91,14 +92,19 @@ func HTTPServer(h http.Handler, readTimeout time.Duration, log *slog.Logger) *ht
 
 // APIDeps hands the HTTP API the parts of the node it uses.
 func APIDeps(n *node.Node) httpapi.Deps {
+	keys := n.Config.Keyring()
 	return httpapi.Deps{
 		Jobs:     n.Orchestrator,
 		Events:   n.Hub,
 		Health:   n.Health,
 		Metrics:  n.Metrics,
 		Registry: n.Registry,
+		Tokens:   auth.NewTokens(n.Redis, keys, ""),
+		Limiter:  n.RateLimiter,
 		Settings: httpapi.Settings{
-			Keys:           n.Config.Keyring(),
+			Keys:           keys,
+			RateLimit:      n.Config.RateLimit,
+			WSMaxPerTenant: n.Config.WSMaxPerTenant,
 			AllowedOrigins: n.Config.AllowedOrigins,
 			PublicURL:      n.Config.PublicURL,
 			MaxBodyBytes:   n.Config.MaxBodyBytes,
