@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -106,6 +107,19 @@ func (r *Reconciler) Tick(ctx context.Context) error {
 // OrphanSuffix ends the id of the copy of a task whose worker died before claiming its step.
 const OrphanSuffix = ":orphan"
 
+// WaitSuffixes end the ids of the scheduled copies of a step task whose service was full: a worker
+// that cannot start the step schedules a copy under the other suffix and acknowledges the task it
+// holds (two, since the copy cannot take the id of the task being processed).
+var WaitSuffixes = [2]string{":wait-a", ":wait-b"}
+
+// WaitCopyID returns the id of the scheduled copy of the task with id: the other wait suffix.
+func WaitCopyID(id string) string {
+	if base, ok := strings.CutSuffix(id, WaitSuffixes[0]); ok {
+		return base + WaitSuffixes[1]
+	}
+	return strings.TrimSuffix(id, WaitSuffixes[1]) + WaitSuffixes[0]
+}
+
 // orphanAfter is how long a task's Asynq lease may go unrenewed before the task counts as orphaned.
 const orphanAfter = 12 * time.Second
 
@@ -178,6 +192,15 @@ func (r *Reconciler) Sweep(ctx context.Context, all bool) (int, error) {
 			// is a compare-and-set, so whichever copy runs second is acknowledged as stale.
 			id += OrphanSuffix
 			if st, err = r.taskState(ctx, s.Queue, id); err != nil {
+				return n, err
+			}
+		}
+		for _, suffix := range WaitSuffixes {
+			if st != taskMissing {
+				break
+			}
+			// A copy scheduled while the step waited for its service stands for the task.
+			if st, err = r.taskState(ctx, s.Queue, ot.TaskID+suffix); err != nil {
 				return n, err
 			}
 		}

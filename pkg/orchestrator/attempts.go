@@ -201,7 +201,7 @@ type Outcome struct {
 // FinishAttempt records the attempt's outcome and moves the DAG on. ErrFenced means the result came
 // too late (the step was reclaimed, cancelled or finished by someone else) and was not recorded.
 func (o *Orchestrator) FinishAttempt(ctx context.Context, a *Attempt, out Outcome) error {
-	_, err := o.FinishAndContinue(ctx, a, out, nil)
+	_, _, err := o.FinishAndContinue(ctx, a, out, nil)
 	return err
 }
 
@@ -211,16 +211,28 @@ func (o *Orchestrator) FinishAttempt(ctx context.Context, a *Attempt, out Outcom
 // definition order; the first it accepts is claimed.
 type Continue func(step *registry.Step, svc *registry.Service) bool
 
+// Failure describes a step that an outcome failed for good (not retryable, or its attempts
+// exhausted): the worker reports it to the queue, so the task shows as failed there too.
+type Failure struct {
+	Step    string
+	Class   string // error class
+	Message string
+	Reason  string // "not retryable" or "N attempts exhausted"
+}
+
 // FinishAndContinue is FinishAttempt that, when the step succeeded and cont accepts a step it made
 // ready, claims that step for the same worker in the same change and returns its attempt (nil
 // otherwise). The continued attempt is like one claimed by StartAttempt: if the worker dies before
 // it finishes, its lease expires and the step is re-run.
-func (o *Orchestrator) FinishAndContinue(ctx context.Context, a *Attempt, out Outcome, cont Continue) (*Attempt, error) {
+func (o *Orchestrator) FinishAndContinue(ctx context.Context, a *Attempt, out Outcome, cont Continue) (*Attempt, *Failure, error) {
 	p := a.Payload
 	fenced := false
-	var next *Attempt
+	var (
+		next   *Attempt
+		failed *Failure
+	)
 	snap, err := o.withJobFrom(ctx, p.JobID, a.snap, func(u *unit) error {
-		fenced, next = false, nil
+		fenced, next, failed = false, nil, nil
 		s := u.byName[p.Step]
 		rec := &store.Attempt{
 			JobID: p.JobID, Step: p.Step, Run: p.Run, Attempt: p.Attempt, WorkerID: a.WorkerID,
@@ -293,6 +305,7 @@ func (o *Orchestrator) FinishAndContinue(ctx context.Context, a *Attempt, out Ou
 					reason = fmt.Sprintf("%d attempts exhausted", failures)
 				}
 				u.setStep(s, store.StepFailed, msg, reason)
+				failed = &Failure{Step: s.Name, Class: out.ErrorClass, Message: msg, Reason: reason}
 				u.advance()
 			}
 		}
@@ -300,15 +313,15 @@ func (o *Orchestrator) FinishAndContinue(ctx context.Context, a *Attempt, out Ou
 		return nil
 	})
 	if err == nil && fenced {
-		return nil, ErrFenced
+		return nil, nil, ErrFenced
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if next != nil {
 		next.snap = snap
 	}
-	return next, nil
+	return next, failed, nil
 }
 
 // continueWith claims for workerID the first step that advance queued (its tasks are u.outbox[from:])

@@ -601,7 +601,7 @@ func TestFinishAndContinueClaimsAReadyStep(t *testing.T) {
 
 		// a makes b and c ready; the worker continues with the first it accepts (c: b is refused).
 		var asked []string
-		next, err := b.orch.FinishAndContinue(ctx, a, orchestrator.Outcome{Output: json.RawMessage(`{"a": 1}`)},
+		next, _, err := b.orch.FinishAndContinue(ctx, a, orchestrator.Outcome{Output: json.RawMessage(`{"a": 1}`)},
 			func(st *registry.Step, svc *registry.Service) bool {
 				asked = append(asked, st.Name)
 				require.Equal(t, "sim", svc.Name)
@@ -625,13 +625,13 @@ func TestFinishAndContinueClaimsAReadyStep(t *testing.T) {
 		require.NoError(t, b.orch.Heartbeat(ctx, next))
 		_, err = b.orch.Prepare(ctx, task.StepPayload{JobID: v.Job.ID, Step: "c", Run: 1, Attempt: 1})
 		require.ErrorIs(t, err, orchestrator.ErrStale)
-		last, err := b.orch.FinishAndContinue(ctx, next, orchestrator.Outcome{Output: json.RawMessage(`2`)},
+		last, _, err := b.orch.FinishAndContinue(ctx, next, orchestrator.Outcome{Output: json.RawMessage(`2`)},
 			func(*registry.Step, *registry.Service) bool { return true })
 		require.NoError(t, err)
 		require.Nil(t, last, "d still needs b")
 
 		ab := b.start(t, tasks[0], "w2")
-		last, err = b.orch.FinishAndContinue(ctx, ab, orchestrator.Outcome{Output: json.RawMessage(`3`)},
+		last, _, err = b.orch.FinishAndContinue(ctx, ab, orchestrator.Outcome{Output: json.RawMessage(`3`)},
 			func(*registry.Step, *registry.Service) bool { return true })
 		require.NoError(t, err)
 		require.NotNil(t, last)
@@ -644,9 +644,11 @@ func TestFinishAndContinueClaimsAReadyStep(t *testing.T) {
 		// A failed step continues nothing.
 		b.create(t)
 		a2 := b.start(t, b.drain(t)[0], "w1")
-		none, err := b.orch.FinishAndContinue(ctx, a2, orchestrator.Outcome{Err: errors.New("bad"), Retryable: false},
+		none, failed, err := b.orch.FinishAndContinue(ctx, a2, orchestrator.Outcome{Err: errors.New("bad"), ErrorClass: "http_status", Retryable: false},
 			func(*registry.Step, *registry.Service) bool { return true })
 		require.NoError(t, err)
 		require.Nil(t, none)
+		require.NotNil(t, failed, "a step that fails for good is reported")
+		require.Equal(t, orchestrator.Failure{Step: a2.Payload.Step, Class: "http_status", Message: "bad", Reason: "not retryable"}, *failed)
 	})
 }

@@ -179,7 +179,7 @@ func TestRoundTripsPerStepContinued(t *testing.T) {
 		require.NoError(t, err)
 		steps := 1
 		for a != nil {
-			a, err = orch.FinishAndContinue(ctx, a, orchestrator.Outcome{Output: json.RawMessage(`{"ok": true}`)}, always)
+			a, _, err = orch.FinishAndContinue(ctx, a, orchestrator.Outcome{Output: json.RawMessage(`{"ok": true}`)}, always)
 			require.NoError(t, err)
 			if a != nil {
 				steps++

@@ -10,6 +10,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/cao-run/cao/pkg/backoff"
+	"github.com/cao-run/cao/pkg/dispatch"
 	"github.com/cao-run/cao/pkg/limiter"
 	"github.com/cao-run/cao/pkg/orchestrator"
 	"github.com/cao-run/cao/pkg/registry"
@@ -60,7 +61,7 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	if r.admitCtx.Err() != nil {
 		// Stop began after Asynq handed this task out: a step that has not started is not started
 		// now. The task goes back to its queue for another worker, without using an attempt.
-		return &busyError{service: "(any)", delay: backoff.Jitter(r.cfg.BusyDelay, 0.5, rand.Float64), why: "is not called: the worker is stopping"}
+		return r.reschedule(ctx, t, &busyError{service: "(any)", delay: backoff.Jitter(r.cfg.BusyDelay, 0.5, rand.Float64), why: "is not called: the worker is stopping"})
 	}
 	target, err := r.orch.Resolve(ctx, p)
 	if errors.Is(err, orchestrator.ErrStale) {
@@ -79,6 +80,10 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	adm, err := r.admit(admitCtx, svc)
 	stopWait()
 	stopAdmit(nil)
+	var busy *busyError
+	if errors.As(err, &busy) {
+		return r.reschedule(ctx, t, busy)
+	}
 	if err != nil {
 		return err
 	}
@@ -118,7 +123,7 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 		// records as ready may be claimed for this handler in the same statement (continued).
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		recordAt := r.cfg.Now() // a continued step's lease counts from no later than this
-		next, err := r.finish(rctx, a, out)
+		next, failed, err := r.finish(rctx, a, out)
 		cancel()
 		release()
 		if r.cfg.Hooks.OnAttempt != nil {
@@ -133,6 +138,10 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 			// the same run (same Idempotency-Key), so nothing is lost.
 			log.Error("record outcome", "err", err)
 			return nil
+		case failed != nil:
+			// The step failed for good: the task fails too, so the queue's failed count and
+			// archive show it with its error (SkipRetry archives at once; nothing retries it).
+			return fmt.Errorf("%w: step %s failed (%s, %s): %s", asynq.SkipRetry, failed.Step, failed.Class, failed.Reason, failed.Message)
 		case next == nil:
 			return nil
 		}
@@ -157,18 +166,18 @@ func (r *Runner) continues(st *registry.Step, svc *registry.Service) bool {
 
 // finish records the outcome, retrying while the database is unreachable (until ctx ends): a result
 // that is not recorded makes the step run again after its lease expires.
-func (r *Runner) finish(ctx context.Context, a *orchestrator.Attempt, out orchestrator.Outcome) (*orchestrator.Attempt, error) {
+func (r *Runner) finish(ctx context.Context, a *orchestrator.Attempt, out orchestrator.Outcome) (*orchestrator.Attempt, *orchestrator.Failure, error) {
 	wait := 200 * time.Millisecond
 	for {
-		next, err := r.orch.FinishAndContinue(ctx, a, out, r.continues)
+		next, failed, err := r.orch.FinishAndContinue(ctx, a, out, r.continues)
 		if err == nil || errors.Is(err, orchestrator.ErrFenced) || !errors.Is(err, store.ErrUnavailable) {
-			return next, err
+			return next, failed, err
 		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, err
+			return nil, nil, err
 		case <-t.C:
 		}
 		wait = min(2*wait, 2*time.Second)
@@ -184,4 +193,26 @@ func (r *Runner) busy(service, why string, wait time.Duration) error {
 		d = wait + backoff.Jitter(100*time.Millisecond, 1, rand.Float64)
 	}
 	return &busyError{service: service, delay: d, why: why}
+}
+
+// reschedule puts a step that cannot start now (its service is full or out of budget, or the worker
+// is stopping) back as a scheduled copy of its task, due after the busy delay, and acknowledges the
+// task it holds: in Asynq (and asynqmon) a waiting step is scheduled, never a retry with an error.
+// The step stays QUEUED in the database, so if the copy is lost the reconciler enqueues the task
+// again. When the copy cannot be enqueued, the task is retried by Asynq instead (not a failure).
+func (r *Runner) reschedule(ctx context.Context, t *asynq.Task, b *busyError) error {
+	id, ok1 := asynq.GetTaskID(ctx)
+	queue, ok2 := asynq.GetQueueName(ctx)
+	if !ok1 || !ok2 {
+		return b
+	}
+	at := r.cfg.Now().Add(b.delay)
+	err := dispatch.Enqueue(context.WithoutCancel(ctx), r.queue, store.OutboxTask{
+		TaskID: dispatch.WaitCopyID(id), Queue: queue, TypeName: t.Type(), Payload: t.Payload(), ProcessAt: &at,
+	})
+	if err != nil {
+		r.cfg.Logger.Warn("could not schedule a waiting step; Asynq retries it", "task_id", id, "err", err)
+		return b
+	}
+	return nil
 }

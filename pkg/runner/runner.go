@@ -127,6 +127,7 @@ type Runner struct {
 	rate   *limiter.RateLimiter
 	caller *caller.Caller
 	hub    *events.Hub
+	queue  *asynq.Client // schedules the copies of tasks that wait for their service
 	cfg    Config
 
 	mu        sync.Mutex
@@ -148,6 +149,7 @@ func New(orch *orchestrator.Orchestrator, rdb redis.UniversalClient, sem *limite
 	cfg = cfg.WithDefaults()
 	return &Runner{
 		orch: orch, rdb: rdb, sem: sem, rate: rate, caller: c, hub: hub, cfg: cfg,
+		queue:    asynq.NewClientFromRedisClient(rdb),
 		room:     limiter.NewWaitRoom(sem, limiter.WaitRoomConfig{ID: cfg.WorkerID}),
 		inflight: map[string]map[*running]struct{}{},
 	}

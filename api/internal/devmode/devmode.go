@@ -146,16 +146,26 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), ou
 	// grace period: running steps finish or are handed back, and their outcomes are committed to SQLite
 	// with the outbox rows of what comes next, which the next start relays.
 	n.OnClose(func() error { return r.Stop(context.Background()) })
+	hooks, herr := n.NewDeliverer() // nil without CAO_WEBHOOK_SECRET
+	if hooks != nil {
+		n.OnClose(func() error { return hooks.Stop(context.Background()) })
+	}
 	n.OnClose(b.rdb.Close)
 	n.OnClose(b.store.Close)
 	n.OnClose(func() error { b.redis.Close(); return nil })
 
 	mon, err := serve.Monitoring("redis://"+b.redis.Addr(), log)
 	if err == nil {
+		err = herr
+	}
+	if err == nil {
 		err = n.Start(ctx)
 	}
 	if err == nil {
 		err = r.Start(ctx)
+	}
+	if err == nil && hooks != nil {
+		err = hooks.Start(ctx)
 	}
 	if err != nil {
 		_ = ln.Close()
