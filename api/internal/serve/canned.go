@@ -12,8 +12,8 @@ import (
 
 // EnvelopeListener wraps ln so that the error answers net/http writes by itself, before any handler
 // runs, are the API's JSON error envelope like every other error: 400 for a malformed request (bad
-// request line, header or Host), 431 for headers over MaxHeaderBytes, 501 for a transfer coding it
-// does not implement, 505 for an HTTP version it does not speak. net/http writes those canned answers
+// request line, header or Host, and a transfer coding it does not implement, which net/http answers
+// 501), 431 for headers over MaxHeaderBytes, 505 for an HTTP version it does not speak. net/http writes those canned answers
 // straight on the connection, in one write of exactly this shape:
 //
 //	HTTP/1.1 <status> <text>[: <detail>]\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n<body>
@@ -101,6 +101,11 @@ func cannedEnvelope(p []byte) ([]byte, bool) {
 	if string(reason) != http.StatusText(status) {
 		return nil, false
 	}
+	if status == http.StatusNotImplemented {
+		// A transfer coding the server does not implement is the client's input: no input is
+		// answered with a 5xx (the contract), so it is a 400 like any other malformed request.
+		status = http.StatusBadRequest
+	}
 	env := httpapi.ErrorEnvelope(httpapi.StatusErrorCode(status), cannedMessage(status, string(detail)))
 	var b bytes.Buffer
 	b.Grow(160 + len(env))
@@ -122,7 +127,8 @@ func cannedMessage(status int, detail string) string {
 		return "the request's header fields are too large"
 	case http.StatusHTTPVersionNotSupported:
 		return "HTTP version not supported: use HTTP/1.1"
-	case http.StatusNotImplemented:
+	}
+	if detail == cannedUnsupportedTE {
 		return "unsupported transfer encoding: only chunked is accepted"
 	}
 	if detail != "" {
