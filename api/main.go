@@ -1,6 +1,7 @@
 // Command cao-api is CAO's API gateway. `cao-api` (or `serve`) runs the API against Postgres and
 // Redis, `cao-api dev` runs the whole system in one process with embedded backends, and
-// `cao-api migrate up|down N|version` manages the database schema.
+// `cao-api migrate up|down N|version` manages the database schema. `cao-api jobs ...` is the
+// command-line client of the API, and `cao-api healthcheck` asks a local API whether it is alive.
 package main
 
 import (
@@ -10,6 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/cao-run/cao/api/internal/cli"
 	"github.com/cao-run/cao/api/internal/devmode"
 	"github.com/cao-run/cao/api/internal/serve"
 )
@@ -17,6 +19,11 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if len(os.Args) > 1 && cli.Handles(os.Args[1]) {
+		code := cli.Main(ctx, os.Args[1:], cli.Stdio())
+		stop()
+		os.Exit(code)
+	}
 	if err := run(ctx, os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "cao-api:", err)
 		os.Exit(1)
@@ -28,7 +35,10 @@ const usage = `usage:
   cao-api dev                     run everything in one process (embedded SQLite and Redis)
   cao-api migrate up              apply pending migrations
   cao-api migrate down N          roll back N migrations
-  cao-api migrate version         print the schema version`
+  cao-api migrate version         print the schema version
+  cao-api jobs COMMAND            the API from a terminal: start, get, list, watch, cancel, resume
+                                  (cao-api jobs help; CAO_URL, CAO_API_KEY)
+  cao-api healthcheck             exit 0 when the API on CAO_HTTP_ADDR answers /health, 1 otherwise`
 
 func run(ctx context.Context, args []string) error {
 	cmd := "serve"

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/cao-run/cao/pkg/client/healthcheck"
 	"github.com/cao-run/cao/pkg/config"
 	"github.com/cao-run/cao/pkg/node"
 	"github.com/cao-run/cao/pkg/runner"
@@ -22,6 +23,12 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		// Exit 0 when this host's worker answers /health on CAO_METRICS_ADDR, 1 otherwise.
+		code := healthcheck.Main(ctx, healthcheck.Worker, os.Args[2:], os.Stderr, os.LookupEnv)
+		stop()
+		os.Exit(code)
+	}
 	if err := run(ctx, os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "cao-worker:", err)
 		os.Exit(1)
@@ -30,7 +37,7 @@ func main() {
 
 func run(ctx context.Context, args []string) error {
 	if len(args) > 0 {
-		return fmt.Errorf("cao-worker takes no arguments (configure it with CAO_* environment variables), got %q", args)
+		return fmt.Errorf("cao-worker takes no arguments but healthcheck (configure it with CAO_* environment variables), got %q", args)
 	}
 	cfg, err := config.FromEnv()
 	if err != nil {
