@@ -15,7 +15,7 @@ import (
 	"github.com/cao-run/cao/pkg/testinfra"
 )
 
-var tables = []string{"jobs", "job_steps", "step_attempts", "job_events", "job_inputs", "outbox", "idempotency_keys"}
+var tables = []string{"jobs", "job_steps", "step_attempts", "job_events", "job_inputs", "outbox", "idempotency_keys", "webhook_deliveries"}
 
 func TestLatest(t *testing.T) {
 	t.Parallel()
