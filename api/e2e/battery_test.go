@@ -11,6 +11,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -510,6 +513,7 @@ func TestBadInputBattery(t *testing.T) {
 		{name: "raw HTTP version 3.0", raw: "GET /health HTTP/3.0\r\nHost: cao.test\r\n\r\n", status: 505, code: "http_version_not_supported"},
 		{name: "raw HTTP version 2.0 without preface", raw: "POST /api/v1/jobs HTTP/2.0\r\nHost: cao.test\r\nX-API-Key: ka\r\nContent-Type: application/json\r\nContent-Length: " + fmt.Sprint(len(okInput)) + "\r\n\r\n" + okInput, status: 505, code: "http_version_not_supported"},
 		{name: "raw malformed request line", raw: "GARBAGE\r\n\r\n", status: 400, code: "bad_request"},
+		{name: "raw unsupported transfer encoding", raw: "POST /api/v1/jobs HTTP/1.1\r\nHost: cao.test\r\nX-API-Key: ka\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", status: 400, code: "bad_request"},
 		{name: "raw missing Host", raw: "GET /api/v1/jobs HTTP/1.1\r\nX-API-Key: ka\r\n\r\n", status: 400, code: "bad_request"},
 		{name: "raw bad URL escape", raw: rawRequest("GET", "/api/v1/jobs/%zz", "", ""), status: 400, code: "bad_request"},
 		{name: "raw NUL in the path", raw: rawRequest("GET", "/api/v1/jobs/a\x00b", "", ""), status: 400, code: "bad_request"},
@@ -571,12 +575,55 @@ func TestBadInputBattery(t *testing.T) {
 		})
 	}
 
+	// The command-line client refuses the same input: exit status 2, the API's code on stderr,
+	// nothing written.
+	inputFile := filepath.Join(t.TempDir(), "bad.json")
+	require.NoError(t, os.WriteFile(inputFile, []byte(`{"topic": "a\u0000b"}`), 0o600))
+	cliCases := []struct {
+		name string
+		key  string
+		args []string
+		want string // on stderr
+	}{
+		{"cli start unknown feature", "ka", []string{"jobs", "start", "nope", "--input", `{}`}, "feature_not_found"},
+		{"cli start input not JSON", "ka", []string{"jobs", "start", "report", "--input", `{"topic":`}, "JSON"},
+		{"cli start input with NUL from a file", "ka", []string{"jobs", "start", "report", "--input", "@" + inputFile}, "invalid_input"},
+		{"cli start input missing field", "ka", []string{"jobs", "start", "report", "--input", `{}`}, "invalid_input"},
+		{"cli start disallowed webhook", "ka", []string{"jobs", "start", "report", "--input", `{"topic": "x"}`, "--webhook-url", "http://evil.example/"}, "webhook_not_allowed"},
+		{"cli get bad id", "ka", []string{"jobs", "get", "not-a-uuid"}, "invalid_job_id"},
+		{"cli get another tenant's job", "ka", []string{"jobs", "get", theirs}, "job_not_found"},
+		{"cli cancel another tenant's job", "ka", []string{"jobs", "cancel", theirsActive}, "job_not_found"},
+		{"cli resume from unknown step", "ka", []string{"jobs", "resume", cancelled, "--from-step", "nope"}, "step_not_found"},
+		{"cli list bad status", "ka", []string{"jobs", "list", "--status", "DONE"}, "invalid_query"},
+		{"cli without key", "", []string{"jobs", "list"}, "unauthorized"},
+		{"cli wrong key", "nope", []string{"jobs", "start", "report", "--input", `{"topic": "x"}`}, "unauthorized"},
+		{"cli unknown flag", "ka", []string{"jobs", "start", "report", "--bogus"}, "bogus"},
+	}
+	for _, tc := range cliCases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := b.counts(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, bin.api, tc.args...)
+			cmd.Env = append(os.Environ(), "CAO_URL=http://"+b.addr, "CAO_API_KEY="+tc.key)
+			var stdout, stderr strings.Builder
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			var exit *exec.ExitError
+			require.ErrorAs(t, err, &exit, "stdout: %s", stdout.String())
+			require.Equal(t, 2, exit.ExitCode(), "stderr: %s", stderr.String())
+			require.Contains(t, stderr.String(), tc.want)
+			require.Equal(t, before, b.counts(t), "a refused command wrote rows or tasks")
+		})
+	}
+
 	// The jobs of the setup are as they were: queued, cancelled, and globex's untouched.
 	require.Equal(t, "CANCELLED", acme.jobAs("ka", cancelled)["status"])
 	require.Equal(t, "CANCELLED", acme.jobAs("kg", theirs)["status"])
 	require.Contains(t, []any{"PENDING", "RUNNING"}, acme.jobAs("kg", theirsActive)["status"])
 	require.Contains(t, []any{"PENDING", "RUNNING"}, acme.jobAs("ka", queued)["status"])
-	t.Logf("bad-input battery: %d cases (+%d HEAD checks and the invalid_input details check)", len(cases), len(heads))
+	t.Logf("bad-input battery: %d HTTP cases, %d command-line cases (+%d HEAD checks and the invalid_input details check)",
+		len(cases), len(cliCases), len(heads))
 }
 
 // jobAs fetches a job object with the given key.
