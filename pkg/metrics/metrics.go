@@ -2,21 +2,28 @@
 package metrics
 
 import (
-	"github.com/cao-run/cao/pkg/orchestrator"
-
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/cao-run/cao/pkg/caller"
+	"github.com/cao-run/cao/pkg/orchestrator"
+	"github.com/cao-run/cao/pkg/store"
 )
 
 // Metrics holds the collectors a process updates.
 type Metrics struct {
 	Registry      *prometheus.Registry
 	JobsCreated   *prometheus.CounterVec   // feature
+	JobsFinished  *prometheus.CounterVec   // feature, status: counted once per job ending, by the process that committed it
+	JobDuration   *prometheus.HistogramVec // feature, status: created_at -> finished_at
 	Attempts      *prometheus.CounterVec   // service, outcome
 	AttemptTime   *prometheus.HistogramVec // service
+	StepWait      *prometheus.HistogramVec // service, reason: slot or rate_budget
 	Busy          *prometheus.CounterVec   // service
+	QueueDepth    *prometheus.GaugeVec     // queue, state: set by a QueueSampler
 	WSClients     prometheus.Gauge
 	WSSlowClosed  prometheus.Counter
 	RateLimited   *prometheus.CounterVec // limit: api (CAO_RATE_LIMIT) or websocket (CAO_WS_MAX_PER_TENANT)
@@ -33,6 +40,15 @@ func New(outbox func() float64) *Metrics {
 		JobsCreated: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cao_jobs_created_total", Help: "Jobs created, by feature.",
 		}, []string{"feature"}),
+		JobsFinished: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cao_jobs_finished_total",
+			Help: "Jobs that ended (status completed, failed or cancelled), by feature; counted once per ending by the process that committed it.",
+		}, []string{"feature", "status"}),
+		JobDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "cao_job_duration_seconds",
+			Help:    "Time from a job's creation to its end, by feature and final status.",
+			Buckets: prometheus.ExponentialBuckets(0.1, 2.5, 14), // 100ms to about 4h
+		}, []string{"feature", "status"}),
 		Attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cao_step_attempts_total", Help: "Step attempts finished, by service and outcome.",
 		}, []string{"service", "outcome"}),
@@ -40,9 +56,18 @@ func New(outbox func() float64) *Metrics {
 			Name: "cao_step_attempt_seconds", Help: "Duration of service calls.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2.5, 12),
 		}, []string{"service"}),
+		StepWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "cao_step_wait_seconds",
+			Help:    "Time a step waited in its worker before it got its service's slot (reason slot) or rate budget (reason rate_budget).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 14), // 1ms to about 2.5m
+		}, []string{"service", "reason"}),
 		Busy: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cao_service_busy_total", Help: "Steps requeued because their service was at max_concurrency or out of rate budget.",
 		}, []string{"service"}),
+		QueueDepth: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "cao_queue_depth",
+			Help: "Tasks in each Asynq queue by state (pending, active, scheduled, retry, archived), sampled in the background; every process reports the same values.",
+		}, []string{"queue", "state"}),
 		WSClients: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "cao_websocket_clients", Help: "Connected WebSocket clients.",
 		}),
@@ -53,7 +78,8 @@ func New(outbox func() float64) *Metrics {
 			Name: "cao_http_rate_limited_total", Help: "Requests answered 429 because a tenant was over a limit, by limit.",
 		}, []string{"limit"}),
 	}
-	reg.MustRegister(m.JobsCreated, m.Attempts, m.AttemptTime, m.Busy, m.WSClients, m.WSSlowClosed, m.RateLimited)
+	reg.MustRegister(m.JobsCreated, m.JobsFinished, m.JobDuration, m.Attempts, m.AttemptTime, m.StepWait, m.Busy,
+		m.QueueDepth, m.WSClients, m.WSSlowClosed, m.RateLimited)
 	if outbox != nil {
 		m.OutboxPending = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "cao_outbox_pending", Help: "Tasks committed but not yet moved to Redis.",
@@ -63,24 +89,46 @@ func New(outbox func() float64) *Metrics {
 	return m
 }
 
-// ObserveAttempt records a finished attempt under its outcome label: succeeded, interrupted (given
-// back without using an attempt), retryable_error or error.
+// ObserveAttempt records a finished attempt under its outcome label (see AttemptOutcome).
 func (m *Metrics) ObserveAttempt(service string, out orchestrator.Outcome, d time.Duration) {
 	m.Attempts.WithLabelValues(service, AttemptOutcome(out)).Inc()
 	m.AttemptTime.WithLabelValues(service).Observe(d.Seconds())
 }
 
-// AttemptOutcome is the outcome label of an attempt.
+// AttemptOutcome is the outcome label of an attempt: succeeded; interrupted (given back without
+// using an attempt: the worker is stopping or lost its lease); cancelled (its job was cancelled while
+// the call ran: not a failure of the service); retryable_error; or error.
 func AttemptOutcome(out orchestrator.Outcome) string {
 	switch {
 	case out.Interrupted:
 		return "interrupted"
+	case out.Err != nil && out.ErrorClass == caller.ClassCancelled:
+		return "cancelled"
 	case out.Err != nil && out.Retryable:
 		return "retryable_error"
 	case out.Err != nil:
 		return "error"
 	}
 	return "succeeded"
+}
+
+// ObserveJobFinished counts a job that ended and observes its duration (creation to end). It is
+// orchestrator.Hooks.OnJobFinished: called once per ending, by the process that committed it.
+func (m *Metrics) ObserveJobFinished(job store.Job) {
+	status := JobStatus(job.Status)
+	m.JobsFinished.WithLabelValues(job.FeatureName, status).Inc()
+	if job.FinishedAt != nil {
+		m.JobDuration.WithLabelValues(job.FeatureName, status).Observe(max(0, job.FinishedAt.Sub(job.CreatedAt).Seconds()))
+	}
+}
+
+// JobStatus is the status label of a job: its status in lower case (completed, failed, cancelled).
+func JobStatus(s store.JobStatus) string { return strings.ToLower(string(s)) }
+
+// ObserveWait records how long a step waited in its worker for its service (reason
+// runner.WaitSlot or runner.WaitRateBudget). It is runner.Hooks.OnWait.
+func (m *Metrics) ObserveWait(service, reason string, d time.Duration) {
+	m.StepWait.WithLabelValues(service, reason).Observe(max(0, d.Seconds()))
 }
 
 // LeaseCollector exposes leases in use and max per service, read at scrape time.

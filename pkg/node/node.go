@@ -58,6 +58,7 @@ type Node struct {
 	Caller       *caller.Caller
 	Health       *health.Checker
 	Metrics      *metrics.Metrics
+	QueueDepth   *metrics.QueueSampler // cao_queue_depth, sampled in every process (same values everywhere)
 
 	closers []func() error
 	mu      sync.Mutex
@@ -76,7 +77,9 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger, id string) (
 			return nil, fmt.Errorf("migrate: %w", err)
 		}
 	}
-	st, err := sqlstore.OpenPostgres(ctx, cfg.DatabaseURL, sqlstore.Config{MaxOpenConns: cfg.DBMaxConns, MaxIdleConns: cfg.DBMaxConns})
+	st, err := sqlstore.OpenPostgres(ctx, cfg.DatabaseURL, sqlstore.Config{
+		MaxOpenConns: cfg.DBMaxConns, MaxIdleConns: cfg.DBMaxConns, Logger: log.With("component", "store"),
+	})
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
@@ -110,6 +113,8 @@ func Build(cfg config.Config, log *slog.Logger, id string, reg *registry.Registr
 		IdempotencyTTL: cfg.IdempotencyTTL,
 		Webhooks:       cfg.WebhookHosts,
 		Logger:         log.With("component", "orchestrator"),
+		// n.Metrics is set below, before any change can commit.
+		Hooks: orchestrator.Hooks{OnJobFinished: func(j store.Job) { n.Metrics.ObserveJobFinished(j) }},
 	})
 	n.Reconciler = dispatch.NewReconciler(st, rdb, n.Queue, dispatch.ReconcilerConfig{Logger: log.With("component", "reconciler")})
 	n.Maintainer = maintenance.New(n.Orchestrator, n.Reconciler, rdb, maintenance.Config{
@@ -129,6 +134,7 @@ func Build(cfg config.Config, log *slog.Logger, id string, reg *registry.Registr
 		return float64(c)
 	})
 	n.Metrics.Registry.MustRegister(metrics.NewLeaseCollector(n.leases))
+	n.QueueDepth = n.Metrics.NewQueueSampler(rdb, reg.Queues(), metrics.QueueSamplerConfig{Logger: log.With("component", "metrics")})
 	return n
 }
 
@@ -160,6 +166,9 @@ func (n *Node) NewRunner(cfg runner.Config) *runner.Runner {
 	if cfg.Hooks.OnBusy == nil {
 		cfg.Hooks.OnBusy = func(service string) { n.Metrics.Busy.WithLabelValues(service).Inc() }
 	}
+	if cfg.Hooks.OnWait == nil {
+		cfg.Hooks.OnWait = n.Metrics.ObserveWait
+	}
 	return runner.New(n.Orchestrator, n.Redis, n.Semaphore, n.RateLimiter, n.Caller, n.Hub, cfg)
 }
 
@@ -174,7 +183,8 @@ func (n *Node) NewDeliverer() (*webhook.Deliverer, error) {
 	})
 }
 
-// Start pings the backends and starts the event hub, the relay and the maintenance loop.
+// Start pings the backends and starts the event hub, the relay, the maintenance loop and the queue
+// depth sampler.
 func (n *Node) Start(ctx context.Context) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -196,6 +206,9 @@ func (n *Node) Start(ctx context.Context) error {
 	if err := n.Maintainer.Start(ctx); err != nil {
 		return err
 	}
+	if err := n.QueueDepth.Start(ctx); err != nil {
+		return err
+	}
 	n.started = true
 	return nil
 }
@@ -207,7 +220,7 @@ func (n *Node) Stop(ctx context.Context) error {
 	// The health probe loop may run without Start (a report starts it): stop it first, always.
 	errs := []error{n.Health.Stop(ctx)}
 	if n.started {
-		errs = append(errs, n.Maintainer.Stop(ctx), n.Relay.Stop(ctx), n.Hub.Stop(ctx))
+		errs = append(errs, n.QueueDepth.Stop(ctx), n.Maintainer.Stop(ctx), n.Relay.Stop(ctx), n.Hub.Stop(ctx))
 		n.started = false
 	}
 	for _, c := range n.closers {

@@ -100,8 +100,11 @@ type Config struct {
 	Now func() time.Time
 	// Rand returns a float in [0,1) for backoff jitter. Default math/rand/v2.
 	Rand func() float64
-	// Logger receives operational logs. Default slog.Default().
+	// Logger receives operational logs, and one line per committed event (see logEvent). Default
+	// slog.Default().
 	Logger *slog.Logger
+	// Hooks observe committed changes (metrics). Optional.
+	Hooks Hooks
 }
 
 // WithDefaults returns c with every zero field set to its default.

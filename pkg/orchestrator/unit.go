@@ -139,13 +139,15 @@ func (o *Orchestrator) newUnit(ctx context.Context, job *store.Job, steps []stor
 }
 
 // afterCommit hands the committed tasks to the queue at once (the outbox rows stay until they are
-// in it, so a crash here loses nothing) and publishes the committed events.
+// in it, so a crash here loses nothing), publishes the committed events, then logs them and runs the
+// hooks (observe), once per committed change.
 func (o *Orchestrator) afterCommit(ctx context.Context, u *unit) {
 	if len(u.outbox) > 0 && o.dispatch != nil {
 		// Committed: dispatching must not be skipped because the request was cancelled.
 		o.dispatch.Dispatch(context.WithoutCancel(ctx), u.outbox)
 	}
 	o.publish(ctx, u.events)
+	o.observe(ctx, u)
 }
 
 // changed reports whether the unit staged anything to write.

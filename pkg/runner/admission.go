@@ -18,6 +18,12 @@ const DefaultMaxRateWait = 2 * time.Second
 // clock could arrive less than a window apart.
 const rateSlack = 50 * time.Millisecond
 
+// Reasons of Hooks.OnWait: what a step waited for in its worker before its call could be sent.
+const (
+	WaitSlot       = "slot"        // a slot of the service's fleet-wide semaphore (max_concurrency)
+	WaitRateBudget = "rate_budget" // a request of the service's rate_limit budget
+)
+
 // admission is a step's admission to its service: the service slot (a zero-token lease when the
 // service has no max_concurrency) and the rate limit reservation (zero without a rate_limit).
 type admission struct {
@@ -29,10 +35,15 @@ type admission struct {
 // (queued FIFO in the wait room, woken the moment a slot frees) and, when it has a rate limit, a
 // request of its budget. A short wait for the budget happens here, without holding a slot; a longer
 // one, or a full wait room, returns a busyError so the task goes back to its queue without using an
-// attempt. Waiting ends when ctx does (the task's own context, or the runner stopping).
+// attempt. Waiting ends when ctx does (the task's own context, or the runner stopping). Once
+// admitted, the time waited for each is reported to Hooks.OnWait.
 func (r *Runner) admit(ctx context.Context, svc *registry.Service) (admission, error) {
+	start := r.cfg.Now()
+	var slotWait time.Duration // the rest of the time is spent on the rate budget
 	for {
+		t0 := r.cfg.Now()
 		lease, err := r.room.Acquire(ctx, svc.Name, svc.MaxConcurrency, svc.LeaseTTL, r.maxWaiters(svc))
+		slotWait += r.cfg.Now().Sub(t0)
 		switch {
 		case errors.Is(err, limiter.ErrFull):
 			return admission{}, r.busy(svc.Name, "is at max_concurrency", 0)
@@ -44,11 +55,13 @@ func (r *Runner) admit(ctx context.Context, svc *registry.Service) (admission, e
 		a := admission{lease: lease}
 		rl := svc.RateLimit
 		if rl == nil {
+			r.waited(svc, slotWait, 0)
 			return a, nil
 		}
 		rsv, ok, wait, err := r.rate.Reserve(ctx, svc.Name, rl.Requests, rl.Per+rateSlack)
 		if err == nil && ok {
 			a.rsv = rsv
+			r.waited(svc, slotWait, r.cfg.Now().Sub(start)-slotWait)
 			return a, nil
 		}
 		r.release(ctx, lease)
@@ -68,6 +81,20 @@ func (r *Runner) admit(ctx context.Context, svc *registry.Service) (admission, e
 			return admission{}, r.busy(svc.Name, "is out of rate budget", wait)
 		case <-t.C:
 		}
+	}
+}
+
+// waited reports how long an admitted step waited for its service's slot and rate budget, for each
+// limit the service has.
+func (r *Runner) waited(svc *registry.Service, slot, rate time.Duration) {
+	if r.cfg.Hooks.OnWait == nil {
+		return
+	}
+	if svc.MaxConcurrency > 0 {
+		r.cfg.Hooks.OnWait(svc.Name, WaitSlot, slot)
+	}
+	if svc.RateLimit != nil {
+		r.cfg.Hooks.OnWait(svc.Name, WaitRateBudget, rate)
 	}
 }
 

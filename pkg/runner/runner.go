@@ -65,6 +65,10 @@ type Hooks struct {
 	OnBusy func(service string)
 	// OnAttempt is called after an attempt finished, with its outcome.
 	OnAttempt func(service string, out orchestrator.Outcome, d time.Duration)
+	// OnWait is called when a step was admitted to its service, with how long it waited in this
+	// worker for a slot (reason WaitSlot, services with max_concurrency) and for its rate budget
+	// (reason WaitRateBudget, services with a rate_limit); zero when it found room at once.
+	OnWait func(service, reason string, d time.Duration)
 }
 
 // WithDefaults returns c with every zero field set to its default.

@@ -6,6 +6,7 @@ package sqlstore
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -50,7 +51,10 @@ type Config struct {
 	// closes connections it will need again a moment later pays a connection set-up per request
 	// under load.
 	MaxIdleConns int
-	// Logger receives failed and slow (over 200ms) queries. Default: nothing is logged.
+	// Logger receives slow queries (over 200ms) at INFO and failed queries at WARN; the failures
+	// callers expect — a duplicate key (an Idempotency-Key replay), a cancelled context, a
+	// serialization failure or busy database that Tx runs again — are DEBUG, and "no row" is never
+	// logged. Only the parameterized SQL is logged, never values. Default: nothing is logged.
 	Logger *slog.Logger
 	// IdleInTxTimeout is how long Postgres lets one of the store's sessions sit idle inside a
 	// transaction before it ends the session and so releases its row locks: a process that is stopped
@@ -174,12 +178,7 @@ func sqliteDSN(path string) string {
 func gormConfig(cfg Config) *gorm.Config {
 	log := logger.Discard
 	if cfg.Logger != nil {
-		log = logger.NewSlogLogger(cfg.Logger, logger.Config{
-			SlowThreshold:             slowQuery,
-			LogLevel:                  logger.Warn,
-			IgnoreRecordNotFoundError: true,
-			ParameterizedQueries:      true, // never log values: inputs may hold secrets
-		})
+		log = queryLogger{log: cfg.Logger}
 	}
 	return &gorm.Config{
 		Logger:                 log,
@@ -187,6 +186,92 @@ func gormConfig(cfg Config) *gorm.Config {
 		SkipDefaultTransaction: true, // every write runs in an explicit Tx
 		DisableAutomaticPing:   true, // newStore pings with the caller's ctx
 	}
+}
+
+// queryLogger is GORM's logger (Config.Logger): slow queries at INFO, failed ones at WARN, and the
+// failures callers expect at DEBUG or not at all, so a normal event (a replayed Idempotency-Key, a
+// lookup that finds nothing, a request that gave up) never shows as a warning or an error. The
+// caller of a query that failed decides whether that is an error, and logs it if so.
+type queryLogger struct {
+	log    *slog.Logger
+	silent bool
+}
+
+var (
+	_ logger.Interface  = queryLogger{}
+	_ gorm.ParamsFilter = queryLogger{}
+)
+
+func (l queryLogger) LogMode(level logger.LogLevel) logger.Interface {
+	l.silent = level <= logger.Silent
+	return l
+}
+
+func (l queryLogger) Info(ctx context.Context, msg string, data ...any) {
+	l.emit(ctx, slog.LevelInfo, fmt.Sprintf(msg, data...))
+}
+
+func (l queryLogger) Warn(ctx context.Context, msg string, data ...any) {
+	l.emit(ctx, slog.LevelWarn, fmt.Sprintf(msg, data...))
+}
+
+func (l queryLogger) Error(ctx context.Context, msg string, data ...any) {
+	l.emit(ctx, slog.LevelError, fmt.Sprintf(msg, data...))
+}
+
+func (l queryLogger) emit(ctx context.Context, level slog.Level, msg string, attrs ...slog.Attr) {
+	if l.silent {
+		return
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	l.log.LogAttrs(ctx, level, msg, attrs...)
+}
+
+// Trace logs one query: slow ones and failed ones (see queryLogger).
+func (l queryLogger) Trace(ctx context.Context, begin time.Time, fc func() (string, int64), err error) {
+	elapsed := time.Since(begin)
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	var (
+		level slog.Level
+		msg   string
+	)
+	switch {
+	case err == nil && elapsed < slowQuery:
+		return
+	case err == nil:
+		level, msg = slog.LevelInfo, "slow SQL query"
+	case errors.Is(err, gorm.ErrRecordNotFound), errors.Is(err, sql.ErrNoRows):
+		return
+	case isUniqueViolation(err), retryable(err), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		level, msg = slog.LevelDebug, "SQL query failed as expected by its caller"
+	default:
+		level, msg = slog.LevelWarn, "SQL query failed"
+	}
+	if l.silent || !l.log.Enabled(ctx, level) {
+		return
+	}
+	query, rows := fc()
+	attrs := []slog.Attr{slog.Float64("duration_ms", float64(elapsed.Microseconds())/1000), slog.String("sql", query)}
+	if err == nil {
+		attrs = append(attrs, slog.Int64("slow_threshold_ms", slowQuery.Milliseconds()))
+	}
+	if rows >= 0 {
+		attrs = append(attrs, slog.Int64("rows", rows))
+	}
+	if err != nil {
+		attrs = append(attrs, slog.String("err", err.Error()))
+	}
+	l.emit(ctx, level, msg, attrs...)
+}
+
+// ParamsFilter drops the query's values: only the parameterized SQL is ever logged (inputs may hold
+// secrets).
+func (queryLogger) ParamsFilter(_ context.Context, query string, _ ...any) (string, []any) {
+	return query, nil
 }
 
 func newStore(ctx context.Context, db *gorm.DB, dialect string, cfg Config) (*Store, error) {
