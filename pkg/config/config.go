@@ -15,6 +15,7 @@ import (
 
 	"github.com/cao-run/cao/pkg/auth"
 	"github.com/cao-run/cao/pkg/orchestrator"
+	"github.com/cao-run/cao/pkg/redisconn"
 	"github.com/cao-run/cao/pkg/registry"
 	"github.com/cao-run/cao/pkg/runner"
 	"github.com/cao-run/cao/pkg/store/sqlstore"
@@ -139,7 +140,10 @@ func Parse(lookup func(string) (string, bool)) (Config, error) {
 	c.LogLevel = p.level("CAO_LOG_LEVEL")
 	c.WorkerQueues = p.queues("CAO_WORKER_QUEUES")
 	p.url("CAO_DATABASE_URL", c.DatabaseURL, "postgres", "postgresql")
-	p.url("CAO_REDIS_URL", c.RedisURL, "redis", "rediss", "unix")
+	if _, err := redisconn.Parse(c.RedisURL); err != nil {
+		// One server, a Redis Cluster or a Sentinel master; the error never echoes the URL.
+		p.errs = append(p.errs, fmt.Errorf("CAO_REDIS_URL: %w", err))
+	}
 	if c.PublicURL != "" {
 		p.url("CAO_PUBLIC_URL", c.PublicURL, "http", "https")
 	}

@@ -2,8 +2,8 @@ package limiter
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -49,13 +49,27 @@ func NewSemaphore(rdb redis.UniversalClient, cfg Config) *Semaphore {
 	return &Semaphore{rdb: rdb, cfg: cfg, wake: pubsub.Channel(rdb, cfg.Prefix, wakeChannelName)}
 }
 
-// semKeys are the Redis keys of one semaphore. They share the {name} hash tag so the scripts work on
-// Redis Cluster.
+// semKeys are the Redis keys of one semaphore. They share the {name} hash tag so the scripts, which
+// take several of them, work on Redis Cluster: all keys of one script call hash to one slot. For the
+// tag to be the one Redis hashes, names may not contain '{' or '}' (checkName) and Config.Prefix may
+// not contain an empty "{}".
 type semKeys struct {
 	holders string // ZSET lease ID -> expiry, ms since the epoch
 	fence   string // STRING last fencing token issued
 	waiters string // ZSET waiter ID -> queue position (first wait time, µs, made unique)
 	seen    string // ZSET waiter ID -> last Acquire, ms since the epoch
+}
+
+// checkName refuses a semaphore name that would break its keys' shared hash tag: an empty one, or one
+// with a brace ("}x" would make the tag "{}", and Redis would hash each whole key to its own slot).
+func checkName(op, name string) error {
+	if name == "" {
+		return fmt.Errorf("limiter: %s: empty semaphore name", op)
+	}
+	if strings.ContainsAny(name, "{}") {
+		return fmt.Errorf("limiter: %s %q: a semaphore name may not contain '{' or '}'", op, name)
+	}
+	return nil
 }
 
 func (s *Semaphore) keys(name string) semKeys {
@@ -175,8 +189,8 @@ return redis.call('ZCOUNT', KEYS[1], '(' .. fmt(now), '+inf')
 // no live waiter is left behind. limit <= 0 means unlimited: Acquire makes no Redis call and returns a
 // lease with Token 0 that Renew and Release accept as no-ops.
 func (s *Semaphore) Acquire(ctx context.Context, name string, limit int, ttl time.Duration, waiterID string) (Lease, error) {
-	if name == "" {
-		return Lease{}, errors.New("limiter: acquire: empty semaphore name")
+	if err := checkName("acquire", name); err != nil {
+		return Lease{}, err
 	}
 	if limit <= 0 {
 		return Lease{Name: name, ID: uuid.NewString()}, nil
@@ -266,6 +280,9 @@ func (s *Semaphore) Leave(ctx context.Context, name, waiterID string) error {
 	if waiterID == "" {
 		return nil
 	}
+	if err := checkName("leave", name); err != nil {
+		return err
+	}
 	k := s.keys(name)
 	pipe := s.rdb.TxPipeline()
 	pipe.ZRem(ctx, k.waiters, waiterID)
@@ -286,6 +303,9 @@ func (s *Semaphore) WakeChannel() string { return s.wake }
 
 // InUse returns the number of unexpired leases of semaphore name.
 func (s *Semaphore) InUse(ctx context.Context, name string) (int, error) {
+	if err := checkName("in use", name); err != nil {
+		return 0, err
+	}
 	n, err := inUseScript.Run(ctx, s.rdb, []string{s.keys(name).holders}).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("limiter: in use %q: %w", name, err)

@@ -25,6 +25,7 @@ import (
 	"github.com/cao-run/cao/pkg/metrics"
 	"github.com/cao-run/cao/pkg/migrate"
 	"github.com/cao-run/cao/pkg/orchestrator"
+	"github.com/cao-run/cao/pkg/redisconn"
 	"github.com/cao-run/cao/pkg/registry"
 	"github.com/cao-run/cao/pkg/runner"
 	"github.com/cao-run/cao/pkg/store"
@@ -83,16 +84,17 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger, id string) (
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
-	opt, err := redis.ParseURL(cfg.RedisURL)
+	// One server, a Redis Cluster or a Sentinel master (package redisconn): one client shared by all.
+	conn, err := redisconn.Parse(cfg.RedisURL)
 	if err != nil {
 		_ = st.Close()
 		return nil, fmt.Errorf("CAO_REDIS_URL: %w", err)
 	}
-	rdb := redis.NewClient(opt)
+	rdb := conn.NewClient()
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		_ = st.Close()
 		_ = rdb.Close()
-		return nil, fmt.Errorf("redis at %s: %w", opt.Addr, err)
+		return nil, fmt.Errorf("redis at %s: %w", conn, err)
 	}
 	n := Build(cfg, log, id, reg, st, rdb)
 	n.closers = append(n.closers, rdb.Close, st.Close)

@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/hibiken/asynq"
 	"github.com/hibiken/asynqmon"
 
 	"github.com/cao-run/cao/api/internal/httpapi"
@@ -20,6 +19,7 @@ import (
 	"github.com/cao-run/cao/pkg/config"
 	"github.com/cao-run/cao/pkg/migrate"
 	"github.com/cao-run/cao/pkg/node"
+	"github.com/cao-run/cao/pkg/redisconn"
 )
 
 // Run starts the API from the environment and serves until ctx ends, then shuts down gracefully.
@@ -52,12 +52,14 @@ func Run(ctx context.Context) error {
 
 // Monitoring returns the asynqmon UI for the Redis at redisURL, mounted under /monitoring. Its error
 // answers are the API's error envelope (httpapi.MonitoringErrors); log receives the 5xx details.
+// redisURL takes every form of CAO_REDIS_URL (one server, a Redis Cluster, a Sentinel master), with
+// the same options as the process's own client (redisconn).
 func Monitoring(redisURL string, log *slog.Logger) (http.Handler, error) {
-	opt, err := asynq.ParseRedisURI(redisURL)
+	conn, err := redisconn.Parse(redisURL)
 	if err != nil {
 		return nil, fmt.Errorf("CAO_REDIS_URL: %w", err)
 	}
-	return httpapi.MonitoringErrors(asynqmon.New(asynqmon.Options{RootPath: "/monitoring", RedisConnOpt: opt}), log), nil
+	return httpapi.MonitoringErrors(asynqmon.New(asynqmon.Options{RootPath: "/monitoring", RedisConnOpt: conn.AsynqConnOpt()}), log), nil
 }
 
 // WriteTimeout is how long the server gives a plain request, once its body has arrived, to be
