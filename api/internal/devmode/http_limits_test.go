@@ -167,7 +167,7 @@ func TestHTTPLimits(t *testing.T) {
 		}{
 			{"GET /health HTTP/2.5\r\nHost: x\r\n\r\n", http.StatusHTTPVersionNotSupported, "http_version_not_supported"},
 			{"NOT A REQUEST\r\n\r\n", http.StatusBadRequest, "bad_request"},
-			{"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", http.StatusNotImplemented, "not_implemented"},
+			{"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", http.StatusBadRequest, "bad_request"},
 			{"GET /health HTTP/1.1\r\nHost: x\r\n" + strings.Repeat("X-Big: "+strings.Repeat("b", 1000)+"\r\n", 1100) + "\r\n",
 				http.StatusRequestHeaderFieldsTooLarge, "headers_too_large"},
 		} {
