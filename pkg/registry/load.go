@@ -18,13 +18,16 @@ type Error struct {
 	Message string // what is wrong and what was expected
 }
 
-// Error returns "file: path: message".
+// Error returns "file: path: message", on one line: a line break in a key or in a value quoted by
+// the message is written \n (or \r), so that errors joined by Parse stay one per line.
 func (e *Error) Error() string {
 	if e.Path == "" {
-		return e.File + ": " + e.Message
+		return lineBreaks.Replace(e.File + ": " + e.Message)
 	}
-	return e.File + ": " + e.Path + ": " + e.Message
+	return lineBreaks.Replace(e.File + ": " + e.Path + ": " + e.Message)
 }
+
+var lineBreaks = strings.NewReplacer("\n", `\n`, "\r", `\r`)
 
 var (
 	// nameRe constrains service, feature and step names: they appear in Redis keys, idempotency keys
@@ -116,6 +119,10 @@ func (l *loader) parse(data []byte) *Registry {
 		return nil
 	}
 	root := resolve(doc.Content[0])
+	if msg := checkAliases(root); msg != "" {
+		l.errorf("", "%s", msg)
+		return nil
+	}
 	l.visited = map[*yaml.Node]bool{}
 	l.expandAll(root, "")
 

@@ -341,3 +341,51 @@ func (l *loader) value(n *yaml.Node, path string) (any, bool) {
 	l.errorf(path, "unsupported YAML value")
 	return nil, false
 }
+
+// maxAliasNodes bounds how many nodes aliases may add to a document once expanded: the loader walks
+// an aliased value once per reference, so nested aliases (a "billion laughs") would otherwise take
+// exponential time and memory.
+const maxAliasNodes = 100_000
+
+// aliasSizeCap is where checkAliases stops counting.
+const aliasSizeCap = 1000 * maxAliasNodes
+
+// checkAliases returns why the document's aliases cannot be expanded, or "": an alias inside the
+// value of its own anchor (&a [*a], or a merge of &a into itself) would make the loader recurse
+// forever, and aliases of aliases may expand to more than maxAliasNodes extra nodes.
+func checkAliases(root *yaml.Node) string {
+	size := map[*yaml.Node]int{}  // expanded size of each node walked
+	open := map[*yaml.Node]bool{} // nodes being walked: an alias to one of them is a cycle
+	cycle := ""
+	var walk func(n *yaml.Node) int
+	walk = func(n *yaml.Node) int {
+		if s, ok := size[n]; ok {
+			return s
+		}
+		if open[n] {
+			if cycle == "" {
+				cycle = n.Anchor
+			}
+			return 0
+		}
+		open[n] = true
+		s := 1
+		if n.Kind == yaml.AliasNode && n.Alias != nil {
+			s += walk(n.Alias)
+		}
+		for _, c := range n.Content {
+			s = min(s+walk(c), aliasSizeCap) // saturates: no overflow however deep the aliases nest
+		}
+		delete(open, n)
+		size[n] = s
+		return s
+	}
+	total := walk(root)
+	if cycle != "" {
+		return fmt.Sprintf("anchor &%s contains an alias to itself (*%s)", cycle, cycle)
+	}
+	if extra := total - len(size); extra > maxAliasNodes {
+		return fmt.Sprintf("aliases expand the file by more than %d nodes (aliases of aliases of large values?)", maxAliasNodes)
+	}
+	return ""
+}

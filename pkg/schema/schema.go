@@ -12,15 +12,16 @@ package schema
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/big"
 	"net/mail"
 	"net/url"
 	"reflect"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -55,7 +56,7 @@ type Schema struct {
 	minItems, maxItems   *int
 	minLength, maxLength *int
 
-	minimum, maximum, exclusiveMinimum, exclusiveMaximum *big.Rat
+	minimum, maximum, exclusiveMinimum, exclusiveMaximum *decimal
 
 	enum     []any
 	hasConst bool
@@ -236,8 +237,8 @@ func (c *compiler) compile(path string, v any) *Schema {
 	if s.minLength != nil && s.maxLength != nil && *s.minLength > *s.maxLength {
 		c.errorf(join(path, "minLength"), "must not be greater than maxLength (%d > %d)", *s.minLength, *s.maxLength)
 	}
-	if s.minimum != nil && s.maximum != nil && s.minimum.Cmp(s.maximum) > 0 {
-		c.errorf(join(path, "minimum"), "must not be greater than maximum (%s > %s)", ratString(s.minimum), ratString(s.maximum))
+	if s.minimum != nil && s.maximum != nil && s.minimum.cmp(*s.maximum) > 0 {
+		c.errorf(join(path, "minimum"), "must not be greater than maximum (%s > %s)", s.minimum, s.maximum)
 	}
 	return s
 }
@@ -304,27 +305,31 @@ func (c *compiler) stringList(path string, v any) []string {
 }
 
 func (c *compiler) count(path string, v any) *int {
-	r, ok := toRat(v)
-	if !ok || !r.IsInt() || !r.Num().IsInt64() {
+	d, ok := toDecimal(v)
+	if !ok || !d.isInt() {
 		c.errorf(path, "must be a non-negative integer, got %s", describe(v))
 		return nil
 	}
-	n := r.Num().Int64()
-	if n < 0 || n > int64(^uint32(0)>>1) {
-		c.errorf(path, "must be a non-negative integer, got %d", n)
+	if d.neg || d.exp > 10 {
+		c.errorf(path, "must be a non-negative integer, got %s", d)
+		return nil
+	}
+	n, err := strconv.ParseInt(d.String(), 10, 64)
+	if err != nil || n > int64(^uint32(0)>>1) {
+		c.errorf(path, "must be a non-negative integer, got %s", d)
 		return nil
 	}
 	i := int(n)
 	return &i
 }
 
-func (c *compiler) number(path string, v any) *big.Rat {
-	r, ok := toRat(v)
+func (c *compiler) number(path string, v any) *decimal {
+	d, ok := toDecimal(v)
 	if !ok {
 		c.errorf(path, "must be a number, got %s", describe(v))
 		return nil
 	}
-	return r
+	return &d
 }
 
 // Validate checks v, a value decoded by encoding/json into any (with or without UseNumber), and
@@ -400,18 +405,18 @@ func (s *Schema) validate(path string, v any, errs *[]FieldError) {
 			add("%s", msg)
 		}
 	case TypeNumber:
-		r, _ := toRat(v)
-		if s.minimum != nil && r.Cmp(s.minimum) < 0 {
-			add("must be at least %s", ratString(s.minimum))
+		d, _ := toDecimal(v)
+		if s.minimum != nil && d.cmp(*s.minimum) < 0 {
+			add("must be at least %s", s.minimum)
 		}
-		if s.maximum != nil && r.Cmp(s.maximum) > 0 {
-			add("must be at most %s", ratString(s.maximum))
+		if s.maximum != nil && d.cmp(*s.maximum) > 0 {
+			add("must be at most %s", s.maximum)
 		}
-		if s.exclusiveMinimum != nil && r.Cmp(s.exclusiveMinimum) <= 0 {
-			add("must be greater than %s", ratString(s.exclusiveMinimum))
+		if s.exclusiveMinimum != nil && d.cmp(*s.exclusiveMinimum) <= 0 {
+			add("must be greater than %s", s.exclusiveMinimum)
 		}
-		if s.exclusiveMaximum != nil && r.Cmp(s.exclusiveMaximum) >= 0 {
-			add("must be less than %s", ratString(s.exclusiveMaximum))
+		if s.exclusiveMaximum != nil && d.cmp(*s.exclusiveMaximum) >= 0 {
+			add("must be less than %s", s.exclusiveMaximum)
 		}
 	case TypeArray:
 		l := reflect.ValueOf(v)
@@ -482,7 +487,7 @@ func kindOf(v any) string {
 	case []any:
 		return TypeArray
 	}
-	if _, ok := toRat(v); ok {
+	if _, ok := toDecimal(v); ok {
 		return TypeNumber
 	}
 	if rv := reflect.ValueOf(v); rv.Kind() == reflect.Slice {
@@ -497,7 +502,7 @@ func typeMatches(types []string, kind string, v any) bool {
 		case t == kind:
 			return true
 		case t == TypeInteger && kind == TypeNumber:
-			if r, _ := toRat(v); r.IsInt() {
+			if d, _ := toDecimal(v); d.isInt() {
 				return true
 			}
 		}
@@ -531,57 +536,172 @@ func plural(n int, word string) string {
 	return fmt.Sprintf("%d %ss", n, word)
 }
 
-// toRat converts any numeric value (json.Number, float64, Go integers) to an exact rational.
-func toRat(v any) (*big.Rat, bool) {
-	switch x := v.(type) {
-	case json.Number:
-		r, ok := new(big.Rat).SetString(string(x))
-		return r, ok
-	case float64:
-		r := new(big.Rat)
-		if r.SetFloat64(x) == nil {
-			return nil, false
-		}
-		return r, true
-	case float32:
-		return toRat(float64(x))
-	case int:
-		return new(big.Rat).SetInt64(int64(x)), true
-	case int8:
-		return new(big.Rat).SetInt64(int64(x)), true
-	case int16:
-		return new(big.Rat).SetInt64(int64(x)), true
-	case int32:
-		return new(big.Rat).SetInt64(int64(x)), true
-	case int64:
-		return new(big.Rat).SetInt64(x), true
-	case uint:
-		return new(big.Rat).SetUint64(uint64(x)), true
-	case uint8:
-		return new(big.Rat).SetUint64(uint64(x)), true
-	case uint16:
-		return new(big.Rat).SetUint64(uint64(x)), true
-	case uint32:
-		return new(big.Rat).SetUint64(uint64(x)), true
-	case uint64:
-		return new(big.Rat).SetUint64(x), true
-	}
-	return nil, false
+// decimal is a number, exactly: ±0.DIGITS × 10^exp, with neither leading nor trailing zeros in
+// digits; zero has no digits. Any JSON number converts to one in time linear in its length, however
+// large its exponent (math/big would compute 10^999999 for 1e999999, 60ms for each such number of
+// an input).
+type decimal struct {
+	neg    bool
+	digits string
+	exp    int64
 }
 
-func ratString(r *big.Rat) string {
-	if r.IsInt() {
-		return r.Num().String()
+// maxExponent bounds the exponents of decimals: a JSON number whose exponent has more than 17 digits
+// compares as if it were 1e±10^17, far beyond anything a backend stores.
+const maxExponent = 100_000_000_000_000_000
+
+// parseDecimal parses the syntax of JSON numbers (and of strconv's output, which adds "+" to
+// exponents).
+func parseDecimal(s string) (decimal, bool) {
+	var d decimal
+	i := 0
+	if i < len(s) && s[i] == '-' {
+		d.neg = true
+		i++
 	}
-	f, _ := r.Float64()
-	return fmt.Sprint(f)
+	digits := func() string {
+		start := i
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+		}
+		return s[start:i]
+	}
+	intPart := digits()
+	frac := ""
+	if i < len(s) && s[i] == '.' {
+		i++
+		if frac = digits(); frac == "" {
+			return decimal{}, false
+		}
+	}
+	if intPart == "" {
+		return decimal{}, false
+	}
+	var exp int64
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		negExp := false
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			negExp = s[i] == '-'
+			i++
+		}
+		e := digits()
+		if e == "" {
+			return decimal{}, false
+		}
+		for _, c := range e {
+			exp = min(exp*10+int64(c-'0'), maxExponent)
+		}
+		if negExp {
+			exp = -exp
+		}
+	}
+	if i != len(s) {
+		return decimal{}, false
+	}
+	all := strings.TrimLeft(intPart+frac, "0")
+	lead := int64(len(intPart) + len(frac) - len(all)) // leading zeros, before or after the point
+	d.digits = strings.TrimRight(all, "0")
+	if d.digits == "" {
+		return decimal{}, true // zero, and -0 is 0
+	}
+	d.exp = int64(len(intPart)) - lead + exp
+	return d, true
+}
+
+// toDecimal converts any numeric value (json.Number, float64, Go integers) to a decimal. A float is
+// taken as the shortest decimal that rounds to it, which is what was written where it came from: a
+// schema's "minimum: 0.1" (a float64 once decoded from YAML) is 0.1, as an input's 0.1 is.
+func toDecimal(v any) (decimal, bool) {
+	var s string
+	switch x := v.(type) {
+	case json.Number:
+		s = string(x)
+	case float64:
+		s = strconv.FormatFloat(x, 'g', -1, 64) // NaN and infinities do not parse
+	case float32:
+		s = strconv.FormatFloat(float64(x), 'g', -1, 32)
+	case int:
+		s = strconv.FormatInt(int64(x), 10)
+	case int8:
+		s = strconv.FormatInt(int64(x), 10)
+	case int16:
+		s = strconv.FormatInt(int64(x), 10)
+	case int32:
+		s = strconv.FormatInt(int64(x), 10)
+	case int64:
+		s = strconv.FormatInt(x, 10)
+	case uint:
+		s = strconv.FormatUint(uint64(x), 10)
+	case uint8:
+		s = strconv.FormatUint(uint64(x), 10)
+	case uint16:
+		s = strconv.FormatUint(uint64(x), 10)
+	case uint32:
+		s = strconv.FormatUint(uint64(x), 10)
+	case uint64:
+		s = strconv.FormatUint(x, 10)
+	default:
+		return decimal{}, false
+	}
+	return parseDecimal(s)
+}
+
+func (d decimal) sign() int {
+	switch {
+	case d.digits == "":
+		return 0
+	case d.neg:
+		return -1
+	}
+	return 1
+}
+
+// cmp returns -1, 0 or +1 as d is less than, equal to or greater than e.
+func (d decimal) cmp(e decimal) int {
+	ds, es := d.sign(), e.sign()
+	if ds != es || ds == 0 {
+		return cmp.Compare(ds, es)
+	}
+	c := cmp.Compare(d.exp, e.exp)
+	if c == 0 {
+		c = strings.Compare(d.digits, e.digits) // same magnitude: digit by digit
+	}
+	return c * ds
+}
+
+func (d decimal) isInt() bool { return d.exp >= int64(len(d.digits)) }
+
+// String writes d as JSON would: plainly from 1e-6 to 1e21, in scientific notation beyond.
+func (d decimal) String() string {
+	if d.digits == "" {
+		return "0"
+	}
+	sign := ""
+	if d.neg {
+		sign = "-"
+	}
+	n := int64(len(d.digits))
+	switch {
+	case d.exp >= n && d.exp <= 21:
+		return sign + d.digits + strings.Repeat("0", int(d.exp-n))
+	case d.exp > 0 && d.exp < n:
+		return sign + d.digits[:d.exp] + "." + d.digits[d.exp:]
+	case d.exp <= 0 && d.exp > -6:
+		return sign + "0." + strings.Repeat("0", int(-d.exp)) + d.digits
+	}
+	m := d.digits[:1]
+	if n > 1 {
+		m += "." + d.digits[1:]
+	}
+	return fmt.Sprintf("%s%se%+d", sign, m, d.exp-1)
 }
 
 // jsonEqual compares two JSON values: numbers by value, objects and arrays element by element.
 func jsonEqual(a, b any) bool {
-	if ra, ok := toRat(a); ok {
-		rb, ok := toRat(b)
-		return ok && ra.Cmp(rb) == 0
+	if da, ok := toDecimal(a); ok {
+		db, ok := toDecimal(b)
+		return ok && da.cmp(db) == 0
 	}
 	switch x := a.(type) {
 	case map[string]any:

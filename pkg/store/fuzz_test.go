@@ -204,3 +204,24 @@ func FuzzCheckValue(f *testing.F) {
 		}
 	})
 }
+
+// What Postgres 15's jsonb refuses, CheckJSON refuses: a lone surrogate escape, a number with more
+// than 16,383 digits after the point (zeros a negative exponent adds count), an exponent from
+// ±1073741823 on. These passed and failed the write of the step's outcome.
+func TestCheckJSONFollowsPostgres(t *testing.T) {
+	t.Parallel()
+	for _, raw := range []string{
+		`"\ud800"`, `{"\udc00": 1}`, `["\ud83d"]`, `"\ud83d\ud83d"`, `[1e-16384]`, `{"n": 0.5e-16383}`, `0e1073741823`,
+		`0e-20000`, `1.` + strings.Repeat("0", 16_384),
+	} {
+		require.NotNil(t, store.CheckJSON(json.RawMessage(raw)), "%.40s", raw)
+	}
+	for _, raw := range []string{
+		`"\ud83d\ude80"`, `"\\ud800"`, `1e-16383`, `1.5e-16382`, `12345678901234567890e-16383`, `0e1073741822`,
+		`1.` + strings.Repeat("0", 16_383), `1e99999`,
+	} {
+		require.Nil(t, store.CheckJSON(json.RawMessage(raw)), "%.40s", raw)
+	}
+	require.Nil(t, store.CheckValue(json.Number("1.5e-16382"), "$"))
+	require.NotNil(t, store.CheckValue(json.Number("1.5e-16383"), "$"))
+}

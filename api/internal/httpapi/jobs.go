@@ -74,7 +74,9 @@ func (s *Server) readJSON(c *gin.Context, dst any, emptyOK bool) bool {
 		}
 		return false
 	}
-	if dec.More() {
+	// Nothing but space may follow. (dec.More is no test: it is false before a "]" or "}", as it
+	// looks for the next element of an enclosing array or object, so `{...}]` would pass.)
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		abort(c, http.StatusBadRequest, codeInvalidJSON, "malformed JSON: unexpected data after the object", nil)
 		return false
 	}
