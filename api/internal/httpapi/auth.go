@@ -154,7 +154,12 @@ func (s *Server) monitoringAuth() gin.HandlerFunc {
 					s.fail(c, err)
 					return
 				}
-				http.SetCookie(c.Writer, &http.Cookie{Name: monitoringSession, Path: "/monitoring", MaxAge: -1})
+				// Clear the dead session's cookie (same attributes as when it was set).
+				//nolint:gosec // Secure is set whenever the request came over HTTPS; dev mode is plain HTTP
+				http.SetCookie(c.Writer, &http.Cookie{
+					Name: monitoringSession, Path: "/monitoring", MaxAge: -1, HttpOnly: true,
+					Secure: secureRequest(c), SameSite: http.SameSiteStrictMode,
+				})
 				unauthorized(c, "the monitoring session expired; open /monitoring/?api_key=<key> again")
 				return
 			}
@@ -197,10 +202,9 @@ func (s *Server) startSession(c *gin.Context, key string) bool {
 		s.fail(c, err)
 		return false
 	}
-	secure := c.Request.TLS != nil || strings.EqualFold(c.GetHeader("X-Forwarded-Proto"), "https")
 	//nolint:gosec // Secure is set whenever the request came over HTTPS; dev mode is plain HTTP
 	http.SetCookie(c.Writer, &http.Cookie{
-		Name: monitoringSession, Value: session, Path: "/monitoring", HttpOnly: true, Secure: secure,
+		Name: monitoringSession, Value: session, Path: "/monitoring", HttpOnly: true, Secure: secureRequest(c),
 		SameSite: http.SameSiteStrictMode, Expires: expires,
 	})
 	return true
@@ -292,4 +296,9 @@ func (s *Server) createTicket(c *gin.Context) {
 	}
 	c.Header("Cache-Control", "no-store")
 	c.JSON(http.StatusCreated, gin.H{"success": true, "ticket": ticket, "expires_at": expires.Format(time.RFC3339)})
+}
+
+// secureRequest reports whether the request came over HTTPS (directly or through a proxy that says so).
+func secureRequest(c *gin.Context) bool {
+	return c.Request.TLS != nil || strings.EqualFold(c.GetHeader("X-Forwarded-Proto"), "https")
 }
