@@ -41,7 +41,7 @@ var (
 var (
 	topFields     = []string{"services", "features"}
 	serviceFields = []string{"kind", "base_url", "headers", "timeout", "max_concurrency", "lease_ttl", "rate_limit",
-		"retry", "health", "latency", "fail_times", "failure_rate", "output", "max_response_bytes"}
+		"retry", "health", "latency", "fail_times", "failure_rate", "output", "max_response_bytes", "adaptive", "budget_headers"}
 	rateLimitFields = []string{"requests", "per"}
 	retryFields     = []string{"max_attempts", "initial_backoff", "max_backoff"}
 	healthFields    = []string{"method", "path"}

@@ -42,7 +42,7 @@ func (l *loader) service(name, path string, n *yaml.Node) *Service {
 	}
 
 	if svc.Kind == KindMock {
-		for _, k := range []string{"base_url", "headers", "health"} {
+		for _, k := range []string{"base_url", "headers", "health", "budget_headers"} {
 			if f[k] != nil {
 				l.errorf(join(path, k), "not allowed for a %s service (only for %s)", KindMock, KindHTTP)
 			}
@@ -114,6 +114,7 @@ func (l *loader) service(name, path string, n *yaml.Node) *Service {
 	if svc.Kind == KindMock {
 		svc.Mock = l.mock(f, path, MockSpec{})
 	}
+	l.adaptiveLimits(f, path, svc)
 	return svc
 }
 

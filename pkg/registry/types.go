@@ -47,6 +47,13 @@ type Service struct {
 	Health           *HealthProbe // nil: no probe
 	Mock             MockSpec     // for KindMock
 	MaxResponseBytes int64        // responses larger than this fail the step
+	// Adaptive, when set, makes the fleet-wide limit adapt between Adaptive.Min and MaxConcurrency
+	// (AIMD); nil: the limit is MaxConcurrency.
+	Adaptive *Adaptive
+	// BudgetHeaders makes every worker follow the rate-limit budget the service reports on its
+	// answers (x-ratelimit-*, IETF RateLimit): when a budget is spent, calls wait until it resets.
+	// Default true for http services; always false for mock services.
+	BudgetHeaders bool
 	// Secrets are the literal values that must be redacted from anything CAO logs, stores or returns:
 	// every header value and every ${VAR} expansion inside the service definition, and those of its
 	// steps' request headers, query and path. Redact hides them in every encoded form too (URL, JSON,
@@ -58,6 +65,11 @@ type Service struct {
 type RateLimit struct {
 	Requests int
 	Per      time.Duration
+}
+
+// Adaptive configures the adaptive concurrency of a service (registry key adaptive:).
+type Adaptive struct {
+	Min int // the effective limit is never halved below this; 1 <= Min <= MaxConcurrency
 }
 
 // RetryPolicy bounds the attempts of one run of a step; delays grow exponentially with full jitter.
