@@ -44,6 +44,9 @@ type Result struct {
 	Output     json.RawMessage // JSON; a non-JSON body is stored as a JSON string, an empty one as null
 	HTTPStatus int             // 0 for mock services
 	Duration   time.Duration   // wall time of the attempt, latency of a mock included
+	// Budget is what the answer said about the service's rate-limit budgets; nil when it said
+	// nothing or the service does not follow budget headers (registry key budget_headers).
+	Budget *Budget
 }
 
 // Config holds the optional settings of a Caller; zero values take the documented defaults.

@@ -33,6 +33,8 @@ type Error struct {
 	RetryAfter time.Duration // the delay the service asked for (Retry-After and rate-limit headers); 0: none given
 	HTTPStatus int           // the response status, 0 when no response was received
 	Message    string        // human readable, with the service's secrets redacted
+	// Budget is what a non-2xx answer said about the service's rate-limit budgets, as in Result.
+	Budget *Budget
 }
 
 // Error returns the class and the redacted message.

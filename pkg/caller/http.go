@@ -42,12 +42,16 @@ func (c *Caller) callHTTP(ctx context.Context, call Call) (Result, *Error) {
 	callCtx, cancel := withStepTimeout(ctx, timeout)
 	defer cancel()
 
-	status, body, rerr := c.do(ctx, callCtx, svc, req, timeout, c.maxResponseBytes(svc))
-	res := Result{HTTPStatus: status}
+	ans, rerr := c.do(ctx, callCtx, svc, req, timeout, c.maxResponseBytes(svc))
+	res := Result{HTTPStatus: ans.status}
+	if ans.header != nil && svc.BudgetHeaders {
+		res.Budget = answerBudget(ans, c.cfg.Now())
+	}
 	if rerr != nil {
+		rerr.Budget = res.Budget
 		return res, rerr
 	}
-	res.Output = outputJSON(svc, body)
+	res.Output = outputJSON(svc, ans.body)
 	return res, nil
 }
 
@@ -72,7 +76,7 @@ func (c *Caller) probe(ctx context.Context, svc *registry.Service) *Error {
 	callCtx, cancel := withStepTimeout(ctx, timeout)
 	defer cancel()
 	// Only the status matters: read a bounded amount, and a large 2xx body is still healthy.
-	_, _, rerr := c.do(ctx, callCtx, svc, &preparedRequest{method: method, url: u, header: h}, timeout, errorBodyLimit)
+	_, rerr := c.do(ctx, callCtx, svc, &preparedRequest{method: method, url: u, header: h}, timeout, errorBodyLimit)
 	if rerr != nil && rerr.Class == ClassResponseTooLarge {
 		return nil
 	}
@@ -90,21 +94,30 @@ func (c *Caller) maxResponseBytes(svc *registry.Service) int64 {
 	return registry.DefaultMaxResponseBytes
 }
 
-// do sends req and returns the status and the body of a 2xx response, or a classified error.
-func (c *Caller) do(parent, callCtx context.Context, svc *registry.Service, req *preparedRequest, timeout time.Duration, limit int64) (int, []byte, *Error) {
+// answer is what do got back: the status and header (zero without a response) and the body of a
+// 2xx response.
+type answer struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+// do sends req and returns the answer, with a classified error unless it is a 2xx response within
+// limit.
+func (c *Caller) do(parent, callCtx context.Context, svc *registry.Service, req *preparedRequest, timeout time.Duration, limit int64) (answer, *Error) {
 	var body io.Reader
 	if req.body != nil {
 		body = bytes.NewReader(req.body)
 	}
 	hreq, err := http.NewRequestWithContext(callCtx, req.method, req.url.String(), body)
 	if err != nil {
-		return 0, nil, newError(svc, ClassTemplate, false, 0, "service %q: build request: %v", svc.Name, err)
+		return answer{}, newError(svc, ClassTemplate, false, 0, "service %q: build request: %v", svc.Name, err)
 	}
 	hreq.Header = req.header
 
 	resp, err := c.cfg.HTTPClient.Do(hreq)
 	if err != nil {
-		return 0, nil, transportError(parent, callCtx, svc, timeout, err)
+		return answer{}, transportError(parent, callCtx, svc, timeout, err)
 	}
 	defer func() {
 		_, _ = io.CopyN(io.Discard, resp.Body, drainLimit)
@@ -112,21 +125,23 @@ func (c *Caller) do(parent, callCtx context.Context, svc *registry.Service, req 
 	}()
 
 	status := resp.StatusCode
+	got := answer{status: status, header: resp.Header}
 	if status >= 200 && status < 300 {
 		data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 		if err != nil {
-			return status, nil, withStatus(transportError(parent, callCtx, svc, timeout, err), status)
+			return got, withStatus(transportError(parent, callCtx, svc, timeout, err), status)
 		}
 		if int64(len(data)) > limit {
-			return status, nil, newError(svc, ClassResponseTooLarge, false, status,
+			return got, newError(svc, ClassResponseTooLarge, false, status,
 				"service %q: HTTP %d response body exceeds the limit of %d bytes (max_response_bytes)", svc.Name, status, limit)
 		}
-		return status, data, nil
+		got.body = data
+		return got, nil
 	}
 
 	// The error body only feeds the message; a failure to read it does not change the classification.
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, errorBodyLimit))
-	return status, nil, statusError(svc, resp, data, c.cfg.Now())
+	return got, statusError(svc, resp, data, c.cfg.Now())
 }
 
 // statusError classifies a non-2xx response.

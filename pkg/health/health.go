@@ -47,6 +47,7 @@ const (
 const (
 	SkipMaxConcurrency = "max_concurrency" // every slot of the service was taken (or steps wait for one)
 	SkipRateLimit      = "rate_limit"      // the service's rate budget had no room
+	SkipBudgetHold     = "budget_hold"     // the service was on hold: the provider said its budget was spent
 	SkipLimiterError   = "limiter_unavailable"
 )
 
@@ -125,6 +126,13 @@ type ServiceCheck struct {
 	Kind           string `json:"kind"`
 	LeasesInUse    int    `json:"leases_in_use"`
 	MaxConcurrency int    `json:"max_concurrency"` // 0: unlimited
+	// EffectiveLimit is the fleet-wide limit calls are admitted under now: max_concurrency, or for an
+	// adaptive service its AIMD limit (between adaptive.min and max_concurrency). 0: unlimited.
+	EffectiveLimit int `json:"effective_limit"`
+	// HoldSeconds is how long calls to the service still wait because the provider said a budget
+	// was spent, HoldBudget which one ("requests", "tokens", an IETF policy name, "retry_after").
+	HoldSeconds float64 `json:"hold_seconds,omitempty"`
+	HoldBudget  string  `json:"hold_budget,omitempty"`
 	// Probe is ProbeOK or ProbeFailed (the last probe's outcome), ProbePending before the first
 	// probe, or empty when the service has no probe.
 	Probe     string  `json:"probe,omitempty"`
@@ -166,6 +174,7 @@ type Checker struct {
 	reg    *registry.Registry
 	sem    *limiter.Semaphore
 	rate   *limiter.RateLimiter
+	adapt  *limiter.Adaptive // holds and adaptive limits, on sem's Redis and prefix
 	caller *caller.Caller
 	queues []string
 	cfg    Config
@@ -195,7 +204,7 @@ type liveCache struct {
 func NewChecker(st store.Store, rdb redis.UniversalClient, reg *registry.Registry, sem *limiter.Semaphore, rate *limiter.RateLimiter, c *caller.Caller, queues []string, cfg Config) *Checker {
 	cfg = cfg.withDefaults()
 	ch := &Checker{
-		store: st, rdb: rdb, insp: asynq.NewInspectorFromRedisClient(rdb), reg: reg, sem: sem, rate: rate, caller: c,
+		store: st, rdb: rdb, insp: asynq.NewInspectorFromRedisClient(rdb), reg: reg, sem: sem, rate: rate, caller: c, adapt: limiter.AdaptiveFor(sem),
 		queues: queues, cfg: cfg, log: cfg.Logger, results: map[string]probeResult{},
 	}
 	for _, name := range sortedServices(reg) {
@@ -334,8 +343,12 @@ func (c *Checker) probeService(ctx context.Context, svc *registry.Service) {
 func (c *Checker) admit(ctx context.Context, svc *registry.Service) (limiter.Lease, limiter.Reservation, string) {
 	actx, cancel := context.WithTimeout(ctx, c.cfg.CheckTimeout)
 	defer cancel()
+	limit, skip := c.adaptiveLimit(actx, svc)
+	if skip != "" {
+		return limiter.Lease{}, limiter.Reservation{}, skip
+	}
 	// An empty waiter ID never queues, and is granted a slot only when no step waits for one.
-	lease, err := c.sem.Acquire(actx, svc.Name, svc.MaxConcurrency, svc.LeaseTTL, "")
+	lease, err := c.sem.Acquire(actx, svc.Name, limit, svc.LeaseTTL, "")
 	switch {
 	case errors.Is(err, limiter.ErrFull):
 		return limiter.Lease{}, limiter.Reservation{}, SkipMaxConcurrency
@@ -498,6 +511,7 @@ func (c *Checker) Run(ctx context.Context) Report {
 		mu.Unlock()
 	})
 	for _, name := range sortedServices(c.reg) {
+		wg.Go(func() { c.adaptiveCheck(ctx, name, &mu, r.Services) })
 		wg.Go(func() {
 			n, err := c.sem.InUse(ctx, name)
 			if err != nil {
@@ -557,7 +571,7 @@ func (c *Checker) services(now time.Time) map[string]ServiceCheck {
 	defer c.mu.Unlock()
 	out := make(map[string]ServiceCheck, len(c.reg.Services))
 	for name, svc := range c.reg.Services {
-		sc := ServiceCheck{Status: StatusOK, Kind: svc.Kind, MaxConcurrency: svc.MaxConcurrency}
+		sc := ServiceCheck{Status: StatusOK, Kind: svc.Kind, MaxConcurrency: svc.MaxConcurrency, EffectiveLimit: svc.MaxConcurrency}
 		if svc.Health != nil {
 			res := c.results[name]
 			sc.Probe, sc.ProbeSkipped = ProbePending, res.skipped

@@ -106,7 +106,7 @@ func TestReportKeepsBackgroundProbeResults(t *testing.T) {
 	require.Equal(t, "sqlite", rep.Postgres.Backend)
 	require.Equal(t, health.StatusOK, rep.Redis.Status)
 	require.Contains(t, rep.Queues, "medium")
-	require.Equal(t, health.ServiceCheck{Status: health.StatusOK, Kind: "mock", LeasesInUse: 1, MaxConcurrency: 2}, rep.Services["sim"])
+	require.Equal(t, health.ServiceCheck{Status: health.StatusOK, Kind: "mock", LeasesInUse: 1, MaxConcurrency: 2, EffectiveLimit: 2}, rep.Services["sim"])
 	api := rep.Services["api"]
 	require.NotNil(t, api.ProbedAt)
 	require.False(t, api.ProbedAt.After(rep.Checked))

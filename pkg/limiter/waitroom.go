@@ -136,6 +136,13 @@ func (w *WaitRoom) Waiting(name string) int {
 // once; the others wait in the lobby for a place, and Acquire returns ErrFull when none frees within
 // LobbyWait. A caller that stops waiting (ctx ended) gives up its place in the queue.
 func (w *WaitRoom) Acquire(ctx context.Context, name string, limit int, ttl time.Duration, roomSize int) (Lease, error) {
+	return w.AcquireAdaptive(ctx, name, limit, nil, ttl, roomSize)
+}
+
+// AcquireAdaptive is Acquire under a limit that may change while the caller waits (an adaptive
+// limit): limit is the limit now, and before every later try next (when not nil) returns the limit
+// then. An error from next ends the wait with that error, the caller's place in the queue given up.
+func (w *WaitRoom) AcquireAdaptive(ctx context.Context, name string, limit int, next func(context.Context) (int, error), ttl time.Duration, roomSize int) (Lease, error) {
 	if limit <= 0 {
 		return w.sem.Acquire(ctx, name, limit, ttl, "")
 	}
@@ -179,6 +186,14 @@ func (w *WaitRoom) Acquire(ctx context.Context, name string, limit int, ttl time
 			return Lease{}, context.Cause(ctx)
 		case <-wake:
 		case <-timer.C:
+		}
+		if next != nil {
+			n, err := next(ctx)
+			if err != nil {
+				w.giveUp(ctx, name, wid)
+				return Lease{}, err
+			}
+			limit = max(n, 1) // never 0, which would mean unlimited
 		}
 	}
 }

@@ -136,6 +136,7 @@ func Build(cfg config.Config, log *slog.Logger, id string, reg *registry.Registr
 		return float64(c)
 	})
 	n.Metrics.Registry.MustRegister(metrics.NewLeaseCollector(n.leases))
+	n.Metrics.Registry.MustRegister(metrics.NewLimitCollector(n.limits))
 	n.QueueDepth = n.Metrics.NewQueueSampler(rdb, reg.Queues(), metrics.QueueSamplerConfig{Logger: log.With("component", "metrics")})
 	return n
 }

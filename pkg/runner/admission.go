@@ -29,6 +29,7 @@ const (
 type admission struct {
 	lease limiter.Lease
 	rsv   limiter.Reservation
+	gen   int64 // the AIMD generation the slot was granted in (adaptive services)
 }
 
 // admit waits for the service to have room for one more call: a slot of its fleet-wide semaphore
@@ -39,11 +40,12 @@ type admission struct {
 // admitted, the time waited for each is reported to Hooks.OnWait.
 func (r *Runner) admit(ctx context.Context, svc *registry.Service) (admission, error) {
 	start := r.cfg.Now()
-	var slotWait time.Duration // the rest of the time is spent on the rate budget
+	var slotWait, holdWait time.Duration // the rest of the time is spent on the rate budget
 	for {
 		t0 := r.cfg.Now()
-		lease, err := r.room.Acquire(ctx, svc.Name, svc.MaxConcurrency, svc.LeaseTTL, r.maxWaiters(svc))
-		slotWait += r.cfg.Now().Sub(t0)
+		lease, gen, held, err := r.acquireSlot(ctx, svc)
+		slotWait += r.cfg.Now().Sub(t0) - held
+		holdWait += held
 		switch {
 		case errors.Is(err, limiter.ErrFull):
 			return admission{}, r.busy(svc.Name, "is at max_concurrency", 0)
@@ -52,16 +54,16 @@ func (r *Runner) admit(ctx context.Context, svc *registry.Service) (admission, e
 		case err != nil:
 			return admission{}, err
 		}
-		a := admission{lease: lease}
+		a := admission{lease: lease, gen: gen}
 		rl := svc.RateLimit
 		if rl == nil {
-			r.waited(svc, slotWait, 0)
+			r.waited(svc, slotWait, 0, holdWait)
 			return a, nil
 		}
 		rsv, ok, wait, err := r.rate.Reserve(ctx, svc.Name, rl.Requests, rl.Per+rateSlack)
 		if err == nil && ok {
 			a.rsv = rsv
-			r.waited(svc, slotWait, r.cfg.Now().Sub(start)-slotWait)
+			r.waited(svc, slotWait, r.cfg.Now().Sub(start)-slotWait-holdWait, holdWait)
 			return a, nil
 		}
 		r.release(ctx, lease)
@@ -85,10 +87,13 @@ func (r *Runner) admit(ctx context.Context, svc *registry.Service) (admission, e
 }
 
 // waited reports how long an admitted step waited for its service's slot and rate budget, for each
-// limit the service has.
-func (r *Runner) waited(svc *registry.Service, slot, rate time.Duration) {
+// limit the service has, and for its hold when it waited for one.
+func (r *Runner) waited(svc *registry.Service, slot, rate, hold time.Duration) {
 	if r.cfg.Hooks.OnWait == nil {
 		return
+	}
+	if hold > 0 {
+		r.cfg.Hooks.OnWait(svc.Name, WaitBudgetHold, hold)
 	}
 	if svc.MaxConcurrency > 0 {
 		r.cfg.Hooks.OnWait(svc.Name, WaitSlot, slot)

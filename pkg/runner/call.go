@@ -13,8 +13,10 @@ import (
 )
 
 // execute calls the service while keeping both leases alive; losing either cancels the call. rsv is
-// the call's rate limit reservation (zero when the service has no rate limit).
-func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, lease limiter.Lease, rsv limiter.Reservation, clock *leaseClock) (orchestrator.Outcome, time.Duration) {
+// the call's rate limit reservation (zero when the service has no rate limit), gen the AIMD
+// generation its slot was granted in. What the answer says about the service's limits is reported
+// before execute returns.
+func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, lease limiter.Lease, rsv limiter.Reservation, gen int64, clock *leaseClock) (orchestrator.Outcome, time.Duration) {
 	callCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stopMerge := context.AfterFunc(r.runCtx, func() { cancel(context.Cause(r.runCtx)) })
@@ -51,6 +53,7 @@ func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, lease lim
 		IdempotencyKey: task.IdempotencyKey(a.Payload.JobID, a.Payload.Step, a.Payload.Run), Data: data,
 	})
 	dur := r.cfg.Now().Sub(start)
+	r.observe(ctx, a.Service, res, err, gen)
 	if err == nil {
 		return orchestrator.Outcome{Output: res.Output, HTTPStatus: res.HTTPStatus}, dur
 	}

@@ -87,7 +87,7 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	if err != nil {
 		return err
 	}
-	lease, rsv := adm.lease, adm.rsv
+	lease, rsv, gen := adm.lease, adm.rsv, adm.gen
 	// The slot is held until the outcome is recorded, so a service never shows more RUNNING steps
 	// than its max_concurrency; recording is one statement.
 	held := true
@@ -117,7 +117,7 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 			// Stopping: a step claimed by continuation has not started; put it back.
 			out = orchestrator.Outcome{Err: errShutdown, ErrorClass: "interrupted", Interrupted: true}
 		} else {
-			out, dur = r.execute(ctx, a, lease, rsv, clock)
+			out, dur = r.execute(ctx, a, lease, rsv, gen, clock)
 		}
 		// Record even if the task's context ended: the outcome is what matters now. A step this
 		// records as ready may be claimed for this handler in the same statement (continued).
@@ -146,22 +146,24 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 			return nil
 		}
 		// Continued: the next step's service takes no slot or budget (see continueWith).
-		a, lease, rsv = next, limiter.Lease{Name: next.Service.Name}, limiter.Reservation{}
+		a, lease, rsv, gen = next, limiter.Lease{Name: next.Service.Name}, limiter.Reservation{}, 0
 		clock = &leaseClock{stepOK: recordAt, stepTTL: r.orch.Config().StepLeaseTTL}
 		log = r.cfg.Logger.With("job_id", a.Payload.JobID, "step", a.Payload.Step, "run", a.Payload.Run, "attempt", a.Payload.Attempt)
 	}
 }
 
 // continues reports whether this worker runs step st of service svc right after the step it
-// finished, instead of queueing it: only when the service needs no slot or rate budget (admission
-// would otherwise have to wait with the step already claimed), this worker serves the step's queue,
-// and the worker is not stopping.
+// finished, instead of queueing it: only when the service needs no slot or rate budget and is not on
+// hold (admission would otherwise have to wait with the step already claimed), this worker serves
+// the step's queue, and the worker is not stopping.
 func (r *Runner) continues(st *registry.Step, svc *registry.Service) bool {
 	if svc.MaxConcurrency > 0 || svc.RateLimit != nil || r.admitCtx.Err() != nil {
 		return false
 	}
-	_, ok := r.cfg.Queues[st.Queue]
-	return ok
+	if _, ok := r.cfg.Queues[st.Queue]; !ok {
+		return false
+	}
+	return !r.heldNow(svc)
 }
 
 // finish records the outcome, retrying while the database is unreachable (until ctx ends): a result

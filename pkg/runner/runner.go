@@ -129,6 +129,7 @@ type Runner struct {
 	sem    *limiter.Semaphore
 	room   *limiter.WaitRoom
 	rate   *limiter.RateLimiter
+	adapt  *limiter.Adaptive // holds and adaptive limits, on sem's Redis and prefix
 	caller *caller.Caller
 	hub    *events.Hub
 	queue  *asynq.Client // schedules the copies of tasks that wait for their service
@@ -152,7 +153,7 @@ func New(orch *orchestrator.Orchestrator, rdb redis.UniversalClient, sem *limite
 	c *caller.Caller, hub *events.Hub, cfg Config) *Runner {
 	cfg = cfg.WithDefaults()
 	return &Runner{
-		orch: orch, rdb: rdb, sem: sem, rate: rate, caller: c, hub: hub, cfg: cfg,
+		orch: orch, rdb: rdb, sem: sem, rate: rate, caller: c, hub: hub, cfg: cfg, adapt: limiter.AdaptiveFor(sem),
 		queue:    asynq.NewClientFromRedisClient(rdb),
 		room:     limiter.NewWaitRoom(sem, limiter.WaitRoomConfig{ID: cfg.WorkerID}),
 		inflight: map[string]map[*running]struct{}{},

@@ -1,0 +1,103 @@
+package health
+
+// This file reads the limits that adapt to a service's answers (package limiter, Adaptive): the
+// effective limit and the hold, for the report, the metrics and the probes' admission.
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/cao-run/cao/pkg/limiter"
+	"github.com/cao-run/cao/pkg/registry"
+)
+
+// adapts reports whether svc has fleet-wide state that follows its answers.
+func adapts(svc *registry.Service) bool {
+	return svc.BudgetHeaders || aimdOf(svc) != nil
+}
+
+func aimdOf(svc *registry.Service) *limiter.AIMD {
+	if svc.Adaptive == nil || svc.MaxConcurrency <= 0 {
+		return nil
+	}
+	return &limiter.AIMD{Max: svc.MaxConcurrency, Min: svc.Adaptive.Min}
+}
+
+// adaptiveLimit returns the limit a probe of svc is admitted under (its effective limit), or why the
+// round skips it: the service is on hold, or its state cannot be read.
+func (c *Checker) adaptiveLimit(ctx context.Context, svc *registry.Service) (int, string) {
+	if !adapts(svc) {
+		return svc.MaxConcurrency, ""
+	}
+	st, err := c.adapt.State(ctx, svc.Name, aimdOf(svc))
+	switch {
+	case err != nil:
+		c.log.Warn("health probe: adaptive state", "service", svc.Name, "err", err)
+		return 0, SkipLimiterError
+	case st.Hold > 0:
+		return 0, SkipBudgetHold
+	case st.Limit > 0:
+		return st.Limit, ""
+	}
+	return svc.MaxConcurrency, ""
+}
+
+// adaptiveCheck fills the effective limit and the hold of service name into services (under mu).
+func (c *Checker) adaptiveCheck(ctx context.Context, name string, mu *sync.Mutex, services map[string]ServiceCheck) {
+	svc := c.reg.Services[name]
+	if svc == nil || !adapts(svc) {
+		return
+	}
+	st, err := c.adapt.State(ctx, name, aimdOf(svc))
+	if err != nil {
+		return
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	sc := services[name]
+	if st.Limit > 0 {
+		sc.EffectiveLimit = st.Limit
+	}
+	if st.Hold > 0 {
+		sc.HoldSeconds, sc.HoldBudget = st.Hold.Seconds(), st.HoldReason
+	}
+	services[name] = sc
+}
+
+// Limits is the adaptive state of one service, for metrics.
+type Limits struct {
+	Effective int           // the effective limit (max_concurrency without adaptive); 0: unlimited
+	Hold      time.Duration // how long calls still wait for the provider's budget; 0: none
+}
+
+// Limits returns every service's effective limit and hold, read now (within CheckTimeout); a
+// service whose state cannot be read is left out.
+func (c *Checker) Limits(ctx context.Context) map[string]Limits {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.CheckTimeout)
+	defer cancel()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	out := make(map[string]Limits, len(c.reg.Services))
+	for name, svc := range c.reg.Services {
+		if !adapts(svc) {
+			out[name] = Limits{Effective: svc.MaxConcurrency}
+			continue
+		}
+		wg.Go(func() {
+			st, err := c.adapt.State(ctx, name, aimdOf(svc))
+			if err != nil {
+				return
+			}
+			l := Limits{Effective: svc.MaxConcurrency, Hold: st.Hold}
+			if st.Limit > 0 {
+				l.Effective = st.Limit
+			}
+			mu.Lock()
+			out[name] = l
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return out
+}

@@ -1,0 +1,47 @@
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// ServiceLimits is the adaptive state of one service, as a LimitCollector reads it.
+type ServiceLimits struct {
+	Effective int           // the limit calls are admitted under now; 0: unlimited
+	Hold      time.Duration // how long calls still wait for the provider's budget to reset; 0: none
+}
+
+// LimitCollector exposes, per service, the fleet-wide limits that adapt to the service's answers,
+// read at scrape time: cao_service_effective_limit (max_concurrency, or the AIMD limit of an adaptive
+// service) and cao_service_hold_seconds (the provider said a budget is spent). Every process reads
+// the same Redis state, so they report the same values.
+type LimitCollector struct {
+	effective *prometheus.Desc
+	hold      *prometheus.Desc
+	read      func() map[string]ServiceLimits
+}
+
+// NewLimitCollector returns a collector calling read at each scrape.
+func NewLimitCollector(read func() map[string]ServiceLimits) *LimitCollector {
+	return &LimitCollector{
+		effective: prometheus.NewDesc("cao_service_effective_limit",
+			"Fleet-wide concurrency limit calls are admitted under now, by service: max_concurrency, or the adaptive (AIMD) limit (0: unlimited).",
+			[]string{"service"}, nil),
+		hold: prometheus.NewDesc("cao_service_hold_seconds",
+			"Seconds calls to the service still wait because the provider said its rate-limit budget was spent (0: none), by service.",
+			[]string{"service"}, nil),
+		read: read,
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *LimitCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.effective; ch <- c.hold }
+
+// Collect implements prometheus.Collector.
+func (c *LimitCollector) Collect(ch chan<- prometheus.Metric) {
+	for svc, l := range c.read() {
+		ch <- prometheus.MustNewConstMetric(c.effective, prometheus.GaugeValue, float64(l.Effective), svc)
+		ch <- prometheus.MustNewConstMetric(c.hold, prometheus.GaugeValue, l.Hold.Seconds(), svc)
+	}
+}

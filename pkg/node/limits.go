@@ -1,0 +1,17 @@
+package node
+
+import (
+	"context"
+
+	"github.com/cao-run/cao/pkg/metrics"
+)
+
+// limits reads every service's effective limit and hold for cao_service_effective_limit and
+// cao_service_hold_seconds.
+func (n *Node) limits() map[string]metrics.ServiceLimits {
+	out := map[string]metrics.ServiceLimits{}
+	for name, l := range n.Health.Limits(context.Background()) {
+		out[name] = metrics.ServiceLimits{Effective: l.Effective, Hold: l.Hold}
+	}
+	return out
+}
