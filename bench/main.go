@@ -66,7 +66,7 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.history, "history", false, "also run the history scenario (seeds -history-jobs finished jobs)")
 	fs.IntVar(&o.historyJobs, "history-jobs", 200_000, "finished jobs the history scenario seeds")
 	fs.StringVar(&o.out, "out", "", "also write the table to this file")
-	only := fs.String("run", "", "comma-separated scenarios to run (chain, saturation, semaphore, latency, post, history); default all")
+	only := fs.String("run", "", "comma-separated scenarios to run (chain, saturation, semaphore, latency, post, adaptive, history); default all but history")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temp dir with binaries, registries and process logs")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -176,6 +176,7 @@ var scenarios = []scenario{
 	{"semaphore", 3 * time.Minute, runSemaphore},
 	{"latency", 4 * time.Minute, runLatency},
 	{"post", 3 * time.Minute, runPost},
+	{"adaptive", 12 * time.Minute, runAdaptive},
 	{"history", 30 * time.Minute, runHistory},
 }
 
