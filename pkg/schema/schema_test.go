@@ -95,7 +95,14 @@ func TestValidate(t *testing.T) {
 		{"uri bad", `{format: uri}`, `"/relative"`, []schema.FieldError{{"$", "must be a valid absolute URI"}}},
 		{"date-time ok", `{format: date-time}`, `"2024-01-31T12:00:00.5+01:00"`, nil},
 		{"date-time bad", `{format: date-time}`, `"2024-01-31"`, []schema.FieldError{{"$", "must be a valid date-time (RFC 3339, e.g. 2024-01-31T12:00:00Z)"}}},
-		{"unknown format ignored", `{format: hostname}`, `"%%%"`, nil},
+		{"hostname asserted", `{format: hostname}`, `"%%%"`, []schema.FieldError{{"$", "must be a valid hostname"}}},
+		{"uuid ok", `{format: uuid}`, `"6b3e4cc4-8a5e-4a8f-9c39-5b0f7d1c2e11"`, nil},
+		{"uuid bad", `{format: uuid}`, `"6b3e4cc4"`, []schema.FieldError{{"$", "must be a valid UUID"}}},
+		{"date ok", `{format: date}`, `"2024-02-29"`, nil},
+		{"date bad", `{format: date}`, `"2023-02-29"`, []schema.FieldError{{"$", "must be a valid date (RFC 3339, e.g. 2024-01-31)"}}},
+		{"ipv4 bad", `{format: ipv4}`, `"256.1.1.1"`, []schema.FieldError{{"$", "must be a valid IPv4 address"}}},
+		{"duration ok", `{format: duration}`, `"P1DT2H"`, nil},
+		{"format ignores non-strings", `{format: email}`, `12`, nil},
 		{"annotations ignored", `{title: T, description: D, default: 3, examples: [1], $comment: c, type: integer}`, `4`, nil},
 
 		{
@@ -178,12 +185,11 @@ func TestCompileErrors(t *testing.T) {
 		{"empty type list", "type: []", []string{"type: must not be an empty list"}},
 		{"minimum not number", "minimum: low", []string{`minimum: must be a number, got "low"`}},
 		{"exclusiveMinimum bool", "exclusiveMinimum: true", []string{"exclusiveMinimum: must be a number, got true"}},
-		{"additionalProperties schema", "additionalProperties: {type: string}", []string{"additionalProperties: must be true or false"}},
 		{"required not list", "required: a", []string{"required: must be a list of property names"}},
 		{"required item", "required: [a, 1, a]", []string{"required[1]: must be a string, got 1", `required[2]: duplicate property "a"`}},
-		{"items not object", "items: [{type: string}]", []string{"items: must be a schema object, got a list"}},
+		{"items not object", "items: [{type: string}]", []string{"items: must be a schema (an object, or true or false), got a list (a list of schemas, one per position, is prefixItems)"}},
 		{"properties not map", "properties: [a]", []string{"properties: must be an object mapping property names to schemas"}},
-		{"property not schema", "properties: {a: string}", []string{`properties.a: must be a schema object, got "string"`}},
+		{"property not schema", "properties: {a: string}", []string{`properties.a: must be a schema (an object, or true or false), got "string"`}},
 		{"enum empty", "enum: []", []string{"enum: must be a non-empty list"}},
 		{"min greater than max", "{minLength: 3, maxLength: 2, minItems: 2, maxItems: 1, minimum: 2, maximum: 1}", []string{
 			"minItems: must not be greater than maxItems", "minLength: must not be greater than maxLength", "minimum: must not be greater than maximum",
@@ -192,6 +198,44 @@ func TestCompileErrors(t *testing.T) {
 		{"several at once", "{type: object, properties: {a: {maxLength: x}, b: {pattern: '('}}}", []string{
 			`properties.a.maxLength: must be a non-negative integer, got "x"`, "properties.b.pattern: invalid regular expression",
 		}},
+		{"typo suggestion", "properties: {a: {minLenght: 1}}", []string{"properties.a.minLenght: unknown keyword (did you mean minLength?)"}},
+		{"other draft keyword", "definitions: {a: {type: string}}", []string{"definitions: unknown keyword (draft 2020-12 says $defs)"}},
+		{"unknown keyword in $defs and allOf", "{$defs: {a: {typ: string}}, allOf: [{}, {maxLenght: 2}]}", []string{
+			"$defs.a.typ: unknown keyword", "allOf[1].maxLenght: unknown keyword",
+		}},
+		{"unknown keyword under items and patternProperties", "{items: {x-extra: 1}, patternProperties: {'^a': {foo: 1}}}", []string{
+			"items.x-extra: unknown keyword", "patternProperties.^a.foo: unknown keyword",
+		}},
+		{"$vocabulary is for metaschemas", "$vocabulary: {}", []string{"$vocabulary: unknown keyword"}},
+		{"unknown format", "format: phone", []string{`format: unknown format "phone" (expected one of: date, date-time,`}},
+		{"remote $ref http", "properties: {a: {$ref: 'https://example.com/a.json'}}", []string{
+			`properties.a.$ref: only references inside this schema are allowed (such as "#/$defs/name"), got "https://example.com/a.json"`,
+		}},
+		{"remote $ref file", "$ref: 'file:///etc/passwd'", []string{`$ref: only references inside this schema are allowed`}},
+		{"relative $ref", "items: {$ref: 'other.json#/$defs/a'}", []string{`items.$ref: only references inside this schema are allowed`}},
+		{"$ref to a missing definition", "{$defs: {a: {}, b: {}}, properties: {x: {$ref: '#/$defs/c'}}}", []string{
+			`properties.x.$ref: "#/$defs/c" does not point to a schema of this document (its $defs: #/$defs/a, #/$defs/b)`,
+		}},
+		{"$ref to something that is not a schema", "{properties: {a: {}}, $ref: '#/properties'}", []string{`$ref: "#/properties" does not point to a schema`}},
+		{"$ref to a missing anchor", "$ref: '#nope'", []string{`$ref: no $anchor or $dynamicAnchor "nope" in this schema`}},
+		{"bad anchor", "$defs: {a: {$anchor: '1a'}}", []string{`$defs.a.$anchor: must be a name`}},
+		{"reference loop", "{$defs: {a: {$ref: '#/$defs/b'}, b: {allOf: [{$ref: '#/$defs/a'}]}}, $ref: '#/$defs/a'}", []string{
+			"the references loop without moving into the value (#/$defs/a -> #/$defs/b -> #/$defs/b/allOf/0 -> #/$defs/a)",
+		}},
+		{"self reference", "$ref: '#'", []string{"$ref: the references loop without moving into the value (# -> #)"}},
+		{"$id below the root", "properties: {a: {$id: 'https://example.com/a'}}", []string{"properties.a.$id: only allowed at the root"}},
+		{"$schema of another draft", "$schema: 'http://json-schema.org/draft-07/schema#'", []string{
+			`$schema: must be "https://json-schema.org/draft/2020-12/schema" (the only draft supported), got "http://json-schema.org/draft-07/schema#"`,
+		}},
+		{"bad patternProperties regexp", "patternProperties: {'(': {}}", []string{"patternProperties.(: invalid regular expression"}},
+		{"multipleOf zero", "multipleOf: 0", []string{"multipleOf: must be greater than 0, got 0"}},
+		{"empty schema list", "anyOf: []", []string{"anyOf: must be a non-empty list of schemas, got a list"}},
+		{"dependentRequired", "dependentRequired: {a: [b, b]}", []string{`dependentRequired.a[1]: duplicate property "b"`}},
+		{"duplicate type", "type: [string, string]", []string{`type[1]: duplicate type "string"`}},
+		{"min greater than max counts", "{minProperties: 2, maxProperties: 1, minContains: 3, maxContains: 2}", []string{
+			"minContains: must not be greater than maxContains", "minProperties: must not be greater than maxProperties",
+		}},
+		{"root boolean", "true", []string{"must be a schema object, got true"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
