@@ -185,12 +185,12 @@ func TestCallReportsBudget(t *testing.T) {
 	for _, code := range []int{http.StatusTooManyRequests, http.StatusServiceUnavailable} {
 		status.Store(int32(code))
 		res, err = call()
-		requireError(t, err)
+		_ = requireError(t, err)
 		require.Equal(t, &Budget{RetryAfter: 7 * time.Second}, res.Budget, "HTTP %d", code)
 	}
 	status.Store(http.StatusInternalServerError)
 	res, err = call()
-	requireError(t, err)
+	_ = requireError(t, err)
 	require.Nil(t, res.Budget, "a 500's Retry-After is for the step's own retry")
 
 	status.Store(http.StatusTooManyRequests)
