@@ -67,7 +67,32 @@ func TestOpenAPIDocumentValid(t *testing.T) {
 	s.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/api/v1/openapi.json", nil))
 	require.Equal(t, http.StatusOK, rec.Code)
 	require.Equal(t, "application/json", rec.Header().Get("Content-Type"))
-	require.Equal(t, openAPIDoc, rec.Body.Bytes())
+	require.Equal(t, openAPIDoc, rec.Body.Bytes(), "without a registry, the document as it is")
+
+	// With a registry, the document also publishes each feature's input schema, as written.
+	reg, err := registry.Parse("r.yaml", []byte(`services: {sim: {kind: mock}}
+features:
+  greet:
+    input: {type: object, required: [name], properties: {name: {type: string, minLength: 1}}}
+    steps: [{name: a, service: sim}]
+  bare:
+    steps: [{name: a, service: sim}]
+`), func(string) (string, bool) { return "", false })
+	require.NoError(t, err)
+	s = New(Deps{Metrics: metrics.New(func() float64 { return 0 }), Registry: reg, Settings: Settings{MaxBodyBytes: 1 << 20}}, Options{})
+	rec = httptest.NewRecorder()
+	s.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/api/v1/openapi.json", nil))
+	require.Equal(t, http.StatusOK, rec.Code)
+	var served map[string]json.RawMessage
+	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &served))
+	require.JSONEq(t, `{"greet": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "minLength": 1}}},
+		"bare": {"type": "object"}}`, string(served[featureInputsKey]))
+	var embedded map[string]json.RawMessage
+	require.NoError(t, json.Unmarshal(openAPIDoc, &embedded))
+	delete(served, featureInputsKey)
+	require.Equal(t, embedded, served, "the rest is the embedded document")
+	_, err = openapi3.NewLoader().LoadFromData(rec.Body.Bytes())
+	require.NoError(t, err, "the served document still loads")
 
 	ids := map[string]bool{}
 	for path, item := range doc.Paths.Map() {

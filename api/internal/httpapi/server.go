@@ -58,7 +58,7 @@ func (s *Server) Handler() http.Handler {
 	v1 := r.Group("/api/v1")
 	v1.GET("/health", s.live)
 	v1.GET("/health/services", s.services)
-	v1.GET("/openapi.json", openAPI(r)) // the OpenAPI document (openapi.json), no key needed
+	v1.GET("/openapi.json", openAPI(r, s.d.Registry)) // the OpenAPI document (openapi.json), no key needed
 	authed := v1.Group("", s.authenticate(headersOnly), s.rateLimit())
 	authed.POST("/jobs", s.createJob)
 	authed.GET("/jobs", s.listJobs)
