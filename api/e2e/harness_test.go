@@ -20,6 +20,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	caoclient "github.com/cao-run/cao/pkg/client"
 	"github.com/cao-run/cao/pkg/testinfra"
 )
 
@@ -248,10 +249,34 @@ func (c *cluster) stopAll() {
 	}
 }
 
-// client is a small JSON HTTP client for one API process.
+// client talks to one API process: through pkg/client (the Go client CAO ships) wherever a test
+// reads or starts jobs as a user would, and with do for the raw status and body checks of the
+// contract's edges.
 type client struct {
 	t    *testing.T
 	base string
+	once sync.Once
+	api  *caoclient.Client
+}
+
+// sdk returns the Go client for this API process.
+func (cl *client) sdk() *caoclient.Client {
+	cl.once.Do(func() {
+		c, err := caoclient.New(cl.base)
+		require.NoError(cl.t, err)
+		cl.api = c
+	})
+	return cl.api
+}
+
+// asMap turns a client value into the contract's JSON object, for tests that check its fields.
+func asMap(t *testing.T, v any) map[string]any {
+	t.Helper()
+	raw, err := json.Marshal(v)
+	require.NoError(t, err)
+	var m map[string]any
+	require.NoError(t, json.Unmarshal(raw, &m))
+	return m
 }
 
 func (c *cluster) client(p *proc) *client { return &client{t: c.t, base: "http://" + p.Addr} }
@@ -293,20 +318,25 @@ func (cl *client) do(method, path string, body any, hdr ...string) (int, map[str
 	return resp.StatusCode, out
 }
 
-// createJob posts a job and returns its id.
+// createJob starts a job with the Go client and returns its id.
 func (cl *client) createJob(feature string, input any) string {
 	cl.t.Helper()
-	code, body := cl.do("POST", "/api/v1/jobs", map[string]any{"feature_name": feature, "input_data": input})
-	require.Equal(cl.t, http.StatusAccepted, code, "%v", body)
-	return body["job_id"].(string)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	acc, err := cl.sdk().Start(ctx, caoclient.StartRequest{Feature: feature, Input: input})
+	require.NoError(cl.t, err)
+	require.Equal(cl.t, caoclient.JobPending, acc.Status)
+	return acc.JobID
 }
 
-// job fetches a job object.
+// job fetches a job object with the Go client.
 func (cl *client) job(id string) map[string]any {
 	cl.t.Helper()
-	code, body := cl.do("GET", "/api/v1/jobs/"+id, nil)
-	require.Equal(cl.t, http.StatusOK, code, "%v", body)
-	return body["job"].(map[string]any)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	j, err := cl.sdk().Get(ctx, id)
+	require.NoError(cl.t, err)
+	return asMap(cl.t, j)
 }
 
 // waitJob polls until the job has one of the statuses, failing after d.

@@ -60,7 +60,20 @@ type Job struct {
 	UpdatedAt    time.Time       `json:"updated_at"`
 	StartedAt    *time.Time      `json:"started_at"`
 	FinishedAt   *time.Time      `json:"finished_at"`
-	Steps        []Step          `json:"steps,omitempty"`
+	// Webhook is the state of the latest completion-webhook delivery (nil without webhook_url).
+	Webhook *Webhook `json:"webhook,omitempty"`
+	Steps   []Step   `json:"steps,omitempty"`
+}
+
+// Webhook is the delivery state of a job's latest completion webhook.
+type Webhook struct {
+	URL         string     `json:"url"`
+	Type        string     `json:"type"`
+	Attempts    int        `json:"attempts"`
+	LastStatus  int        `json:"last_status"`
+	LastError   string     `json:"last_error,omitempty"`
+	DeliveredAt *time.Time `json:"delivered_at"`
+	GaveUpAt    *time.Time `json:"gave_up_at,omitempty"`
 }
 
 // Step returns the step named name, or nil.
