@@ -2,6 +2,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	caoclient "github.com/cao-run/cao/pkg/client"
 )
 
 const dagRegistry = `
@@ -79,28 +82,22 @@ func TestSplitSystemRunsDAGAcrossTwoWorkers(t *testing.T) {
 	_ = resp.Body.Close()
 	require.Contains(t, string(metrics), `cao_step_attempts_total{outcome="succeeded",service="fast"}`)
 
-	// The list endpoint pages through them with a cursor.
+	// The list endpoint pages through them with a cursor (the Go client's iterator follows it).
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	seen := map[string]bool{}
-	cursor := ""
-	for page := 0; page < 10; page++ {
-		code, body := cl.do("GET", "/api/v1/jobs?feature=report&status=COMPLETED&limit=5&cursor="+cursor, nil)
-		require.Equal(t, http.StatusOK, code, "%v", body)
-		for _, j := range body["jobs"].([]any) {
-			seen[j.(map[string]any)["id"].(string)] = true
-		}
-		next, _ := body["next_cursor"].(string)
-		if next == "" {
-			break
-		}
-		cursor = next
+	for j, err := range cl.sdk().All(ctx, caoclient.ListOptions{Feature: "report", Status: caoclient.JobCompleted, Limit: 5}) {
+		require.NoError(t, err)
+		require.False(t, seen[j.ID], "no job twice across pages")
+		seen[j.ID] = true
 	}
 	require.Len(t, seen, len(ids))
 
-	code, body := cl.do("GET", "/api/v1/features", nil)
-	require.Equal(t, http.StatusOK, code)
-	require.Contains(t, fmt.Sprint(body), "research")
+	features, err := cl.sdk().Features(ctx)
+	require.NoError(t, err)
+	require.Contains(t, fmt.Sprint(features), "research")
 
-	code, body = cl.do("GET", "/api/v1/health/services", nil)
+	code, body := cl.do("GET", "/api/v1/health/services", nil)
 	require.Equal(t, http.StatusOK, code, "%v", body)
 	require.Equal(t, "ok", body["status"])
 }

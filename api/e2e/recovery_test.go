@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"syscall"
@@ -9,6 +10,8 @@ import (
 
 	"github.com/cao-run/cao/pkg/testinfra"
 	"github.com/stretchr/testify/require"
+
+	caoclient "github.com/cao-run/cao/pkg/client"
 )
 
 // Recovery through the API and the worker's lifecycle, against the counting service of
@@ -58,9 +61,9 @@ func TestResumeViaAPI(t *testing.T) {
 
 	// Fix the service and resume: only the failed and skipped steps run again, in a new run.
 	svc.setFail("b", 0, 0)
-	code, body := cl.do("POST", "/api/v1/jobs/"+id+"/resume", map[string]any{})
-	require.Equal(t, http.StatusAccepted, code, "%v", body)
-	require.Equal(t, id, body["job_id"])
+	acc, err := cl.sdk().Resume(context.Background(), id, caoclient.ResumeRequest{})
+	require.NoError(t, err)
+	require.Equal(t, id, acc.JobID)
 	j = cl.waitJob(id, 60*time.Second, "COMPLETED", "FAILED")
 	require.Equal(t, "COMPLETED", j["status"], "%v", j)
 	st = steps(j)
@@ -77,7 +80,7 @@ func TestResumeViaAPI(t *testing.T) {
 
 	// A COMPLETED job cannot be resumed, with or without from_step.
 	for _, req := range []map[string]any{{}, {"from_step": "b"}} {
-		code, body = cl.do("POST", "/api/v1/jobs/"+id+"/resume", req)
+		code, body := cl.do("POST", "/api/v1/jobs/"+id+"/resume", req)
 		require.Equal(t, http.StatusConflict, code, "%v", body)
 		require.Equal(t, "job_not_resumable", body["error"].(map[string]any)["code"])
 	}
@@ -91,8 +94,8 @@ func TestResumeViaAPI(t *testing.T) {
 	require.Equal(t, "SUCCEEDED", st["b"]["status"])
 	require.Equal(t, "FAILED", st["c"]["status"])
 	svc.setFail("c", 0, 0)
-	code, body = cl.do("POST", "/api/v1/jobs/"+id2+"/resume", map[string]any{"from_step": "b"})
-	require.Equal(t, http.StatusAccepted, code, "%v", body)
+	_, err = cl.sdk().Resume(context.Background(), id2, caoclient.ResumeRequest{FromStep: "b"})
+	require.NoError(t, err)
 	j = cl.waitJob(id2, 60*time.Second, "COMPLETED", "FAILED")
 	require.Equal(t, "COMPLETED", j["status"], "%v", j)
 	st = steps(j)
@@ -124,8 +127,8 @@ func TestCancelInFlightCall(t *testing.T) {
 	require.Equal(t, "PENDING", st["c"]["status"])
 
 	cancelAt := time.Now()
-	code, body := cl.do("POST", "/api/v1/jobs/"+id+"/cancel", nil)
-	require.Equal(t, http.StatusAccepted, code, "%v", body)
+	_, err := cl.sdk().Cancel(context.Background(), id)
+	require.NoError(t, err)
 	gone := svc.waitCall(t, 10*time.Second, "the in-flight call's context to be cancelled", func(c csCall) bool {
 		return c.Seq == call.Seq && c.Cancelled
 	})
@@ -140,7 +143,7 @@ func TestCancelInFlightCall(t *testing.T) {
 		return len(h) == 1 && h[0]["status"] == "cancelled"
 	}, "%s", "the cancelled attempt in the history")
 	require.Len(t, svc.Calls(), 1, "nothing else was called")
-	code, _ = cl.do("POST", "/api/v1/jobs/"+id+"/cancel", nil)
+	code, _ := cl.do("POST", "/api/v1/jobs/"+id+"/cancel", nil)
 	require.Equal(t, http.StatusConflict, code)
 }
 
