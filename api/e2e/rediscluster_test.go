@@ -99,9 +99,9 @@ func TestRedisClusterFleet(t *testing.T) {
 	// replica 1 issued (tickets live in the cluster).
 	hold := svc.trap(csHoldBeforeEffect, func(c *csCall) bool { return c.Step == "hold" })
 	watched := cl1.createJob("watched", map[string]any{})
-	code, body := cl1.do("POST", "/api/v1/ws-tickets", map[string]any{"job_id": watched})
-	require.Equal(t, http.StatusCreated, code, "%v", body)
-	conn, status := wsDial(t, cl2.base, watched, "ticket="+body["ticket"].(string), nil)
+	tk, err := cl1.sdk().Ticket(context.Background(), watched)
+	require.NoError(t, err)
+	conn, status := wsDial(t, cl2.base, watched, "ticket="+tk.Ticket, nil)
 	require.Equal(t, http.StatusSwitchingProtocols, status)
 	snap := wsFirst(t, conn)
 	require.Equal(t, "snapshot", snap["type"])
@@ -166,7 +166,7 @@ func TestRedisClusterFleet(t *testing.T) {
 	require.Equal(t, 3*len(ids)+1, svc.Answered(), "one call per capped step")
 
 	// asynqmon on replica 2 inspects the cluster.
-	code, body = cl2.do("GET", "/monitoring/api/redis_info", nil)
+	code, body := cl2.do("GET", "/monitoring/api/redis_info", nil)
 	require.Equal(t, http.StatusOK, code, "%v", body)
 	require.Equal(t, true, body["cluster"], "asynqmon got a cluster client")
 	code, body = cl2.do("GET", "/monitoring/api/queues", nil)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"net/http"
 	"testing"
 	"time"
@@ -19,15 +20,15 @@ func TestRetentionDeletesFinishedJobs(t *testing.T) {
 	done := cl.createJob("report", map[string]any{"topic": "old"})
 	c.startWorker()
 	cl.waitJob(done, 60*time.Second, "COMPLETED")
-	code, body := cl.do("GET", "/api/v1/jobs/"+done+"/events", nil)
-	require.Equal(t, http.StatusOK, code)
-	require.NotEmpty(t, body["events"])
+	evs, err := cl.sdk().Events(context.Background(), done, 0)
+	require.NoError(t, err)
+	require.NotEmpty(t, evs)
 
 	require.True(t, pollUntil(30*time.Second, func() bool {
 		code, _ := cl.do("GET", "/api/v1/jobs/"+done, nil)
 		return code == http.StatusNotFound
 	}), "the finished job is deleted after CAO_RETENTION")
-	code, body = cl.do("GET", "/api/v1/jobs/"+done+"/events", nil)
+	code, body := cl.do("GET", "/api/v1/jobs/"+done+"/events", nil)
 	require.Equal(t, http.StatusNotFound, code, "%v", body)
 	c.waitLog(api, "deleted jobs past retention", 5*time.Second)
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
@@ -17,6 +18,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	caoclient "github.com/cao-run/cao/pkg/client"
 )
 
 const webhookSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -87,12 +90,12 @@ func TestWebhookSurvivesWorkerKill(t *testing.T) {
 	require.Equal(t, http.StatusUnprocessableEntity, code, "%v", body)
 	require.Equal(t, "webhook_not_allowed", errCode(body))
 
-	code, body = cl.do("POST", "/api/v1/jobs", map[string]any{
-		"feature_name": "report", "input_data": map[string]any{"topic": "x"}, "webhook_url": rcv.srv.URL + "/hooks/cao",
+	acc, err := cl.sdk().Start(context.Background(), caoclient.StartRequest{
+		Feature: "report", Input: map[string]any{"topic": "x"}, WebhookURL: rcv.srv.URL + "/hooks/cao",
 	})
-	require.Equal(t, http.StatusAccepted, code, "%v", body)
-	id := body["job_id"].(string)
-	require.Contains(t, body["ui_url"], "/ui/jobs/"+id)
+	require.NoError(t, err)
+	id := acc.JobID
+	require.Contains(t, acc.UIURL, "/ui/jobs/"+id)
 
 	w1 := c.startWorker()
 	cl.waitJob(id, 60*time.Second, "COMPLETED")
