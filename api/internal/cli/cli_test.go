@@ -128,8 +128,8 @@ func TestStartGetListWatch(t *testing.T) {
 	require.Regexp(t, `(?m)^Status\s+COMPLETED$`, r.stdout)
 	require.Regexp(t, `(?m)^Feature\s+greet$`, r.stdout)
 	require.Regexp(t, `(?m)^STEP\s+STATUS\s+ATTEMPTS\s+DURATION\s+SERVICE\s+QUEUE\s+NEEDS\s+ERROR$`, r.stdout)
-	require.Regexp(t, `(?m)^hello\s+SUCCEEDED\s+1\s+\d+ms\s+fast\s+default\s*$`, r.stdout)
-	require.Regexp(t, `(?m)^shout\s+SUCCEEDED\s+1\s+\d+ms\s+fast\s+default\s+hello\s*$`, r.stdout)
+	require.Regexp(t, `(?m)^hello\s+SUCCEEDED\s+1\s+(?:\d+ms|\d+\.\d\ds|\d+m\d+s)\s+fast\s+default\s*$`, r.stdout)
+	require.Regexp(t, `(?m)^shout\s+SUCCEEDED\s+1\s+(?:\d+ms|\d+\.\d\ds|\d+m\d+s)\s+fast\s+default\s+hello\s*$`, r.stdout)
 	require.Contains(t, r.stdout, `"loud": "hello Ada!"`)
 	r = tm.ok("jobs", "get", acc.JobID, "--json")
 	var job client.Job
@@ -149,8 +149,8 @@ func TestStartGetListWatch(t *testing.T) {
 	require.Regexp(t, `^job \S+ \(greet\) started: PENDING\n`, r.stdout)
 	// hello may already run when the watch connects: then the snapshot shows it, without a time.
 	require.Regexp(t, `(?m)^(\d\d:\d\d:\d\d\.\d{3})?\s+hello\s+RUNNING$`, r.stdout)
-	require.Regexp(t, `(?m)^\d\d:\d\d:\d\d\.\d{3}\s+hello\s+SUCCEEDED\s+\d+ms$`, r.stdout)
-	require.Regexp(t, `(?m)^\d\d:\d\d:\d\d\.\d{3}\s+job\s+COMPLETED in \d+ms$`, r.stdout)
+	require.Regexp(t, `(?m)^\d\d:\d\d:\d\d\.\d{3}\s+hello\s+SUCCEEDED\s+(?:\d+ms|\d+\.\d\ds|\d+m\d+s)$`, r.stdout)
+	require.Regexp(t, `(?m)^\d\d:\d\d:\d\d\.\d{3}\s+job\s+COMPLETED in (?:\d+ms|\d+\.\d\ds|\d+m\d+s)$`, r.stdout)
 	require.Contains(t, r.stdout, `"loud": "hello Bob!"`)
 	require.Empty(t, r.stderr)
 
@@ -180,7 +180,7 @@ func TestStartGetListWatch(t *testing.T) {
 	// list: a table, pages of --limit with the command for the next page.
 	r = tm.ok("jobs", "list", "--feature", "greet", "--limit", "2")
 	require.Regexp(t, `(?m)^ID\s+FEATURE\s+STATUS\s+CREATED\s+DURATION\s+ERROR$`, r.stdout)
-	rows := regexp.MustCompile(`(?m)^[0-9a-f-]{36}\s+greet\s+COMPLETED\s+\S+Z\s+\d+ms`).FindAllString(r.stdout, -1)
+	rows := regexp.MustCompile(`(?m)^[0-9a-f-]{36}\s+greet\s+COMPLETED\s+\S+Z\s+(?:\d+ms|\d+\.\d\ds|\d+m\d+s)`).FindAllString(r.stdout, -1)
 	require.Len(t, rows, 2, r.stdout)
 	more := regexp.MustCompile(`(?m)^more: cao-api (jobs list --cursor \S+ --feature greet --limit 2)$`).FindStringSubmatch(r.stdout)
 	require.NotNil(t, more, r.stdout)
@@ -222,8 +222,8 @@ func TestFailedCancelledResumed(t *testing.T) {
 	r := tm.run("jobs", "start", "broken", "--wait")
 	require.Equal(t, ExitJobBad, r.code, "stdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
 	require.Regexp(t, `(?m)^\d\d:\d\d:\d\d\.\d{3}\s+fails\s+RETRYING\s+attempt 1\s+\S`, r.stdout)
-	require.Regexp(t, `(?m)^\d\d:\d\d:\d\d\.\d{3}\s+fails\s+FAILED\s+attempt 2\s+\d+ms\s+\S`, r.stdout)
-	require.Regexp(t, `(?m)^\d\d:\d\d:\d\d\.\d{3}\s+job\s+FAILED in \d+ms`, r.stdout)
+	require.Regexp(t, `(?m)^\d\d:\d\d:\d\d\.\d{3}\s+fails\s+FAILED\s+attempt 2\s+(?:\d+ms|\d+\.\d\ds|\d+m\d+s)\s+\S`, r.stdout)
+	require.Regexp(t, `(?m)^\d\d:\d\d:\d\d\.\d{3}\s+job\s+FAILED in (?:\d+ms|\d+\.\d\ds|\d+m\d+s)`, r.stdout)
 	require.Contains(t, r.stdout, "step fails failed after 2 attempt(s): ")
 	require.Empty(t, r.stderr)
 	id := regexp.MustCompile(`^job (\S+) `).FindStringSubmatch(r.stdout)[1]
