@@ -198,8 +198,11 @@ func TestLimitsConcurrencyCapAcrossWorkers(t *testing.T) {
 	require.Len(t, workers, 2, "both workers ran steps: %v", workers)
 	t.Logf("60 calls, peak in flight %d, %s", peak, elapsed.Round(time.Millisecond))
 
-	// Every lease was given back.
-	require.EqualValues(t, 0, serviceHealth(t, cl, "api")["leases_in_use"])
+	// Every lease was given back. A worker releases its slot just after it recorded the outcome,
+	// so the last job may be COMPLETED a moment before its slot is free.
+	testinfra.Eventually(t, 10*time.Second, func() bool {
+		return serviceHealth(t, cl, "api")["leases_in_use"] == float64(0)
+	}, "%s", "every lease given back")
 }
 
 func TestLimitsCrashedHolderLeaseFrees(t *testing.T) {
