@@ -123,9 +123,10 @@ func Parse(lookup func(string) (string, bool)) (Config, error) {
 			p.errs = append(p.errs, fmt.Errorf("CAO_WEBHOOK_SECRET: %w", err))
 		}
 	}
-	hosts, err := webhook.NewPolicy(p.str("CAO_WEBHOOK_ALLOWED_HOSTS", ""))
+	hostList := p.str("CAO_WEBHOOK_ALLOWED_HOSTS", "")
+	hosts, err := webhook.NewPolicy(hostList)
 	if err != nil {
-		p.bad("CAO_WEBHOOK_ALLOWED_HOSTS", p.str("CAO_WEBHOOK_ALLOWED_HOSTS", ""), "comma-separated host or host:port entries ("+err.Error()+")")
+		p.bad("CAO_WEBHOOK_ALLOWED_HOSTS", hostList, "comma-separated host or host:port entries ("+err.Error()+")")
 	} else if !hosts.Empty() && c.WebhookSecret == "" {
 		p.errs = append(p.errs, errors.New("CAO_WEBHOOK_ALLOWED_HOSTS: webhooks need CAO_WEBHOOK_SECRET to sign them (whsec_ followed by base64 of 32 random bytes)"))
 	}

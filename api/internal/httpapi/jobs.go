@@ -164,7 +164,7 @@ func (s *Server) baseURL(c *gin.Context) string {
 		return pub
 	}
 	scheme := "http"
-	if c.Request.TLS != nil || strings.EqualFold(c.GetHeader("X-Forwarded-Proto"), "https") {
+	if secureRequest(c) {
 		scheme = "https"
 	}
 	return scheme + "://" + c.Request.Host
