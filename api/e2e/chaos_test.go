@@ -445,6 +445,7 @@ func chaosStopWorker(t *testing.T, row *chaosRow) {
 	t.Cleanup(func() {
 		if t.Failed() { // the state to look at when recovery did not happen in time
 			t.Logf("job %s at failure: %v", call.Job, cl.job(call.Job))
+			t.Logf("calls of %s: %+v", call.Key, keyCalls(svc, call.Key))
 		}
 	})
 	// The service answers the stopped worker (the effect is applied by its attempt); the answer

@@ -201,13 +201,41 @@ func (c *cluster) tail(p *proc) string {
 	return fmt.Sprintf("--- %s log (%s) ---\n%s", p.name, p.log, b)
 }
 
-// signal sends sig to the process; for SIGKILL it also waits for the exit.
+// signal sends sig to the process; for SIGKILL it also waits for the exit, for SIGSTOP until every
+// thread of the process is stopped. kill(2) returns once the signal is queued: a stop takes effect
+// only when the thread the kernel handed it to gets a CPU and stops the others, and on a loaded
+// machine the other threads go on running meanwhile (they have received an answer and committed
+// its outcome more than 100 ms after kill returned).
 func (p *proc) signal(t *testing.T, sig syscall.Signal) {
 	t.Helper()
 	require.NoError(t, p.cmd.Process.Signal(sig))
-	if sig == syscall.SIGKILL {
+	switch sig {
+	case syscall.SIGKILL:
 		<-p.done
+	case syscall.SIGSTOP:
+		testinfra.Eventually(t, 10*time.Second, func() bool { return p.stopped(t) }, "%s",
+			fmt.Sprintf("every thread of %s (pid %d) to stop", p.name, p.cmd.Process.Pid))
 	}
+}
+
+// stopped reports whether every thread of the process is stopped (state T in /proc/PID/task/*/stat).
+func (p *proc) stopped(t *testing.T) bool {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/task", p.cmd.Process.Pid)
+	ents, err := os.ReadDir(dir)
+	require.NoError(t, err, "the threads of %s (Linux /proc)", p.name)
+	for _, e := range ents {
+		raw, err := os.ReadFile(filepath.Join(dir, e.Name(), "stat"))
+		if err != nil {
+			continue // the thread exited
+		}
+		// "TID (comm) S ...": the state follows the last ')' (comm may hold one).
+		i := bytes.LastIndexByte(raw, ')')
+		if i < 0 || i+2 >= len(raw) || raw[i+2] != 'T' {
+			return false
+		}
+	}
+	return len(ents) > 0
 }
 
 // wait waits for the process to exit.
