@@ -125,10 +125,15 @@ func serviceHealth(t *testing.T, cl *client, name string) map[string]any {
 	return svc
 }
 
-// metricsText returns the API's /metrics page.
-func metricsText(t *testing.T, cl *client) string {
+// metricsText returns the API's /metrics page, asked with an API key if one is given.
+func metricsText(t *testing.T, cl *client, key ...string) string {
 	t.Helper()
-	resp, err := http.Get(cl.base + "/metrics")
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, cl.base+"/metrics", nil)
+	require.NoError(t, err)
+	for _, k := range key {
+		req.Header.Set("Authorization", "Bearer "+k)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)

@@ -102,6 +102,17 @@ type Step struct {
 	Output         json.RawMessage `json:"output"`
 	NextAttemptAt  *time.Time      `json:"next_attempt_at,omitempty"`
 	AttemptHistory []Attempt       `json:"attempt_history"`
+	// Waiting says why a QUEUED step has not started (GetJob only; nil when not known to wait).
+	Waiting *Waiting `json:"waiting,omitempty"`
+}
+
+// Waiting is why a step waits for its service.
+type Waiting struct {
+	Reason  string     `json:"reason"` // slot, tenant_slot, key_slot, rate_budget, hold
+	Service string     `json:"service"`
+	Message string     `json:"message"` // "waiting for a slot on llm: 8/8 in use"
+	Since   time.Time  `json:"since"`
+	Until   *time.Time `json:"until,omitempty"`
 }
 
 // Attempt is one entry of a step's attempt_history.

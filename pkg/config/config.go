@@ -66,6 +66,9 @@ type Config struct {
 	// WSMaxPerTenant is CAO_WS_MAX_PER_TENANT: open WebSocket connections one tenant may hold on one
 	// API process (0: no cap).
 	WSMaxPerTenant int
+	// TenantWeights is CAO_TENANT_WEIGHTS ("acme=3,globex=1"): each tenant's share of a saturated
+	// service relative to the others; a tenant not listed weighs 1.
+	TenantWeights map[string]int
 }
 
 // Defaults of the HTTP hardening variables.
@@ -115,6 +118,7 @@ func Parse(lookup func(string) (string, bool)) (Config, error) {
 		Retention:         p.duration("CAO_RETENTION", DefaultRetention, 0),
 		HTTPReadTimeout:   p.duration("CAO_HTTP_READ_TIMEOUT", DefaultHTTPReadTimeout, 100*time.Millisecond),
 		WSMaxPerTenant:    p.integer("CAO_WS_MAX_PER_TENANT", DefaultWSMaxPerTenant, 0, 1_000_000),
+		TenantWeights:     p.weights("CAO_TENANT_WEIGHTS"),
 	}
 	c.WebhookSecret = p.str("CAO_WEBHOOK_SECRET", "")
 	if c.WebhookSecret != "" {
@@ -231,6 +235,26 @@ func (p *parser) rateLimit(name string) registry.RateLimit {
 		return registry.RateLimit{}
 	}
 	return registry.RateLimit{Requests: count, Per: d}
+}
+
+// weights parses "acme=3,globex=1": tenant names and whole weights from 1 to 1000.
+func (p *parser) weights(name string) map[string]int {
+	v := p.str(name, "")
+	if v == "" {
+		return nil
+	}
+	out := map[string]int{}
+	for _, part := range strings.Split(v, ",") {
+		tenant, w, ok := strings.Cut(strings.TrimSpace(part), "=")
+		tenant = strings.TrimSpace(tenant)
+		n, err := strconv.Atoi(strings.TrimSpace(w))
+		if _, dup := out[tenant]; !ok || err != nil || n < 1 || n > 1000 || !auth.ValidTenant(tenant) || dup {
+			p.bad(name, v, "tenant=weight entries, comma-separated, such as acme=3,globex=1 (tenant names once each, weights 1 to 1000)")
+			return nil
+		}
+		out[tenant] = n
+	}
+	return out
 }
 
 func (p *parser) list(name string) []string {

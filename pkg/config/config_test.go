@@ -106,6 +106,7 @@ func TestKeysAndLimits(t *testing.T) {
 	require.Equal(t, registry.RateLimit{Requests: 50, Per: time.Second}, c.RateLimit)
 	require.Equal(t, 5*time.Second, c.HTTPReadTimeout)
 	require.Equal(t, 7, c.WSMaxPerTenant)
+	require.Nil(t, c.TenantWeights, "unset: every tenant weighs 1")
 
 	c, err = Parse(env(map[string]string{"CAO_ADMIN_KEYS": "root", "CAO_RATE_LIMIT": "600/m"}))
 	require.NoError(t, err)
@@ -145,4 +146,15 @@ func TestWebhookSettings(t *testing.T) {
 	require.NotContains(t, err.Error(), "not-a-secret-value", "the error never quotes the secret")
 	_, err = Parse(env(map[string]string{"CAO_WEBHOOK_SECRET": secret, "CAO_WEBHOOK_ALLOWED_HOSTS": "a/b"}))
 	require.ErrorContains(t, err, "CAO_WEBHOOK_ALLOWED_HOSTS")
+}
+
+func TestTenantWeights(t *testing.T) {
+	t.Parallel()
+	c, err := Parse(env(map[string]string{"CAO_TENANT_WEIGHTS": " acme=3, globex = 1 "}))
+	require.NoError(t, err)
+	require.Equal(t, map[string]int{"acme": 3, "globex": 1}, c.TenantWeights)
+	for _, bad := range []string{"acme", "acme=0", "acme=1001", "acme=x", "bad tenant=2", "acme=1,acme=2", "=3"} {
+		_, err := Parse(env(map[string]string{"CAO_TENANT_WEIGHTS": bad}))
+		require.ErrorContains(t, err, "CAO_TENANT_WEIGHTS", bad)
+	}
 }

@@ -180,7 +180,7 @@ func (r *Reconciler) Sweep(ctx context.Context, all bool) (int, error) {
 	}
 	n := 0
 	for _, s := range steps {
-		ot := task.ForStep(&s, "", r.now())
+		ot := task.ForStep(&s, "", "", r.now())
 		id := ot.TaskID
 		st, err := r.taskState(ctx, s.Queue, id)
 		if err != nil {

@@ -45,7 +45,14 @@ type RelayConfig struct {
 	// Now is the clock that ages outbox rows. Default time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
+	// Route, when set, may change a task Dispatch is about to enqueue (a step of a saturated service
+	// waits parked: see package fairness) and return what to do once it is enqueued. Optional.
+	Route Route
 }
+
+// Route decides how a committed task is enqueued: it returns the task to enqueue and, optionally, a
+// function to run once it is in the queue.
+type Route func(ctx context.Context, t store.OutboxTask) (store.OutboxTask, func(context.Context))
 
 func (c RelayConfig) withDefaults() RelayConfig {
 	if c.PollInterval <= 0 {
@@ -135,10 +142,17 @@ func (r *Relay) Enqueued() int64 {
 func (r *Relay) Dispatch(ctx context.Context, tasks []store.OutboxTask) {
 	ids := make([]int64, 0, len(tasks))
 	for _, t := range tasks {
+		var enqueued func(context.Context)
+		if r.cfg.Route != nil {
+			t, enqueued = r.cfg.Route(ctx, t)
+		}
 		if err := Enqueue(ctx, r.q, t); err != nil {
 			r.cfg.Logger.Warn("dispatch task; the relay will send it", "task_id", t.TaskID, "err", err)
 			r.Notify()
 			continue
+		}
+		if enqueued != nil {
+			enqueued(ctx)
 		}
 		if t.ID != 0 {
 			ids = append(ids, t.ID)

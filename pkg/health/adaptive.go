@@ -65,10 +65,32 @@ func (c *Checker) adaptiveCheck(ctx context.Context, name string, mu *sync.Mutex
 	services[name] = sc
 }
 
+// waitingCheck fills the steps waiting for service name, parked per tenant and in wait rooms, into
+// services (under mu).
+func (c *Checker) waitingCheck(ctx context.Context, name string, mu *sync.Mutex, services map[string]ServiceCheck) {
+	parked, err := c.fair.Waiting(ctx, name)
+	if err != nil {
+		return
+	}
+	rooms, err := c.sem.Waiting(ctx, name)
+	if err != nil {
+		return
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	sc := services[name]
+	if len(parked) > 0 {
+		sc.Waiting = parked
+	}
+	sc.WaitingInRooms = rooms
+	services[name] = sc
+}
+
 // Limits is the adaptive state of one service, for metrics.
 type Limits struct {
-	Effective int           // the effective limit (max_concurrency without adaptive); 0: unlimited
-	Hold      time.Duration // how long calls still wait for the provider's budget; 0: none
+	Effective int            // the effective limit (max_concurrency without adaptive); 0: unlimited
+	Hold      time.Duration  // how long calls still wait for the provider's budget; 0: none
+	Waiting   map[string]int // steps parked in the service's fair queue, per tenant
 }
 
 // Limits returns every service's effective limit and hold, read now (within CheckTimeout); a
@@ -79,9 +101,22 @@ func (c *Checker) Limits(ctx context.Context) map[string]Limits {
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	out := make(map[string]Limits, len(c.reg.Services))
+	waiting := make(map[string]map[string]int)
 	for name, svc := range c.reg.Services {
+		if svc.MaxConcurrency > 0 {
+			wg.Go(func() {
+				w, err := c.fair.Waiting(ctx, name)
+				if err == nil && len(w) > 0 {
+					mu.Lock()
+					waiting[name] = w
+					mu.Unlock()
+				}
+			})
+		}
 		if !adapts(svc) {
+			mu.Lock()
 			out[name] = Limits{Effective: svc.MaxConcurrency}
+			mu.Unlock()
 			continue
 		}
 		wg.Go(func() {
@@ -99,5 +134,11 @@ func (c *Checker) Limits(ctx context.Context) map[string]Limits {
 		})
 	}
 	wg.Wait()
+	for name, w := range waiting {
+		if l, ok := out[name]; ok {
+			l.Waiting = w
+			out[name] = l
+		}
+	}
 	return out
 }

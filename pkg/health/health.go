@@ -27,6 +27,7 @@ import (
 	"github.com/cao-run/cao/pkg/registry"
 	"github.com/cao-run/cao/pkg/startstop"
 	"github.com/cao-run/cao/pkg/store"
+	"github.com/cao-run/cao/pkg/waits"
 )
 
 // Overall statuses.
@@ -133,6 +134,11 @@ type ServiceCheck struct {
 	// was spent, HoldBudget which one ("requests", "tokens", an IETF policy name, "retry_after").
 	HoldSeconds float64 `json:"hold_seconds,omitempty"`
 	HoldBudget  string  `json:"hold_budget,omitempty"`
+	// Waiting counts the steps parked in the service's fair queue while it is saturated, per tenant
+	// (tenants with none are left out); WaitingInRooms the steps waiting in workers' wait rooms,
+	// next in line for a slot.
+	Waiting        map[string]int `json:"waiting,omitempty"`
+	WaitingInRooms int            `json:"waiting_in_rooms,omitempty"`
 	// Probe is ProbeOK or ProbeFailed (the last probe's outcome), ProbePending before the first
 	// probe, or empty when the service has no probe.
 	Probe     string  `json:"probe,omitempty"`
@@ -174,7 +180,9 @@ type Checker struct {
 	reg    *registry.Registry
 	sem    *limiter.Semaphore
 	rate   *limiter.RateLimiter
-	adapt  *limiter.Adaptive // holds and adaptive limits, on sem's Redis and prefix
+	adapt  *limiter.Adaptive  // holds and adaptive limits, on sem's Redis and prefix
+	fair   *limiter.FairQueue // steps parked while their service is saturated
+	waits  *waits.Book        // why steps wait, as workers noted it
 	caller *caller.Caller
 	queues []string
 	cfg    Config
@@ -204,7 +212,7 @@ type liveCache struct {
 func NewChecker(st store.Store, rdb redis.UniversalClient, reg *registry.Registry, sem *limiter.Semaphore, rate *limiter.RateLimiter, c *caller.Caller, queues []string, cfg Config) *Checker {
 	cfg = cfg.withDefaults()
 	ch := &Checker{
-		store: st, rdb: rdb, insp: asynq.NewInspectorFromRedisClient(rdb), reg: reg, sem: sem, rate: rate, caller: c, adapt: limiter.AdaptiveFor(sem),
+		store: st, rdb: rdb, insp: asynq.NewInspectorFromRedisClient(rdb), reg: reg, sem: sem, rate: rate, caller: c, adapt: limiter.AdaptiveFor(sem), fair: limiter.FairQueueFor(sem), waits: waits.New(rdb, sem.Prefix()),
 		queues: queues, cfg: cfg, log: cfg.Logger, results: map[string]probeResult{},
 	}
 	for _, name := range sortedServices(reg) {
@@ -523,6 +531,9 @@ func (c *Checker) Run(ctx context.Context) Report {
 			r.Services[name] = sc
 			mu.Unlock()
 		})
+		if c.reg.Services[name].MaxConcurrency > 0 {
+			wg.Go(func() { c.waitingCheck(ctx, name, &mu, r.Services) })
+		}
 	}
 	wg.Wait()
 	r.Status = overall(r.Postgres.Status == StatusOK, r.Redis.Status == StatusOK, r.Services)

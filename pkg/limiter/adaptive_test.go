@@ -209,7 +209,7 @@ func TestWaitRoomFollowsAnAdaptiveLimit(t *testing.T) {
 	next := func(context.Context) (int, error) { polls.Add(1); return int(limit.Load()), nil }
 	got := make(chan acquired, 1)
 	go func() {
-		l, err := w.AcquireAdaptive(b.ctx, "llm", 1, next, time.Minute, 4)
+		l, err := w.AcquireWith(b.ctx, "llm", 1, time.Minute, 4, WaitOptions{Next: next})
 		got <- acquired{l, err}
 	}()
 	b.waitForWaiters(t, "llm", 1)
@@ -222,7 +222,7 @@ func TestWaitRoomFollowsAnAdaptiveLimit(t *testing.T) {
 	// The limit shrinks: a release that leaves it full does not let the next waiter in.
 	limit.Store(1)
 	go func() {
-		l, err := w.AcquireAdaptive(b.ctx, "llm", 2, next, time.Minute, 4)
+		l, err := w.AcquireWith(b.ctx, "llm", 2, time.Minute, 4, WaitOptions{Next: next})
 		got <- acquired{l, err}
 	}()
 	b.waitForWaiters(t, "llm", 1)
@@ -242,7 +242,7 @@ func TestWaitRoomFollowsAnAdaptiveLimit(t *testing.T) {
 	blocker, err := w.Acquire(b.ctx, "llm", 1, time.Minute, 4)
 	require.NoError(t, err)
 	stop := errors.New("on hold")
-	_, err = w.AcquireAdaptive(b.ctx, "llm", 1, func(context.Context) (int, error) { return 0, stop }, time.Minute, 4)
+	_, err = w.AcquireWith(b.ctx, "llm", 1, time.Minute, 4, WaitOptions{Next: func(context.Context) (int, error) { return 0, stop }})
 	require.ErrorIs(t, err, stop)
 	b.waitForWaiters(t, "llm", 0)
 	require.NoError(t, b.sem.Release(b.ctx, blocker))

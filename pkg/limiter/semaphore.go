@@ -69,11 +69,28 @@ func checkName(op, name string) error {
 	if strings.ContainsAny(name, "{}") {
 		return fmt.Errorf("limiter: %s %q: a semaphore name may not contain '{' or '}'", op, name)
 	}
+	if svc, sub, ok := strings.Cut(name, "|"); ok && (svc == "" || sub == "") {
+		return fmt.Errorf("limiter: %s %q: both parts of a two-part semaphore name must be set", op, name)
+	}
 	return nil
 }
 
+// tenantSub starts the second part of the name of a tenant's semaphore within a service.
+const tenantSub = "t:"
+
+// TenantSemaphore is the name of tenant's share of service's semaphore (max_concurrency_per_tenant):
+// a semaphore of its own whose keys share the service's hash tag.
+func TenantSemaphore(service, tenant string) string { return service + "|" + tenantSub + tenant }
+
+// A semaphore name may have two parts, "service|sub": a semaphore within service (one tenant's or one
+// key's share of it, see TenantSemaphore). Its keys share service's hash tag, so scripts about the
+// service may read them.
 func (s *Semaphore) keys(name string) semKeys {
-	base := s.cfg.Prefix + "sem:{" + name + "}:"
+	svc, sub, _ := strings.Cut(name, "|")
+	base := s.cfg.Prefix + "sem:{" + svc + "}:"
+	if sub != "" {
+		base += sub + ":"
+	}
 	return semKeys{holders: base + "holders", fence: base + "fence", waiters: base + "waiters", seen: base + "seen"}
 }
 
@@ -309,6 +326,21 @@ func (s *Semaphore) InUse(ctx context.Context, name string) (int, error) {
 	n, err := inUseScript.Run(ctx, s.rdb, []string{s.keys(name).holders}).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("limiter: in use %q: %w", name, err)
+	}
+	return int(n), nil
+}
+
+// Prefix is the key prefix of the semaphore's Redis keys (Config.Prefix).
+func (s *Semaphore) Prefix() string { return s.cfg.Prefix }
+
+// Waiting returns how many callers wait in semaphore name's fleet-wide queue (in wait rooms).
+func (s *Semaphore) Waiting(ctx context.Context, name string) (int, error) {
+	if err := checkName("waiting", name); err != nil {
+		return 0, err
+	}
+	n, err := s.rdb.ZCard(ctx, s.keys(name).waiters).Result()
+	if err != nil {
+		return 0, fmt.Errorf("limiter: waiting %q: %w", name, err)
 	}
 	return int(n), nil
 }

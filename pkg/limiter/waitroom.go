@@ -136,13 +136,25 @@ func (w *WaitRoom) Waiting(name string) int {
 // once; the others wait in the lobby for a place, and Acquire returns ErrFull when none frees within
 // LobbyWait. A caller that stops waiting (ctx ended) gives up its place in the queue.
 func (w *WaitRoom) Acquire(ctx context.Context, name string, limit int, ttl time.Duration, roomSize int) (Lease, error) {
-	return w.AcquireAdaptive(ctx, name, limit, nil, ttl, roomSize)
+	return w.AcquireWith(ctx, name, limit, ttl, roomSize, WaitOptions{})
 }
 
-// AcquireAdaptive is Acquire under a limit that may change while the caller waits (an adaptive
-// limit): limit is the limit now, and before every later try next (when not nil) returns the limit
-// then. An error from next ends the wait with that error, the caller's place in the queue given up.
-func (w *WaitRoom) AcquireAdaptive(ctx context.Context, name string, limit int, next func(context.Context) (int, error), ttl time.Duration, roomSize int) (Lease, error) {
+// WaitOptions are the optional parts of a wait for a slot (AcquireWith).
+type WaitOptions struct {
+	// Next, when set, returns the limit before every try after the first: the limit may change while
+	// the caller waits (an adaptive limit). An error from it ends the wait with that error.
+	Next func(context.Context) (int, error)
+	// Enter, when set, is asked after the first try found no free slot, before the caller waits in
+	// the room or the lobby: an error from it ends the wait with that error (a caller that must wait
+	// elsewhere, such as behind other tenants' parked steps).
+	Enter func(context.Context) error
+	// NoLobby makes a caller that finds the room full return ErrFull at once, instead of waiting in
+	// the lobby for a place.
+	NoLobby bool
+}
+
+// AcquireWith is Acquire with options.
+func (w *WaitRoom) AcquireWith(ctx context.Context, name string, limit int, ttl time.Duration, roomSize int, o WaitOptions) (Lease, error) {
 	if limit <= 0 {
 		return w.sem.Acquire(ctx, name, limit, ttl, "")
 	}
@@ -154,17 +166,29 @@ func (w *WaitRoom) AcquireAdaptive(ctx context.Context, name string, limit int, 
 	if !errors.Is(err, ErrFull) {
 		return l, err
 	}
+	if o.Enter != nil {
+		if err := o.Enter(ctx); err != nil {
+			return Lease{}, err
+		}
+	}
 	room := w.arrive(name, max(roomSize, 1))
 	defer w.depart(name)
-	lobby := time.NewTimer(w.cfg.LobbyWait)
 	select {
 	case room <- struct{}{}:
-		lobby.Stop()
-	case <-lobby.C:
-		return Lease{}, ErrFull
-	case <-ctx.Done():
-		lobby.Stop()
-		return Lease{}, context.Cause(ctx)
+	default:
+		if o.NoLobby {
+			return Lease{}, ErrFull
+		}
+		lobby := time.NewTimer(w.cfg.LobbyWait)
+		select {
+		case room <- struct{}{}:
+			lobby.Stop()
+		case <-lobby.C:
+			return Lease{}, ErrFull
+		case <-ctx.Done():
+			lobby.Stop()
+			return Lease{}, context.Cause(ctx)
+		}
 	}
 	defer func() { <-room }()
 	wid, wake := w.enter()
@@ -187,8 +211,8 @@ func (w *WaitRoom) AcquireAdaptive(ctx context.Context, name string, limit int, 
 		case <-wake:
 		case <-timer.C:
 		}
-		if next != nil {
-			n, err := next(ctx)
+		if o.Next != nil {
+			n, err := o.Next(ctx)
 			if err != nil {
 				w.giveUp(ctx, name, wid)
 				return Lease{}, err

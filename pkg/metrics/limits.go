@@ -8,17 +8,20 @@ import (
 
 // ServiceLimits is the adaptive state of one service, as a LimitCollector reads it.
 type ServiceLimits struct {
-	Effective int           // the limit calls are admitted under now; 0: unlimited
-	Hold      time.Duration // how long calls still wait for the provider's budget to reset; 0: none
+	Effective int            // the limit calls are admitted under now; 0: unlimited
+	Hold      time.Duration  // how long calls still wait for the provider's budget to reset; 0: none
+	Waiting   map[string]int // steps parked while the service is saturated, per tenant
 }
 
 // LimitCollector exposes, per service, the fleet-wide limits that adapt to the service's answers,
 // read at scrape time: cao_service_effective_limit (max_concurrency, or the AIMD limit of an adaptive
-// service) and cao_service_hold_seconds (the provider said a budget is spent). Every process reads
+// service), cao_service_hold_seconds (the provider said a budget is spent) and
+// cao_service_waiting_steps (steps parked per tenant while the service is saturated). Every process reads
 // the same Redis state, so they report the same values.
 type LimitCollector struct {
 	effective *prometheus.Desc
 	hold      *prometheus.Desc
+	waiting   *prometheus.Desc
 	read      func() map[string]ServiceLimits
 }
 
@@ -31,17 +34,27 @@ func NewLimitCollector(read func() map[string]ServiceLimits) *LimitCollector {
 		hold: prometheus.NewDesc("cao_service_hold_seconds",
 			"Seconds calls to the service still wait because the provider said its rate-limit budget was spent (0: none), by service.",
 			[]string{"service"}, nil),
+		waiting: prometheus.NewDesc("cao_service_waiting_steps",
+			"Steps parked in the service's fair queue while it is saturated, by service and tenant (tenants with none are left out).",
+			[]string{"service", "tenant"}, nil),
 		read: read,
 	}
 }
 
 // Describe implements prometheus.Collector.
-func (c *LimitCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.effective; ch <- c.hold }
+func (c *LimitCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.effective
+	ch <- c.hold
+	ch <- c.waiting
+}
 
 // Collect implements prometheus.Collector.
 func (c *LimitCollector) Collect(ch chan<- prometheus.Metric) {
 	for svc, l := range c.read() {
 		ch <- prometheus.MustNewConstMetric(c.effective, prometheus.GaugeValue, float64(l.Effective), svc)
 		ch <- prometheus.MustNewConstMetric(c.hold, prometheus.GaugeValue, l.Hold.Seconds(), svc)
+		for tenant, n := range l.Waiting {
+			ch <- prometheus.MustNewConstMetric(c.waiting, prometheus.GaugeValue, float64(n), svc, tenant)
+		}
 	}
 }

@@ -6,12 +6,12 @@ import (
 	"github.com/cao-run/cao/pkg/metrics"
 )
 
-// limits reads every service's effective limit and hold for cao_service_effective_limit and
-// cao_service_hold_seconds.
+// limits reads every service's effective limit, hold and parked steps for
+// cao_service_effective_limit, cao_service_hold_seconds and cao_service_waiting_steps.
 func (n *Node) limits() map[string]metrics.ServiceLimits {
 	out := map[string]metrics.ServiceLimits{}
 	for name, l := range n.Health.Limits(context.Background()) {
-		out[name] = metrics.ServiceLimits{Effective: l.Effective, Hold: l.Hold}
+		out[name] = metrics.ServiceLimits{Effective: l.Effective, Hold: l.Hold, Waiting: l.Waiting}
 	}
 	return out
 }

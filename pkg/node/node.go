@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 	"github.com/cao-run/cao/pkg/config"
 	"github.com/cao-run/cao/pkg/dispatch"
 	"github.com/cao-run/cao/pkg/events"
+	"github.com/cao-run/cao/pkg/fairness"
 	"github.com/cao-run/cao/pkg/health"
 	"github.com/cao-run/cao/pkg/limiter"
 	"github.com/cao-run/cao/pkg/maintenance"
@@ -30,6 +33,7 @@ import (
 	"github.com/cao-run/cao/pkg/runner"
 	"github.com/cao-run/cao/pkg/store"
 	"github.com/cao-run/cao/pkg/store/sqlstore"
+	"github.com/cao-run/cao/pkg/waits"
 	"github.com/cao-run/cao/pkg/webhook"
 )
 
@@ -106,7 +110,11 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger, id string) (
 func Build(cfg config.Config, log *slog.Logger, id string, reg *registry.Registry, st store.Store, rdb redis.UniversalClient) *Node {
 	n := &Node{Config: cfg, Logger: log, ID: id, Registry: reg, Store: st, Redis: rdb}
 	n.Queue = asynq.NewClientFromRedisClient(rdb)
-	n.Relay = dispatch.NewRelay(st, n.Queue, dispatch.RelayConfig{Logger: log.With("component", "relay")})
+	n.Semaphore = limiter.NewSemaphore(rdb, limiter.Config{})
+	// Steps dispatched while their service has steps parked wait parked behind them (fairness).
+	parker := fairness.New(limiter.FairQueueFor(n.Semaphore), n.Queue, asynq.NewInspectorFromRedisClient(rdb), reg,
+		fairness.Config{Weights: cfg.TenantWeights, Logger: log.With("component", "relay"), Notes: waits.New(rdb, n.Semaphore.Prefix())})
+	n.Relay = dispatch.NewRelay(st, n.Queue, dispatch.RelayConfig{Logger: log.With("component", "relay"), Route: parker.Route})
 	n.Hub = events.NewHub(rdb)
 	n.Orchestrator = orchestrator.New(st, reg, events.NewRedisPublisher(rdb), n.Relay, orchestrator.Config{
 		StepLeaseTTL:   cfg.StepLeaseTTL,
@@ -122,7 +130,6 @@ func Build(cfg config.Config, log *slog.Logger, id string, reg *registry.Registr
 	n.Maintainer = maintenance.New(n.Orchestrator, n.Reconciler, rdb, maintenance.Config{
 		ID: id, Retention: cfg.Retention, Logger: log.With("component", "maintenance"),
 	})
-	n.Semaphore = limiter.NewSemaphore(rdb, limiter.Config{})
 	n.RateLimiter = limiter.NewRateLimiter(rdb, limiter.Config{})
 	n.Caller = caller.New(caller.Config{})
 	// The checker probes services in the background only once a process asks it for a report (the
@@ -162,6 +169,14 @@ func (n *Node) NewRunner(cfg runner.Config) *runner.Runner {
 	}
 	if cfg.WorkerID == "" {
 		cfg.WorkerID = n.ID
+	}
+	if cfg.TenantWeights == nil {
+		cfg.TenantWeights = n.Config.TenantWeights
+	}
+	if cfg.Services == nil {
+		for _, name := range slices.Sorted(maps.Keys(n.Registry.Services)) {
+			cfg.Services = append(cfg.Services, n.Registry.Services[name])
+		}
 	}
 	if cfg.Hooks.OnAttempt == nil {
 		cfg.Hooks.OnAttempt = n.Metrics.ObserveAttempt

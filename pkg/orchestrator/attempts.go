@@ -70,6 +70,9 @@ func (o *Orchestrator) Prepare(ctx context.Context, p task.StepPayload) (*Target
 	if st == nil || !waitsFor(st, p) {
 		return nil, fmt.Errorf("%w: step no longer waits for attempt %d of run %d", ErrStale, p.Attempt, p.Run)
 	}
+	if p.Tenant == "" {
+		p.Tenant = job.Tenant
+	}
 	t, ok := o.target(p, job.FeatureName)
 	if !ok {
 		// The registry changed under a running job: fail the step rather than loop forever.

@@ -264,13 +264,13 @@ func (u *unit) enqueue(s *store.Step, at *time.Time, errMsg, reason string) {
 	} else {
 		u.setStep(s, store.StepQueued, errMsg, reason)
 	}
-	u.outbox = append(u.outbox, task.ForStep(s, u.job.FeatureName, u.now))
+	u.outbox = append(u.outbox, task.ForStep(s, u.job.FeatureName, u.job.Tenant, u.now))
 }
 
 // redispatch stages the task of a waiting step again without changing its state (recovery paths:
 // the deterministic task id makes a duplicate harmless).
 func (u *unit) redispatch(s *store.Step) {
-	u.outbox = append(u.outbox, task.ForStep(s, u.job.FeatureName, u.now))
+	u.outbox = append(u.outbox, task.ForStep(s, u.job.FeatureName, u.job.Tenant, u.now))
 }
 
 // advance moves the DAG forward after any change: it queues steps whose needs all succeeded, skips

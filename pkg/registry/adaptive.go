@@ -1,7 +1,8 @@
 package registry
 
-// This file decodes the limits that adapt to the provider: adaptive (AIMD concurrency) and
-// budget_headers (follow the rate-limit budget a service reports on its answers).
+// This file decodes the limits that adapt to the provider and share a service between tenants:
+// adaptive (AIMD concurrency), budget_headers (follow the rate-limit budget a service reports on its
+// answers) and max_concurrency_per_tenant.
 
 import (
 	"gopkg.in/yaml.v3"
@@ -20,6 +21,21 @@ func (l *loader) adaptiveLimits(f map[string]*yaml.Node, path string, svc *Servi
 	}
 	if v := f["adaptive"]; v != nil {
 		svc.Adaptive = l.adaptive(v, join(path, "adaptive"), svc.MaxConcurrency, f["max_concurrency"] != nil)
+	}
+	if v := f["max_concurrency_per_tenant"]; v != nil {
+		p := join(path, "max_concurrency_per_tenant")
+		if i, ok := l.integer(v, p); ok {
+			switch {
+			case i < 1:
+				l.errorf(p, "must be at least 1, got %d", i)
+			case svc.MaxConcurrency <= 0:
+				l.errorf(p, "requires a positive max_concurrency (a tenant's share of it)")
+			case i > int64(svc.MaxConcurrency):
+				l.errorf(p, "must not exceed max_concurrency (%d), got %d", svc.MaxConcurrency, i)
+			default:
+				svc.MaxConcurrencyPerTenant = int(i)
+			}
+		}
 	}
 }
 

@@ -17,6 +17,7 @@ services:
     base_url: https://llm.example
     max_concurrency: 12
     adaptive: {min: 2}
+    max_concurrency_per_tenant: 4
   plain:
     base_url: https://plain.example
   quiet:
@@ -39,6 +40,8 @@ features:
 	llm := reg.Services["llm"]
 	require.Equal(t, &registry.Adaptive{Min: 2}, llm.Adaptive)
 	require.True(t, llm.BudgetHeaders, "http services follow budget headers by default")
+	require.Equal(t, 4, llm.MaxConcurrencyPerTenant)
+	require.Zero(t, reg.Services["plain"].MaxConcurrencyPerTenant, "no cap of its own by default")
 	plain := reg.Services["plain"]
 	require.Nil(t, plain.Adaptive)
 	require.True(t, plain.BudgetHeaders)
@@ -78,6 +81,14 @@ func TestAdaptiveLimitErrors(t *testing.T) {
 			[]string{`services.s.budget_headers: expected true or false, got "yes please"`}},
 		{"budget_headers on a mock service", "kind: mock, budget_headers: true",
 			[]string{"services.s.budget_headers: not allowed for a mock service (only for http)"}},
+		{"per-tenant cap without max_concurrency", "kind: mock, max_concurrency_per_tenant: 2",
+			[]string{"services.s.max_concurrency_per_tenant: requires a positive max_concurrency (a tenant's share of it)"}},
+		{"per-tenant cap above max_concurrency", "kind: mock, max_concurrency: 2, max_concurrency_per_tenant: 3",
+			[]string{"services.s.max_concurrency_per_tenant: must not exceed max_concurrency (2), got 3"}},
+		{"per-tenant cap zero", "kind: mock, max_concurrency: 2, max_concurrency_per_tenant: 0",
+			[]string{"services.s.max_concurrency_per_tenant: must be at least 1, got 0"}},
+		{"per-tenant cap not a number", "kind: mock, max_concurrency: 2, max_concurrency_per_tenant: many",
+			[]string{`services.s.max_concurrency_per_tenant: expected an integer, got "many"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -41,7 +41,8 @@ var (
 var (
 	topFields     = []string{"services", "features"}
 	serviceFields = []string{"kind", "base_url", "headers", "timeout", "max_concurrency", "lease_ttl", "rate_limit",
-		"retry", "health", "latency", "fail_times", "failure_rate", "output", "max_response_bytes", "adaptive", "budget_headers"}
+		"retry", "health", "latency", "fail_times", "failure_rate", "output", "max_response_bytes", "adaptive", "budget_headers",
+		"max_concurrency_per_tenant"}
 	rateLimitFields = []string{"requests", "per"}
 	retryFields     = []string{"max_attempts", "initial_backoff", "max_backoff"}
 	healthFields    = []string{"method", "path"}

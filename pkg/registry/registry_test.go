@@ -298,7 +298,7 @@ func TestErrors(t *testing.T) {
 		{
 			name: "unknown field in service",
 			src:  "services: {llm: {base_url: \"https://x.example\", timout: 5s}}",
-			want: []string{"services.llm.timout: unknown field (expected one of: kind, base_url, headers, timeout, max_concurrency, lease_ttl, rate_limit, retry, health, latency, fail_times, failure_rate, output, max_response_bytes, adaptive, budget_headers)"},
+			want: []string{"services.llm.timout: unknown field (expected one of: kind, base_url, headers, timeout, max_concurrency, lease_ttl, rate_limit, retry, health, latency, fail_times, failure_rate, output, max_response_bytes, adaptive, budget_headers, max_concurrency_per_tenant)"},
 		},
 		{
 			name: "unknown top-level field",

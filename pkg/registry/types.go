@@ -54,6 +54,9 @@ type Service struct {
 	// answers (x-ratelimit-*, IETF RateLimit): when a budget is spent, calls wait until it resets.
 	// Default true for http services; always false for mock services.
 	BudgetHeaders bool
+	// MaxConcurrencyPerTenant caps the calls of one tenant's steps in flight, fleet-wide, within
+	// MaxConcurrency; 0: no cap of its own (tenants still share a saturated service round-robin).
+	MaxConcurrencyPerTenant int
 	// Secrets are the literal values that must be redacted from anything CAO logs, stores or returns:
 	// every header value and every ${VAR} expansion inside the service definition, and those of its
 	// steps' request headers, query and path. Redact hides them in every encoded form too (URL, JSON,

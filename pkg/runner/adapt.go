@@ -13,6 +13,8 @@ import (
 	"github.com/cao-run/cao/pkg/caller"
 	"github.com/cao-run/cao/pkg/limiter"
 	"github.com/cao-run/cao/pkg/registry"
+	"github.com/cao-run/cao/pkg/task"
+	"github.com/cao-run/cao/pkg/waits"
 )
 
 // WaitBudgetHold is the reason of Hooks.OnWait for the time a step waited in its worker for its
@@ -46,9 +48,10 @@ func aimdOf(svc *registry.Service) *limiter.AIMD {
 // until the hold ends. A hold that starts while the step waits for a slot is waited out the same
 // way. It returns the lease, the AIMD generation the slot was granted in and how long the step
 // waited for holds.
-func (r *Runner) acquireSlot(ctx context.Context, svc *registry.Service) (limiter.Lease, int64, time.Duration, error) {
+func (r *Runner) acquireSlot(ctx context.Context, svc *registry.Service, p task.StepPayload, noted *bool) (limiter.Lease, int64, time.Duration, error) {
+	opts := limiter.WaitOptions{Enter: r.enterRoom(svc, p, noted), NoLobby: true}
 	if !adapts(svc) {
-		lease, err := r.room.Acquire(ctx, svc.Name, svc.MaxConcurrency, svc.LeaseTTL, r.maxWaiters(svc))
+		lease, err := r.room.AcquireWith(ctx, svc.Name, svc.MaxConcurrency, svc.LeaseTTL, r.maxWaiters(svc), opts)
 		return lease, 0, 0, err
 	}
 	aimd := aimdOf(svc)
@@ -60,14 +63,14 @@ func (r *Runner) acquireSlot(ctx context.Context, svc *registry.Service) (limite
 		}
 		if st.Hold > 0 {
 			if st.Hold > r.cfg.MaxRateWait {
-				return limiter.Lease{}, 0, held, r.busy(svc.Name, "is on hold until the provider's budget resets", st.Hold)
+				return limiter.Lease{}, 0, held, r.waitBusy(svc.Name, waits.Hold, "is on hold until the provider's budget resets", st.Hold)
 			}
 			t0 := r.cfg.Now()
 			t := time.NewTimer(st.Hold)
 			select {
 			case <-ctx.Done():
 				t.Stop()
-				return limiter.Lease{}, 0, held, r.busy(svc.Name, "was still on hold when the wait ended", st.Hold)
+				return limiter.Lease{}, 0, held, r.waitBusy(svc.Name, waits.Hold, "was still on hold when the wait ended", st.Hold)
 			case <-t.C:
 			}
 			held += r.cfg.Now().Sub(t0)
@@ -90,7 +93,8 @@ func (r *Runner) acquireSlot(ctx context.Context, svc *registry.Service) (limite
 			gen = st.Gen
 			return st.Limit, nil
 		}
-		lease, err := r.room.AcquireAdaptive(ctx, svc.Name, limit, next, svc.LeaseTTL, r.maxWaiters(svc))
+		opts.Next = next
+		lease, err := r.room.AcquireWith(ctx, svc.Name, limit, svc.LeaseTTL, r.maxWaiters(svc), opts)
 		if errors.Is(err, errHeld) {
 			continue
 		}

@@ -16,7 +16,7 @@ import (
 // the call's rate limit reservation (zero when the service has no rate limit), gen the AIMD
 // generation its slot was granted in. What the answer says about the service's limits is reported
 // before execute returns.
-func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, lease limiter.Lease, rsv limiter.Reservation, gen int64, clock *leaseClock) (orchestrator.Outcome, time.Duration) {
+func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, leases []limiter.Lease, rsv limiter.Reservation, gen int64, clock *leaseClock) (orchestrator.Outcome, time.Duration) {
 	callCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stopMerge := context.AfterFunc(r.runCtx, func() { cancel(context.Cause(r.runCtx)) })
@@ -28,7 +28,7 @@ func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, lease lim
 	hbStopped := make(chan struct{})
 	go func() {
 		defer close(hbStopped)
-		r.heartbeat(callCtx, a, lease, clock, cancel, hbDone)
+		r.heartbeat(callCtx, a, leases, clock, cancel, hbDone)
 	}()
 	defer func() { close(hbDone); <-hbStopped }()
 
@@ -72,9 +72,10 @@ func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, lease lim
 	return out, dur
 }
 
-// heartbeat renews the step's database lease and the service semaphore lease about every third of
-// their TTLs; if either is lost (or cannot be renewed before it expires) the call is cancelled.
-func (r *Runner) heartbeat(ctx context.Context, a *orchestrator.Attempt, lease limiter.Lease, clock *leaseClock, cancel context.CancelCauseFunc, done <-chan struct{}) {
+// heartbeat renews the step's database lease and the semaphore leases (the service slot, and the
+// slots within the service) about every third of their TTLs; if any is lost (or cannot be renewed
+// before it expires) the call is cancelled.
+func (r *Runner) heartbeat(ctx context.Context, a *orchestrator.Attempt, leases []limiter.Lease, clock *leaseClock, cancel context.CancelCauseFunc, done <-chan struct{}) {
 	stepTTL, semTTL := clock.stepTTL, clock.semTTL
 	interval := stepTTL / 3
 	if clock.sem {
@@ -107,16 +108,24 @@ func (r *Runner) heartbeat(ctx context.Context, a *orchestrator.Attempt, lease l
 		case err == nil:
 			clock.renewed(now, false)
 		}
-		if lease.Token != 0 {
+		if len(leases) > 0 {
+			renewedAll := true
 			hctx, hcancel := context.WithTimeout(ctx, interval)
-			nl, err := r.sem.Renew(hctx, lease, semTTL)
+			for i, l := range leases {
+				nl, err := r.sem.Renew(hctx, l, semTTL)
+				switch {
+				case errors.Is(err, limiter.ErrLeaseLost):
+					hcancel()
+					cancel(fmt.Errorf("%w: service slot %s lost", limiter.ErrLeaseLost, l.Name))
+					return
+				case err == nil:
+					leases[i] = nl
+				default:
+					renewedAll = false
+				}
+			}
 			hcancel()
-			switch {
-			case errors.Is(err, limiter.ErrLeaseLost):
-				cancel(fmt.Errorf("%w: service slot lost", limiter.ErrLeaseLost))
-				return
-			case err == nil:
-				lease = nl
+			if renewedAll {
 				clock.renewed(now, true)
 			}
 		}

@@ -18,11 +18,14 @@ import (
 	"github.com/cao-run/cao/pkg/task"
 )
 
-// busyError asks Asynq to try the task again after delay without counting a failure.
+// busyError asks Asynq to try the task again after delay without counting a failure. A step whose
+// service is saturated (park) waits in the service's fair queue instead of for a delay.
 type busyError struct {
 	service string
 	delay   time.Duration
 	why     string
+	park    bool
+	reason  string // what the step waits for (package waits), for its note
 }
 
 func (e *busyError) Error() string {
@@ -61,7 +64,7 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	if r.admitCtx.Err() != nil {
 		// Stop began after Asynq handed this task out: a step that has not started is not started
 		// now. The task goes back to its queue for another worker, without using an attempt.
-		return r.reschedule(ctx, t, &busyError{service: "(any)", delay: backoff.Jitter(r.cfg.BusyDelay, 0.5, rand.Float64), why: "is not called: the worker is stopping"})
+		return r.reschedule(ctx, t, p, nil, &busyError{service: "(any)", delay: backoff.Jitter(r.cfg.BusyDelay, 0.5, rand.Float64), why: "is not called: the worker is stopping"})
 	}
 	target, err := r.orch.Resolve(ctx, p)
 	if errors.Is(err, orchestrator.ErrStale) {
@@ -77,24 +80,32 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	// that has not started has nothing to finish.
 	admitCtx, stopAdmit := context.WithCancelCause(ctx)
 	stopWait := context.AfterFunc(r.admitCtx, func() { stopAdmit(context.Cause(r.admitCtx)) })
-	adm, err := r.admit(admitCtx, svc)
+	adm, err := r.admit(admitCtx, svc, p)
 	stopWait()
 	stopAdmit(nil)
 	var busy *busyError
 	if errors.As(err, &busy) {
-		return r.reschedule(ctx, t, busy)
+		if busy.park {
+			return r.park(ctx, t, p, svc, busy)
+		}
+		return r.reschedule(ctx, t, p, svc, busy)
 	}
 	if err != nil {
 		return err
 	}
-	lease, rsv, gen := adm.lease, adm.rsv, adm.gen
+	if p.Since != 0 || adm.noted {
+		// Once the slot is given back (deferred before release, so run after it): off the path
+		// from the slot to the call. The note is shown for QUEUED steps only, and this one starts.
+		defer r.admitted(context.WithoutCancel(ctx), p, svc)
+	}
+	rsv, gen := adm.rsv, adm.gen
 	// The slot is held until the outcome is recorded, so a service never shows more RUNNING steps
 	// than its max_concurrency; recording is one statement.
 	held := true
 	release := func() {
 		if held {
 			held = false
-			r.release(ctx, lease)
+			r.releaseAll(ctx, svc, adm)
 		}
 	}
 	defer release()
@@ -107,7 +118,7 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	if err != nil {
 		return err
 	}
-	clock := &leaseClock{stepOK: stepAt, stepTTL: r.orch.Config().StepLeaseTTL, semOK: lease.RequestedAt, semTTL: svc.LeaseTTL, sem: lease.Token != 0}
+	clock := newLeaseClock(stepAt, r.orch.Config().StepLeaseTTL, adm.leases(), svc.LeaseTTL)
 	for continued := false; ; continued = true {
 		var (
 			out orchestrator.Outcome
@@ -117,7 +128,7 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 			// Stopping: a step claimed by continuation has not started; put it back.
 			out = orchestrator.Outcome{Err: errShutdown, ErrorClass: "interrupted", Interrupted: true}
 		} else {
-			out, dur = r.execute(ctx, a, lease, rsv, gen, clock)
+			out, dur = r.execute(ctx, a, adm.leases(), rsv, gen, clock)
 		}
 		// Record even if the task's context ended: the outcome is what matters now. A step this
 		// records as ready may be claimed for this handler in the same statement (continued).
@@ -146,8 +157,8 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 			return nil
 		}
 		// Continued: the next step's service takes no slot or budget (see continueWith).
-		a, lease, rsv, gen = next, limiter.Lease{Name: next.Service.Name}, limiter.Reservation{}, 0
-		clock = &leaseClock{stepOK: recordAt, stepTTL: r.orch.Config().StepLeaseTTL}
+		a, adm, rsv, gen = next, admission{}, limiter.Reservation{}, 0
+		clock = newLeaseClock(recordAt, r.orch.Config().StepLeaseTTL, nil, 0)
 		log = r.cfg.Logger.With("job_id", a.Payload.JobID, "step", a.Payload.Step, "run", a.Payload.Run, "attempt", a.Payload.Attempt)
 	}
 }
@@ -186,6 +197,24 @@ func (r *Runner) finish(ctx context.Context, a *orchestrator.Attempt, out orches
 	}
 }
 
+// parkBusy is the busyError of a step that must wait in its service's fair queue, for reason.
+func (r *Runner) parkBusy(service, reason, why string) error {
+	if r.cfg.Hooks.OnBusy != nil {
+		r.cfg.Hooks.OnBusy(service)
+	}
+	return &busyError{service: service, delay: backoff.Jitter(r.cfg.BusyDelay, 0.5, rand.Float64), why: why, park: true, reason: reason}
+}
+
+// waitBusy is busy for a step that waits for reason (package waits) for about wait.
+func (r *Runner) waitBusy(service, reason, why string, wait time.Duration) error {
+	err := r.busy(service, why, wait)
+	var b *busyError
+	if errors.As(err, &b) {
+		b.reason = reason
+	}
+	return err
+}
+
 func (r *Runner) busy(service, why string, wait time.Duration) error {
 	if r.cfg.Hooks.OnBusy != nil {
 		r.cfg.Hooks.OnBusy(service)
@@ -202,19 +231,26 @@ func (r *Runner) busy(service, why string, wait time.Duration) error {
 // task it holds: in Asynq (and asynqmon) a waiting step is scheduled, never a retry with an error.
 // The step stays QUEUED in the database, so if the copy is lost the reconciler enqueues the task
 // again. When the copy cannot be enqueued, the task is retried by Asynq instead (not a failure).
-func (r *Runner) reschedule(ctx context.Context, t *asynq.Task, b *busyError) error {
+func (r *Runner) reschedule(ctx context.Context, t *asynq.Task, p task.StepPayload, svc *registry.Service, b *busyError) error {
 	id, ok1 := asynq.GetTaskID(ctx)
 	queue, ok2 := asynq.GetQueueName(ctx)
 	if !ok1 || !ok2 {
 		return b
 	}
-	at := r.cfg.Now().Add(b.delay)
+	now := r.cfg.Now()
+	if p.Since == 0 && b.reason != "" {
+		p.Since = now.UnixMicro()
+	}
+	at := now.Add(b.delay)
 	err := dispatch.Enqueue(context.WithoutCancel(ctx), r.queue, store.OutboxTask{
-		TaskID: dispatch.WaitCopyID(id), Queue: queue, TypeName: t.Type(), Payload: t.Payload(), ProcessAt: &at,
+		TaskID: dispatch.WaitCopyID(id), Queue: queue, TypeName: t.Type(), Payload: p.Marshal(), ProcessAt: &at,
 	})
 	if err != nil {
 		r.cfg.Logger.Warn("could not schedule a waiting step; Asynq retries it", "task_id", id, "err", err)
 		return b
+	}
+	if b.reason != "" {
+		r.noteWait(context.WithoutCancel(ctx), p, svc, b.reason, at)
 	}
 	return nil
 }

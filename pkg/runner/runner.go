@@ -18,9 +18,12 @@ import (
 
 	"github.com/cao-run/cao/pkg/caller"
 	"github.com/cao-run/cao/pkg/events"
+	"github.com/cao-run/cao/pkg/fairness"
 	"github.com/cao-run/cao/pkg/limiter"
 	"github.com/cao-run/cao/pkg/orchestrator"
+	"github.com/cao-run/cao/pkg/registry"
 	"github.com/cao-run/cao/pkg/task"
+	"github.com/cao-run/cao/pkg/waits"
 )
 
 // Config holds the runner's settings; zero values take the documented defaults.
@@ -49,6 +52,15 @@ type Config struct {
 	// its empty queues again: it bounds the delay before a step enqueued on an idle system starts, and
 	// costs one Redis call per poll. Default DefaultIdlePoll (Asynq's own is 1s).
 	IdlePoll time.Duration
+	// ParkFallback is when the copy of a parked step's task runs by itself if the step's turn in its
+	// service's fair queue has not come by then (its entry was lost). Default fairness.DefaultFallback.
+	ParkFallback time.Duration
+	// TenantWeights are the tenants' shares of a saturated service (CAO_TENANT_WEIGHTS); a tenant
+	// not listed weighs 1.
+	TenantWeights map[string]int
+	// Services are the registry's services: the worker checks those with a max_concurrency for
+	// parked steps that free slots could serve (a lost hand-out).
+	Services []*registry.Service
 	// Now is the clock of the lease checks (a lease is surely held only while, by this clock, less
 	// than its TTL passed since it was last taken or renewed); the Semaphore's Config.Now, which
 	// stamps a slot's Lease.RequestedAt, must be the same clock. Default time.Now.
@@ -130,6 +142,8 @@ type Runner struct {
 	room   *limiter.WaitRoom
 	rate   *limiter.RateLimiter
 	adapt  *limiter.Adaptive // holds and adaptive limits, on sem's Redis and prefix
+	parker *fairness.Parker  // parks steps while their service is saturated, hands them out fairly
+	waits  *waits.Book       // why steps wait, for the API
 	caller *caller.Caller
 	hub    *events.Hub
 	queue  *asynq.Client // schedules the copies of tasks that wait for their service
@@ -145,6 +159,7 @@ type Runner struct {
 	wg        sync.WaitGroup
 	cancelSub *events.Subscription
 	subDone   chan struct{}
+	sweepDone chan struct{}
 }
 
 // New returns a runner. hub may be nil (cancellation then reaches running calls through their
@@ -152,9 +167,15 @@ type Runner struct {
 func New(orch *orchestrator.Orchestrator, rdb redis.UniversalClient, sem *limiter.Semaphore, rate *limiter.RateLimiter,
 	c *caller.Caller, hub *events.Hub, cfg Config) *Runner {
 	cfg = cfg.WithDefaults()
+	queue := asynq.NewClientFromRedisClient(rdb)
+	notes := waits.New(rdb, sem.Prefix())
 	return &Runner{
 		orch: orch, rdb: rdb, sem: sem, rate: rate, caller: c, hub: hub, cfg: cfg, adapt: limiter.AdaptiveFor(sem),
-		queue:    asynq.NewClientFromRedisClient(rdb),
+		parker: fairness.New(limiter.FairQueueFor(sem), queue, asynq.NewInspectorFromRedisClient(rdb), nil, fairness.Config{
+			Weights: cfg.TenantWeights, Fallback: cfg.ParkFallback, Now: cfg.Now, Logger: cfg.Logger, Notes: notes,
+		}),
+		waits:    notes,
+		queue:    queue,
 		room:     limiter.NewWaitRoom(sem, limiter.WaitRoomConfig{ID: cfg.WorkerID}),
 		inflight: map[string]map[*running]struct{}{},
 	}
@@ -204,6 +225,8 @@ func (r *Runner) Start(ctx context.Context) error {
 		return fmt.Errorf("runner: start asynq server: %w", err)
 	}
 	r.srv = srv
+	r.sweepDone = make(chan struct{})
+	go func() { defer close(r.sweepDone); r.sweepParked(r.admitCtx) }()
 	r.cfg.Logger.Info("worker started", "worker_id", r.cfg.WorkerID, "queues", r.cfg.Queues, "concurrency", r.cfg.Concurrency)
 	return nil
 }
@@ -220,6 +243,7 @@ func (r *Runner) Stop(ctx context.Context) error {
 	}
 	// No new work from here: steps waiting for their service give up, none is continued.
 	r.stopAdmit(errShutdown)
+	<-r.sweepDone
 	srv.Stop() // no new tasks
 	finished := make(chan struct{})
 	go func() { r.wg.Wait(); close(finished) }()

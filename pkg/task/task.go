@@ -25,6 +25,14 @@ type StepPayload struct {
 	Step    string `json:"step"`
 	Run     int    `json:"run"`
 	Attempt int    `json:"attempt"`
+	// Tenant is the job's tenant, so a worker can share a saturated service fairly between tenants
+	// without reading the job. Empty in tasks enqueued before it was added and in tasks the
+	// reconciler re-enqueues (the worker then reads it with the job).
+	Tenant string `json:"tenant,omitempty"`
+	// Since is when the step first waited for its service (µs since the epoch), carried by the
+	// copies of a waiting step's task so the step keeps its place among its tenant's waiting steps.
+	// Zero until the step first waits.
+	Since int64 `json:"since,omitempty"`
 }
 
 // Marshal encodes the payload.
@@ -64,10 +72,10 @@ func ValidQueueName(q string) bool {
 }
 
 // ForStep is the task of waiting step s's next attempt, as the outbox holds it: a step of a job of
-// feature (which may be empty when unknown) whose status is QUEUED, or RETRYING with the attempt due
+// feature and tenant (either may be empty when unknown) whose status is QUEUED, or RETRYING with the attempt due
 // at s.NextAttemptAt (the task is then scheduled for that time when it is after now).
-func ForStep(s *store.Step, feature string, now time.Time) store.OutboxTask {
-	p := StepPayload{JobID: s.JobID, Feature: feature, Step: s.Name, Run: s.Run, Attempt: s.Attempts + 1}
+func ForStep(s *store.Step, feature, tenant string, now time.Time) store.OutboxTask {
+	p := StepPayload{JobID: s.JobID, Feature: feature, Tenant: tenant, Step: s.Name, Run: s.Run, Attempt: s.Attempts + 1}
 	t := store.OutboxTask{TaskID: p.TaskID(), Queue: s.Queue, TypeName: TypeStep, Payload: p.Marshal(), CreatedAt: now}
 	if s.Status == store.StepRetrying && s.NextAttemptAt != nil && s.NextAttemptAt.After(now) {
 		at := *s.NextAttemptAt

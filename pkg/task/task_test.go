@@ -34,7 +34,7 @@ func TestForStep(t *testing.T) {
 	t.Parallel()
 	now := time.Date(2026, 5, 6, 7, 8, 9, 0, time.UTC)
 	s := &store.Step{JobID: "j", Name: "b", Queue: "heavy", Status: store.StepQueued, Run: 2, Attempts: 1}
-	ot := task.ForStep(s, "plan", now)
+	ot := task.ForStep(s, "plan", "acme", now)
 	require.Equal(t, "step:j:2:2:b", ot.TaskID)
 	require.Equal(t, "heavy", ot.Queue)
 	require.Equal(t, task.TypeStep, ot.TypeName)
@@ -42,14 +42,14 @@ func TestForStep(t *testing.T) {
 	require.Equal(t, now, ot.CreatedAt)
 	p, err := task.ParseStepPayload(ot.Payload)
 	require.NoError(t, err)
-	require.Equal(t, task.StepPayload{JobID: "j", Feature: "plan", Step: "b", Run: 2, Attempt: 2}, p)
+	require.Equal(t, task.StepPayload{JobID: "j", Feature: "plan", Tenant: "acme", Step: "b", Run: 2, Attempt: 2}, p)
 
 	due := now.Add(90 * time.Second)
 	s.Status, s.NextAttemptAt = store.StepRetrying, &due
-	require.Equal(t, &due, task.ForStep(s, "plan", now).ProcessAt, "a retry is scheduled for when it is due")
+	require.Equal(t, &due, task.ForStep(s, "plan", "acme", now).ProcessAt, "a retry is scheduled for when it is due")
 	past := now.Add(-time.Second)
 	s.NextAttemptAt = &past
-	require.Nil(t, task.ForStep(s, "plan", now).ProcessAt, "an overdue retry runs now")
+	require.Nil(t, task.ForStep(s, "plan", "acme", now).ProcessAt, "an overdue retry runs now")
 }
 
 func TestValidQueueName(t *testing.T) {

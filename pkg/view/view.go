@@ -57,6 +57,18 @@ type Step struct {
 	Output        json.RawMessage  `json:"output"`
 	NextAttemptAt *time.Time       `json:"next_attempt_at,omitempty"`
 	History       []Attempt        `json:"attempt_history"`
+	// Waiting says why a QUEUED step has not started: its service is saturated, its budget is
+	// spent. Only in GET /api/v1/jobs/{id}; absent when the step is not known to wait.
+	Waiting *Waiting `json:"waiting,omitempty"`
+}
+
+// Waiting is why a step waits for its service, as of the answer.
+type Waiting struct {
+	Reason  string     `json:"reason"`  // slot, tenant_slot, key_slot, rate_budget, hold (package waits)
+	Service string     `json:"service"` // the service it waits for
+	Message string     `json:"message"` // for people: "waiting for a slot on llm: 8/8 in use"
+	Since   time.Time  `json:"since"`   // when it first waited
+	Until   *time.Time `json:"until,omitempty"`
 }
 
 // Attempt is one entry of a step's attempt_history.

@@ -13,6 +13,7 @@ import (
 	"github.com/cao-run/cao/pkg/orchestrator"
 	"github.com/cao-run/cao/pkg/registry"
 	"github.com/cao-run/cao/pkg/store"
+	"github.com/cao-run/cao/pkg/view"
 )
 
 // Jobs is what the API asks of the core about jobs (the orchestrator implements it). Every read and
@@ -55,6 +56,8 @@ type Health interface {
 	Run(ctx context.Context) health.Report
 	Status(ctx context.Context) string
 	Unavailable(ctx context.Context) bool
+	// StepWaits explains why job jobID's steps wait for their services (nil: none known to wait).
+	StepWaits(ctx context.Context, jobID string) map[string]view.Waiting
 }
 
 // Settings are the API's configuration (from the CAO_* environment).

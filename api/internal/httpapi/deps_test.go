@@ -18,6 +18,7 @@ import (
 	"github.com/cao-run/cao/pkg/orchestrator"
 	"github.com/cao-run/cao/pkg/registry"
 	"github.com/cao-run/cao/pkg/store"
+	"github.com/cao-run/cao/pkg/view"
 )
 
 // fakeJobs answers every call with err; calls the test does not expect panic (nil interface).
@@ -102,6 +103,9 @@ type fakeHealth struct{ down bool }
 func (fakeHealth) Run(context.Context) health.Report  { return health.Report{Status: "ok"} }
 func (fakeHealth) Status(context.Context) string      { return health.StatusOK }
 func (h fakeHealth) Unavailable(context.Context) bool { return h.down }
+func (fakeHealth) StepWaits(context.Context, string) map[string]view.Waiting {
+	return nil
+}
 
 // The handlers depend on narrow interfaces, so they run on fakes: domain errors map to the
 // contract's statuses and codes, and an unknown failure is a 503 when a backend is down.

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -198,7 +199,29 @@ func (s *Server) getJob(c *gin.Context) {
 		s.fail(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"success": true, "job": jobObject(v)})
+	j := jobObject(v)
+	s.explainWaits(c.Request.Context(), &j)
+	c.JSON(http.StatusOK, gin.H{"success": true, "job": j})
+}
+
+// explainWaits says why the job's QUEUED steps wait, where a worker noted it (a Redis read, made
+// only when a step is QUEUED).
+func (s *Server) explainWaits(ctx context.Context, j *view.Job) {
+	queued := false
+	for _, st := range j.Steps {
+		queued = queued || st.Status == store.StepQueued
+	}
+	if !queued {
+		return
+	}
+	w := s.d.Health.StepWaits(ctx, j.ID)
+	for i := range j.Steps {
+		if st := &j.Steps[i]; st.Status == store.StepQueued {
+			if x, ok := w[st.Name]; ok {
+				st.Waiting = &x
+			}
+		}
+	}
 }
 
 func (s *Server) listJobs(c *gin.Context) {

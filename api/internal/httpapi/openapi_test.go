@@ -36,6 +36,7 @@ import (
 	"github.com/cao-run/cao/pkg/orchestrator"
 	"github.com/cao-run/cao/pkg/registry"
 	"github.com/cao-run/cao/pkg/store"
+	"github.com/cao-run/cao/pkg/view"
 )
 
 // These tests hold the OpenAPI document (openapi.json) and the server to each other: the document is
@@ -479,6 +480,9 @@ func (downHealth) Run(context.Context) health.Report {
 }
 func (downHealth) Status(context.Context) string    { return health.StatusDown }
 func (downHealth) Unavailable(context.Context) bool { return true }
+func (downHealth) StepWaits(context.Context, string) map[string]view.Waiting {
+	return nil
+}
 
 // serveDeps serves a Server over d for the test and returns it with its URL.
 func serveDeps(t testing.TB, d Deps) (*Server, string) {

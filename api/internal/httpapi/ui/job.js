@@ -106,6 +106,12 @@
     // After the last event of a finished job, the REST view is final (tests and users can rely on it).
     document.body.dataset.synced = fromREST && state.finished && state.viewSeq >= state.lastSeq ? 'final' : '';
     scheduleRender();
+    // A step that waits for its service says why; the reason changes without events (slots free,
+    // budgets reset), so read it again every 2s while a step waits.
+    clearTimeout(state.waitTimer);
+    if (fromREST && (job.steps || []).some((s) => s.waiting)) {
+      state.waitTimer = setTimeout(() => scheduleRefresh(true), 2000);
+    }
     // A job that ended and was resumed elsewhere (CLI, another tab): follow the new run.
     if (fromREST && state.finished && !state.ws && !state.stopped && !TERMINAL_JOB.has(job.status)) reconnectNow();
   }
@@ -451,6 +457,7 @@
       metaItem('Duration', s.started_at && (end || s.status === 'RUNNING') ? fmtDuration(span(s.started_at, end)) : '—'),
     );
     if (s.next_attempt_at) $('step-meta').append(metaItem('Next attempt', fmtTime(s.next_attempt_at)));
+    if (s.waiting) $('step-meta').append(metaItem('Waiting', s.waiting.message));
     const errBox = clear($('step-error'));
     if (s.error || s.error_class) {
       if (s.error_class) errBox.appendChild(el('span', { class: 'tag', 'data-error-class': s.error_class, text: s.error_class }));
@@ -563,7 +570,9 @@
       el('td', { text: fmtTime(s.started_at) }),
       el('td', { text: fmtTime(s.finished_at) }),
       el('td', { class: 'num', text: s.started_at && (end || running) ? fmtDuration(span(s.started_at, end)) : '—' }),
-      el('td', { class: 'err', text: s.error || '' })));
+      s.waiting && !s.error
+        ? el('td', { class: 'waiting muted', 'data-waiting': s.waiting.reason, text: s.waiting.message })
+        : el('td', { class: 'err', text: s.error || '' })));
     }
     drawDAG($('dag'), steps, { selected: state.selected, onSelect: selectStep });
   }
