@@ -43,7 +43,8 @@ func (c *Checker) adaptiveLimit(ctx context.Context, svc *registry.Service) (int
 	return svc.MaxConcurrency, ""
 }
 
-// adaptiveCheck fills the effective limit and the hold of service name into services (under mu).
+// adaptiveCheck fills the effective limit, the hold and the provider's reported budgets of service
+// name into services (under mu).
 func (c *Checker) adaptiveCheck(ctx context.Context, name string, mu *sync.Mutex, services map[string]ServiceCheck) {
 	svc := c.reg.Services[name]
 	if svc == nil || !adapts(svc) {
@@ -52,6 +53,14 @@ func (c *Checker) adaptiveCheck(ctx context.Context, name string, mu *sync.Mutex
 	st, err := c.adapt.State(ctx, name, aimdOf(svc))
 	if err != nil {
 		return
+	}
+	var budgets []BudgetCheck
+	if svc.BudgetHeaders {
+		if bs, err := c.adapt.Budgets(ctx, name); err == nil {
+			for _, b := range bs {
+				budgets = append(budgets, BudgetCheck{Name: b.Name, Limit: b.Limit, Remaining: b.Remaining, ResetSeconds: b.ResetIn.Seconds()})
+			}
+		}
 	}
 	mu.Lock()
 	defer mu.Unlock()
@@ -62,6 +71,7 @@ func (c *Checker) adaptiveCheck(ctx context.Context, name string, mu *sync.Mutex
 	if st.Hold > 0 {
 		sc.HoldSeconds, sc.HoldBudget = st.Hold.Seconds(), st.HoldReason
 	}
+	sc.Budgets = budgets
 	services[name] = sc
 }
 
@@ -88,9 +98,10 @@ func (c *Checker) waitingCheck(ctx context.Context, name string, mu *sync.Mutex,
 
 // Limits is the adaptive state of one service, for metrics.
 type Limits struct {
-	Effective int            // the effective limit (max_concurrency without adaptive); 0: unlimited
-	Hold      time.Duration  // how long calls still wait for the provider's budget; 0: none
-	Waiting   map[string]int // steps parked in the service's fair queue, per tenant
+	Effective int                      // the effective limit (max_concurrency without adaptive); 0: unlimited
+	Hold      time.Duration            // how long calls still wait for the provider's budget; 0: none
+	Waiting   map[string]int           // steps parked in the service's fair queue, per tenant
+	Budgets   []limiter.ProviderBudget // as the provider last reported them (budget_headers)
 }
 
 // Limits returns every service's effective limit and hold, read now (within CheckTimeout); a
@@ -127,6 +138,9 @@ func (c *Checker) Limits(ctx context.Context) map[string]Limits {
 			l := Limits{Effective: svc.MaxConcurrency, Hold: st.Hold}
 			if st.Limit > 0 {
 				l.Effective = st.Limit
+			}
+			if svc.BudgetHeaders {
+				l.Budgets, _ = c.adapt.Budgets(ctx, name)
 			}
 			mu.Lock()
 			out[name] = l

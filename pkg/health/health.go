@@ -111,6 +111,14 @@ type Check struct {
 	Backend   string  `json:"backend,omitempty"`
 }
 
+// BudgetCheck is one budget as the provider reported it.
+type BudgetCheck struct {
+	Name         string  `json:"name"`            // "requests", "tokens", an IETF policy name
+	Limit        int64   `json:"limit,omitempty"` // its size, when reported
+	Remaining    int64   `json:"remaining"`
+	ResetSeconds float64 `json:"reset_seconds"` // until it refills (0 when past or not reported)
+}
+
 // QueueCheck describes one queue.
 type QueueCheck struct {
 	Pending   int  `json:"pending"`
@@ -139,6 +147,9 @@ type ServiceCheck struct {
 	// next in line for a slot.
 	Waiting        map[string]int `json:"waiting,omitempty"`
 	WaitingInRooms int            `json:"waiting_in_rooms,omitempty"`
+	// Budgets are the rate-limit budgets the provider reported on its last answers that reported any
+	// (budget_headers), with the time left until each resets.
+	Budgets []BudgetCheck `json:"budgets,omitempty"`
 	// Probe is ProbeOK or ProbeFailed (the last probe's outcome), ProbePending before the first
 	// probe, or empty when the service has no probe.
 	Probe     string  `json:"probe,omitempty"`

@@ -11,6 +11,14 @@ type ServiceLimits struct {
 	Effective int            // the limit calls are admitted under now; 0: unlimited
 	Hold      time.Duration  // how long calls still wait for the provider's budget to reset; 0: none
 	Waiting   map[string]int // steps parked while the service is saturated, per tenant
+	Budgets   []Budget       // as the provider last reported them
+}
+
+// Budget is one rate-limit budget as a provider reported it.
+type Budget struct {
+	Name      string
+	Remaining int64
+	ResetIn   time.Duration // 0 when past or not reported
 }
 
 // LimitCollector exposes, per service, the fleet-wide limits that adapt to the service's answers,
@@ -22,6 +30,8 @@ type LimitCollector struct {
 	effective *prometheus.Desc
 	hold      *prometheus.Desc
 	waiting   *prometheus.Desc
+	remaining *prometheus.Desc
+	reset     *prometheus.Desc
 	read      func() map[string]ServiceLimits
 }
 
@@ -37,6 +47,12 @@ func NewLimitCollector(read func() map[string]ServiceLimits) *LimitCollector {
 		waiting: prometheus.NewDesc("cao_service_waiting_steps",
 			"Steps parked in the service's fair queue while it is saturated, by service and tenant (tenants with none are left out).",
 			[]string{"service", "tenant"}, nil),
+		remaining: prometheus.NewDesc("cao_service_budget_remaining",
+			"Units left in a rate-limit budget as the provider last reported it on an answer, by service and budget (requests, tokens, an IETF policy name).",
+			[]string{"service", "budget"}, nil),
+		reset: prometheus.NewDesc("cao_service_budget_reset_seconds",
+			"Seconds until a rate-limit budget refills, as the provider last reported it, by service and budget (0 when past or not reported).",
+			[]string{"service", "budget"}, nil),
 		read: read,
 	}
 }
@@ -46,6 +62,8 @@ func (c *LimitCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.effective
 	ch <- c.hold
 	ch <- c.waiting
+	ch <- c.remaining
+	ch <- c.reset
 }
 
 // Collect implements prometheus.Collector.
@@ -55,6 +73,10 @@ func (c *LimitCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.hold, prometheus.GaugeValue, l.Hold.Seconds(), svc)
 		for tenant, n := range l.Waiting {
 			ch <- prometheus.MustNewConstMetric(c.waiting, prometheus.GaugeValue, float64(n), svc, tenant)
+		}
+		for _, b := range l.Budgets {
+			ch <- prometheus.MustNewConstMetric(c.remaining, prometheus.GaugeValue, float64(b.Remaining), svc, b.Name)
+			ch <- prometheus.MustNewConstMetric(c.reset, prometheus.GaugeValue, b.ResetIn.Seconds(), svc, b.Name)
 		}
 	}
 }

@@ -11,7 +11,11 @@ import (
 func (n *Node) limits() map[string]metrics.ServiceLimits {
 	out := map[string]metrics.ServiceLimits{}
 	for name, l := range n.Health.Limits(context.Background()) {
-		out[name] = metrics.ServiceLimits{Effective: l.Effective, Hold: l.Hold, Waiting: l.Waiting}
+		sl := metrics.ServiceLimits{Effective: l.Effective, Hold: l.Hold, Waiting: l.Waiting}
+		for _, b := range l.Budgets {
+			sl.Budgets = append(sl.Budgets, metrics.Budget{Name: b.Name, Remaining: b.Remaining, ResetIn: b.ResetIn})
+		}
+		out[name] = sl
 	}
 	return out
 }

@@ -150,6 +150,15 @@ func (r *Runner) observe(ctx context.Context, svc *registry.Service, res caller.
 			}
 		}
 	}
+	if b := res.Budget; b != nil && svc.BudgetHeaders && len(b.Limits) > 0 {
+		reported := make([]limiter.ProviderBudget, len(b.Limits))
+		for i, l := range b.Limits {
+			reported[i] = limiter.ProviderBudget{Name: l.Name, Limit: l.Limit, Remaining: l.Remaining, ResetIn: l.Reset}
+		}
+		if rerr := r.adapt.ReportBudgets(ctx, svc.Name, reported); rerr != nil {
+			r.cfg.Logger.Debug("record the provider's budgets", "service", svc.Name, "err", rerr)
+		}
+	}
 	if aimd == nil {
 		return
 	}

@@ -195,6 +195,14 @@ func TestBudgetHoldStopsEveryWorker(t *testing.T) {
 	require.Positive(t, held.Hold, "the spent budget put the service on hold")
 	require.Equal(t, "requests", held.HoldReason)
 	answered := p.snapshot()[0].answered
+	// Health shows the budget as the provider reported it.
+	llm := c.nodes[0].Health.Run(c.ctx).Services["llm"]
+	require.Len(t, llm.Budgets, 1, "%+v", llm)
+	b := llm.Budgets[0]
+	require.Equal(t, "requests", b.Name)
+	require.Equal(t, int64(100), b.Limit)
+	require.Zero(t, b.Remaining)
+	require.InDelta(t, 1.5, b.ResetSeconds, 0.55, "reported 2 s before the job completed")
 
 	ids := c.create("one", 8)
 	c.waitCompleted(ids, 30*time.Second)
