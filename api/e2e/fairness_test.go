@@ -85,7 +85,7 @@ func TestFairSharingBetweenTenants(t *testing.T) {
 	require.True(t, ok, "a parked step says why it waits: %v", s)
 	require.Equal(t, "slot", w["reason"])
 	require.Equal(t, "llm", w["service"])
-	require.Regexp(t, `^waiting for a slot on llm: [0-4]/4 in use, \d+ steps waiting, served round-robin by tenant$`, w["message"])
+	require.Regexp(t, `^waiting for a slot on llm: [0-4]/4 in use, \d+ steps parked, served round-robin by tenant$`, w["message"])
 	t.Logf("tenant B's step started %s after it was posted, behind a backlog of %d jobs of tenant A", wait.Round(time.Millisecond), backlog)
 	require.Less(t, wait, 2*time.Second, "B's step starts within 2 s")
 

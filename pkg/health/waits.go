@@ -60,8 +60,11 @@ func (c *Checker) explain(ctx context.Context, svc *registry.Service, n waits.No
 			for _, k := range parked {
 				total += k
 			}
-			if total > 0 {
-				msg += fmt.Sprintf(", %d steps waiting, served round-robin by tenant", total)
+			switch {
+			case total == 1:
+				msg += ", 1 step parked, served round-robin by tenant"
+			case total > 1:
+				msg += fmt.Sprintf(", %d steps parked, served round-robin by tenant", total)
 			}
 		}
 		return msg

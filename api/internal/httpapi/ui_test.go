@@ -936,3 +936,50 @@ func TestUIBrowserQueuesLinkCarriesKey(t *testing.T) {
 	require.Equal(t, "200", status)
 	require.NotContains(t, p.eval(`document.cookie`), "cao_monitoring_session", "the session cookie is HttpOnly")
 }
+
+// The job page says why a step waits: its service's one slot is taken by another job's long call.
+func TestUIBrowserShowsWhyAStepWaits(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	reg, err := registry.Parse("ui-registry.yaml", []byte(`
+services:
+  gate: {kind: mock, latency: 120s, max_concurrency: 1}
+features:
+  pass:
+    steps:
+      - {name: through, service: gate}
+`), nil)
+	require.NoError(t, err)
+	env.Registry = reg
+	const key = "ops-key"
+	api := env.startAPI(t, nodeOptions{APIKeys: []string{key}, Runner: true})
+	ctx, console := newBrowser(t)
+	p := page{t, ctx}
+
+	first := api.startJob(t, key, "pass", map[string]any{})
+	api.waitStepStatus(t, first, key, "through", "RUNNING")
+	second := api.startJob(t, key, "pass", map[string]any{})
+	third := api.startJob(t, key, "pass", map[string]any{})
+	for _, id := range []string{second, third} {
+		p.navigate(api.URL + "/ui/jobs/" + id + "?api_key=" + key)
+		p.wait(`(document.querySelector('#steps tr[data-step="through"] td.waiting')?.textContent || '').startsWith('waiting for a slot on gate: 1/1 in use')`,
+			30*time.Second, "the page never said why the step waits")
+		require.Equal(t, "slot", p.eval(`document.querySelector('#steps tr[data-step="through"] td.waiting').dataset.waiting`))
+		require.Equal(t, "QUEUED", p.text(`#steps tr[data-step="through"] td:nth-child(5)`))
+	}
+	p.screenshot("job-waiting.png")
+	console.requireClean(t)
+}
+
+// waitStepStatus waits until the API shows the job's step in status.
+func (a *testAPI) waitStepStatus(t *testing.T, id, key, step, status string) {
+	t.Helper()
+	testinfra.Eventually(t, 30*time.Second, func() bool {
+		for _, s := range a.job(t, id, key).Steps {
+			if s.Name == step {
+				return s.Status == status
+			}
+		}
+		return false
+	}, "step %s of job %s never became %s", step, id, status)
+}

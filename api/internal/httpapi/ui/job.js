@@ -108,9 +108,13 @@
     scheduleRender();
     // A step that waits for its service says why; the reason changes without events (slots free,
     // budgets reset), so read it again every 2s while a step waits.
+    // The WebSocket's snapshot has no such reasons: a view with QUEUED steps is read once over REST.
     clearTimeout(state.waitTimer);
-    if (fromREST && (job.steps || []).some((s) => s.waiting)) {
+    const steps = job.steps || [];
+    if (fromREST && steps.some((s) => s.waiting)) {
       state.waitTimer = setTimeout(() => scheduleRefresh(true), 2000);
+    } else if (!fromREST && steps.some((s) => s.status === 'QUEUED')) {
+      state.waitTimer = setTimeout(() => scheduleRefresh(true), 0);
     }
     // A job that ended and was resumed elsewhere (CLI, another tab): follow the new run.
     if (fromREST && state.finished && !state.ws && !state.stopped && !TERMINAL_JOB.has(job.status)) reconnectNow();
@@ -538,7 +542,7 @@
     // The table and the graph are rebuilt only when they change (or every second while a step runs,
     // for its duration): a click on a row or a box is never lost to a rebuild under the pointer.
     const running = steps.some((s) => s.status === 'RUNNING');
-    const tableKey = JSON.stringify(steps.map((s) => [s.name, s.status, s.attempts, s.run, s.started_at, s.finished_at, s.error])) +
+    const tableKey = JSON.stringify(steps.map((s) => [s.name, s.status, s.attempts, s.run, s.started_at, s.finished_at, s.error, s.waiting && s.waiting.message])) +
       state.selected + (running ? Math.floor(Date.now() / 1000) : '');
     if (tableKey !== state.tableKey) {
       state.tableKey = tableKey;
