@@ -79,6 +79,24 @@ func fairKeysFor(prefix, service string) fairKeys {
 	return fairKeys{rr: base + "rr", stride: base + "stride", vt: base + "vt", entries: base + "entries", handed: base + "handed", tenant: base + "t:"}
 }
 
+// luaHandOut is shared by the scripts that hand steps out: handOut(handed, entries, id, ttl, out)
+// marks step id as handed out until now+ttl ms and appends its ID and value to out; it returns false
+// when the step has no entry (it is then forgotten).
+const luaHandOut = `
+local function handOut(handed, entries, id, ttl, out)
+  local e = redis.call('HGET', entries, id)
+  if not e then
+    redis.call('ZREM', handed, id)
+    return false
+  end
+  redis.call('ZADD', handed, fmt(now + ttl), id)
+  local _, nl = string.find(e, '\n', 1, true)
+  out[#out + 1] = id
+  out[#out + 1] = string.sub(e, nl + 1)
+  return true
+end
+`
+
 // parkScript adds a step to its tenant's queue, keeping its place if it is there already.
 // KEYS: rr, stride, vt, entries, the tenant's ZSET, handed. ARGV: step ID, tenant, since µs (0: now),
 // stride, value, ttl ms. Reply: the tenant's parked steps.
@@ -104,7 +122,7 @@ return redis.call('ZCARD', KEYS[5])
 //
 // The per-tenant ZSETs and tenant semaphores are named here from the tenant, not passed in KEYS: they
 // share the {service} hash tag of KEYS, so they live in the same cluster slot.
-var unparkScript = redis.NewScript(luaNow + `
+var unparkScript = redis.NewScript(luaNow + luaHandOut + `
 local n = tonumber(ARGV[2])
 local cap = tonumber(ARGV[4])
 local out = {}
@@ -128,13 +146,7 @@ while #out < 2 * n and i < #tenants do
   else
     local id = head[1]
     redis.call('ZREM', tk, id)
-    local e = redis.call('HGET', KEYS[4], id)
-    if e then
-      redis.call('ZADD', KEYS[5], fmt(now + tonumber(ARGV[6])), id)
-      local _, nl = string.find(e, '\n', 1, true)
-      out[#out + 1] = id
-      out[#out + 1] = string.sub(e, nl + 1)
-    end
+    handOut(KEYS[5], KEYS[4], id, tonumber(ARGV[6]), out)
     vt = fmt(pass)
     local np = pass + tonumber(redis.call('HGET', KEYS[2], t) or '` + strconv.Itoa(strideUnit) + `')
     if redis.call('ZCARD', tk) == 0 then
@@ -271,20 +283,10 @@ func (q *FairQueue) Any(ctx context.Context, service string) (bool, error) {
 
 // overdueScript returns the steps handed out whose hand-out is overdue, and gives each another
 // hand-out TTL. KEYS: handed, entries. ARGV: n, hand-out TTL ms. Reply: a flat list of step ID, value.
-var overdueScript = redis.NewScript(luaNow + `
+var overdueScript = redis.NewScript(luaNow + luaHandOut + `
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', fmt(now), 'LIMIT', 0, tonumber(ARGV[1]))
 local out = {}
-for _, id in ipairs(ids) do
-  local e = redis.call('HGET', KEYS[2], id)
-  if e then
-    redis.call('ZADD', KEYS[1], fmt(now + tonumber(ARGV[2])), id)
-    local _, nl = string.find(e, '\n', 1, true)
-    out[#out + 1] = id
-    out[#out + 1] = string.sub(e, nl + 1)
-  else
-    redis.call('ZREM', KEYS[1], id)
-  end
-end
+for _, id in ipairs(ids) do handOut(KEYS[1], KEYS[2], id, tonumber(ARGV[2]), out) end
 return out
 `)
 
