@@ -150,6 +150,18 @@ func stepTemplates(path string, st *Step, f map[string]*yaml.Node, svc *Service)
 			out = append(out, tf)
 		}
 	}
+	// The service's budgets and limit per key render with this step's data.
+	for _, tf := range budgetTemplates(svc) {
+		tf.via = path
+		out = append(out, tf)
+	}
+	if kl := st.KeyLimit; kl != nil && kl.Template != nil {
+		tf := templateField{path: kl.Path, text: kl.Text}
+		if !strings.HasPrefix(kl.Path, path+".") {
+			tf.via = path
+		}
+		out = append(out, tf)
+	}
 	return out
 }
 
@@ -228,6 +240,8 @@ func (l *loader) step(feature, path string, f map[string]*yaml.Node, names []str
 	case KindMock:
 		st.Mock = l.mock(f, path, st.Mock)
 	}
+
+	st.KeyLimit = l.stepKeyLimit(f, path, svc)
 
 	var secrets []string
 	if v := f["request"]; v != nil {

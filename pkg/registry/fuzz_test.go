@@ -59,6 +59,10 @@ func registrySeeds() []string {
     timeout: 60s
     max_concurrency: ${N:-4}
     rate_limit: {requests: 60, per: 1m}
+    rate_limits:
+      - {units: 90000, per: 1m, cost: "{{ .response.usage.total_tokens }}", reserve: "{{ .request.body.max_tokens }}"}
+    concurrency_key: "{{ .input.q }}"
+    max_concurrency_per_key: 2
     retry: {max_attempts: 5, initial_backoff: 1s, max_backoff: 2m}
     health: {method: GET, path: /models}
   sim: {kind: mock, latency: 5ms, fail_times: 1, failure_rate: 0.25, output: {echo: "{{ .input.q }}"}}
@@ -182,9 +186,14 @@ func checkRegistry(t *testing.T, r *registry.Registry) {
 		require.Positive(t, s.MaxResponseBytes)
 		checkRetry(t, s.Retry)
 		checkMock(t, s.Mock)
-		if s.RateLimit != nil {
-			require.Positive(t, s.RateLimit.Requests)
-			require.Positive(t, s.RateLimit.Per)
+		for _, b := range s.RateLimits {
+			require.Contains(t, []string{registry.BudgetRequests, registry.BudgetUnits}, b.Kind)
+			require.Positive(t, b.Limit)
+			require.Positive(t, b.Per)
+		}
+		if kl := s.KeyLimit; kl != nil {
+			require.Positive(t, kl.Max)
+			require.NotNil(t, kl.Template)
 		}
 		if s.Health != nil && s.Health.Path != "" {
 			require.True(t, strings.HasPrefix(s.Health.Path, "/") && !strings.HasPrefix(s.Health.Path, "//"), s.Health.Path)

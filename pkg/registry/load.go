@@ -42,13 +42,13 @@ var (
 	topFields     = []string{"services", "features"}
 	serviceFields = []string{"kind", "base_url", "headers", "timeout", "max_concurrency", "lease_ttl", "rate_limit",
 		"retry", "health", "latency", "fail_times", "failure_rate", "output", "max_response_bytes", "adaptive", "budget_headers",
-		"max_concurrency_per_tenant"}
+		"max_concurrency_per_tenant", "rate_limits", "concurrency_key", "max_concurrency_per_key"}
 	rateLimitFields = []string{"requests", "per"}
 	retryFields     = []string{"max_attempts", "initial_backoff", "max_backoff"}
 	healthFields    = []string{"method", "path"}
 	featureFields   = []string{"description", "input", "steps"}
 	stepFields      = []string{"name", "service", "queue", "needs", "request", "timeout", "retry", "latency",
-		"fail_times", "failure_rate", "output"}
+		"fail_times", "failure_rate", "output", "concurrency_key", "max_concurrency_per_key"}
 	requestFields = []string{"method", "path", "query", "headers", "body"}
 	mockFields    = []string{"latency", "fail_times", "failure_rate", "output"}
 )

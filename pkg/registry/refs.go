@@ -94,7 +94,24 @@ func stepRefs(text string) ([]stepRef, error) {
 }
 
 type refWalker struct {
-	refs []stepRef
+	refs  []stepRef
+	roots []string // the top-level keys of the data the template reads (input, steps, ...), in order
+}
+
+// templateRoots returns the top-level keys of the template data a template (which must parse) reads:
+// "input" for .input.x, "request" for $.request, and so on.
+func templateRoots(text string) ([]string, error) {
+	trees := map[string]*parse.Tree{}
+	t := parse.New("template")
+	t.Mode = parse.SkipFuncCheck
+	if _, err := t.Parse(text, "", "", trees); err != nil {
+		return nil, err
+	}
+	w := &refWalker{}
+	for _, name := range keys(trees) {
+		w.list(trees[name].Root, true)
+	}
+	return w.roots, nil
 }
 
 func (w *refWalker) list(n *parse.ListNode, root bool) {
@@ -173,6 +190,9 @@ func (w *refWalker) arg(n parse.Node, root bool) {
 
 // use records a value taken from the data at path (dyn: a key after path is computed at run time).
 func (w *refWalker) use(path []string, dyn bool, expr string) {
+	if len(path) > 0 && !slices.Contains(w.roots, path[0]) {
+		w.roots = append(w.roots, path[0])
+	}
 	switch {
 	case len(path) == 0 && dyn:
 		w.refs = append(w.refs, stepRef{expr: expr, kind: refDynamic})

@@ -57,7 +57,7 @@ func TestContractExample(t *testing.T) {
 	require.Equal(t, 60*time.Second, llm.Timeout)
 	require.Equal(t, 8, llm.MaxConcurrency)
 	require.Equal(t, 30*time.Second, llm.LeaseTTL)
-	require.Equal(t, &registry.RateLimit{Requests: 60, Per: time.Minute}, llm.RateLimit)
+	require.Equal(t, []registry.Budget{{Kind: registry.BudgetRequests, Limit: 60, Per: time.Minute, Path: "services.llm.rate_limit"}}, llm.RateLimits)
 	require.Equal(t, registry.RetryPolicy{MaxAttempts: 5, InitialBackoff: time.Second, MaxBackoff: 2 * time.Minute}, llm.Retry)
 	require.Equal(t, &registry.HealthProbe{Method: "GET", Path: "/models"}, llm.Health)
 	require.Equal(t, int64(registry.DefaultMaxResponseBytes), llm.MaxResponseBytes)
@@ -72,7 +72,7 @@ func TestContractExample(t *testing.T) {
 	require.Equal(t, 4, sim.MaxConcurrency)
 	require.Equal(t, registry.DefaultTimeout, sim.Timeout)
 	require.Equal(t, registry.DefaultLeaseTTL, sim.LeaseTTL)
-	require.Nil(t, sim.RateLimit)
+	require.Empty(t, sim.RateLimits)
 	require.Nil(t, sim.Health)
 	require.Equal(t, registry.RetryPolicy{MaxAttempts: registry.DefaultMaxAttempts, InitialBackoff: registry.DefaultInitialBackoff, MaxBackoff: registry.DefaultMaxBackoff}, sim.Retry)
 	require.Empty(t, sim.Secrets)
@@ -298,7 +298,7 @@ func TestErrors(t *testing.T) {
 		{
 			name: "unknown field in service",
 			src:  "services: {llm: {base_url: \"https://x.example\", timout: 5s}}",
-			want: []string{"services.llm.timout: unknown field (expected one of: kind, base_url, headers, timeout, max_concurrency, lease_ttl, rate_limit, retry, health, latency, fail_times, failure_rate, output, max_response_bytes, adaptive, budget_headers, max_concurrency_per_tenant)"},
+			want: []string{"services.llm.timout: unknown field (expected one of: kind, base_url, headers, timeout, max_concurrency, lease_ttl, rate_limit, retry, health, latency, fail_times, failure_rate, output, max_response_bytes, adaptive, budget_headers, max_concurrency_per_tenant, rate_limits, concurrency_key, max_concurrency_per_key)"},
 		},
 		{
 			name: "unknown top-level field",

@@ -92,9 +92,8 @@ func (l *loader) service(name, path string, n *yaml.Node) *Service {
 			svc.LeaseTTL = d
 		}
 	}
-	if v := f["rate_limit"]; v != nil {
-		svc.RateLimit = l.rateLimit(v, join(path, "rate_limit"))
-	}
+	svc.RateLimits = l.rateLimits(f, path)
+	svc.KeyLimit = l.keyLimit(f, path)
 	if v := f["retry"]; v != nil {
 		svc.Retry = l.retry(v, join(path, "retry"), svc.Retry)
 	}

@@ -42,7 +42,12 @@ type Service struct {
 	Timeout          time.Duration
 	MaxConcurrency   int // fleet-wide concurrent calls; 0 = unlimited
 	LeaseTTL         time.Duration
-	RateLimit        *RateLimit // nil: none
+	// RateLimits are the service's fleet-wide budgets (registry keys rate_limit and rate_limits, in
+	// that order): a call leaves only when every one has room. Empty: none.
+	RateLimits []Budget
+	// KeyLimit caps the calls in flight per value of a template (concurrency_key with
+	// max_concurrency_per_key); nil: none. A step may override it (Step.KeyLimit is the effective one).
+	KeyLimit *KeyLimit
 	Retry            RetryPolicy
 	Health           *HealthProbe // nil: no probe
 	Mock             MockSpec     // for KindMock
@@ -64,7 +69,8 @@ type Service struct {
 	Secrets []string
 }
 
-// RateLimit is a fleet-wide request budget: Requests per Per.
+// RateLimit is a request budget, Requests per Per: the form of a service's rate_limit key (the
+// service keeps it as one of its RateLimits) and of CAO_RATE_LIMIT.
 type RateLimit struct {
 	Requests int
 	Per      time.Duration
@@ -119,6 +125,9 @@ type Step struct {
 	Timeout time.Duration
 	Retry   RetryPolicy
 	Mock    MockSpec
+	// KeyLimit is the step's own concurrency_key / max_concurrency_per_key over its service's; nil
+	// when neither sets one.
+	KeyLimit *KeyLimit
 }
 
 // Request describes the HTTP call of a step; every string value inside Query, Headers and Body (and
