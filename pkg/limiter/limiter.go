@@ -1,6 +1,7 @@
 // Package limiter shares scarce capacity of external APIs across every worker of the fleet through
-// Redis: a Semaphore caps concurrent calls with expiring, fenced leases and FIFO fairness, and a
-// RateLimiter caps requests per time window.
+// Redis: a Semaphore caps concurrent calls with expiring, fenced leases and FIFO fairness, a
+// RateLimiter caps requests per time window, and Budgets cap a service's requests and units of cost
+// (tokens) per window over several budgets at once.
 //
 // All decisions run in Lua scripts against the Redis server clock (TIME), so workers with skewed
 // clocks agree. The scripts avoid anything miniredis lacks, so the embedded mode can use them too.
@@ -28,7 +29,7 @@ const (
 	fenceTTL = 24 * time.Hour
 )
 
-// Config holds the optional settings of a Semaphore or RateLimiter; the zero value uses the defaults.
+// Config holds the optional settings of a Semaphore, RateLimiter or Budgets; the zero value uses the defaults.
 type Config struct {
 	// Prefix starts every Redis key the limiter writes. Default "cao:".
 	Prefix string
