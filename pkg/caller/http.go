@@ -221,49 +221,111 @@ func safeURL(raw string) string {
 	return (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}).String()
 }
 
-// prepare renders the step's request.
+// Request is a step's request as rendered for one call, without its headers (which hold secrets):
+// what a budget's reserve template reads as .request.
+type Request struct {
+	Method string
+	Path   string            // rendered and escaped, relative to the service's base URL
+	Query  map[string]string // the step's query parameters, rendered (not the base URL's own)
+	Body   any               // the JSON body as a value; nil when the request has no body
+	// HasBody is false for a request sent without a body (a GET without one, say).
+	HasBody bool
+}
+
+// Data returns the request as template data: {"method", "path", "query", "body"}.
+func (r *Request) Data() map[string]any {
+	if r == nil {
+		return map[string]any{}
+	}
+	q := make(map[string]any, len(r.Query))
+	for k, v := range r.Query {
+		q[k] = v
+	}
+	return map[string]any{"method": r.Method, "path": r.Path, "query": q, "body": r.Body}
+}
+
+// RenderRequest renders the request a call would send, with the same code the call uses, without
+// its headers; nil for a mock service, which sends no request. The error is an *Error of class
+// template, as the call itself would fail with.
+func RenderRequest(call Call) (*Request, error) {
+	if call.Service == nil || call.Step == nil || call.Service.Kind != registry.KindHTTP {
+		return nil, nil
+	}
+	r, err := renderRequest(call, call.Data.Map())
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// renderRequest renders the method, path, query and body of the step's request from data.
 //
 // Path safety: every string in the template data is url.PathEscape'd (and "." / ".." are escaped
 // too) before the path template runs, so a value like "//evil.example/x" or "../admin" becomes one
 // opaque path segment. Slashes in the rendered path therefore only come from the registry file.
 // A templated path holds no "?" (the registry refuses it), so any "?" or "#" in the rendered path
 // came from the data by another way (an object key printed as JSON, printf "%c" of a number): it is
-// escaped too, and input can never add a query or a fragment. On top of that the final URL must
-// keep the base URL's scheme, host and user info.
-func prepare(call Call) (*preparedRequest, *Error) {
+// escaped too, and input can never add a query or a fragment.
+func renderRequest(call Call, data map[string]any) (*Request, *Error) {
 	svc, step := call.Service, call.Step
-	data := call.Data.Map()
 	r := step.Request
 	if r == nil {
 		r = &registry.Request{}
 	}
-
-	method := strings.ToUpper(strings.TrimSpace(r.Method))
-	if method == "" {
-		method = http.MethodPost
+	out := &Request{Method: strings.ToUpper(strings.TrimSpace(r.Method)), Path: r.Path}
+	if out.Method == "" {
+		out.Method = http.MethodPost
 	}
-
-	path := r.Path
 	if r.PathTemplate != nil {
 		s, err := r.PathTemplate.ExecuteString(pathEscaped(data))
 		if err != nil {
 			return nil, templateError(svc, step, "path", err)
 		}
-		path = s
+		out.Path = s
 		if !r.PathTemplate.IsStatic() {
-			path = pathDelims.Replace(path)
+			out.Path = pathDelims.Replace(out.Path)
 		}
 	}
-
-	query := url.Values{}
+	out.Query = make(map[string]string, len(r.QueryTemplates))
 	for name, t := range r.QueryTemplates {
 		s, err := t.ExecuteString(data)
 		if err != nil {
 			return nil, templateError(svc, step, "query."+name, err)
 		}
-		query.Set(name, s)
+		out.Query[name] = s
 	}
-	u, uerr := joinURL(svc, path, query)
+	switch {
+	case step.Request == nil && out.Method != http.MethodGet && out.Method != http.MethodHead:
+		out.Body, out.HasBody = map[string]any{}, true // the documented default request: POST {} to "/"
+	case r.BodyTemplate != nil:
+		v, err := r.BodyTemplate.Execute(data)
+		if err != nil {
+			return nil, templateError(svc, step, "body", err)
+		}
+		out.Body, out.HasBody = v, true
+	}
+	return out, nil
+}
+
+// prepare renders the step's request (renderRequest) and its headers. On top of the path safety of
+// renderRequest, the final URL must keep the base URL's scheme, host and user info.
+func prepare(call Call) (*preparedRequest, *Error) {
+	svc, step := call.Service, call.Step
+	data := call.Data.Map()
+	rr, rerr := renderRequest(call, data)
+	if rerr != nil {
+		return nil, rerr
+	}
+	r := step.Request
+	if r == nil {
+		r = &registry.Request{}
+	}
+
+	query := url.Values{}
+	for name, v := range rr.Query {
+		query.Set(name, v)
+	}
+	u, uerr := joinURL(svc, rr.Path, query)
 	if uerr != nil {
 		return nil, uerr
 	}
@@ -290,24 +352,15 @@ func prepare(call Call) (*preparedRequest, *Error) {
 	h.Set("Idempotency-Key", call.IdempotencyKey)
 
 	var body []byte
-	switch {
-	case step.Request == nil && method != http.MethodGet && method != http.MethodHead:
-		body = []byte("{}") // the documented default request: POST {} to "/"
-	case r.BodyTemplate != nil:
-		v, err := r.BodyTemplate.Execute(data)
-		if err != nil {
-			return nil, templateError(svc, step, "body", err)
-		}
-		b, err := render.MarshalJSON(v)
+	if rr.HasBody {
+		b, err := render.MarshalJSON(rr.Body)
 		if err != nil {
 			return nil, templateError(svc, step, "body", err)
 		}
 		body = b
-	}
-	if body != nil {
 		h.Set("Content-Type", "application/json")
 	}
-	return &preparedRequest{method: method, url: u, header: h, body: body}, nil
+	return &preparedRequest{method: rr.Method, url: u, header: h, body: body}, nil
 }
 
 func templateError(svc *registry.Service, step *registry.Step, field string, err error) *Error {
