@@ -3,8 +3,8 @@
 //
 // Service probes never run per request. A background loop probes every service that has a health
 // request once per ProbeInterval, each probe admitted like a step's call: a slot of the service's
-// fleet-wide semaphore (max_concurrency) and a request of its rate budget (rate_limit). When either
-// has no room right now the round skips that service and the report keeps its last result, with its
+// fleet-wide semaphore (max_concurrency) and a request of its budgets (rate_limit, rate_limits). When
+// any has no room right now the round skips that service and the report keeps its last result, with its
 // time and age. The loop runs only in a process that serves /health/services: it starts with the
 // first report asked for (or with Start) and ends with Stop. The backend checks (database and Redis
 // pings, queue statistics, leases in use) are cheap and stay per request, bounded by CheckTimeout.
@@ -190,7 +190,7 @@ type Checker struct {
 	insp   *asynq.Inspector
 	reg    *registry.Registry
 	sem    *limiter.Semaphore
-	rate   *limiter.RateLimiter
+	rate   *limiter.Budgets
 	adapt  *limiter.Adaptive  // holds and adaptive limits, on sem's Redis and prefix
 	fair   *limiter.FairQueue // steps parked while their service is saturated
 	waits  *waits.Book        // why steps wait, as workers noted it
@@ -223,7 +223,7 @@ type liveCache struct {
 func NewChecker(st store.Store, rdb redis.UniversalClient, reg *registry.Registry, sem *limiter.Semaphore, rate *limiter.RateLimiter, c *caller.Caller, queues []string, cfg Config) *Checker {
 	cfg = cfg.withDefaults()
 	ch := &Checker{
-		store: st, rdb: rdb, insp: asynq.NewInspectorFromRedisClient(rdb), reg: reg, sem: sem, rate: rate, caller: c, adapt: limiter.AdaptiveFor(sem), fair: limiter.FairQueueFor(sem), waits: waits.New(rdb, sem.Prefix()),
+		store: st, rdb: rdb, insp: asynq.NewInspectorFromRedisClient(rdb), reg: reg, sem: sem, rate: limiter.BudgetsFor(rate), caller: c, adapt: limiter.AdaptiveFor(sem), fair: limiter.FairQueueFor(sem), waits: waits.New(rdb, sem.Prefix()),
 		queues: queues, cfg: cfg, log: cfg.Logger, results: map[string]probeResult{},
 	}
 	for _, name := range sortedServices(reg) {
@@ -311,7 +311,7 @@ func (c *Checker) round(ctx context.Context) {
 func (c *Checker) probeService(ctx context.Context, svc *registry.Service) {
 	timeout := c.cfg.ProbeTimeout
 	if svc.Kind != registry.KindMock {
-		lease, rsv, skip := c.admit(ctx, svc)
+		lease, grant, skip := c.admit(ctx, svc)
 		if skip != "" {
 			if ctx.Err() == nil {
 				c.skip(svc.Name, skip)
@@ -322,9 +322,9 @@ func (c *Checker) probeService(ctx context.Context, svc *registry.Service) {
 		if lease.Token != 0 && svc.LeaseTTL > 0 {
 			timeout = min(timeout, svc.LeaseTTL/2)
 		}
-		if rsv.ID != "" {
+		if grant.ID != "" {
 			sctx, cancel := context.WithTimeout(ctx, c.cfg.CheckTimeout)
-			if err := c.rate.Sent(sctx, rsv); err != nil {
+			if err := c.rate.Sent(sctx, grant); err != nil {
 				c.log.Warn("health probe: record send time", "service", svc.Name, "err", err)
 			}
 			cancel()
@@ -356,40 +356,31 @@ func (c *Checker) probeService(ctx context.Context, svc *registry.Service) {
 	}
 }
 
-// admit takes a slot of svc's semaphore (when it has max_concurrency) and a request of its rate
-// budget (when it has rate_limit) without waiting: a probe never queues behind steps, it skips the
+// admit takes a slot of svc's semaphore (when it has max_concurrency) and a request of its budgets
+// (when it has rate_limit or rate_limits) without waiting: a probe never queues behind steps, it skips the
 // round. It returns the reason to skip when either has no room or the limiter does not answer.
-func (c *Checker) admit(ctx context.Context, svc *registry.Service) (limiter.Lease, limiter.Reservation, string) {
+func (c *Checker) admit(ctx context.Context, svc *registry.Service) (limiter.Lease, limiter.Grant, string) {
 	actx, cancel := context.WithTimeout(ctx, c.cfg.CheckTimeout)
 	defer cancel()
 	limit, skip := c.adaptiveLimit(actx, svc)
 	if skip != "" {
-		return limiter.Lease{}, limiter.Reservation{}, skip
+		return limiter.Lease{}, limiter.Grant{}, skip
 	}
 	// An empty waiter ID never queues, and is granted a slot only when no step waits for one.
 	lease, err := c.sem.Acquire(actx, svc.Name, limit, svc.LeaseTTL, "")
 	switch {
 	case errors.Is(err, limiter.ErrFull):
-		return limiter.Lease{}, limiter.Reservation{}, SkipMaxConcurrency
+		return limiter.Lease{}, limiter.Grant{}, SkipMaxConcurrency
 	case err != nil:
 		c.log.Warn("health probe: service slot", "service", svc.Name, "err", err)
-		return limiter.Lease{}, limiter.Reservation{}, SkipLimiterError
+		return limiter.Lease{}, limiter.Grant{}, SkipLimiterError
 	}
-	rl := svc.RateLimit
-	if rl == nil {
-		return lease, limiter.Reservation{}, ""
-	}
-	rsv, ok, _, err := c.rate.Reserve(actx, svc.Name, rl.Requests, rl.Per+rateSlack)
-	switch {
-	case err != nil:
+	grant, skip := c.reserveProbe(actx, svc)
+	if skip != "" {
 		c.release(lease)
-		c.log.Warn("health probe: rate budget", "service", svc.Name, "err", err)
-		return limiter.Lease{}, limiter.Reservation{}, SkipLimiterError
-	case !ok:
-		c.release(lease)
-		return limiter.Lease{}, limiter.Reservation{}, SkipRateLimit
+		return limiter.Lease{}, limiter.Grant{}, skip
 	}
-	return lease, rsv, ""
+	return lease, grant, ""
 }
 
 func (c *Checker) release(lease limiter.Lease) {

@@ -12,11 +12,16 @@ import (
 	"github.com/cao-run/cao/pkg/task"
 )
 
-// execute calls the service while keeping both leases alive; losing either cancels the call. rsv is
-// the call's rate limit reservation (zero when the service has no rate limit), gen the AIMD
-// generation its slot was granted in. What the answer says about the service's limits is reported
-// before execute returns.
-func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, leases []limiter.Lease, rsv limiter.Reservation, gen int64, clock *leaseClock) (orchestrator.Outcome, time.Duration) {
+// execute calls the service while keeping the step's leases alive (its step lease and the semaphore
+// leases of its admission: the service slot, the slots within the service, its key's); losing any
+// cancels the call. adm is the step's admission: its budgets are told when the call leaves and what
+// it cost, and the AIMD generation its slot was granted in goes with what the answer says about the
+// service's limits, reported before execute returns.
+func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, adm *admission, clock *leaseClock) (orchestrator.Outcome, time.Duration) {
+	if adm.fail != nil {
+		// A template the step's limits need could not be rendered: the step fails without a call.
+		return orchestrator.Outcome{Err: adm.fail, ErrorClass: caller.ClassTemplate}, 0
+	}
 	callCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stopMerge := context.AfterFunc(r.runCtx, func() { cancel(context.Cause(r.runCtx)) })
@@ -28,7 +33,7 @@ func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, leases []
 	hbStopped := make(chan struct{})
 	go func() {
 		defer close(hbStopped)
-		r.heartbeat(callCtx, a, leases, clock, cancel, hbDone)
+		r.heartbeat(callCtx, a, adm.leases(), clock, cancel, hbDone)
 	}()
 	defer func() { close(hbDone); <-hbStopped }()
 
@@ -36,10 +41,10 @@ func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, leases []
 	if err != nil {
 		return orchestrator.Outcome{Err: err, ErrorClass: "template"}, 0
 	}
-	// The budget was taken before the attempt was recorded, which takes a variable time: space this
-	// call from the others by when it leaves, not by when it was admitted.
-	if err := r.rate.Sent(callCtx, rsv); err != nil {
-		r.cfg.Logger.Warn("rate limit: record send time", "service", a.Service.Name, "err", err)
+	// The budgets were taken before the attempt was recorded, which takes a variable time: space
+	// this call from the others by when it leaves, not by when it was admitted.
+	if err := r.rate.Sent(callCtx, adm.grant); err != nil {
+		r.cfg.Logger.Warn("budgets: record send time", "service", a.Service.Name, "err", err)
 	}
 	// The process may have been stopped (SIGSTOP, VM freeze) since it took its leases, and the
 	// heartbeat may not have noticed yet: never send on a lease that may belong to someone else now.
@@ -47,13 +52,15 @@ func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, leases []
 		err := fmt.Errorf("%w: lease expired before the call was sent", limiter.ErrLeaseLost)
 		return orchestrator.Outcome{Err: err, ErrorClass: "lease_lost", Interrupted: true}, 0
 	}
+	adm.sent = true
 	start := r.cfg.Now()
 	res, err := r.caller.Call(callCtx, caller.Call{
 		JobID: a.Payload.JobID, Step: a.Step, Service: a.Service, Run: a.Payload.Run, Attempt: a.Payload.Attempt,
 		IdempotencyKey: task.IdempotencyKey(a.Payload.JobID, a.Payload.Step, a.Payload.Run), Data: data,
 	})
 	dur := r.cfg.Now().Sub(start)
-	r.observe(ctx, a.Service, res, err, gen)
+	r.settle(ctx, a, adm, data, res, err)
+	r.observe(ctx, a.Service, res, err, adm.gen)
 	if err == nil {
 		return orchestrator.Outcome{Output: res.Output, HTTPStatus: res.HTTPStatus}, dur
 	}

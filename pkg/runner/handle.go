@@ -11,7 +11,6 @@ import (
 
 	"github.com/cao-run/cao/pkg/backoff"
 	"github.com/cao-run/cao/pkg/dispatch"
-	"github.com/cao-run/cao/pkg/limiter"
 	"github.com/cao-run/cao/pkg/orchestrator"
 	"github.com/cao-run/cao/pkg/registry"
 	"github.com/cao-run/cao/pkg/store"
@@ -26,6 +25,9 @@ type busyError struct {
 	why     string
 	park    bool
 	reason  string // what the step waits for (package waits), for its note
+	// ready is when the step expects room, when it comes back earlier than that to wait the rest
+	// in its worker (budgets); 0: at the delay.
+	ready time.Duration
 }
 
 func (e *busyError) Error() string {
@@ -80,7 +82,7 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	// that has not started has nothing to finish.
 	admitCtx, stopAdmit := context.WithCancelCause(ctx)
 	stopWait := context.AfterFunc(r.admitCtx, func() { stopAdmit(context.Cause(r.admitCtx)) })
-	adm, err := r.admit(admitCtx, svc, p)
+	adm, err := r.admit(admitCtx, target)
 	stopWait()
 	stopAdmit(nil)
 	var busy *busyError
@@ -90,6 +92,10 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 		}
 		return r.reschedule(ctx, t, p, svc, busy)
 	}
+	if errors.Is(err, orchestrator.ErrStale) {
+		log.Debug("stale step task acknowledged", "reason", err)
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -98,14 +104,13 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 		// from the slot to the call. The note is shown for QUEUED steps only, and this one starts.
 		defer r.admitted(context.WithoutCancel(ctx), p, svc)
 	}
-	rsv, gen := adm.rsv, adm.gen
 	// The slot is held until the outcome is recorded, so a service never shows more RUNNING steps
 	// than its max_concurrency; recording is one statement.
 	held := true
 	release := func() {
 		if held {
 			held = false
-			r.releaseAll(ctx, svc, adm)
+			r.releaseAll(ctx, svc, &adm)
 		}
 	}
 	defer release()
@@ -128,7 +133,7 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 			// Stopping: a step claimed by continuation has not started; put it back.
 			out = orchestrator.Outcome{Err: errShutdown, ErrorClass: "interrupted", Interrupted: true}
 		} else {
-			out, dur = r.execute(ctx, a, adm.leases(), rsv, gen, clock)
+			out, dur = r.execute(ctx, a, &adm, clock)
 		}
 		// Record even if the task's context ended: the outcome is what matters now. A step this
 		// records as ready may be claimed for this handler in the same statement (continued).
@@ -157,18 +162,18 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 			return nil
 		}
 		// Continued: the next step's service takes no slot or budget (see continueWith).
-		a, adm, rsv, gen = next, admission{}, limiter.Reservation{}, 0
+		a, adm = next, admission{}
 		clock = newLeaseClock(recordAt, r.orch.Config().StepLeaseTTL, nil, 0)
 		log = r.cfg.Logger.With("job_id", a.Payload.JobID, "step", a.Payload.Step, "run", a.Payload.Run, "attempt", a.Payload.Attempt)
 	}
 }
 
 // continues reports whether this worker runs step st of service svc right after the step it
-// finished, instead of queueing it: only when the service needs no slot or rate budget and is not on
-// hold (admission would otherwise have to wait with the step already claimed), this worker serves
-// the step's queue, and the worker is not stopping.
+// finished, instead of queueing it: only when the step needs no slot, budget or key slot and its
+// service is not on hold (admission would otherwise have to wait with the step already claimed),
+// this worker serves the step's queue, and the worker is not stopping.
 func (r *Runner) continues(st *registry.Step, svc *registry.Service) bool {
-	if svc.MaxConcurrency > 0 || svc.RateLimit != nil || r.admitCtx.Err() != nil {
+	if svc.MaxConcurrency > 0 || limited(st, svc) || r.admitCtx.Err() != nil {
 		return false
 	}
 	if _, ok := r.cfg.Queues[st.Queue]; !ok {
@@ -250,7 +255,11 @@ func (r *Runner) reschedule(ctx context.Context, t *asynq.Task, p task.StepPaylo
 		return b
 	}
 	if b.reason != "" {
-		r.noteWait(context.WithoutCancel(ctx), p, svc, b.reason, at)
+		until := at
+		if b.ready > 0 {
+			until = now.Add(b.ready)
+		}
+		r.noteWait(context.WithoutCancel(ctx), p, svc, b.reason, until)
 	}
 	return nil
 }

@@ -1,5 +1,5 @@
 // Package runner is the worker side of CAO: an Asynq server that executes step tasks. For each task it
-// takes a lease on the service's fleet-wide semaphore (and rate budget), claims the step in the
+// takes a lease on the service's fleet-wide semaphore (and its key's, and its budgets), claims the step in the
 // database, calls the service while heart-beating both leases, and records the outcome.
 package runner
 
@@ -73,13 +73,14 @@ type Config struct {
 
 // Hooks are optional callbacks fired by the runner.
 type Hooks struct {
-	// OnBusy is called when a step is requeued because its service is full or rate limited.
+	// OnBusy is called when a step is requeued because its service (or its key) is full or out of budget.
 	OnBusy func(service string)
 	// OnAttempt is called after an attempt finished, with its outcome.
 	OnAttempt func(service string, out orchestrator.Outcome, d time.Duration)
 	// OnWait is called when a step was admitted to its service, with how long it waited in this
-	// worker for a slot (reason WaitSlot, services with max_concurrency) and for its rate budget
-	// (reason WaitRateBudget, services with a rate_limit); zero when it found room at once.
+	// worker for a slot (reason WaitSlot, services with max_concurrency), for a slot of its key
+	// value (reason WaitKey, with concurrency_key) and for its budgets (reason WaitRateBudget,
+	// services with rate_limit or rate_limits); zero when it found room at once.
 	OnWait func(service, reason string, d time.Duration)
 }
 
@@ -140,7 +141,7 @@ type Runner struct {
 	rdb    redis.UniversalClient
 	sem    *limiter.Semaphore
 	room   *limiter.WaitRoom
-	rate   *limiter.RateLimiter
+	rate   *limiter.Budgets  // rate_limit and rate_limits, on rate's Redis and prefix
 	adapt  *limiter.Adaptive // holds and adaptive limits, on sem's Redis and prefix
 	parker *fairness.Parker  // parks steps while their service is saturated, hands them out fairly
 	waits  *waits.Book       // why steps wait, for the API
@@ -170,7 +171,7 @@ func New(orch *orchestrator.Orchestrator, rdb redis.UniversalClient, sem *limite
 	queue := asynq.NewClientFromRedisClient(rdb)
 	notes := waits.New(rdb, sem.Prefix())
 	return &Runner{
-		orch: orch, rdb: rdb, sem: sem, rate: rate, caller: c, hub: hub, cfg: cfg, adapt: limiter.AdaptiveFor(sem),
+		orch: orch, rdb: rdb, sem: sem, rate: limiter.BudgetsFor(rate), caller: c, hub: hub, cfg: cfg, adapt: limiter.AdaptiveFor(sem),
 		parker: fairness.New(limiter.FairQueueFor(sem), queue, asynq.NewInspectorFromRedisClient(rdb), nil, fairness.Config{
 			Weights: cfg.TenantWeights, Fallback: cfg.ParkFallback, Now: cfg.Now, Logger: cfg.Logger, Notes: notes,
 		}),

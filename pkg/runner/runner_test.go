@@ -99,7 +99,9 @@ func TestContinues(t *testing.T) {
 	free := &registry.Service{Name: "mock"}
 	require.True(t, r.continues(step, free))
 	require.False(t, r.continues(step, &registry.Service{Name: "llm", MaxConcurrency: 4}), "a capped service needs a slot first")
-	require.False(t, r.continues(step, &registry.Service{Name: "api", RateLimit: &registry.RateLimit{Requests: 5, Per: time.Second}}))
+	require.False(t, r.continues(step, &registry.Service{Name: "api", RateLimits: []registry.Budget{{Kind: registry.BudgetRequests, Limit: 5, Per: time.Second}}}))
+	keyed := &registry.Step{Name: "k", Queue: "heavy", KeyLimit: &registry.KeyLimit{Max: 1}}
+	require.False(t, r.continues(keyed, free), "a step with a concurrency_key needs its key's slot first")
 	require.False(t, r.continues(&registry.Step{Name: "c", Queue: "parked"}, free), "a queue this worker does not serve")
 	stop(errShutdown)
 	require.False(t, r.continues(step, free), "a stopping worker starts nothing new")

@@ -11,13 +11,17 @@ import (
 
 // templateData builds the template data of an attempt: input, outputs of succeeded steps, ids.
 func templateData(a *orchestrator.Attempt) (render.Data, error) {
-	d := render.Data{JobID: a.Payload.JobID, StepName: a.Payload.Step, Attempt: a.Payload.Attempt, Run: a.Payload.Run,
-		Steps: make(map[string]any, len(a.Outputs))}
+	return templateDataOf(a.Payload.JobID, a.Payload.Step, a.Payload.Attempt, a.Payload.Run, a.Input, a.Outputs)
+}
+
+// templateDataOf builds the template data of an attempt from its job's input and outputs.
+func templateDataOf(jobID, step string, attempt, run int, input json.RawMessage, outputs map[string]json.RawMessage) (render.Data, error) {
+	d := render.Data{JobID: jobID, StepName: step, Attempt: attempt, Run: run, Steps: make(map[string]any, len(outputs))}
 	var err error
-	if d.Input, err = decode(a.Input); err != nil {
+	if d.Input, err = decode(input); err != nil {
 		return d, fmt.Errorf("decode job input: %w", err)
 	}
-	for name, out := range a.Outputs {
+	for name, out := range outputs {
 		v, err := decode(out)
 		if err != nil {
 			return d, fmt.Errorf("decode output of step %s: %w", name, err)
