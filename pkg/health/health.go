@@ -3,8 +3,8 @@
 //
 // Service probes never run per request. A background loop probes every service that has a health
 // request once per ProbeInterval, each probe admitted like a step's call: a slot of the service's
-// fleet-wide semaphore (max_concurrency) and a request of its budgets (rate_limit, rate_limits). When
-// any has no room right now the round skips that service and the report keeps its last result, with its
+// fleet-wide semaphore (max_concurrency) and a request of its rate budget (rate_limit). When either
+// has no room right now the round skips that service and the report keeps its last result, with its
 // time and age. The loop runs only in a process that serves /health/services: it starts with the
 // first report asked for (or with Start) and ends with Stop. The backend checks (database and Redis
 // pings, queue statistics, leases in use) are cheap and stay per request, bounded by CheckTimeout.
@@ -356,8 +356,8 @@ func (c *Checker) probeService(ctx context.Context, svc *registry.Service) {
 	}
 }
 
-// admit takes a slot of svc's semaphore (when it has max_concurrency) and a request of its budgets
-// (when it has rate_limit or rate_limits) without waiting: a probe never queues behind steps, it skips the
+// admit takes a slot of svc's semaphore (when it has max_concurrency) and a request of its rate
+// budgets (rate_limit, rate_limits) without waiting: a probe never queues behind steps, it skips the
 // round. It returns the reason to skip when either has no room or the limiter does not answer.
 func (c *Checker) admit(ctx context.Context, svc *registry.Service) (limiter.Lease, limiter.Grant, string) {
 	actx, cancel := context.WithTimeout(ctx, c.cfg.CheckTimeout)

@@ -42,12 +42,6 @@ type Service struct {
 	Timeout          time.Duration
 	MaxConcurrency   int // fleet-wide concurrent calls; 0 = unlimited
 	LeaseTTL         time.Duration
-	// RateLimits are the service's fleet-wide budgets (registry keys rate_limit and rate_limits, in
-	// that order): a call leaves only when every one has room. Empty: none.
-	RateLimits []Budget
-	// KeyLimit caps the calls in flight per value of a template (concurrency_key with
-	// max_concurrency_per_key); nil: none. A step may override it (Step.KeyLimit is the effective one).
-	KeyLimit *KeyLimit
 	Retry            RetryPolicy
 	Health           *HealthProbe // nil: no probe
 	Mock             MockSpec     // for KindMock
@@ -62,6 +56,12 @@ type Service struct {
 	// MaxConcurrencyPerTenant caps the calls of one tenant's steps in flight, fleet-wide, within
 	// MaxConcurrency; 0: no cap of its own (tenants still share a saturated service round-robin).
 	MaxConcurrencyPerTenant int
+	// RateLimits are the service's fleet-wide budgets (registry keys rate_limit and rate_limits, in
+	// that order): a call leaves only when every one has room. Empty: none.
+	RateLimits []Budget
+	// KeyLimit caps the calls in flight per value of a template (concurrency_key with
+	// max_concurrency_per_key); nil: none. A step may override it (Step.KeyLimit is the effective one).
+	KeyLimit *KeyLimit
 	// Secrets are the literal values that must be redacted from anything CAO logs, stores or returns:
 	// every header value and every ${VAR} expansion inside the service definition, and those of its
 	// steps' request headers, query and path. Redact hides them in every encoded form too (URL, JSON,
