@@ -227,9 +227,9 @@ func TestBudgetsSettleAndCancel(t *testing.T) {
 // window, so workers of an older version (rate_limit through RateLimiter) and this one share it.
 func TestBudgetsShareTheRateLimitersWindow(t *testing.T) {
 	t.Parallel()
-	onBothBackends(t, func(t *testing.T, ctx context.Context, b *Budgets, be budgetBackend) {
+	onBothBackends(t, func(t *testing.T, ctx context.Context, _ *Budgets, be budgetBackend) {
 		rate := NewRateLimiter(be.rdb, be.cfg)
-		b = BudgetsFor(rate)
+		b := BudgetsFor(rate)
 		_, ok, _, err := rate.Reserve(ctx, "api", 2, time.Hour)
 		require.NoError(t, err)
 		require.True(t, ok)

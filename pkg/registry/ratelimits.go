@@ -273,12 +273,11 @@ func (l *loader) keyLimit(f map[string]*yaml.Node, path string) *KeyLimit {
 		return nil
 	}
 	kl := &KeyLimit{}
-	ok := true
+	var ok bool
 	if key != nil {
 		ok = l.keyTemplate(key, join(path, "concurrency_key"), kl)
 	} else {
 		l.errorf(join(path, "max_concurrency_per_key"), "requires concurrency_key (the template whose value the calls in flight are counted by, e.g. \"{{ .input.customer_id }}\")")
-		ok = false
 	}
 	if maxN != nil {
 		ok = l.keyMax(maxN, join(path, "max_concurrency_per_key"), kl) && ok

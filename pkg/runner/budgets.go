@@ -64,25 +64,34 @@ func budgetOf(b registry.Budget) limiter.Budget {
 // and the key its calls are counted by. It reads the step's template data only when they need it.
 // ErrStale (from the read) means the task no longer matches its step.
 func (r *Runner) plan(ctx context.Context, t *orchestrator.Target) (*plan, error) {
+	if !needsData(t.Step, t.Service) {
+		return planFor(t, nil), nil
+	}
+	sd, err := r.orch.Peek(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	return planFor(t, sd), nil
+}
+
+// planFor is plan once the step's data is read (sd, nil when its limits do not need it). A template
+// that cannot be rendered is the plan's fail, the step's error.
+func planFor(t *orchestrator.Target, sd *orchestrator.StepData) *plan {
 	svc, st := t.Service, t.Step
 	p := &plan{}
 	var data map[string]any
-	if needsData(st, svc) {
-		sd, err := r.orch.Peek(ctx, t)
-		if err != nil {
-			return nil, err
-		}
+	if sd != nil {
 		d, err := templateDataOf(t.Payload.JobID, t.Payload.Step, t.Payload.Attempt, t.Payload.Run, sd.Input, sd.Outputs)
 		if err != nil {
 			p.fail = err
-			return p, nil
+			return p
 		}
 		data = d.Map()
 		if kl := st.KeyLimit; kl != nil {
 			v, err := kl.Template.ExecuteString(data)
 			if err != nil {
 				p.fail = limitError(svc, st, "concurrency_key", kl.Path, err)
-				return p, nil
+				return p
 			}
 			if v != "" { // an empty key value: no limit per key for this call
 				p.key, p.keyMax = keySemaphore(svc.Name, v), kl.Max
@@ -92,7 +101,7 @@ func (r *Runner) plan(ctx context.Context, t *orchestrator.Target) (*plan, error
 			Run: t.Payload.Run, Attempt: t.Payload.Attempt, Data: d})
 		if err != nil {
 			p.fail = err // the call itself would fail so: a template error of the step
-			return p, nil
+			return p
 		}
 		data["request"] = req.Data()
 	}
@@ -102,13 +111,13 @@ func (r *Runner) plan(ctx context.Context, t *orchestrator.Target) (*plan, error
 			n, err := reserveOf(b, data)
 			if err != nil {
 				p.fail = limitError(svc, st, "reserve", b.Path+".reserve", err)
-				return p, nil
+				return p
 			}
 			ask.Units = n
 		}
 		p.asks = append(p.asks, ask)
 	}
-	return p, nil
+	return p
 }
 
 // reserveOf is what a call takes from units budget b before it leaves: its reserve, or its cost
