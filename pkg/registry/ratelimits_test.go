@@ -217,3 +217,33 @@ func TestRateLimitErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestContractLimitsBlock loads the service of the contract's "Limits that adapt" block as written
+// (its max_concurrency_per_tenant, the fair-sharing key, left out here).
+func TestContractLimitsBlock(t *testing.T) {
+	t.Parallel()
+	src := `
+services:
+  llm:
+    base_url: https://llm.example
+    max_concurrency: 12
+    adaptive: {min: 1}               # AIMD: halve the effective limit on 429/503/timeout, +1 after a run of successes
+    budget_headers: true
+    rate_limits:                     # every budget must have room before a call leaves (rate_limit: is one of these)
+      - {requests: 500, per: 1m}
+      - {units: 90000, per: 1m, cost: "{{ .response.usage.total_tokens }}", reserve: "{{ .request.body.max_tokens }}"}
+    concurrency_key: "{{ .input.customer_id }}"    # optional, with max_concurrency_per_key
+    max_concurrency_per_key: 2
+features:
+  f: {steps: [{name: a, service: llm}]}
+`
+	reg, err := registry.Parse(testFile, []byte(src), nil)
+	require.NoError(t, err)
+	llm := reg.Services["llm"]
+	require.Len(t, llm.RateLimits, 2)
+	require.Equal(t, "", llm.RateLimits[0].ID)
+	require.EqualValues(t, 500, llm.RateLimits[0].Limit)
+	require.EqualValues(t, 90000, llm.RateLimits[1].Limit)
+	require.Equal(t, 2, llm.KeyLimit.Max)
+	require.Same(t, llm.KeyLimit, reg.Features["f"].Steps[0].KeyLimit, "the step inherits the service's limit per key")
+}
