@@ -44,9 +44,10 @@ func (c *Checker) reserveProbe(ctx context.Context, svc *registry.Service) (limi
 	return g, ""
 }
 
-// Budgets returns what is left of each budget of service name now, in the registry's order (nil
-// for a service without budgets): for /health/services and metrics.
-func (c *Checker) Budgets(ctx context.Context, name string) ([]limiter.BudgetState, error) {
+// RateBudgets returns what is left of each budget of service name (rate_limit, rate_limits) now,
+// by CAO's own count, in the registry's order (nil for a service without budgets): for
+// /health/services and metrics, beside the budgets the provider reports on its answers.
+func (c *Checker) RateBudgets(ctx context.Context, name string) ([]limiter.BudgetState, error) {
 	svc := c.reg.Services[name]
 	if svc == nil || len(svc.RateLimits) == 0 {
 		return nil, nil

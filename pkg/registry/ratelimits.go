@@ -355,6 +355,11 @@ func (l *loader) keyMax(n *yaml.Node, path string, kl *KeyLimit) bool {
 	return true
 }
 
+// Label names the budget for people: "500 requests per 1m0s", "90000 units per 1m0s".
+func (b Budget) Label() string {
+	return fmt.Sprintf("%d %s per %s", b.Limit, b.Kind, b.Per)
+}
+
 // same reports whether two budgets count the same thing over the same window.
 func (b Budget) same(o Budget) bool {
 	return b.Kind == o.Kind && b.Per == o.Per && b.Reserve.Text == o.Reserve.Text && b.Cost.Text == o.Cost.Text

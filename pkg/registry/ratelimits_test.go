@@ -244,6 +244,8 @@ features:
 	require.Equal(t, "", llm.RateLimits[0].ID)
 	require.EqualValues(t, 500, llm.RateLimits[0].Limit)
 	require.EqualValues(t, 90000, llm.RateLimits[1].Limit)
+	require.Equal(t, "500 requests per 1m0s", llm.RateLimits[0].Label())
+	require.Equal(t, "90000 units per 1m0s", llm.RateLimits[1].Label())
 	require.Equal(t, 2, llm.KeyLimit.Max)
 	require.Same(t, llm.KeyLimit, reg.Features["f"].Steps[0].KeyLimit, "the step inherits the service's limit per key")
 }

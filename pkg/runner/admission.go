@@ -155,14 +155,16 @@ func (r *Runner) admit(ctx context.Context, t *orchestrator.Target) (admission, 
 // budgetBusy is the busyError of a step whose budgets have room only after denial.Wait: it goes
 // back to its queue until a little before then (budgetRetry), its note saying when the room frees.
 func (r *Runner) budgetBusy(svc *registry.Service, denial *limiter.Denial) error {
-	why := "is out of rate budget"
+	why, label := "is out of rate budget", ""
 	if denial.Budget >= 0 && denial.Budget < len(svc.RateLimits) {
-		why += " (" + svc.RateLimits[denial.Budget].Path + ")"
+		b := svc.RateLimits[denial.Budget]
+		why += " (" + b.Path + ")"
+		label = b.Label()
 	}
 	err := r.waitBusy(svc.Name, waits.Rate, why, r.budgetRetry(denial.Wait))
 	var b *busyError
 	if errors.As(err, &b) {
-		b.ready = denial.Wait
+		b.ready, b.budget = denial.Wait, label
 	}
 	return err
 }

@@ -78,3 +78,25 @@ func TestKeySemaphoreHidesTheValue(t *testing.T) {
 	require.NotEqual(t, a, keySemaphore("llm", "other"))
 	require.NotEqual(t, a, keySemaphore("api", "acme}{ with a secret-ish value"), "per service")
 }
+
+// TestBudgetBusyComesBackEarly: a step out of budget for long goes back to its queue until a little
+// before its budget has room (Asynq may bring it back up to 1 s + PollInterval late), and its note
+// says when the room frees and which budget, not when the copy is due.
+func TestBudgetBusyComesBackEarly(t *testing.T) {
+	t.Parallel()
+	r := &Runner{cfg: Config{}.WithDefaults()}
+	svc := &registry.Service{Name: "llm", RateLimits: []registry.Budget{
+		{Kind: registry.BudgetRequests, Limit: 500, Per: time.Minute, Path: "services.llm.rate_limits[0]"},
+		{Kind: registry.BudgetUnits, Limit: 20000, Per: 10 * time.Second, Path: "services.llm.rate_limits[1]"},
+	}}
+	err := r.budgetBusy(svc, &limiter.Denial{Wait: 9 * time.Second, Budget: 1})
+	var b *busyError
+	require.ErrorAs(t, err, &b)
+	require.GreaterOrEqual(t, b.delay, 7500*time.Millisecond, "9 s - 1 s - PollInterval (500ms), and 100 ms ± 100 % of jitter")
+	require.LessOrEqual(t, b.delay, 7700*time.Millisecond)
+	require.Equal(t, 9*time.Second, b.ready)
+	require.Equal(t, "20000 units per 10s", b.budget)
+	require.Contains(t, b.why, "services.llm.rate_limits[1]")
+	require.Equal(t, "rate_budget", b.reason)
+	require.Equal(t, 1500*time.Millisecond, r.budgetRetry(3*time.Second), "at least half the wait")
+}

@@ -98,7 +98,7 @@ func (c *cluster) createWith(feature string, input any) string {
 
 func (c *cluster) budgets(service string) []limiter.BudgetState {
 	c.t.Helper()
-	st, err := c.nodes[0].Health.Budgets(c.ctx, service)
+	st, err := c.nodes[0].Health.RateBudgets(c.ctx, service)
 	require.NoError(c.t, err)
 	return st
 }

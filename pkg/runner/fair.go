@@ -41,7 +41,7 @@ func (r *Runner) enterRoom(svc *registry.Service, p task.StepPayload, noted *boo
 			}
 			p.Since = r.cfg.Now().UnixMicro()
 		}
-		r.noteWait(ctx, p, svc, waits.Slot, time.Time{})
+		r.noteWait(ctx, p, svc, waits.Slot, time.Time{}, "")
 		*noted = true
 		return nil
 	}
@@ -113,9 +113,10 @@ func (r *Runner) sweepParked(ctx context.Context) {
 	}
 }
 
-// noteWait records why step p waits for svc (package waits), and until when if known, for the API.
-func (r *Runner) noteWait(ctx context.Context, p task.StepPayload, svc *registry.Service, reason string, until time.Time) {
-	n := waits.Note{Reason: reason, Service: svc.Name, Tenant: fairness.Tenant(p), Since: time.UnixMicro(p.Since).UTC(), Until: until.UTC()}
+// noteWait records why step p waits for svc (package waits), until when if known and for which
+// budget (rate budgets), for the API.
+func (r *Runner) noteWait(ctx context.Context, p task.StepPayload, svc *registry.Service, reason string, until time.Time, budget string) {
+	n := waits.Note{Reason: reason, Service: svc.Name, Tenant: fairness.Tenant(p), Since: time.UnixMicro(p.Since).UTC(), Until: until.UTC(), Budget: budget}
 	if until.IsZero() {
 		n.Until = time.Time{}
 	}

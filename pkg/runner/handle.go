@@ -27,7 +27,8 @@ type busyError struct {
 	reason  string // what the step waits for (package waits), for its note
 	// ready is when the step expects room, when it comes back earlier than that to wait the rest
 	// in its worker (budgets); 0: at the delay.
-	ready time.Duration
+	ready  time.Duration
+	budget string // which budget it waits for, for its note (rate budgets)
 }
 
 func (e *busyError) Error() string {
@@ -259,7 +260,7 @@ func (r *Runner) reschedule(ctx context.Context, t *asynq.Task, p task.StepPaylo
 		if b.ready > 0 {
 			until = now.Add(b.ready)
 		}
-		r.noteWait(context.WithoutCancel(ctx), p, svc, b.reason, until)
+		r.noteWait(context.WithoutCancel(ctx), p, svc, b.reason, until, b.budget)
 	}
 	return nil
 }
