@@ -187,4 +187,16 @@ func TestTokenBudgetAgainstAProvider(t *testing.T) {
 		len(accepted), n, reserved, took.Round(time.Millisecond), n, budget, window, ideal, float64(took)/float64(ideal))
 	require.GreaterOrEqual(t, took, ideal, "faster than the budget allows: the provider's window is broken")
 	require.LessOrEqual(t, float64(took), 1.2*float64(ideal), "took %s, ideal %s", took, ideal)
+
+	// Health shows the budget by CAO's count: the last window's calls, settled at their cost.
+	rb := serviceHealth(t, cl, "llm")["rate_budgets"].([]any)
+	require.Len(t, rb, 2, "the requests budget and the tokens budget, in the registry's order: %v", rb)
+	require.Equal(t, "requests", rb[0].(map[string]any)["kind"])
+	b := rb[1].(map[string]any)
+	require.Equal(t, "units", b["kind"])
+	require.Equal(t, float64(budget), b["limit"])
+	require.Equal(t, float64(10), b["per_seconds"])
+	require.Positive(t, b["used"], "the calls of the last window count")
+	require.Equal(t, float64(budget)-b["used"].(float64), b["remaining"])
+	require.Regexp(t, `cao_service_rate_budget_remaining\{budget="units 20000/10s",service="llm"\} \d+`, metricsText(t, cl))
 }

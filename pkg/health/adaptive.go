@@ -5,6 +5,7 @@ package health
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -102,6 +103,9 @@ type Limits struct {
 	Hold      time.Duration            // how long calls still wait for the provider's budget; 0: none
 	Waiting   map[string]int           // steps parked in the service's fair queue, per tenant
 	Budgets   []limiter.ProviderBudget // as the provider last reported them (budget_headers)
+	// RateBudgets are the service's own budgets (rate_limit, rate_limits) by CAO's count, named
+	// "requests 500/1m0s" or "units 90000/1m0s".
+	RateBudgets map[string]limiter.BudgetState
 }
 
 // Limits returns every service's effective limit and hold, read now (within CheckTimeout); a
@@ -113,7 +117,24 @@ func (c *Checker) Limits(ctx context.Context) map[string]Limits {
 	var wg sync.WaitGroup
 	out := make(map[string]Limits, len(c.reg.Services))
 	waiting := make(map[string]map[string]int)
+	own := make(map[string]map[string]limiter.BudgetState)
 	for name, svc := range c.reg.Services {
+		if len(svc.RateLimits) > 0 {
+			wg.Go(func() {
+				states, err := c.RateBudgets(ctx, name)
+				if err != nil || len(states) != len(svc.RateLimits) {
+					return
+				}
+				m := make(map[string]limiter.BudgetState, len(states))
+				for i, st := range states {
+					b := svc.RateLimits[i]
+					m[fmt.Sprintf("%s %d/%s", b.Kind, b.Limit, b.Per)] = st
+				}
+				mu.Lock()
+				own[name] = m
+				mu.Unlock()
+			})
+		}
 		if svc.MaxConcurrency > 0 {
 			wg.Go(func() {
 				w, err := c.fair.Waiting(ctx, name)
@@ -151,6 +172,12 @@ func (c *Checker) Limits(ctx context.Context) map[string]Limits {
 	for name, w := range waiting {
 		if l, ok := out[name]; ok {
 			l.Waiting = w
+			out[name] = l
+		}
+	}
+	for name, m := range own {
+		if l, ok := out[name]; ok {
+			l.RateBudgets = m
 			out[name] = l
 		}
 	}

@@ -5,6 +5,7 @@ package health
 
 import (
 	"context"
+	"sync"
 
 	"github.com/cao-run/cao/pkg/limiter"
 	"github.com/cao-run/cao/pkg/registry"
@@ -42,6 +43,25 @@ func (c *Checker) reserveProbe(ctx context.Context, svc *registry.Service) (limi
 		return limiter.Grant{}, SkipRateLimit
 	}
 	return g, ""
+}
+
+// rateBudgetCheck fills service name's own budgets, as counted now, into services (under mu).
+func (c *Checker) rateBudgetCheck(ctx context.Context, name string, mu *sync.Mutex, services map[string]ServiceCheck) {
+	svc := c.reg.Services[name]
+	states, err := c.RateBudgets(ctx, name)
+	if err != nil || len(states) != len(svc.RateLimits) {
+		return
+	}
+	out := make([]RateBudgetCheck, len(states))
+	for i, st := range states {
+		out[i] = RateBudgetCheck{Kind: svc.RateLimits[i].Kind, Limit: st.Limit, PerSeconds: svc.RateLimits[i].Per.Seconds(),
+			Used: st.Used, Remaining: st.Remaining, ResetSeconds: st.Reset.Seconds()}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	sc := services[name]
+	sc.RateBudgets = out
+	services[name] = sc
 }
 
 // RateBudgets returns what is left of each budget of service name (rate_limit, rate_limits) now,

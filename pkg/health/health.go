@@ -119,6 +119,16 @@ type BudgetCheck struct {
 	ResetSeconds float64 `json:"reset_seconds"` // until it refills (0 when past or not reported)
 }
 
+// RateBudgetCheck is one of a service's budgets (rate_limit, rate_limits) as CAO counts it.
+type RateBudgetCheck struct {
+	Kind         string  `json:"kind"` // requests or units
+	Limit        int64   `json:"limit"`
+	PerSeconds   float64 `json:"per_seconds"`
+	Used         int64   `json:"used"`          // in the window now (unsettled calls count their reservation)
+	Remaining    int64   `json:"remaining"`     // limit - used, at least 0
+	ResetSeconds float64 `json:"reset_seconds"` // until the oldest call leaves the window (0: empty)
+}
+
 // QueueCheck describes one queue.
 type QueueCheck struct {
 	Pending   int  `json:"pending"`
@@ -150,6 +160,9 @@ type ServiceCheck struct {
 	// Budgets are the rate-limit budgets the provider reported on its last answers that reported any
 	// (budget_headers), with the time left until each resets.
 	Budgets []BudgetCheck `json:"budgets,omitempty"`
+	// RateBudgets are the service's own budgets (rate_limit, rate_limits) by CAO's fleet-wide count,
+	// in the registry's order.
+	RateBudgets []RateBudgetCheck `json:"rate_budgets,omitempty"`
 	// Probe is ProbeOK or ProbeFailed (the last probe's outcome), ProbePending before the first
 	// probe, or empty when the service has no probe.
 	Probe     string  `json:"probe,omitempty"`
@@ -535,6 +548,9 @@ func (c *Checker) Run(ctx context.Context) Report {
 		})
 		if c.reg.Services[name].MaxConcurrency > 0 {
 			wg.Go(func() { c.waitingCheck(ctx, name, &mu, r.Services) })
+		}
+		if len(c.reg.Services[name].RateLimits) > 0 {
+			wg.Go(func() { c.rateBudgetCheck(ctx, name, &mu, r.Services) })
 		}
 	}
 	wg.Wait()

@@ -12,6 +12,9 @@ type ServiceLimits struct {
 	Hold      time.Duration  // how long calls still wait for the provider's budget to reset; 0: none
 	Waiting   map[string]int // steps parked while the service is saturated, per tenant
 	Budgets   []Budget       // as the provider last reported them
+	// Own are the service's own budgets (rate_limit, rate_limits) by CAO's count: remaining units
+	// by budget name.
+	Own map[string]int64
 }
 
 // Budget is one rate-limit budget as a provider reported it.
@@ -32,6 +35,7 @@ type LimitCollector struct {
 	waiting   *prometheus.Desc
 	remaining *prometheus.Desc
 	reset     *prometheus.Desc
+	own       *prometheus.Desc
 	read      func() map[string]ServiceLimits
 }
 
@@ -53,6 +57,9 @@ func NewLimitCollector(read func() map[string]ServiceLimits) *LimitCollector {
 		reset: prometheus.NewDesc("cao_service_budget_reset_seconds",
 			"Seconds until a rate-limit budget refills, as the provider last reported it, by service and budget (0 when past or not reported).",
 			[]string{"service", "budget"}, nil),
+		own: prometheus.NewDesc("cao_service_rate_budget_remaining",
+			"Requests or units left in one of the service's own budgets (rate_limit, rate_limits) by CAO's fleet-wide count, by service and budget (\"units 90000/1m0s\").",
+			[]string{"service", "budget"}, nil),
 		read: read,
 	}
 }
@@ -64,6 +71,7 @@ func (c *LimitCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.waiting
 	ch <- c.remaining
 	ch <- c.reset
+	ch <- c.own
 }
 
 // Collect implements prometheus.Collector.
@@ -73,6 +81,9 @@ func (c *LimitCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.hold, prometheus.GaugeValue, l.Hold.Seconds(), svc)
 		for tenant, n := range l.Waiting {
 			ch <- prometheus.MustNewConstMetric(c.waiting, prometheus.GaugeValue, float64(n), svc, tenant)
+		}
+		for name, n := range l.Own {
+			ch <- prometheus.MustNewConstMetric(c.own, prometheus.GaugeValue, float64(n), svc, name)
 		}
 		for _, b := range l.Budgets {
 			ch <- prometheus.MustNewConstMetric(c.remaining, prometheus.GaugeValue, float64(b.Remaining), svc, b.Name)

@@ -15,6 +15,12 @@ func (n *Node) limits() map[string]metrics.ServiceLimits {
 		for _, b := range l.Budgets {
 			sl.Budgets = append(sl.Budgets, metrics.Budget{Name: b.Name, Remaining: b.Remaining, ResetIn: b.ResetIn})
 		}
+		if len(l.RateBudgets) > 0 {
+			sl.Own = make(map[string]int64, len(l.RateBudgets))
+			for name, st := range l.RateBudgets {
+				sl.Own[name] = st.Remaining
+			}
+		}
 		out[name] = sl
 	}
 	return out
