@@ -61,9 +61,10 @@ func setup(t *testing.T, apiExtra string, cfg health.Config) *env {
 			w.WriteHeader(http.StatusNotFound)
 			return
 		}
-		e.hits.Add(1)
+		// inUse is stored before the hit is counted: a test that sees the hit reads this probe's value.
 		n, _ := e.sem.InUse(r.Context(), "api")
 		e.inUse.Store(int32(n))
+		e.hits.Add(1)
 		w.WriteHeader(int(e.status.Load()))
 		_, _ = w.Write([]byte(`{"detail": "db password=hunter2 at 10.1.2.3"}`))
 	}))
