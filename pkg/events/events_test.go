@@ -152,3 +152,32 @@ func next(t *testing.T, s *events.Subscription) events.Message {
 	require.True(t, ok, "subscription closed")
 	return m
 }
+
+// TestHubStartStopTwice: the hub runs on startstop.Loop, so Start and Stop are safe to call twice, a
+// Stop closes every local subscription, and a stopped hub can start again.
+func TestHubStartStopTwice(t *testing.T) {
+	t.Parallel()
+	rdb := testinfra.Redis(t)
+	ctx := testinfra.Context(t, 30*time.Second)
+	h := events.NewHub(rdb.Client)
+	require.NoError(t, h.Stop(ctx), "a hub that never started stops")
+	require.NoError(t, h.Start(ctx))
+	require.NoError(t, h.Start(ctx), "a second Start does nothing")
+	pub := events.NewRedisPublisher(rdb.Client)
+	sub := h.Subscribe("j", 4)
+	require.NoError(t, pub.Publish(ctx, []store.Event{ev("j", 1, store.EventJob, "RUNNING")}))
+	require.Equal(t, int64(1), next(t, sub).Seq)
+
+	require.NoError(t, h.Stop(ctx))
+	require.NoError(t, h.Stop(ctx), "a second Stop does nothing")
+	_, open := <-sub.C
+	require.False(t, open, "Stop closes the local subscriptions")
+	require.False(t, sub.Overflowed())
+	require.Zero(t, h.Subscribers())
+
+	require.NoError(t, h.Start(ctx), "a stopped hub starts again")
+	defer func() { require.NoError(t, h.Stop(context.Background())) }()
+	sub = h.Subscribe("j", 4)
+	require.NoError(t, pub.Publish(ctx, []store.Event{ev("j", 2, store.EventJob, "COMPLETED")}))
+	require.Equal(t, int64(2), next(t, sub).Seq)
+}

@@ -7,37 +7,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/cao-run/cao/pkg/store"
+	"github.com/cao-run/cao/pkg/startstop"
 )
-
-// RedisPublisher publishes events on the deployment's events channel (Channel).
-type RedisPublisher struct {
-	rdb     redis.UniversalClient
-	channel string
-}
-
-// NewRedisPublisher returns a publisher on the given client, on Channel(rdb).
-func NewRedisPublisher(rdb redis.UniversalClient) *RedisPublisher {
-	return &RedisPublisher{rdb: rdb, channel: Channel(rdb)}
-}
-
-// Channel returns the pub/sub channel the publisher sends on.
-func (p *RedisPublisher) Channel() string { return p.channel }
-
-// Publish sends the events as one message.
-func (p *RedisPublisher) Publish(ctx context.Context, evs []store.Event) error {
-	if len(evs) == 0 {
-		return nil
-	}
-	b, err := Encode(FromEvents(evs))
-	if err != nil {
-		return fmt.Errorf("events: encode: %w", err)
-	}
-	if err := p.rdb.Publish(ctx, p.channel, b).Err(); err != nil {
-		return fmt.Errorf("events: publish: %w", err)
-	}
-	return nil
-}
 
 // Hub holds one Redis subscription per process and fans messages out to local subscribers, by job or
 // to every-job listeners. Delivery to a subscriber never blocks the hub: a subscriber whose buffer is
@@ -46,11 +17,16 @@ type Hub struct {
 	rdb     redis.UniversalClient
 	channel string
 
-	mu     sync.Mutex
-	byJob  map[string]map[*Subscription]struct{}
-	all    map[*Subscription]struct{}
-	pubsub *redis.PubSub
-	done   chan struct{}
+	// life runs the reader of the Redis subscription. startMu makes Start and Stop one at a time, so
+	// that two Starts cannot both subscribe; closeErr is what closing the subscription returned, set
+	// by the reader before it ends.
+	life     startstop.Loop
+	startMu  sync.Mutex
+	closeErr error
+
+	mu    sync.Mutex
+	byJob map[string]map[*Subscription]struct{}
+	all   map[*Subscription]struct{}
 }
 
 // Subscription receives messages; C is closed when the subscription ends or overflows.
@@ -89,32 +65,41 @@ func NewHub(rdb redis.UniversalClient) *Hub {
 // Channel returns the pub/sub channel the hub reads.
 func (h *Hub) Channel() string { return h.channel }
 
-// Start subscribes to the hub's channel and begins fanning out; it returns once the subscription is confirmed.
+// Start subscribes to the hub's channel and begins fanning out; it returns once the subscription is
+// confirmed. Safe to call twice.
 func (h *Hub) Start(ctx context.Context) error {
-	h.mu.Lock()
-	if h.pubsub != nil {
-		h.mu.Unlock()
+	h.startMu.Lock()
+	defer h.startMu.Unlock()
+	if h.life.Running() {
 		return nil
 	}
+	// The subscription outlives the start request; Stop closes it.
 	ps := h.rdb.Subscribe(context.WithoutCancel(ctx), h.channel)
-	h.pubsub = ps
-	h.done = make(chan struct{})
-	h.mu.Unlock()
 	if _, err := ps.Receive(ctx); err != nil {
+		_ = ps.Close()
 		return fmt.Errorf("events: subscribe %s: %w", h.channel, err)
 	}
-	go h.loop(ps)
+	h.life.Start(ctx, func(ctx context.Context) { h.closeErr = h.read(ctx, ps) })
 	return nil
 }
 
-func (h *Hub) loop(ps *redis.PubSub) {
-	defer close(h.done)
-	for msg := range ps.Channel() {
-		msgs, err := Decode([]byte(msg.Payload))
-		if err != nil {
-			continue
+// read fans out every message of the subscription until ctx ends, then closes the subscription.
+func (h *Hub) read(ctx context.Context, ps *redis.PubSub) error {
+	ch := ps.Channel()
+	for {
+		select {
+		case <-ctx.Done():
+			return ps.Close()
+		case msg, ok := <-ch:
+			if !ok {
+				return nil
+			}
+			msgs, err := Decode([]byte(msg.Payload))
+			if err != nil {
+				continue
+			}
+			h.deliver(msgs)
 		}
-		h.deliver(msgs)
 	}
 }
 
@@ -196,11 +181,12 @@ func (h *Hub) Subscribers() int {
 	return n
 }
 
-// Stop closes the Redis subscription and every local subscription. Safe to call twice.
+// Stop closes every local subscription and the Redis subscription, and waits for the reader to end
+// or ctx. Safe to call twice.
 func (h *Hub) Stop(ctx context.Context) error {
+	h.startMu.Lock()
+	defer h.startMu.Unlock()
 	h.mu.Lock()
-	ps, done := h.pubsub, h.done
-	h.pubsub = nil
 	for s := range h.all {
 		h.removeLocked(s)
 	}
@@ -210,14 +196,9 @@ func (h *Hub) Stop(ctx context.Context) error {
 		}
 	}
 	h.mu.Unlock()
-	if ps == nil {
-		return nil
+	running, err := h.life.Stop(ctx)
+	if !running || err != nil {
+		return err
 	}
-	err := ps.Close()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	return err
+	return h.closeErr
 }
