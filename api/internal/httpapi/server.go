@@ -30,12 +30,15 @@ type Server struct {
 }
 
 // New returns the API server over d.
-func New(d Deps, opts Options) *Server {
+func New(d Deps, opts Options) *Server { return newServer(d, opts, defaultWSConfig()) }
+
+// newServer is New with the WebSocket monitor's tuning (tests shorten its intervals).
+func newServer(d Deps, opts Options, ws wsConfig) *Server {
 	if d.Logger == nil {
 		d.Logger = slog.Default()
 	}
 	s := &Server{d: d, log: d.Logger.With("component", "api"), opts: opts}
-	s.ws = newWSHub(s)
+	s.ws = newWSHub(s, ws)
 	return s
 }
 

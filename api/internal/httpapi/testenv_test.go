@@ -118,6 +118,7 @@ type nodeOptions struct {
 	AllowedOrigins []string
 	Runner         bool // also run a worker for every queue in this process
 	Listener       func(*httptest.Server)
+	WS             func(*wsConfig) // tunes the WebSocket monitor (shorter intervals)
 }
 
 // testAPI is one API replica: a started node, optionally a runner, and an httptest server.
@@ -162,7 +163,11 @@ func (e *testEnv) startAPI(t testing.TB, opts nodeOptions) *testAPI {
 	n.OnClose(st.Close)
 	require.NoError(t, n.Start(ctx))
 
-	srv := New(nodeDeps(n), Options{})
+	ws := defaultWSConfig()
+	if opts.WS != nil {
+		opts.WS(&ws)
+	}
+	srv := newServer(nodeDeps(n), Options{}, ws)
 	hs := httptest.NewUnstartedServer(srv.Handler())
 	if opts.Listener != nil {
 		opts.Listener(hs)

@@ -14,6 +14,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/cao-run/cao/pkg/events"
+	"github.com/cao-run/cao/pkg/orchestrator"
 	"github.com/cao-run/cao/pkg/store"
 )
 
@@ -22,45 +23,38 @@ const codeUpgradeRequired = "upgrade_required"
 
 // wsConfig holds the WebSocket monitor's tuning; tests shorten the intervals.
 type wsConfig struct {
-	// clientQueue bounds the messages waiting for one client; a client that falls this far behind
-	// is closed with 1013 so that it never slows the others. One delivery of any size is accepted
-	// when nothing else waits (a page read from the log after a burst).
-	clientQueue int
-	// topicBuffer is the events.Hub buffer of one job's subscription in this process. A burst larger
-	// than this is not lost: the topic resubscribes and reads the gap from the event log.
-	topicBuffer int
+	// stream tunes the ordered stream of each watched job (events.StreamConfig; zero: its defaults).
+	stream events.StreamConfig
 	// pingInterval is how often each client is pinged; pongTimeout is how long it has to answer.
 	pingInterval, pongTimeout time.Duration
 	// writeTimeout bounds one message write; a client that does not take a message in this time is
 	// dropped as slow.
 	writeTimeout time.Duration
-	// pollInterval is how often a topic compares the job's last_seq with what it delivered, so that
-	// events whose publish was lost (process died after commit, Redis reconnecting) still arrive.
-	pollInterval time.Duration
-	// pageSize is how many events one read of the event log returns.
-	pageSize int
 }
 
 func defaultWSConfig() wsConfig {
 	return wsConfig{
-		clientQueue:  256,
-		topicBuffer:  256,
 		pingInterval: 20 * time.Second,
 		pongTimeout:  10 * time.Second,
 		writeTimeout: 10 * time.Second,
-		pollInterval: 3 * time.Second,
-		pageSize:     1000,
 	}
 }
 
-// wsHub serves /ws/{job_id}. Per process it keeps one topic per watched job: a single events.Hub
-// subscription (itself one Redis subscription per process) whose messages are put in seq order,
-// gap-filled from the event log, encoded once and offered to each local client's bounded queue
-// without ever blocking. Each client owns its position (last seq sent) and drops what it already has,
-// which makes the switch from the snapshot or replay to live gap-free and duplicate-free.
+// jobStreams is the ordered, gap-filled stream of every job watched in this process
+// (events.Streams implements it).
+type jobStreams interface {
+	Follow(ctx context.Context, jobID string) (*events.Follower, error)
+	Stop(ctx context.Context) error
+}
+
+// wsHub serves /ws/{job_id}: the HTTP side of the WebSocket monitor (origin policy, upgrade, the
+// per-tenant cap, the snapshot or replay a connection starts with, and one writer per connection).
+// The events themselves come from the job's stream (jobStreams): in seq order, without gaps, one
+// bounded queue per connection.
 type wsHub struct {
-	s   *Server
-	cfg wsConfig
+	s       *Server
+	cfg     wsConfig
+	streams jobStreams
 
 	origins   []string // scheme://host patterns for websocket.AcceptOptions.OriginPatterns
 	anyOrigin bool     // CAO_ALLOWED_ORIGINS contains "*"
@@ -69,13 +63,10 @@ type wsHub struct {
 	cancel   context.CancelFunc
 	closing  chan struct{} // closed by stop: every client closes with 1001
 	stopOnce sync.Once
-	wg       sync.WaitGroup // connection handlers, their ping goroutines and the topics
-
-	pollOnce sync.Once // starts pollLoop with the first topic
+	wg       sync.WaitGroup // connection handlers and their ping goroutines
 
 	mu       sync.Mutex
 	stopping bool
-	topics   map[string]*topic
 	open     map[string]int // open connections per tenant (CAO_WS_MAX_PER_TENANT)
 }
 
@@ -100,12 +91,26 @@ func (h *wsHub) release(tenant string) {
 	}
 }
 
-func newWSHub(s *Server) *wsHub {
+// enter counts a connection handler for stop to wait for, or reports false once stop was called.
+func (h *wsHub) enter() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.stopping {
+		return false
+	}
+	h.wg.Add(1) // under h.mu with stopping checked, so stop's Wait never races this Add
+	return true
+}
+
+func newWSHub(s *Server, cfg wsConfig) *wsHub {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &wsHub{
-		s: s, cfg: defaultWSConfig(), ctx: ctx, cancel: cancel,
-		closing: make(chan struct{}), topics: map[string]*topic{}, open: map[string]int{},
+		s: s, cfg: cfg, ctx: ctx, cancel: cancel,
+		closing: make(chan struct{}), open: map[string]int{},
 	}
+	stream := cfg.stream
+	stream.NotFound, stream.Logger = orchestrator.ErrJobNotFound, s.log
+	h.streams = events.NewStreams(s.d.Events, s.d.Jobs, stream)
 	h.origins, h.anyOrigin = originPatterns(s.d.Settings.AllowedOrigins, s.d.Settings.PublicURL)
 	return h
 }
@@ -158,25 +163,28 @@ func (h *wsHub) serve(c *gin.Context) {
 		return
 	}
 	defer h.release(tenant)
-	cl := newWSClient(h.cfg.clientQueue)
-	leave, err := h.join(ctx, id, cl)
+	if !h.enter() {
+		shuttingDown(c)
+		return
+	}
+	defer h.wg.Done()
+	f, err := h.streams.Follow(ctx, id)
 	switch {
-	case errors.Is(err, errStopping):
-		c.Header("Retry-After", "5")
-		abort(c, http.StatusServiceUnavailable, codeUnavailable, "the server is shutting down; reconnect", nil)
+	case errors.Is(err, events.ErrStopping):
+		shuttingDown(c)
 		return
 	case err != nil:
 		h.s.fail(c, err)
 		return
 	}
-	defer leave()
+	defer f.Close()
 
-	// Read the starting point only now that the client is on its topic (see join).
+	// Read the starting point only now that the client follows the job's stream (see Follow).
 	var st startPoint
 	if hasAfter {
-		st, err = h.replayStart(ctx, scope, id, after)
+		st, err = h.replayStart(ctx, scope, id, after, f)
 	} else {
-		st, err = h.snapshotStart(ctx, scope, id)
+		st, err = h.snapshotStart(ctx, scope, id, f)
 	}
 	if err != nil {
 		h.s.fail(c, err)
@@ -199,21 +207,27 @@ func (h *wsHub) serve(c *gin.Context) {
 	defer m.WSClients.Dec()
 	conn.SetReadLimit(1024) // clients send nothing but control frames
 	// The request context must not be used after the hijack; the connection lives until stop.
-	wc := &wsConn{h: h, conn: conn, cl: cl, jobID: id, last: st.last}
+	wc := &wsConn{h: h, conn: conn, f: f, jobID: id}
 	wc.readCtx = conn.CloseRead(h.ctx)
 	wc.run(st)
 }
 
-// startPoint is what a connection sends before going live, and where that leaves the client.
+// shuttingDown refuses a connection during shutdown.
+func shuttingDown(c *gin.Context) {
+	c.Header("Retry-After", "5")
+	abort(c, http.StatusServiceUnavailable, codeUnavailable, "the server is shutting down; reconnect", nil)
+}
+
+// startPoint is what a connection sends before going live.
 type startPoint struct {
 	frames   [][]byte // the snapshot, or the first page of the replay
-	last     int64    // seq the client is at after frames
 	terminal bool     // close with 1000 right after frames
 	more     bool     // the replay has more pages than frames
 }
 
-// snapshotStart is the snapshot of the job (the object of GET /api/v1/jobs/{id}) at its last_seq.
-func (h *wsHub) snapshotStart(ctx context.Context, scope store.Scope, id string) (startPoint, error) {
+// snapshotStart is the snapshot of the job (the object of GET /api/v1/jobs/{id}) at its last_seq,
+// where it places f.
+func (h *wsHub) snapshotStart(ctx context.Context, scope store.Scope, id string, f *events.Follower) (startPoint, error) {
 	view, err := h.s.d.Jobs.GetJob(ctx, scope, id)
 	if err != nil {
 		return startPoint{}, err
@@ -222,35 +236,33 @@ func (h *wsHub) snapshotStart(ctx context.Context, scope store.Scope, id string)
 	if err != nil {
 		return startPoint{}, err
 	}
-	return startPoint{frames: [][]byte{b}, last: view.Job.LastSeq, terminal: view.Job.Status.Terminal()}, nil
+	f.SetLast(view.Job.LastSeq)
+	return startPoint{frames: [][]byte{b}, terminal: view.Job.Status.Terminal()}, nil
 }
 
-// replayStart is the first page of the events after after_seq.
-func (h *wsHub) replayStart(ctx context.Context, scope store.Scope, id string, after int64) (startPoint, error) {
+// replayStart is the first page of the events after after_seq, from where f goes on.
+func (h *wsHub) replayStart(ctx context.Context, scope store.Scope, id string, after int64, f *events.Follower) (startPoint, error) {
 	job, err := h.s.d.Jobs.Job(ctx, scope, id)
 	if err != nil {
 		return startPoint{}, err
 	}
-	evs, err := h.s.d.Jobs.EventLog(ctx, id, after, h.cfg.pageSize)
+	f.SetLast(after)
+	frames, more, err := f.Page(ctx)
 	if err != nil {
 		return startPoint{}, err
 	}
-	st := startPoint{last: after, more: len(evs) == h.cfg.pageSize}
-	for _, e := range evs {
-		w, err := encodeWire(events.FromEvent(e))
-		if err != nil {
-			return startPoint{}, err
-		}
-		st.frames = append(st.frames, w.data)
-		st.last, st.terminal = w.seq, w.terminal
+	st := startPoint{more: more}
+	for _, fr := range frames {
+		st.frames = append(st.frames, fr.Data)
+		st.terminal = fr.Terminal
 	}
 	// A client that already has the terminal event gets nothing more: close at once.
-	st.terminal = st.terminal || (len(evs) == 0 && job.Status.Terminal() && job.LastSeq <= after)
+	st.terminal = st.terminal || (len(frames) == 0 && job.Status.Terminal() && job.LastSeq <= after)
 	return st, nil
 }
 
-// stop closes every connection with 1001 (going away) and waits for their handlers, or ctx. Safe to
-// call twice.
+// stop closes every connection with 1001 (going away), waits for their handlers, and stops the
+// streams, or gives up when ctx ends. Safe to call twice.
 func (h *wsHub) stop(ctx context.Context) error {
 	h.stopOnce.Do(func() {
 		h.mu.Lock()
@@ -262,10 +274,14 @@ func (h *wsHub) stop(ctx context.Context) error {
 	go func() { h.wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		err := h.streams.Stop(ctx)
 		h.cancel()
-		return nil
+		return err
 	case <-ctx.Done():
-		h.cancel() // unblocks writes and database reads of the stragglers
+		// Unblock the stragglers' writes and database reads; the streams give up at once too, and
+		// their error is ctx's.
+		h.cancel()
+		_ = h.streams.Stop(ctx)
 		return ctx.Err()
 	}
 }

@@ -1,7 +1,7 @@
 package httpapi
 
-// This file is one WebSocket connection: its start (snapshot or replay), its live writer, pings and
-// closing.
+// This file is one WebSocket connection: its writer (the start point, then the job's stream), pings
+// and closing.
 
 import (
 	"context"
@@ -18,9 +18,8 @@ import (
 type wsConn struct {
 	h       *wsHub
 	conn    *websocket.Conn
-	cl      *wsClient
+	f       *events.Follower // the job's stream, placed where the start point leaves the client
 	jobID   string
-	last    int64           // seq of the last message sent
 	readCtx context.Context // done when the peer closed or the connection broke
 	pinging atomic.Bool
 }
@@ -37,8 +36,9 @@ func (w *wsConn) run(st startPoint) {
 	}
 	terminal := st.terminal
 	if st.more {
-		term, err := w.replay()
+		term, err := w.f.Replay(w.h.ctx, w.send)
 		if err != nil {
+			w.failed(err)
 			return
 		}
 		terminal = term
@@ -51,7 +51,7 @@ func (w *wsConn) run(st startPoint) {
 	defer ping.Stop()
 	for {
 		// A slow client is closed even if its queue still holds deliveries.
-		if w.cl.slow.Load() {
+		if w.f.Slow() {
 			w.closeSlow()
 			return
 		}
@@ -61,81 +61,36 @@ func (w *wsConn) run(st startPoint) {
 		case <-w.h.closing:
 			w.close(websocket.StatusGoingAway, "server shutting down; reconnect with after_seq")
 			return
-		case <-w.cl.slowCh:
+		case <-w.f.SlowC():
 			w.closeSlow()
 			return
 		case <-ping.C:
 			w.ping()
-		case d := <-w.cl.q:
-			w.cl.take(d)
-			done, err := w.deliver(d)
-			if err != nil || done {
+		case d := <-w.f.C():
+			done, err := w.f.Deliver(w.h.ctx, d, w.send)
+			if err != nil {
+				w.failed(err)
+				return
+			}
+			if done {
+				w.close(websocket.StatusNormalClosure, "job finished")
 				return
 			}
 		}
 	}
 }
 
-// deliver sends the messages the client does not have yet; done means the job ended and the
-// connection was closed.
-func (w *wsConn) deliver(d *delivery) (done bool, err error) {
-	for _, m := range d.msgs {
-		if m.seq <= w.last {
-			continue
-		}
-		if m.seq > w.last+1 {
-			// This client read the database before its topic knew where it stood: fill from the log.
-			term, err := w.replay()
-			if err != nil {
-				return false, err
-			}
-			if term {
-				w.close(websocket.StatusNormalClosure, "job finished")
-				return true, nil
-			}
-			if m.seq != w.last+1 {
-				continue
-			}
-		}
-		if err := w.write(m.data); err != nil {
-			return false, err
-		}
-		w.last = m.seq
-		if m.terminal {
-			w.close(websocket.StatusNormalClosure, "job finished")
-			return true, nil
-		}
-	}
-	return false, nil
-}
+// send writes one frame of the job's stream.
+func (w *wsConn) send(f events.Frame) error { return w.write(f.Data) }
 
-// replay sends every event after w.last from the event log; terminal reports whether the last one
-// ends the job (a terminal event followed by more, after a resume, does not).
-func (w *wsConn) replay() (terminal bool, err error) {
-	for {
-		evs, err := w.h.s.d.Jobs.EventLog(w.h.ctx, w.jobID, w.last, w.h.cfg.pageSize)
-		if err != nil {
-			w.h.s.log.Warn("websocket: replay", "job_id", w.jobID, "err", err)
-			w.close(websocket.StatusTryAgainLater, "event log unavailable; reconnect with after_seq")
-			return false, err
-		}
-		for _, e := range evs {
-			if e.Seq <= w.last {
-				continue
-			}
-			m, err := encodeWire(events.FromEvent(e))
-			if err != nil {
-				return false, err
-			}
-			if err := w.write(m.data); err != nil {
-				return false, err
-			}
-			w.last, terminal = m.seq, m.terminal
-		}
-		if len(evs) < w.h.cfg.pageSize {
-			return terminal, nil
-		}
+// failed ends the connection after its stream failed: a write that failed has closed it already; a
+// read of the event log that failed closes it with 1013, and the client comes back with after_seq.
+func (w *wsConn) failed(err error) {
+	if errors.Is(err, errClosed) {
+		return
 	}
+	w.h.s.log.Warn("websocket: replay", "job_id", w.jobID, "err", err)
+	w.close(websocket.StatusTryAgainLater, "event log unavailable; reconnect with after_seq")
 }
 
 func (w *wsConn) write(b []byte) error {

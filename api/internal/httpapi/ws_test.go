@@ -229,10 +229,8 @@ func TestWSLostPublishAndGap(t *testing.T) {
 	env := newTestEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	polling := env.startAPI(t, nodeOptions{})
-	polling.Server.ws.cfg.pollInterval = 50 * time.Millisecond
-	noPoll := env.startAPI(t, nodeOptions{})
-	noPoll.Server.ws.cfg.pollInterval = time.Hour
+	polling := env.startAPI(t, nodeOptions{WS: func(c *wsConfig) { c.stream.PollInterval = 50 * time.Millisecond }})
+	noPoll := env.startAPI(t, nodeOptions{WS: func(c *wsConfig) { c.stream.PollInterval = time.Hour }})
 	jobID := polling.createJob(t)
 
 	c1 := dialWS(t, ctx, polling.WSURL(jobID, ""), nil)
@@ -279,9 +277,8 @@ func TestWSAcrossReplicas(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	a := env.startAPI(t, nodeOptions{})
-	b := env.startAPI(t, nodeOptions{})
 	// B never polls: whatever it sends after the snapshot came through Redis pub/sub from A.
-	b.Server.ws.cfg.pollInterval = time.Hour
+	b := env.startAPI(t, nodeOptions{WS: func(c *wsConfig) { c.stream.PollInterval = time.Hour }})
 
 	jobID := a.createJob(t)
 	c := dialWS(t, ctx, b.WSURL(jobID, ""), nil)
@@ -425,9 +422,11 @@ func TestWSSlowClientClosed(t *testing.T) {
 		events = 2000
 	)
 	env := newTestEnv(t)
-	api := env.startAPI(t, nodeOptions{Listener: func(s *httptest.Server) { s.Listener = smallBuffers{s.Listener} }})
-	// Long enough for the test to drain the slow client itself and see the close frame.
-	api.Server.ws.cfg.writeTimeout = time.Minute
+	api := env.startAPI(t, nodeOptions{
+		Listener: func(s *httptest.Server) { s.Listener = smallBuffers{s.Listener} },
+		// Long enough for the test to drain the slow client itself and see the close frame.
+		WS: func(c *wsConfig) { c.writeTimeout = time.Minute },
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	jobID := api.createJob(t)
@@ -601,21 +600,19 @@ func TestWSRejects(t *testing.T) {
 	require.Equal(t, http.StatusUpgradeRequired, api.do(t, http.MethodGet, "/ws/"+jobID, nil, &body, "Authorization", "Bearer k1"))
 	require.Equal(t, "upgrade_required", body.Error.Code)
 
-	// Refused and finished connections leave no topic and no hub subscription behind.
+	// Refused and finished connections leave no hub subscription behind (a job's topic holds one
+	// while it lives; pkg/events' TestStreamsReleaseTopics checks the topics themselves).
 	testinfra.Eventually(t, 10*time.Second, func() bool {
-		api.Server.ws.mu.Lock()
-		topics := len(api.Server.ws.topics)
-		api.Server.ws.mu.Unlock()
-		return topics == 0 && api.Node.Hub.Subscribers() == 0
+		return api.Node.Hub.Subscribers() == 0
 	}, "topics and hub subscriptions released")
 }
 
 func TestWSPingDropsDeadPeer(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)
-	api := env.startAPI(t, nodeOptions{})
-	api.Server.ws.cfg.pingInterval = 50 * time.Millisecond
-	api.Server.ws.cfg.pongTimeout = 200 * time.Millisecond
+	api := env.startAPI(t, nodeOptions{WS: func(c *wsConfig) {
+		c.pingInterval, c.pongTimeout = 50*time.Millisecond, 200*time.Millisecond
+	}})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	jobID := api.createJob(t)
@@ -678,28 +675,6 @@ func TestWSStopGoingAway(t *testing.T) {
 	_, res, err := websocket.Dial(ctx, api.WSURL(jobID, ""), nil)
 	require.Error(t, err)
 	require.Equal(t, http.StatusServiceUnavailable, res.StatusCode)
-}
-
-func TestWSClientQueueBound(t *testing.T) {
-	t.Parallel()
-	msgs := func(n int) *delivery { return &delivery{msgs: make([]wire, n)} }
-
-	c := newWSClient(4)
-	c.offer(msgs(10)) // a page after a burst: accepted because nothing else waits
-	require.False(t, c.slow.Load())
-	c.take(<-c.q)
-	for range 4 {
-		c.offer(msgs(1))
-	}
-	require.False(t, c.slow.Load(), "exactly the bound")
-	c.offer(msgs(1))
-	require.True(t, c.slow.Load(), "over the bound")
-	select {
-	case <-c.slowCh:
-	default:
-		t.Fatal("slowCh not closed")
-	}
-	c.offer(msgs(1)) // offers to a slow client are dropped, without blocking or panicking
 }
 
 func TestWSOriginAllowed(t *testing.T) {
