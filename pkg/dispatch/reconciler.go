@@ -69,13 +69,6 @@ func NewReconciler(st store.Store, rdb redis.UniversalClient, q Enqueuer, cfg Re
 	}
 }
 
-// Fixed returns how many tasks were re-enqueued so far.
-func (r *Reconciler) Fixed() int64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.fixed
-}
-
 // Tick checks whether Redis lost its data (the epoch key vanished) and sweeps waiting steps when a
 // sweep is due or data was lost. Call it about every second from one process (the maintenance leader).
 func (r *Reconciler) Tick(ctx context.Context) error {

@@ -130,13 +130,6 @@ func (r *Relay) Stop(ctx context.Context) error {
 	return err
 }
 
-// Enqueued returns how many tasks this relay has moved (for metrics and tests).
-func (r *Relay) Enqueued() int64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.enqueued
-}
-
 // Dispatch enqueues the tasks of a change that was just committed, and has their outbox rows
 // deleted soon after. A task it cannot enqueue stays in the outbox for the relay loop.
 func (r *Relay) Dispatch(ctx context.Context, tasks []store.OutboxTask) {

@@ -62,9 +62,6 @@ func NewHub(rdb redis.UniversalClient) *Hub {
 	}
 }
 
-// Channel returns the pub/sub channel the hub reads.
-func (h *Hub) Channel() string { return h.channel }
-
 // Start subscribes to the hub's channel and begins fanning out; it returns once the subscription is
 // confirmed. Safe to call twice.
 func (h *Hub) Start(ctx context.Context) error {

@@ -20,9 +20,6 @@ func NewRedisPublisher(rdb redis.UniversalClient) *RedisPublisher {
 	return &RedisPublisher{rdb: rdb, channel: Channel(rdb)}
 }
 
-// Channel returns the pub/sub channel the publisher sends on.
-func (p *RedisPublisher) Channel() string { return p.channel }
-
 // Publish sends the events as one message.
 func (p *RedisPublisher) Publish(ctx context.Context, evs []store.Event) error {
 	if len(evs) == 0 {

@@ -96,23 +96,6 @@ func CompileString(s string) (*Template, error) {
 	return t, nil
 }
 
-// MustCompile is Compile that panics on error, for tests and literals known to be valid.
-func MustCompile(v any) *Template {
-	t, err := Compile(v)
-	if err != nil {
-		panic(err)
-	}
-	return t
-}
-
-// Source returns the value the template was compiled from.
-func (t *Template) Source() any {
-	if t == nil {
-		return nil
-	}
-	return t.source
-}
-
 // IsStatic reports whether the template holds no action, so Execute always returns its source.
 func (t *Template) IsStatic() bool { return t == nil || !t.hasFuncs }
 

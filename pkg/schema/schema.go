@@ -103,15 +103,6 @@ func Compile(v any) (*Schema, error) {
 	return &Schema{doc: doc, compiled: compiled, lim: c.lim}, nil
 }
 
-// MustCompile is Compile that panics on error, for tests and literals known to be valid.
-func MustCompile(v any) *Schema {
-	s, err := Compile(v)
-	if err != nil {
-		panic(err)
-	}
-	return s
-}
-
 // MarshalJSON returns the document the schema was compiled from, as JSON: what GET /api/v1/features
 // publishes, for any draft 2020-12 validator.
 func (s *Schema) MarshalJSON() ([]byte, error) {
@@ -119,15 +110,6 @@ func (s *Schema) MarshalJSON() ([]byte, error) {
 		return []byte("null"), nil
 	}
 	return json.Marshal(s.doc)
-}
-
-// Document returns the document the schema was compiled from, as JSON values (map[string]any,
-// []any, string, bool, nil, json.Number).
-func (s *Schema) Document() any {
-	if s == nil {
-		return nil
-	}
-	return s.doc
 }
 
 // noLoader refuses to load anything: a schema is one document (Compile refuses other references

@@ -90,9 +90,6 @@ var AllTenants = Scope{All: true}
 // TenantScope is the scope of one tenant.
 func TenantScope(tenant string) Scope { return Scope{Tenant: tenant} }
 
-// Allows reports whether a job of tenant is inside the scope.
-func (s Scope) Allows(tenant string) bool { return s.All || (s.Tenant != "" && s.Tenant == tenant) }
-
 // Job is one execution of a feature.
 type Job struct {
 	ID           string

@@ -11,13 +11,6 @@ import (
 	"github.com/cao-run/cao/pkg/view"
 )
 
-// Event types of the payload (the contract's "type").
-const (
-	TypeCompleted = "job.completed"
-	TypeFailed    = "job.failed"
-	TypeCancelled = "job.cancelled"
-)
-
 // body is the JSON a receiver gets.
 type body struct {
 	Type      string   `json:"type"`
@@ -31,6 +24,7 @@ func For(job *store.Job, at time.Time) (d store.WebhookDelivery, ok bool, err er
 	if job.WebhookURL == "" || !job.Status.Terminal() {
 		return store.WebhookDelivery{}, false, nil
 	}
+	// The contract's type: job.completed, job.failed or job.cancelled.
 	typ := "job." + strings.ToLower(string(job.Status))
 	b, err := json.Marshal(body{Type: typ, Timestamp: at.UTC().Format(time.RFC3339Nano), Data: view.Summary(job)})
 	if err != nil {

@@ -190,7 +190,7 @@ func TestDeliveryRetriesUntilDelivered(t *testing.T) {
 			Data      map[string]any `json:"data"`
 		}
 		require.NoError(t, json.Unmarshal(rcv.bodies[i], &body))
-		require.Equal(t, TypeFailed, body.Type)
+		require.Equal(t, "job.failed", body.Type)
 		require.Equal(t, want.JobID, body.Data["id"])
 		require.Equal(t, "acme", body.Data["tenant"])
 		require.Equal(t, "FAILED", body.Data["status"])
