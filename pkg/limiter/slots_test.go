@@ -15,7 +15,6 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
-	"github.com/cao-run/cao/pkg/redisconn"
 	"github.com/cao-run/cao/pkg/redisconn/redisconntest"
 )
 
@@ -137,7 +136,7 @@ func TestEveryScriptStaysInOneHashSlot(t *testing.T) {
 	for _, c := range rec.calls {
 		require.NotEmpty(t, c.keys, "%s names its keys", c.what)
 		for _, k := range c.keys {
-			require.Equal(t, redisconn.Slot(c.keys[0]), redisconn.Slot(k), "%s: keys %v span hash slots", c.what, c.keys)
+			require.Equal(t, redisconntest.Slot(c.keys[0]), redisconntest.Slot(k), "%s: keys %v span hash slots", c.what, c.keys)
 		}
 	}
 	for name, s := range map[string]*redis.Script{
@@ -174,9 +173,9 @@ func TestSemaphoreKeysShareOneSlot(t *testing.T) {
 		sem := NewSemaphore(redis.NewClient(&redis.Options{Addr: net.JoinHostPort("127.0.0.1", "1")}), Config{Prefix: prefix})
 		for _, name := range []string{"llm", "a", "-", "api:acme.corp", "A_b-9"} {
 			k := sem.keys(name)
-			slot := redisconn.Slot(k.holders)
+			slot := redisconntest.Slot(k.holders)
 			for _, key := range []string{k.fence, k.waiters, k.seen} {
-				require.Equal(t, slot, redisconn.Slot(key), "prefix %q name %q: %s", prefix, name, key)
+				require.Equal(t, slot, redisconntest.Slot(key), "prefix %q name %q: %s", prefix, name, key)
 			}
 		}
 		_ = sem.rdb.Close()

@@ -1,4 +1,4 @@
-package redisconn
+package redisconntest
 
 import "strings"
 
@@ -8,7 +8,7 @@ const SlotCount = 16384
 // Slot returns the Redis Cluster hash slot of key, as CLUSTER KEYSLOT computes it: CRC16 (XMODEM)
 // modulo 16384 of the key's hash tag — the part between the first '{' and the next '}' when that
 // part is not empty — or of the whole key. A Lua script or MULTI runs on a cluster only if all the
-// keys it names have the same slot.
+// keys it names have the same slot; tests check that with Slot, without a cluster.
 func Slot(key string) int {
 	return int(crc16(HashTag(key))) % SlotCount
 }
