@@ -182,9 +182,6 @@ func New(orch *orchestrator.Orchestrator, rdb redis.UniversalClient, sem *limite
 	}
 }
 
-// WorkerID returns this runner's worker id.
-func (r *Runner) WorkerID() string { return r.cfg.WorkerID }
-
 // Start begins pulling tasks from the configured queues. Safe to call twice.
 func (r *Runner) Start(ctx context.Context) error {
 	r.mu.Lock()
