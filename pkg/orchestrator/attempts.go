@@ -201,13 +201,6 @@ type Outcome struct {
 	Interrupted bool
 }
 
-// FinishAttempt records the attempt's outcome and moves the DAG on. ErrFenced means the result came
-// too late (the step was reclaimed, cancelled or finished by someone else) and was not recorded.
-func (o *Orchestrator) FinishAttempt(ctx context.Context, a *Attempt, out Outcome) error {
-	_, _, err := o.FinishAndContinue(ctx, a, out, nil)
-	return err
-}
-
 // Continue decides whether the worker that finished a step also runs a step that became ready, at
 // once, instead of queueing it: the step is claimed in the same statement that records the
 // outcome, which saves the queue round trip and a claim. It is asked for each ready step in
