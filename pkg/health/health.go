@@ -285,13 +285,6 @@ func (c *Checker) startLocked() {
 	c.loop.Start(context.Background(), c.probeLoop)
 }
 
-// Rounds returns the number of probe rounds completed since the checker was built.
-func (c *Checker) Rounds() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.rounds
-}
-
 func (c *Checker) probeLoop(ctx context.Context) {
 	t := time.NewTicker(c.cfg.ProbeInterval)
 	defer t.Stop()
