@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/cao-run/cao/pkg/store"
@@ -61,14 +60,6 @@ func (p StepPayload) TaskID() string {
 // IdempotencyKey is the key sent to the service for every attempt of this run.
 func IdempotencyKey(jobID, step string, run int) string {
 	return jobID + "/" + step + "/" + strconv.Itoa(run)
-}
-
-// ValidQueueName reports whether q can be used as an Asynq queue name.
-func ValidQueueName(q string) bool {
-	if q == "" || len(q) > 100 {
-		return false
-	}
-	return !strings.ContainsAny(q, " \t\r\n{}:")
 }
 
 // ForStep is the task of waiting step s's next attempt, as the outbox holds it: a step of a job of

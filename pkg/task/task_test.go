@@ -51,13 +51,3 @@ func TestForStep(t *testing.T) {
 	s.NextAttemptAt = &past
 	require.Nil(t, task.ForStep(s, "plan", "acme", now).ProcessAt, "an overdue retry runs now")
 }
-
-func TestValidQueueName(t *testing.T) {
-	t.Parallel()
-	for _, ok := range []string{"default", "heavy", "llm-eu_1"} {
-		require.True(t, task.ValidQueueName(ok), ok)
-	}
-	for _, bad := range []string{"", "a b", "a:b", "{x}", string(make([]byte, 101))} {
-		require.False(t, task.ValidQueueName(bad), bad)
-	}
-}
