@@ -61,11 +61,6 @@ type State struct {
 	Gen int64
 }
 
-// NewAdaptive returns an Adaptive that keeps its state in rdb.
-func NewAdaptive(rdb redis.UniversalClient, cfg Config) *Adaptive {
-	return &Adaptive{rdb: rdb, cfg: cfg.WithDefaults()}
-}
-
 // AdaptiveFor returns an Adaptive on the same Redis client and key prefix as sem.
 func AdaptiveFor(sem *Semaphore) *Adaptive {
 	return &Adaptive{rdb: sem.rdb, cfg: sem.cfg}

@@ -14,7 +14,7 @@ import (
 	"github.com/cao-run/cao/pkg/testinfra"
 )
 
-func (b *bundle) adaptive() *Adaptive { return NewAdaptive(b.rdb, Config{Prefix: b.prefix}) }
+func (b *bundle) adaptive() *Adaptive { return AdaptiveFor(NewSemaphore(b.rdb, Config{Prefix: b.prefix})) }
 
 func TestAIMDHalvesOncePerGenerationAndRegrows(t *testing.T) {
 	t.Parallel()
@@ -165,7 +165,7 @@ func TestAdaptiveOnMiniredis(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
 	t.Cleanup(func() { _ = rdb.Close() })
 	ctx := context.Background()
-	a := NewAdaptive(rdb, Config{})
+	a := AdaptiveFor(NewSemaphore(rdb, Config{}))
 	aimd := AIMD{Max: 4, Min: 1}
 
 	_, _, err := a.Hold(ctx, "llm", 2*time.Second, "requests")

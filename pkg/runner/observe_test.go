@@ -19,7 +19,7 @@ func TestObserve(t *testing.T) {
 	t.Parallel()
 	rdb, prefix := testinfra.KeyPrefix(t)
 	ctx := testinfra.Context(t, 30*time.Second)
-	adapt := limiter.NewAdaptive(rdb, limiter.Config{Prefix: prefix})
+	adapt := limiter.AdaptiveFor(limiter.NewSemaphore(rdb, limiter.Config{Prefix: prefix}))
 	r := &Runner{adapt: adapt, cfg: Config{Logger: slog.New(slog.DiscardHandler)}.WithDefaults()}
 	svc := func(name string, budget bool) *registry.Service {
 		return &registry.Service{Name: name, Kind: registry.KindHTTP, MaxConcurrency: 8, Adaptive: &registry.Adaptive{Min: 1}, BudgetHeaders: budget}
