@@ -13,15 +13,15 @@ import (
 	"github.com/cao-run/cao/pkg/store"
 )
 
-// ChannelName is the last part of the Redis pub/sub channel CAO processes publish committed events on;
+// channelName is the last part of the Redis pub/sub channel CAO processes publish committed events on;
 // Channel gives the whole name, which is specific to the deployment.
-const ChannelName = "events"
+const channelName = "events"
 
 // Channel returns the pub/sub channel for events of the deployment rdb connects to, e.g.
 // "cao:{db3}:events": pub/sub is server-wide, so the name carries the database number (see package
 // pubsub) and deployments on other databases of the same server never receive these events.
 func Channel(rdb redis.UniversalClient) string {
-	return pubsub.Channel(rdb, pubsub.DefaultPrefix, ChannelName)
+	return pubsub.Channel(rdb, pubsub.DefaultPrefix, channelName)
 }
 
 // Message is the wire form of one event, identical for REST, WebSocket and pub/sub.
@@ -70,8 +70,8 @@ type Publisher interface {
 	Publish(ctx context.Context, evs []store.Event) error
 }
 
-// Encode marshals messages for the pub/sub channel (a JSON array).
-func Encode(msgs []Message) ([]byte, error) { return json.Marshal(msgs) }
+// encode marshals messages for the pub/sub channel (a JSON array).
+func encode(msgs []Message) ([]byte, error) { return json.Marshal(msgs) }
 
 // Decode parses a pub/sub payload.
 func Decode(b []byte) ([]Message, error) {

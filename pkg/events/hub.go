@@ -167,7 +167,8 @@ func (h *Hub) SubscribeAll(buf int) *Subscription {
 	return s
 }
 
-// Subscribers returns the number of local subscriptions (for metrics).
+// Subscribers returns the number of local subscriptions. Tests read it (here and in the API) to check
+// that subscriptions are released.
 func (h *Hub) Subscribers() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -25,7 +25,7 @@ func (p *RedisPublisher) Publish(ctx context.Context, evs []store.Event) error {
 	if len(evs) == 0 {
 		return nil
 	}
-	b, err := Encode(FromEvents(evs))
+	b, err := encode(FromEvents(evs))
 	if err != nil {
 		return fmt.Errorf("events: encode: %w", err)
 	}
