@@ -6,7 +6,9 @@
 //   - lines per package (production and test files apart) and the largest production files;
 //   - exported identifiers of the pkg module that no production code uses: neither another package
 //     (of any module of the workspace: api, worker, bench, pkg) nor their own package. They are dead,
-//     or used by tests only. Also those used only inside their own package (they could be unexported).
+//     or used by tests only. Also those used only inside their own package (they could be unexported),
+//     leaving out types that the signature of an identifier used elsewhere names, and the methods of
+//     such interfaces (they are that identifier's API).
 //
 // What counts as an exported identifier: package-level functions, types, constants and variables, and
 // methods (of interfaces too). Struct fields are left out: JSON, YAML, GORM and templates use them by
@@ -306,6 +308,63 @@ func printExports(pkgs []listed, verbose bool) error {
 		return false
 	}
 
+	// A type named in the signature of a function, method or variable that another package uses is
+	// part of that API even when no other package names it (events.Log, a parameter of NewStreams),
+	// and so are an interface's methods when the interface is: they are the contract implementers
+	// follow. Such types do not count as "used in its own package only".
+	outside := func(obj types.Object) bool {
+		for user := range usedBy[obj] {
+			if user != obj.Pkg().Path() {
+				return true
+			}
+		}
+		return false
+	}
+	exposed := map[types.Object]bool{}
+	var expose func(t types.Type, seen map[types.Type]bool)
+	expose = func(t types.Type, seen map[types.Type]bool) {
+		if t == nil || seen[t] {
+			return
+		}
+		seen[t] = true
+		switch t := t.(type) {
+		case *types.Named:
+			if t.Obj().Pkg() != nil && strings.HasPrefix(t.Obj().Pkg().Path(), root) {
+				exposed[t.Obj()] = true
+			}
+			for a := range t.TypeArgs().Types() {
+				expose(a, seen)
+			}
+		case *types.Pointer:
+			expose(t.Elem(), seen)
+		case *types.Slice:
+			expose(t.Elem(), seen)
+		case *types.Array:
+			expose(t.Elem(), seen)
+		case *types.Chan:
+			expose(t.Elem(), seen)
+		case *types.Map:
+			expose(t.Key(), seen)
+			expose(t.Elem(), seen)
+		case *types.Signature:
+			for v := range t.Params().Variables() {
+				expose(v.Type(), seen)
+			}
+			for v := range t.Results().Variables() {
+				expose(v.Type(), seen)
+			}
+		}
+	}
+	for obj := range usedBy {
+		if !outside(obj) {
+			continue
+		}
+		switch obj.(type) {
+		case *types.Func, *types.Var:
+			expose(obj.Type(), map[types.Type]bool{})
+		}
+	}
+
 	type finding struct{ pkg, name, kind, class string }
 	var found []finding
 	total := 0
@@ -313,13 +372,13 @@ func printExports(pkgs []listed, verbose bool) error {
 		if !strings.HasPrefix(c.path, pkgModule) || excluded(c.path) {
 			continue
 		}
-		classify := func(obj types.Object, name, kind string) {
+		classify := func(obj types.Object, name, kind string, api bool) {
 			total++
 			users := usedBy[obj]
 			switch {
-			case len(users) == 0:
+			case len(users) == 0 && !api:
 				found = append(found, finding{c.path, name, kind, "unused"})
-			case len(users) == 1 && users[c.path]:
+			case len(users) == 1 && users[c.path] && !api:
 				found = append(found, finding{c.path, name, kind, "own package only"})
 			}
 		}
@@ -327,16 +386,18 @@ func printExports(pkgs []listed, verbose bool) error {
 		for _, name := range scope.Names() {
 			obj := scope.Lookup(name)
 			if obj.Exported() {
-				classify(obj, name, kindOf(obj))
+				// An exposed type that nothing uses at all still counts as unused.
+				classify(obj, name, kindOf(obj), exposed[obj] && len(usedBy[obj]) > 0)
 			}
 			tn, ok := obj.(*types.TypeName)
 			if !ok || tn.IsAlias() {
 				continue
 			}
 			if it, ok := tn.Type().Underlying().(*types.Interface); ok {
+				contract := outside(obj) || exposed[obj]
 				for m := range it.ExplicitMethods() {
 					if m.Exported() {
-						classify(m, name+"."+m.Name(), "interface method")
+						classify(m, name+"."+m.Name(), "interface method", contract && len(usedBy[m]) > 0)
 					}
 				}
 				continue
@@ -353,7 +414,7 @@ func printExports(pkgs []listed, verbose bool) error {
 					total++ // used through an interface (perhaps also directly)
 					continue
 				}
-				classify(m, name+"."+m.Name(), "method")
+				classify(m, name+"."+m.Name(), "method", false)
 			}
 		}
 	}
