@@ -112,6 +112,16 @@ func (b *streamBundle) commit(t *testing.T, jobID string, n int, terminal bool) 
 	return evs
 }
 
+// follower follows the job from seq last on, until the test ends.
+func (b *streamBundle) follower(t *testing.T, jobID string, last int64) *events.Follower {
+	t.Helper()
+	f, err := b.streams.Follow(b.ctx, jobID)
+	require.NoError(t, err)
+	t.Cleanup(f.Close)
+	f.SetLast(last)
+	return f
+}
+
 func (b *streamBundle) publish(t *testing.T, evs ...store.Event) {
 	t.Helper()
 	require.NoError(t, b.pub.Publish(b.ctx, evs))
@@ -160,10 +170,7 @@ func TestStreamsOrderAndFillGaps(t *testing.T) {
 		b := setupStreams(t, backend, events.StreamConfig{PollInterval: time.Hour})
 		jobID := b.newJob(t)
 		b.commit(t, jobID, 2, false) // before anyone watches: the starting point has them
-		f, err := b.streams.Follow(b.ctx, jobID)
-		require.NoError(t, err)
-		defer f.Close()
-		f.SetLast(2)
+		f := b.follower(t, jobID, 2)
 
 		// 3-5 commit together; 5's publish overtakes 3 and 4's.
 		evs := b.commit(t, jobID, 3, false)
@@ -190,9 +197,7 @@ func TestStreamsPollFindsLostPublish(t *testing.T) {
 	onEachStore(t, func(t *testing.T, backend string) {
 		b := setupStreams(t, backend, events.StreamConfig{PollInterval: 20 * time.Millisecond})
 		jobID := b.newJob(t)
-		f, err := b.streams.Follow(b.ctx, jobID)
-		require.NoError(t, err)
-		defer f.Close()
+		f := b.follower(t, jobID, 0)
 
 		b.commit(t, jobID, 3, false)
 		frames, _ := b.follow(t, f, 3)
@@ -213,9 +218,7 @@ func TestStreamsBurstLargerThanBuffer(t *testing.T) {
 	onEachStore(t, func(t *testing.T, backend string) {
 		b := setupStreams(t, backend, events.StreamConfig{Buffer: 2, PollInterval: time.Hour})
 		jobID := b.newJob(t)
-		f, err := b.streams.Follow(b.ctx, jobID)
-		require.NoError(t, err)
-		defer f.Close()
+		f := b.follower(t, jobID, 0)
 
 		b.publish(t, b.commit(t, jobID, 200, true)...)
 		frames, done := b.follow(t, f, 200)
@@ -233,10 +236,7 @@ func TestFollowerStartsBehindItsTopic(t *testing.T) {
 		b := setupStreams(t, backend, events.StreamConfig{PageSize: 2, PollInterval: time.Hour})
 		jobID := b.newJob(t)
 		b.commit(t, jobID, 5, false)
-		behind, err := b.streams.Follow(b.ctx, jobID)
-		require.NoError(t, err)
-		defer behind.Close()
-		behind.SetLast(0)
+		behind := b.follower(t, jobID, 0)
 
 		b.publish(t, b.commit(t, jobID, 1, false)...)
 		frames, done := b.follow(t, behind, 6)
@@ -244,10 +244,7 @@ func TestFollowerStartsBehindItsTopic(t *testing.T) {
 		b.requireFrames(t, jobID, 1, frames)
 
 		// A watcher back with after_seq=1: the first page, then the rest.
-		back, err := b.streams.Follow(b.ctx, jobID)
-		require.NoError(t, err)
-		defer back.Close()
-		back.SetLast(1)
+		back := b.follower(t, jobID, 1)
 		page, more, err := back.Page(b.ctx)
 		require.NoError(t, err)
 		require.True(t, more)
