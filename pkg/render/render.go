@@ -84,6 +84,16 @@ func Compile(v any) (*Template, error) {
 	return &Template{root: root, source: v, hasFuncs: c.actions}, nil
 }
 
+// MustCompile is Compile that panics on error, for tests (of this package and others) and literals
+// known to be valid.
+func MustCompile(v any) *Template {
+	t, err := Compile(v)
+	if err != nil {
+		panic(err)
+	}
+	return t
+}
+
 // CompileString compiles a single string (a path, a query or header value); Execute then yields a
 // string, with non-string values of a single action stringified: numbers plainly, null as "",
 // objects and arrays as JSON.
