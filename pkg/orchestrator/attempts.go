@@ -216,9 +216,10 @@ type Failure struct {
 	Reason  string // "not retryable" or "N attempts exhausted"
 }
 
-// FinishAndContinue is FinishAttempt that, when the step succeeded and cont accepts a step it made
-// ready, claims that step for the same worker in the same change and returns its attempt (nil
-// otherwise). The continued attempt is like one claimed by StartAttempt: if the worker dies before
+// FinishAndContinue records the attempt's outcome and moves the DAG on; ErrFenced means the result
+// came too late (the step was reclaimed, cancelled or finished by someone else) and was not recorded.
+// When the step succeeded and cont accepts a step it made ready, it claims that step for the same
+// worker in the same change and returns its attempt (nil otherwise). The continued attempt is like one claimed by StartAttempt: if the worker dies before
 // it finishes, its lease expires and the step is re-run.
 func (o *Orchestrator) FinishAndContinue(ctx context.Context, a *Attempt, out Outcome, cont Continue) (*Attempt, *Failure, error) {
 	p := a.Payload
@@ -346,7 +347,7 @@ func (u *unit) continueWith(from int, workerID string, cont Continue) *Attempt {
 	return nil
 }
 
-// ownOutcome reports whether an attempt status is one only FinishAttempt writes for a live attempt.
+// ownOutcome reports whether an attempt status is one only FinishAndContinue writes for a live attempt.
 func ownOutcome(status string) bool {
 	return status == store.AttemptSucceeded || status == store.AttemptFailed || status == store.AttemptInterrupted
 }
