@@ -146,8 +146,9 @@ features:
 // The ideal: with a sliding window of W tokens per P, N tokens cannot all be accepted in less than
 // (ceil(N/W) - 1) × P from the first acceptance (any span shorter than k × P holds at most k × W
 // tokens). N is what the provider counted (about 50,200 here: ideal 20 s).
-func TestTokenBudgetAgainstAProvider(t *testing.T) {
-	t.Parallel()
+//
+// It runs alone, before the parallel tests: it measures time against a provider's window.
+func TestTokenBudgetAgainstAProvider(t *testing.T) { //nolint:paralleltest // runs alone: see above
 	const (
 		budget = 20000
 		window = 10 * time.Second

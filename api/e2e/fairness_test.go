@@ -28,8 +28,10 @@ features:
 // Tenant A posts 2,000 jobs on a service that runs 20 calls a second; tenant B then posts one. In
 // first-come order B's step would wait behind A's for over a minute and a half; shared round-robin
 // by tenant, it starts within 2 s.
-func TestFairSharingBetweenTenants(t *testing.T) {
-	t.Parallel()
+//
+// It runs alone, before the parallel tests (it loads the machine with 2,000 jobs and 32 posting
+// clients, and measures a latency).
+func TestFairSharingBetweenTenants(t *testing.T) { //nolint:paralleltest // runs alone: see above
 	c := newCluster(t, fairRegistry)
 	api := c.startAPI(tenantKeys...)
 	c.startWorker(tenantKeys...)

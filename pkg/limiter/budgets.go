@@ -238,17 +238,26 @@ end
 return fmt(now_us)
 `)
 
-// settleScript replaces what a call counts in each units budget by its cost, while its entry is in
-// the window (after that it counts nowhere). ARGV: call ID, then per budget: cost (-1: keep).
-var settleScript = redis.NewScript(`
+// settleScript records that a call was answered now: while its entry is in a window (after that it
+// counts nowhere), the entry moves to now (the provider counted the call when it arrived, which was
+// before its answer: a window counted from the answer never ends before the provider's does), and
+// in a units budget its reservation is replaced by its cost. ARGV: call ID, then per budget: kind,
+// per µs, cost (-1: keep the reservation).
+var settleScript = redis.NewScript(luaNow + luaBudgets + `
 local id = ARGV[1]
 for i = 1, #KEYS / 2 do
-  local cost = tonumber(ARGV[i + 1])
-  if cost >= 0 and redis.call('ZSCORE', KEYS[2*i-1], id) then
+  local a = 1 + (i - 1) * 3
+  local kind, per, cost = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local had = redis.call('ZSCORE', KEYS[2*i-1], id)
+  if had and tonumber(had) < now_us then
+    redis.call('ZADD', KEYS[2*i-1], fmt(now_us), id)
+    keep(i, kind, per, now_us)
+  end
+  if had and kind == 'u' and cost >= 0 then
     local old = redis.call('HGET', KEYS[2*i], id)
     if old then
-      redis.call('HSET', KEYS[2*i], id, string.format('%.0f', cost))
-      redis.call('HINCRBY', KEYS[2*i], '~used', string.format('%.0f', cost - tonumber(old)))
+      redis.call('HSET', KEYS[2*i], id, fmt(cost))
+      redis.call('HINCRBY', KEYS[2*i], '~used', fmt(cost - tonumber(old)))
     end
   end
 end
@@ -396,30 +405,26 @@ func (b *Budgets) sent(ctx context.Context, g Grant) (time.Time, error) {
 	return time.UnixMicro(n), nil
 }
 
-// Settle replaces what the call of g counts in its units budgets by what it cost: costs[i] for
-// budget i of the grant, a negative cost keeps the reservation (the cost is unknown). A call whose
-// entry already left a window counts there no more. Request budgets ignore their cost.
+// Settle records that the call of g was answered (or given up after it left) now: its entries move
+// to now, since the provider counted the call when it arrived, which was before now, and in its
+// units budgets it counts what it cost, costs[i] for budget i of the grant (nil, or a negative cost,
+// keeps the reservation: the cost is unknown). A call whose entry already left a window counts
+// there no more. Request budgets ignore their cost.
 func (b *Budgets) Settle(ctx context.Context, g Grant, costs []int64) error {
 	if g.ID == "" {
 		return nil
 	}
-	if len(costs) != len(g.asks) {
+	if costs != nil && len(costs) != len(g.asks) {
 		return fmt.Errorf("limiter: settle %q: %d costs for %d budgets", g.Service, len(costs), len(g.asks))
 	}
-	args := make([]any, 0, 1+len(costs))
+	args := make([]any, 0, 1+3*len(g.asks))
 	args = append(args, g.ID)
-	settles := false
-	for i, c := range costs {
-		if g.asks[i].Kind != UnitBudget || c < 0 {
-			c = -1
-		} else {
-			c = min(c, MaxBudgetUnits)
-			settles = true
+	for i, a := range g.asks {
+		c := int64(-1)
+		if i < len(costs) && a.Kind == UnitBudget && costs[i] >= 0 {
+			c = min(costs[i], MaxBudgetUnits)
 		}
-		args = append(args, c)
-	}
-	if !settles {
-		return nil
+		args = append(args, kindArg(a.Kind), a.Per.Microseconds(), c)
 	}
 	if err := settleScript.Run(ctx, b.rdb, b.keysOf(g.Service, g.asks), args...).Err(); err != nil {
 		return fmt.Errorf("limiter: settle %q: %w", g.Service, err)

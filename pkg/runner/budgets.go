@@ -199,7 +199,8 @@ func limitError(svc *registry.Service, st *registry.Step, what, path string, err
 	return &caller.Error{Class: caller.ClassTemplate, Message: svc.Redact(msg)}
 }
 
-// settle tells the budgets what the call of a cost: for each units budget with a cost, the cost
+// settle tells the budgets the call of a was answered (its entries move to the answer's time, which
+// is after the provider counted it) and what it cost: for each units budget with a cost, the cost
 // its answer gives (a cost that cannot be read keeps the reservation, with a warning). A call that
 // never left (its request could not be rendered) gives back everything it reserved.
 func (r *Runner) settle(ctx context.Context, a *orchestrator.Attempt, adm *admission, data render.Data, res caller.Result, callErr error) {
@@ -218,6 +219,9 @@ func (r *Runner) settle(ctx context.Context, a *orchestrator.Attempt, adm *admis
 	}
 	// Without an answer the provider may still have counted the call: it keeps what it reserved.
 	if callErr != nil {
+		if err := r.rate.Settle(ctx, adm.grant, nil); err != nil {
+			r.cfg.Logger.Warn("budgets: record a call's end", "service", svc.Name, "err", err)
+		}
 		return
 	}
 	costs := make([]int64, len(svc.RateLimits))
@@ -247,7 +251,7 @@ func (r *Runner) settle(ctx context.Context, a *orchestrator.Attempt, adm *admis
 		}
 	}
 	if !settles {
-		return
+		costs = nil
 	}
 	if err := r.rate.Settle(ctx, adm.grant, costs); err != nil {
 		r.cfg.Logger.Warn("budgets: settle a call's cost", "service", svc.Name, "err", err)
