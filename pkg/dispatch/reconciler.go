@@ -131,8 +131,8 @@ func (r *Reconciler) taskState(ctx context.Context, queue, id string) (taskState
 	case errors.Is(err, asynq.ErrQueueNotFound):
 		// Redis lost its data: Asynq clients remember which queues they registered and do not
 		// register them again, so inspection (health, asynqmon) would miss the queue.
-		if err := r.rdb.SAdd(ctx, asynqQueuesKey, queue).Err(); err != nil {
-			return 0, fmt.Errorf("register queue %s: %w", queue, err)
+		if err := RegisterQueue(ctx, r.rdb, queue); err != nil {
+			return 0, err
 		}
 		return taskMissing, nil
 	case errors.Is(err, asynq.ErrTaskNotFound):

@@ -16,11 +16,13 @@ package fairness
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/cao-run/cao/pkg/dispatch"
 	"github.com/cao-run/cao/pkg/limiter"
@@ -52,15 +54,17 @@ type Config struct {
 // Parker parks steps of saturated services and hands them out fairly.
 type Parker struct {
 	fair *limiter.FairQueue
+	rdb  redis.UniversalClient // Asynq's Redis, to list a queue Asynq forgot (RegisterQueue)
 	insp *asynq.Inspector
 	q    dispatch.Enqueuer
 	reg  *registry.Registry
 	cfg  Config
 }
 
-// New returns a Parker keeping its queues with fair, enqueueing with q and handing out through insp.
-// reg resolves a dispatched task's service for Route; it may be nil when Route is not used.
-func New(fair *limiter.FairQueue, q dispatch.Enqueuer, insp *asynq.Inspector, reg *registry.Registry, cfg Config) *Parker {
+// New returns a Parker keeping its queues with fair, enqueueing with q and handing out through
+// Asynq on rdb. reg resolves a dispatched task's service for Route; it may be nil when Route is not
+// used.
+func New(fair *limiter.FairQueue, q dispatch.Enqueuer, rdb redis.UniversalClient, reg *registry.Registry, cfg Config) *Parker {
 	if cfg.Fallback <= 0 {
 		cfg.Fallback = DefaultFallback
 	}
@@ -70,7 +74,7 @@ func New(fair *limiter.FairQueue, q dispatch.Enqueuer, insp *asynq.Inspector, re
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Parker{fair: fair, q: q, insp: insp, reg: reg, cfg: cfg}
+	return &Parker{fair: fair, q: q, rdb: rdb, insp: asynq.NewInspectorFromRedisClient(rdb), reg: reg, cfg: cfg}
 }
 
 // Tenant is the tenant a task's step belongs to.
@@ -201,12 +205,19 @@ func (k *Parker) handOut(ctx context.Context, svc *registry.Service, hs []limite
 	for _, h := range hs {
 		queue, id, ok := strings.Cut(h.Value, "\n")
 		if ok {
-			if err := k.insp.RunTask(queue, id); err == nil {
+			err := k.insp.RunTask(queue, id)
+			if errors.Is(err, asynq.ErrQueueNotFound) && k.rdb != nil {
+				// Redis lost its data since this process's client first enqueued into the queue:
+				// Asynq lists it no more, though the task is there.
+				if err = dispatch.RegisterQueue(ctx, k.rdb, queue); err == nil {
+					err = k.insp.RunTask(queue, id)
+				}
+			}
+			if err == nil {
 				moved++
 				continue
-			} else {
-				k.cfg.Logger.Debug("parked step's task not handed out", "task_id", id, "err", err)
 			}
+			k.cfg.Logger.Debug("parked step's task not handed out", "task_id", id, "err", err)
 		}
 		if err := k.fair.Forget(ctx, svc.Name, h.ID); err != nil {
 			k.cfg.Logger.Debug("forget a parked step", "task_id", h.ID, "err", err)

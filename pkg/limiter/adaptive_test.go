@@ -14,7 +14,9 @@ import (
 	"github.com/cao-run/cao/pkg/testinfra"
 )
 
-func (b *bundle) adaptive() *Adaptive { return AdaptiveFor(NewSemaphore(b.rdb, Config{Prefix: b.prefix})) }
+func (b *bundle) adaptive() *Adaptive {
+	return AdaptiveFor(NewSemaphore(b.rdb, Config{Prefix: b.prefix}))
+}
 
 func TestAIMDHalvesOncePerGenerationAndRegrows(t *testing.T) {
 	t.Parallel()

@@ -112,7 +112,7 @@ func Build(cfg config.Config, log *slog.Logger, id string, reg *registry.Registr
 	n.Queue = asynq.NewClientFromRedisClient(rdb)
 	n.Semaphore = limiter.NewSemaphore(rdb, limiter.Config{})
 	// Steps dispatched while their service has steps parked wait parked behind them (fairness).
-	parker := fairness.New(limiter.FairQueueFor(n.Semaphore), n.Queue, asynq.NewInspectorFromRedisClient(rdb), reg,
+	parker := fairness.New(limiter.FairQueueFor(n.Semaphore), n.Queue, rdb, reg,
 		fairness.Config{Weights: cfg.TenantWeights, Logger: log.With("component", "relay"), Notes: waits.New(rdb, n.Semaphore.Prefix())})
 	n.Relay = dispatch.NewRelay(st, n.Queue, dispatch.RelayConfig{Logger: log.With("component", "relay"), Route: parker.Route})
 	n.Hub = events.NewHub(rdb)

@@ -172,7 +172,7 @@ func New(orch *orchestrator.Orchestrator, rdb redis.UniversalClient, sem *limite
 	notes := waits.New(rdb, sem.Prefix())
 	return &Runner{
 		orch: orch, rdb: rdb, sem: sem, rate: limiter.BudgetsFor(rate), caller: c, hub: hub, cfg: cfg, adapt: limiter.AdaptiveFor(sem),
-		parker: fairness.New(limiter.FairQueueFor(sem), queue, asynq.NewInspectorFromRedisClient(rdb), nil, fairness.Config{
+		parker: fairness.New(limiter.FairQueueFor(sem), queue, rdb, nil, fairness.Config{
 			Weights: cfg.TenantWeights, Fallback: cfg.ParkFallback, Now: cfg.Now, Logger: cfg.Logger, Notes: notes,
 		}),
 		waits:    notes,
