@@ -51,15 +51,9 @@ func (o *Orchestrator) target(p task.StepPayload, feature string) (*Target, bool
 // Prepare checks, without locking, that a task still matches its step and resolves the step's
 // definition and service. ErrStale means the task should be acknowledged without effect.
 func (o *Orchestrator) Prepare(ctx context.Context, p task.StepPayload) (*Target, error) {
-	job, steps, err := o.store.LoadJob(ctx, p.JobID)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("%w: job %s does not exist", ErrStale, p.JobID)
-	}
+	job, steps, err := o.liveJob(ctx, p.JobID)
 	if err != nil {
 		return nil, err
-	}
-	if job.Status.Terminal() {
-		return nil, fmt.Errorf("%w: job is %s", ErrStale, job.Status)
 	}
 	var st *store.Step
 	for i := range steps {
@@ -80,6 +74,22 @@ func (o *Orchestrator) Prepare(ctx context.Context, p task.StepPayload) (*Target
 		return nil, fmt.Errorf("%w: step definition missing from the registry", ErrStale)
 	}
 	return t, nil
+}
+
+// liveJob reads a job and its steps, without locking, for a task of it; ErrStale when the job no
+// longer exists or has ended (the task should be acknowledged without effect).
+func (o *Orchestrator) liveJob(ctx context.Context, jobID string) (*store.Job, []store.Step, error) {
+	job, steps, err := o.store.LoadJob(ctx, jobID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil, fmt.Errorf("%w: job %s does not exist", ErrStale, jobID)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if job.Status.Terminal() {
+		return nil, nil, fmt.Errorf("%w: job is %s", ErrStale, job.Status)
+	}
+	return job, steps, nil
 }
 
 // waitsFor reports whether step s waits for the attempt of task p.

@@ -3,7 +3,6 @@ package orchestrator
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 
 	"github.com/cao-run/cao/pkg/store"
@@ -23,15 +22,9 @@ type StepData struct {
 // starts a new run (and makes this task stale), and a waiting step's upstream steps have finished.
 func (o *Orchestrator) Peek(ctx context.Context, t *Target) (*StepData, error) {
 	p := t.Payload
-	job, steps, err := o.store.LoadJob(ctx, p.JobID)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("%w: job %s does not exist", ErrStale, p.JobID)
-	}
+	job, steps, err := o.liveJob(ctx, p.JobID)
 	if err != nil {
 		return nil, err
-	}
-	if job.Status.Terminal() {
-		return nil, fmt.Errorf("%w: job is %s", ErrStale, job.Status)
 	}
 	d := &StepData{Input: job.Input, Outputs: map[string]json.RawMessage{}}
 	waits := false

@@ -78,6 +78,16 @@ const (
 // data, a step name computed at run time) is reported as such, since it would reach the outputs of
 // steps that are not upstream.
 func stepRefs(text string) ([]stepRef, error) {
+	w, err := walkTemplate(text)
+	if err != nil {
+		return nil, err
+	}
+	return w.refs, nil
+}
+
+// walkTemplate parses a template and walks every tree of it. A {{ define }}d template runs with
+// whatever dot {{ template }} passes; taking it for the whole data errs on the side of checking.
+func walkTemplate(text string) (*refWalker, error) {
 	trees := map[string]*parse.Tree{}
 	t := parse.New("template")
 	t.Mode = parse.SkipFuncCheck
@@ -86,11 +96,9 @@ func stepRefs(text string) ([]stepRef, error) {
 	}
 	w := &refWalker{}
 	for _, name := range keys(trees) {
-		// A {{ define }}d template runs with whatever dot {{ template }} passes; taking it for the whole
-		// data errs on the side of checking.
 		w.list(trees[name].Root, true)
 	}
-	return w.refs, nil
+	return w, nil
 }
 
 type refWalker struct {
@@ -101,15 +109,9 @@ type refWalker struct {
 // templateRoots returns the top-level keys of the template data a template (which must parse) reads:
 // "input" for .input.x, "request" for $.request, and so on.
 func templateRoots(text string) ([]string, error) {
-	trees := map[string]*parse.Tree{}
-	t := parse.New("template")
-	t.Mode = parse.SkipFuncCheck
-	if _, err := t.Parse(text, "", "", trees); err != nil {
+	w, err := walkTemplate(text)
+	if err != nil {
 		return nil, err
-	}
-	w := &refWalker{}
-	for _, name := range keys(trees) {
-		w.list(trees[name].Root, true)
 	}
 	return w.roots, nil
 }
