@@ -126,12 +126,7 @@ func (k *Parker) place(ctx context.Context, svc *registry.Service, queue, id str
 	if err != nil {
 		k.cfg.Logger.Warn("could not queue a waiting step fairly; it runs when its fallback is due", "task_id", id, "err", err)
 	}
-	if k.cfg.Notes != nil {
-		n := waits.Note{Reason: waits.Slot, Service: svc.Name, Tenant: tenant, Since: time.UnixMicro(p.Since).UTC()}
-		if err := k.cfg.Notes.Record(ctx, p.JobID, p.Step, n); err != nil {
-			k.cfg.Logger.Debug("note why a step waits", "job_id", p.JobID, "step", p.Step, "err", err)
-		}
-	}
+	k.Note(ctx, svc, p, waits.Slot, time.Time{}, "")
 }
 
 // Route is a dispatch.Route: a step task dispatched while its service has parked steps is parked
@@ -226,9 +221,32 @@ func (k *Parker) handOut(ctx context.Context, svc *registry.Service, hs []limite
 	return moved
 }
 
-// Admitted forgets the place of step p of svc, which had waited and is now admitted (its fallback
-// may have overtaken its turn).
+// Note records, when Config.Notes is set, why step p (which first waited at p.Since) waits for svc:
+// reason (package waits), and until when and for which budget when known.
+func (k *Parker) Note(ctx context.Context, svc *registry.Service, p task.StepPayload, reason string, until time.Time, budget string) {
+	if k.cfg.Notes == nil {
+		return
+	}
+	n := waits.Note{Reason: reason, Service: svc.Name, Tenant: Tenant(p), Since: time.UnixMicro(p.Since).UTC(), Budget: budget}
+	if !until.IsZero() {
+		n.Until = until.UTC()
+	}
+	if err := k.cfg.Notes.Record(ctx, p.JobID, p.Step, n); err != nil {
+		k.cfg.Logger.Debug("note why a step waits", "job_id", p.JobID, "step", p.Step, "err", err)
+	}
+}
+
+// Admitted forgets that step p of svc, which had waited, waits: its note, and its place in the fair
+// queue (its fallback may have overtaken its turn).
 func (k *Parker) Admitted(ctx context.Context, svc *registry.Service, p task.StepPayload) {
+	if k.cfg.Notes != nil {
+		if err := k.cfg.Notes.Clear(ctx, p.JobID, p.Step); err != nil {
+			k.cfg.Logger.Debug("clear a step's wait note", "job_id", p.JobID, "step", p.Step, "err", err)
+		}
+	}
+	if svc.MaxConcurrency <= 0 {
+		return
+	}
 	if _, err := k.fair.Remove(ctx, svc.Name, Tenant(p), p.TaskID()); err != nil {
 		k.cfg.Logger.Debug("forget a parked step", "job_id", p.JobID, "step", p.Step, "err", err)
 	}

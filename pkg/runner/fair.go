@@ -11,7 +11,6 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/cao-run/cao/pkg/fairness"
 	"github.com/cao-run/cao/pkg/registry"
 	"github.com/cao-run/cao/pkg/task"
 	"github.com/cao-run/cao/pkg/waits"
@@ -41,7 +40,7 @@ func (r *Runner) enterRoom(svc *registry.Service, p task.StepPayload, noted *boo
 			}
 			p.Since = r.cfg.Now().UnixMicro()
 		}
-		r.noteWait(ctx, p, svc, waits.Slot, time.Time{}, "")
+		r.parker.Note(ctx, svc, p, waits.Slot, time.Time{}, "")
 		*noted = true
 		return nil
 	}
@@ -57,9 +56,6 @@ func (r *Runner) park(ctx context.Context, t *asynq.Task, p task.StepPayload, sv
 		return b
 	}
 	ctx = context.WithoutCancel(ctx)
-	if p.Since == 0 {
-		p.Since = r.cfg.Now().UnixMicro()
-	}
 	if err := r.parker.Park(ctx, svc, queue, id, t.Type(), p); err != nil {
 		r.cfg.Logger.Warn("could not park a waiting step; Asynq retries it", "task_id", id, "err", err)
 		return b
@@ -110,28 +106,5 @@ func (r *Runner) sweepParked(ctx context.Context) {
 				cancel()
 			}
 		}
-	}
-}
-
-// noteWait records why step p waits for svc (package waits), until when if known and for which
-// budget (rate budgets), for the API.
-func (r *Runner) noteWait(ctx context.Context, p task.StepPayload, svc *registry.Service, reason string, until time.Time, budget string) {
-	n := waits.Note{Reason: reason, Service: svc.Name, Tenant: fairness.Tenant(p), Since: time.UnixMicro(p.Since).UTC(), Until: until.UTC(), Budget: budget}
-	if until.IsZero() {
-		n.Until = time.Time{}
-	}
-	if err := r.waits.Record(ctx, p.JobID, p.Step, n); err != nil {
-		r.cfg.Logger.Debug("note why a step waits", "job_id", p.JobID, "step", p.Step, "err", err)
-	}
-}
-
-// admitted forgets that step p, which had waited for svc, waits: its note and its fair queue entry
-// (which its copy may have overtaken).
-func (r *Runner) admitted(ctx context.Context, p task.StepPayload, svc *registry.Service) {
-	if err := r.waits.Clear(ctx, p.JobID, p.Step); err != nil {
-		r.cfg.Logger.Debug("clear a step's wait note", "job_id", p.JobID, "step", p.Step, "err", err)
-	}
-	if svc.MaxConcurrency > 0 {
-		r.parker.Admitted(ctx, svc, p)
 	}
 }

@@ -103,7 +103,7 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	if p.Since != 0 || adm.noted {
 		// Once the slot is given back (deferred before release, so run after it): off the path
 		// from the slot to the call. The note is shown for QUEUED steps only, and this one starts.
-		defer r.admitted(context.WithoutCancel(ctx), p, svc)
+		defer r.parker.Admitted(context.WithoutCancel(ctx), svc, p)
 	}
 	// The slot is held until the outcome is recorded, so a service never shows more RUNNING steps
 	// than its max_concurrency; recording is one statement.
@@ -260,7 +260,7 @@ func (r *Runner) reschedule(ctx context.Context, t *asynq.Task, p task.StepPaylo
 		if b.ready > 0 {
 			until = now.Add(b.ready)
 		}
-		r.noteWait(context.WithoutCancel(ctx), p, svc, b.reason, until, b.budget)
+		r.parker.Note(context.WithoutCancel(ctx), svc, p, b.reason, until, b.budget)
 	}
 	return nil
 }

@@ -144,7 +144,6 @@ type Runner struct {
 	rate   *limiter.Budgets  // rate_limit and rate_limits, on rate's Redis and prefix
 	adapt  *limiter.Adaptive // holds and adaptive limits, on sem's Redis and prefix
 	parker *fairness.Parker  // parks steps while their service is saturated, hands them out fairly
-	waits  *waits.Book       // why steps wait, for the API
 	caller *caller.Caller
 	hub    *events.Hub
 	queue  *asynq.Client // schedules the copies of tasks that wait for their service
@@ -169,13 +168,11 @@ func New(orch *orchestrator.Orchestrator, rdb redis.UniversalClient, sem *limite
 	c *caller.Caller, hub *events.Hub, cfg Config) *Runner {
 	cfg = cfg.WithDefaults()
 	queue := asynq.NewClientFromRedisClient(rdb)
-	notes := waits.New(rdb, sem.Prefix())
 	return &Runner{
 		orch: orch, rdb: rdb, sem: sem, rate: limiter.BudgetsFor(rate), caller: c, hub: hub, cfg: cfg, adapt: limiter.AdaptiveFor(sem),
 		parker: fairness.New(limiter.FairQueueFor(sem), queue, rdb, nil, fairness.Config{
-			Weights: cfg.TenantWeights, Fallback: cfg.ParkFallback, Now: cfg.Now, Logger: cfg.Logger, Notes: notes,
+			Weights: cfg.TenantWeights, Fallback: cfg.ParkFallback, Now: cfg.Now, Logger: cfg.Logger, Notes: waits.New(rdb, sem.Prefix()),
 		}),
-		waits:    notes,
 		queue:    queue,
 		room:     limiter.NewWaitRoom(sem, limiter.WaitRoomConfig{ID: cfg.WorkerID}),
 		inflight: map[string]map[*running]struct{}{},
