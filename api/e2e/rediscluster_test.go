@@ -107,6 +107,30 @@ func TestRedisClusterFleet(t *testing.T) { //nolint:paralleltest // runs alone: 
 	require.Equal(t, http.StatusSwitchingProtocols, status)
 	snap := wsFirst(t, conn)
 	require.Equal(t, "snapshot", snap["type"])
+	// The watcher reads from now on, stamping each event when it arrives (not when the test gets to
+	// it after creating the DAG jobs below), up to the job's end.
+	type received struct {
+		msg map[string]any
+		at  time.Time
+		err error
+	}
+	arrivals := make(chan received, 256)
+	go func() {
+		defer close(arrivals)
+		for {
+			rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
+			_, data, err := conn.Read(rctx)
+			rcancel()
+			var m map[string]any
+			if err == nil {
+				err = json.Unmarshal(data, &m)
+			}
+			arrivals <- received{m, time.Now(), err}
+			if err != nil || (m["type"] == "job" && m["status"] == "COMPLETED") {
+				return
+			}
+		}
+	}()
 	hold.wait(t, 20*time.Second)
 
 	// The DAG jobs, created on both replicas, while the watched job waits.
@@ -119,22 +143,10 @@ func TestRedisClusterFleet(t *testing.T) { //nolint:paralleltest // runs alone: 
 
 	// The watcher receives every event after its snapshot up to the job's end. Each arrives well within
 	// the WebSocket server's 3s poll of the event log, so it came over pub/sub: within 1s of its commit.
-	type received struct {
-		msg map[string]any
-		at  time.Time
-	}
 	var live []received
-	for {
-		rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
-		_, data, err := conn.Read(rctx)
-		rcancel()
-		require.NoError(t, err, "watcher on replica 2: %d events so far", len(live))
-		var m map[string]any
-		require.NoError(t, json.Unmarshal(data, &m))
-		live = append(live, received{m, time.Now()})
-		if m["type"] == "job" && m["status"] == "COMPLETED" {
-			break
-		}
+	for r := range arrivals {
+		require.NoError(t, r.err, "watcher on replica 2: %d events so far", len(live))
+		live = append(live, r)
 	}
 	seenSteps := map[string]bool{}
 	for _, r := range live {
