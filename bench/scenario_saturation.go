@@ -42,7 +42,9 @@ func limitedRow(ctx context.Context, e *env, target string, limit, jobs, workers
 	ideal := time.Duration(jobs) * callDelay / time.Duration(limit)
 	wall := wallTime(calls)
 	busy := busyPercent(calls, limit)
-	cao := fmt.Sprintf("wall %s, busy %.1f%%, peak %d", fmtDur(wall), busy, peak)
+	gaps := handOffGaps(calls, limit)
+	cao := fmt.Sprintf("wall %s, busy %.1f%%, peak %d, slot idle between calls p50 %s p90 %s", fmtDur(wall), busy, peak,
+		fmtDur(percentile(gaps, 50)), fmtDur(percentile(gaps, 90)))
 	if len(calls) != jobs {
 		cao += fmt.Sprintf(", %d calls", len(calls))
 	}

@@ -100,3 +100,24 @@ func verdict(ok bool) string {
 	}
 	return " — missed"
 }
+
+// handOffGaps estimates how long a freed slot stayed idle: with a backlog, the k-th call to end frees
+// the slot the (k+limit)-th call to start takes, so each gap is that start minus that end (0 when the
+// start came first). It returns nil with limit calls or fewer.
+func handOffGaps(calls []span, limit int) []time.Duration {
+	if limit <= 0 || len(calls) <= limit {
+		return nil
+	}
+	starts := make([]time.Time, len(calls))
+	ends := make([]time.Time, len(calls))
+	for i, c := range calls {
+		starts[i], ends[i] = c.start, c.end
+	}
+	slices.SortFunc(starts, time.Time.Compare)
+	slices.SortFunc(ends, time.Time.Compare)
+	gaps := make([]time.Duration, 0, len(calls)-limit)
+	for k := 0; k+limit < len(starts); k++ {
+		gaps = append(gaps, max(0, starts[k+limit].Sub(ends[k])))
+	}
+	return gaps
+}

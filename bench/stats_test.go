@@ -2,6 +2,7 @@ package main
 
 import (
 	"math"
+	"slices"
 	"testing"
 	"time"
 )
@@ -106,5 +107,19 @@ func TestWithin(t *testing.T) {
 	t.Parallel()
 	if !within(1.502, 1.5) || within(1.506, 1.5) || !within(0.3, 1.1) {
 		t.Fatal("within must compare the ratio as the table shows it, with two decimals")
+	}
+}
+
+func TestHandOffGaps(t *testing.T) {
+	t.Parallel()
+	t0 := time.Unix(0, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	// Two slots: calls 0-100 and 0-100, then 105-205 and 100-200 (one gap of 5 ms, one of 0).
+	calls := []span{{at(0), at(100)}, {at(0), at(100)}, {at(105), at(205)}, {at(100), at(200)}}
+	if got := handOffGaps(calls, 2); !slices.Equal(got, []time.Duration{0, 5 * time.Millisecond}) {
+		t.Fatalf("gaps %v, want [0 5ms]", got)
+	}
+	if got := handOffGaps(calls[:2], 2); got != nil {
+		t.Fatalf("gaps of limit calls: %v, want none", got)
 	}
 }

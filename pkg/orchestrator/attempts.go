@@ -129,9 +129,57 @@ type Attempt struct {
 // attempt number from the task, so a duplicate delivery cannot start it twice (ErrStale). It returns
 // everything the call needs (input, upstream outputs) from the same read.
 func (o *Orchestrator) StartAttempt(ctx context.Context, t *Target, workerID string) (*Attempt, error) {
+	return o.StartAttemptFrom(ctx, t, workerID, nil)
+}
+
+// Snapshot is a step's job as Read read it, for StartAttemptFrom.
+type Snapshot struct{ snap *snapshot }
+
+// Read reads the job of t (one read) for a claim that comes later: a worker reads it while the step
+// waits for a slot of its service, so that the claim, once the slot is granted, is one statement.
+func (o *Orchestrator) Read(ctx context.Context, t *Target) (*Snapshot, error) {
+	job, steps, err := o.store.LoadJob(ctx, t.Payload.JobID)
+	if err != nil {
+		return nil, err
+	}
+	return &Snapshot{snap: &snapshot{job: *job, steps: steps}}, nil
+}
+
+// quiet reports whether nothing but step name's own claim is expected to change the job of the
+// snapshot: no other step is queued, retrying or running (a cancel, a resume or the reaper still
+// may, rarely). A claim starts only from a quiet snapshot: starting from a job that moved on costs a
+// refused statement and a read, more than the read it saves.
+func (s *Snapshot) quiet(name string) bool {
+	if s == nil || s.snap.job.Status.Terminal() {
+		return false
+	}
+	for i := range s.snap.steps {
+		st := &s.snap.steps[i]
+		if st.Name != name && (st.Status.Waiting() || st.Status == store.StepRunning) {
+			return false
+		}
+	}
+	return true
+}
+
+// StartAttemptFrom is StartAttempt starting from snapshot from (Read) when it is quiet, instead of
+// reading the job: the claim is then one statement. The claim is a compare-and-set on the job's
+// version, so a snapshot the job moved on from is refused and the job read again; a snapshot in
+// which the step does not wait for the attempt is not trusted either (read again).
+func (o *Orchestrator) StartAttemptFrom(ctx context.Context, t *Target, workerID string, from *Snapshot) (*Attempt, error) {
+	if from.quiet(t.Payload.Step) {
+		a, err := o.startAttempt(ctx, t, workerID, from.snap)
+		if !errors.Is(err, ErrStale) {
+			return a, err
+		}
+	}
+	return o.startAttempt(ctx, t, workerID, nil)
+}
+
+func (o *Orchestrator) startAttempt(ctx context.Context, t *Target, workerID string, from *snapshot) (*Attempt, error) {
 	var a *Attempt
 	p := t.Payload
-	snap, err := o.withJobFrom(ctx, p.JobID, nil, func(u *unit) error {
+	snap, err := o.withJobFrom(ctx, p.JobID, from, func(u *unit) error {
 		a = nil
 		s := u.byName[p.Step]
 		if u.job.Status.Terminal() || s == nil || !waitsFor(s, p) {

@@ -193,3 +193,59 @@ func TestRoundTripsPerStepContinued(t *testing.T) {
 	// first task's outbox row deleted in a batch.
 	require.LessOrEqual(t, perStep, 2.0)
 }
+
+// TestStartAttemptFromSnapshot checks the claim of a step whose job was read while it waited for a
+// slot (Read, StartAttemptFrom): one statement when the job is as read; when the job moved on since
+// (here: cancelled), the claim is refused by the job's version and the step is found stale, never
+// started from the old read.
+func TestStartAttemptFromSnapshot(t *testing.T) {
+	t.Parallel()
+	ctx, orch, rt, _ := roundTripSetup(t)
+	target := func() *orchestrator.Target {
+		v, _, err := orch.CreateJob(ctx, orchestrator.CreateRequest{Feature: "chain5", Input: json.RawMessage(`{"n": 1}`)})
+		require.NoError(t, err)
+		tg, err := orch.Resolve(ctx, task.StepPayload{JobID: v.Job.ID, Feature: "chain5", Step: "s1", Run: 1, Attempt: 1})
+		require.NoError(t, err)
+		return tg
+	}
+
+	// Warm the pool and the statement cache, then count: the claim from a snapshot is one statement.
+	for i := range 2 {
+		tg := target()
+		snap, err := orch.Read(ctx, tg)
+		require.NoError(t, err)
+		before := rt.Count()
+		a, err := orch.StartAttemptFrom(ctx, tg, "w1", snap)
+		require.NoError(t, err)
+		if i == 1 {
+			require.EqualValues(t, 1, rt.Count()-before, "round trips of a claim from a quiet snapshot")
+		}
+		require.Equal(t, json.RawMessage(`{"n": 1}`), a.Input)
+		require.NoError(t, orch.FinishAttempt(ctx, a, orchestrator.Outcome{Output: json.RawMessage(`{"ok": true}`)}))
+	}
+
+	// The job was cancelled after the read: the claim is refused, the step stays CANCELLED.
+	tg := target()
+	snap, err := orch.Read(ctx, tg)
+	require.NoError(t, err)
+	_, err = orch.Cancel(ctx, store.AllTenants, tg.Payload.JobID)
+	require.NoError(t, err)
+	_, err = orch.StartAttemptFrom(ctx, tg, "w1", snap)
+	require.ErrorIs(t, err, orchestrator.ErrStale)
+	got, err := orch.GetJob(ctx, store.AllTenants, tg.Payload.JobID)
+	require.NoError(t, err)
+	require.Equal(t, store.JobCancelled, got.Job.Status)
+	for _, s := range got.Steps {
+		require.NotEqual(t, store.StepRunning, s.Status, "step %s", s.Name)
+	}
+
+	// A duplicate delivery of a task whose step another worker claimed after the read: stale.
+	tg = target()
+	snap, err = orch.Read(ctx, tg)
+	require.NoError(t, err)
+	a, err := orch.StartAttempt(ctx, tg, "w2")
+	require.NoError(t, err)
+	_, err = orch.StartAttemptFrom(ctx, tg, "w1", snap)
+	require.ErrorIs(t, err, orchestrator.ErrStale)
+	require.NoError(t, orch.FinishAttempt(ctx, a, orchestrator.Outcome{Output: json.RawMessage(`{"ok": true}`)}))
+}

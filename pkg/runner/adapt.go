@@ -48,8 +48,8 @@ func aimdOf(svc *registry.Service) *limiter.AIMD {
 // until the hold ends. A hold that starts while the step waits for a slot is waited out the same
 // way. It returns the lease, the AIMD generation the slot was granted in and how long the step
 // waited for holds.
-func (r *Runner) acquireSlot(ctx context.Context, svc *registry.Service, p task.StepPayload, noted *bool) (limiter.Lease, int64, time.Duration, error) {
-	opts := limiter.WaitOptions{Enter: r.enterRoom(svc, p, noted), NoLobby: true}
+func (r *Runner) acquireSlot(ctx context.Context, svc *registry.Service, p task.StepPayload, noted *bool, entered func(context.Context)) (limiter.Lease, int64, time.Duration, error) {
+	opts := limiter.WaitOptions{Enter: r.enterRoom(svc, p, noted, entered), NoLobby: true}
 	if !adapts(svc) {
 		lease, err := r.room.AcquireWith(ctx, svc.Name, svc.MaxConcurrency, svc.LeaseTTL, r.maxWaiters(svc), opts)
 		return lease, 0, 0, err

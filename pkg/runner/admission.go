@@ -70,8 +70,8 @@ func (a admission) leases() []limiter.Lease {
 // tenant share in use) one that parks the step in the service's fair queue. Waiting ends when ctx
 // does (the task's own context, or the runner stopping). Once admitted, the time waited for each is
 // reported to Hooks.OnWait. ErrStale means the task no longer matches its step (found when the
-// limits need the step's data).
-func (r *Runner) admit(ctx context.Context, t *orchestrator.Target) (admission, error) {
+// limits need the step's data). A step that waits in the wait room starts pre, the read of its job.
+func (r *Runner) admit(ctx context.Context, t *orchestrator.Target, pre *preread) (admission, error) {
 	svc, p := t.Service, t.Payload
 	pl, err := r.plan(ctx, t)
 	if err != nil {
@@ -97,7 +97,7 @@ func (r *Runner) admit(ctx context.Context, t *orchestrator.Target) (admission, 
 		}
 		t0 = r.cfg.Now()
 		var noted bool
-		lease, gen, held, err := r.acquireSlot(ctx, svc, p, &noted)
+		lease, gen, held, err := r.acquireSlot(ctx, svc, p, &noted, func(ctx context.Context) { pre.start(ctx, r, t) })
 		slotWait += r.cfg.Now().Sub(t0) - held
 		holdWait += held
 		if err != nil {

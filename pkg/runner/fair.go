@@ -27,8 +27,8 @@ var errPark = errors.New("service saturated: wait in the fair queue")
 
 // enterRoom is the wait room's Enter check for step p: a step that has not waited before does not
 // go ahead of the steps parked already; it parks behind them (fairness is decided by the queue). A
-// step that waits in the room gets a note saying why (and *noted is set).
-func (r *Runner) enterRoom(svc *registry.Service, p task.StepPayload, noted *bool) func(context.Context) error {
+// step that waits in the room gets a note saying why (and *noted is set), and entered is called.
+func (r *Runner) enterRoom(svc *registry.Service, p task.StepPayload, noted *bool, entered func(context.Context)) func(context.Context) error {
 	return func(ctx context.Context) error {
 		if p.Since == 0 {
 			n, err := r.parker.Any(ctx, svc)
@@ -42,6 +42,9 @@ func (r *Runner) enterRoom(svc *registry.Service, p task.StepPayload, noted *boo
 		}
 		r.parker.Note(ctx, svc, p, waits.Slot, time.Time{}, "")
 		*noted = true
+		if entered != nil {
+			entered(ctx)
+		}
 		return nil
 	}
 }

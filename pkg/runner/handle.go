@@ -83,7 +83,8 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	// that has not started has nothing to finish.
 	admitCtx, stopAdmit := context.WithCancelCause(ctx)
 	stopWait := context.AfterFunc(r.admitCtx, func() { stopAdmit(context.Cause(r.admitCtx)) })
-	adm, err := r.admit(admitCtx, target)
+	var pre preread
+	adm, err := r.admit(admitCtx, target, &pre)
 	stopWait()
 	stopAdmit(nil)
 	var busy *busyError
@@ -105,8 +106,9 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 		// from the slot to the call. The note is shown for QUEUED steps only, and this one starts.
 		defer r.parker.Admitted(context.WithoutCancel(ctx), svc, p)
 	}
-	// The slot is held until the outcome is recorded, so a service never shows more RUNNING steps
-	// than its max_concurrency; recording is one statement.
+	// The slot is held from before the claim until the call's answer is in: a service never has more
+	// than max_concurrency calls in flight. It is given back before the outcome is recorded, so the
+	// next waiter's call does not wait for this step's commit (docs/architecture.md, "Slots").
 	held := true
 	release := func() {
 		if held {
@@ -117,7 +119,7 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	defer release()
 
 	stepAt := r.cfg.Now() // the step's lease counts from no later than this
-	a, err := r.orch.StartAttempt(ctx, target, r.cfg.WorkerID)
+	a, err := r.orch.StartAttemptFrom(ctx, target, r.cfg.WorkerID, pre.take(ctx))
 	if errors.Is(err, orchestrator.ErrStale) {
 		return nil
 	}
@@ -136,13 +138,13 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 		} else {
 			out, dur = r.execute(ctx, a, &adm, clock)
 		}
+		release()
 		// Record even if the task's context ended: the outcome is what matters now. A step this
 		// records as ready may be claimed for this handler in the same statement (continued).
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		recordAt := r.cfg.Now() // a continued step's lease counts from no later than this
 		next, failed, err := r.finish(rctx, a, out)
 		cancel()
-		release()
 		if r.cfg.Hooks.OnAttempt != nil {
 			r.cfg.Hooks.OnAttempt(a.Service.Name, out, dur)
 		}
