@@ -15,6 +15,7 @@ import (
 
 	"github.com/cao-run/cao/pkg/migrate"
 	"github.com/cao-run/cao/pkg/store"
+	"github.com/cao-run/cao/pkg/store/storetest"
 	"github.com/cao-run/cao/pkg/testinfra"
 )
 
@@ -182,4 +183,60 @@ func openTestPostgres(t *testing.T) *Store {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = s.Close() })
 	return s
+}
+
+// TestGroupCommit queues the changes of many jobs before a committer runs, so they are written by
+// group statements (maxGroup at a time), and checks each change's outcome as if applied alone: the
+// stale and the step-conflicting ones refused without a row written, the others written with the
+// outbox ids of their own tasks.
+func TestGroupCommit(t *testing.T) {
+	t.Parallel()
+	s := openTestPostgres(t)
+	ctx := testinfra.Context(t, time.Minute)
+	for _, tc := range []struct {
+		name string
+		n    int
+	}{{"one group with step conflicts", 30}, {"more than a group", maxGroup + 10}} {
+		changes, check := storetest.ManyJobChanges(t, s, tc.n)
+		g := s.hot.(postgresHot).group
+		pending := make([]*pendingChange, len(changes))
+		g.mu.Lock()
+		for i, c := range changes {
+			require.NoError(t, normalizeChange(c))
+			pending[i] = &pendingChange{ctx: ctx, c: c, done: make(chan error, 1)}
+			g.queue = append(g.queue, pending[i])
+		}
+		g.running++
+		g.mu.Unlock()
+		g.commitLoop()
+		errs := make([]error, len(pending))
+		for i, pc := range pending {
+			errs[i] = <-pc.done
+		}
+		check(errs)
+	}
+}
+
+// TestGroupCommitWithoutConflicts is TestGroupCommit where no change is refused, so the group
+// statement itself (not the one-by-one fallback a step conflict causes) writes every change.
+func TestGroupCommitWithoutConflicts(t *testing.T) {
+	t.Parallel()
+	s := openTestPostgres(t)
+	ctx := testinfra.Context(t, time.Minute)
+	changes, check := storetest.ManyJobChanges(t, s, 4) // the fifth would be stale, the seventh conflicting
+	for _, c := range changes {
+		require.NoError(t, normalizeChange(c))
+	}
+	errs, err := s.hot.(postgresHot).applyGroup(ctx, changes)
+	require.NoError(t, err)
+	check(errs)
+
+	// A group with a stale change: the statement writes the others and refuses it.
+	more, check2 := storetest.ManyJobChanges(t, s, 5)
+	for _, c := range more {
+		require.NoError(t, normalizeChange(c))
+	}
+	errs, err = s.hot.(postgresHot).applyGroup(ctx, more)
+	require.NoError(t, err)
+	check2(errs)
 }

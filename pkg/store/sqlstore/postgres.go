@@ -7,8 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -22,7 +20,16 @@ import (
 // explicit transaction: the job's version is its compare-and-set, and the function cao_conflict
 // (migration 000002) aborts the statement when a step's compare-and-set fails after the job's
 // succeeded, which leaves nothing written.
-type postgresHot struct{ db *sql.DB }
+type postgresHot struct {
+	db    *sql.DB
+	group *groupCommitter // update changes arriving together share a statement (groupcommit.go)
+}
+
+func newPostgresHot(db *sql.DB) postgresHot {
+	p := postgresHot{db: db}
+	p.group = &groupCommitter{p: p}
+	return p
+}
 
 // conflictCode is the SQLSTATE cao_conflict raises.
 const conflictCode = "CA409"
@@ -35,6 +42,7 @@ FROM jobs j WHERE j.id = $1`
 // pgStep is a job_steps row in JSON: as json_agg reads it, and as a change writes it (with the
 // state its compare-and-set expects).
 type pgStep struct {
+	JobID          string          `json:"job_id,omitempty"` // set in a group commit's rows
 	Name           string          `json:"name"`
 	Position       int             `json:"position"`
 	Service        string          `json:"service"`
@@ -188,6 +196,7 @@ SELECT (SELECT version FROM jb),
 // JSON shapes of the rows a change sends.
 type (
 	pgAttemptIn struct {
+		JobID      string     `json:"job_id,omitempty"` // set in a group commit's rows
 		Step       string     `json:"step"`
 		Run        int        `json:"run"`
 		Attempt    int        `json:"attempt"`
@@ -200,11 +209,13 @@ type (
 		FinishedAt *time.Time `json:"finished_at"`
 	}
 	pgInputIn struct {
+		JobID     string    `json:"job_id,omitempty"` // set in a group commit's rows
 		Version   int       `json:"version"`
 		Input     string    `json:"input"`
 		CreatedAt time.Time `json:"created_at"`
 	}
 	pgEventIn struct {
+		JobID   string    `json:"job_id,omitempty"` // set in a group commit's rows
 		Seq     int64     `json:"seq"`
 		Type    string    `json:"type"`
 		Step    string    `json:"step"`
@@ -216,6 +227,7 @@ type (
 		At      time.Time `json:"at"`
 	}
 	pgOutboxIn struct {
+		JobID     string     `json:"job_id,omitempty"` // set in a group commit's rows
 		TaskID    string     `json:"task_id"`
 		Queue     string     `json:"queue"`
 		TypeName  string     `json:"type_name"`
@@ -234,18 +246,28 @@ func optJSON(raw json.RawMessage) *string {
 	return &s
 }
 
-// statement returns the SQL and arguments that apply c.
-func (p postgresHot) statement(c *store.Change) (string, []any, error) {
-	j := c.Job
-	steps := make([]pgStep, len(c.Steps))
+// changeRows is a change's rows in the JSON shapes the statements read, each tagged with the
+// job's id when jobID is set (a group commit's rows, which belong to several jobs); the outbox
+// rows are numbered from n0 in the order their ids must be assigned.
+type changeRows struct {
+	steps    []pgStep
+	attempts []pgAttemptIn
+	inputs   []pgInputIn
+	events   []pgEventIn
+	outbox   []pgOutboxIn
+}
+
+func rowsOf(c *store.Change, jobID string, n0 int) changeRows {
+	var r changeRows
+	r.steps = make([]pgStep, len(c.Steps))
 	for i := range c.Steps {
 		s, e := &c.Steps[i].Step, c.Steps[i].Expect
 		needs := s.Needs
 		if needs == nil {
 			needs = []string{}
 		}
-		steps[i] = pgStep{
-			Name: s.Name, Position: s.Position, Service: s.Service, Queue: s.Queue, Needs: needs,
+		r.steps[i] = pgStep{
+			JobID: jobID, Name: s.Name, Position: s.Position, Service: s.Service, Queue: s.Queue, Needs: needs,
 			Status: string(s.Status), Run: s.Run, Attempts: s.Attempts, Lost: s.Lost, LeaseOwner: s.LeaseOwner,
 			LeaseExpiresAt: s.LeaseExpiresAt, NextAttemptAt: s.NextAttemptAt, Output: s.Output,
 			Error: s.Error, ErrorClass: s.ErrorClass, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt,
@@ -253,25 +275,33 @@ func (p postgresHot) statement(c *store.Change) (string, []any, error) {
 			ExpStatus: string(e.Status), ExpRun: e.Run, ExpAttempts: e.Attempts,
 		}
 	}
-	attempts := make([]pgAttemptIn, len(c.Attempts))
+	r.attempts = make([]pgAttemptIn, len(c.Attempts))
 	for i, a := range c.Attempts {
-		attempts[i] = pgAttemptIn{Step: a.Step, Run: a.Run, Attempt: a.Attempt, WorkerID: a.WorkerID, Status: a.Status,
+		r.attempts[i] = pgAttemptIn{JobID: jobID, Step: a.Step, Run: a.Run, Attempt: a.Attempt, WorkerID: a.WorkerID, Status: a.Status,
 			ErrorClass: a.ErrorClass, Error: a.Error, HTTPStatus: a.HTTPStatus, StartedAt: a.StartedAt, FinishedAt: a.FinishedAt}
 	}
-	inputs := make([]pgInputIn, len(c.Inputs))
+	r.inputs = make([]pgInputIn, len(c.Inputs))
 	for i, in := range c.Inputs {
-		inputs[i] = pgInputIn{Version: in.Version, Input: string(nonNullJSON(in.Input)), CreatedAt: in.CreatedAt}
+		r.inputs[i] = pgInputIn{JobID: jobID, Version: in.Version, Input: string(nonNullJSON(in.Input)), CreatedAt: in.CreatedAt}
 	}
-	events := make([]pgEventIn, len(c.Events))
+	r.events = make([]pgEventIn, len(c.Events))
 	for i, e := range c.Events {
-		events[i] = pgEventIn{Seq: e.Seq, Type: e.Type, Step: e.Step, Status: e.Status, Attempt: e.Attempt, Run: e.Run,
+		r.events[i] = pgEventIn{JobID: jobID, Seq: e.Seq, Type: e.Type, Step: e.Step, Status: e.Status, Attempt: e.Attempt, Run: e.Run,
 			Error: e.Error, Reason: e.Reason, At: e.At}
 	}
-	outbox := make([]pgOutboxIn, len(c.Outbox))
+	r.outbox = make([]pgOutboxIn, len(c.Outbox))
 	for i, t := range c.Outbox {
-		outbox[i] = pgOutboxIn{TaskID: t.TaskID, Queue: t.Queue, TypeName: t.TypeName,
-			Payload: base64.StdEncoding.EncodeToString(t.Payload), ProcessAt: t.ProcessAt, CreatedAt: t.CreatedAt, N: i}
+		r.outbox[i] = pgOutboxIn{JobID: jobID, TaskID: t.TaskID, Queue: t.Queue, TypeName: t.TypeName,
+			Payload: base64.StdEncoding.EncodeToString(t.Payload), ProcessAt: t.ProcessAt, CreatedAt: t.CreatedAt, N: n0 + i}
 	}
+	return r
+}
+
+// statement returns the SQL and arguments that apply c.
+func (p postgresHot) statement(c *store.Change) (string, []any, error) {
+	j := c.Job
+	cr := rowsOf(c, "", 0)
+	attempts, inputs, events, outbox, steps := cr.attempts, cr.inputs, cr.events, cr.outbox, cr.steps
 	rows, err := jsonArgs(attempts, inputs, events, outbox, steps)
 	if err != nil {
 		return "", nil, err
@@ -319,6 +349,14 @@ func (p postgresHot) statement(c *store.Change) (string, []any, error) {
 }
 
 func (p postgresHot) apply(ctx context.Context, c *store.Change) error {
+	if groupable(c) {
+		return p.group.apply(ctx, c)
+	}
+	return p.applyOne(ctx, c)
+}
+
+// applyOne writes one change with its own statement.
+func (p postgresHot) applyOne(ctx context.Context, c *store.Change) error {
 	j := c.Job
 	query, args, err := p.statement(c)
 	if err != nil {
@@ -340,16 +378,15 @@ func (p postgresHot) apply(ctx context.Context, c *store.Change) error {
 	if !version.Valid {
 		return fmt.Errorf("apply change of job %s at version %d: %w", j.ID, c.Version, store.ErrConflict)
 	}
-	if ids != "" {
-		parts := strings.Split(ids, ",")
-		if len(parts) != len(c.Outbox) {
-			return fmt.Errorf("apply change of job %s: %d outbox ids for %d tasks", j.ID, len(parts), len(c.Outbox))
+	outIDs, err := parseIDs(ids)
+	if err != nil {
+		return fmt.Errorf("apply change of job %s: %w", j.ID, err)
+	}
+	if len(outIDs) > 0 {
+		if len(outIDs) != len(c.Outbox) {
+			return fmt.Errorf("apply change of job %s: %d outbox ids for %d tasks", j.ID, len(outIDs), len(c.Outbox))
 		}
-		for i, s := range parts {
-			id, err := strconv.ParseInt(s, 10, 64)
-			if err != nil {
-				return fmt.Errorf("apply change of job %s: outbox id %q: %w", j.ID, s, err)
-			}
+		for i, id := range outIDs {
 			c.Outbox[i].ID = id
 		}
 	}

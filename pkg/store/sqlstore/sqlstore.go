@@ -284,7 +284,7 @@ func newStore(ctx context.Context, db *gorm.DB, dialect string, cfg Config) (*St
 	sqlDB.SetConnMaxIdleTime(5 * time.Minute)
 	s := &Store{queries: queries{db: db, dialect: dialect}}
 	if dialect == DialectPostgres {
-		s.hot = postgresHot{db: sqlDB}
+		s.hot = newPostgresHot(sqlDB)
 	} else {
 		s.hot = genericHot{s: s}
 	}

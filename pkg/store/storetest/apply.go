@@ -28,6 +28,7 @@ var applyTests = []struct {
 	{"ExtendLease", testExtendLease},
 	{"LoadJobNotFound", testLoadJobNotFound},
 	{"LastSeqs", testLastSeqs},
+	{"ApplyManyJobsAtOnce", testApplyManyJobsAtOnce},
 }
 
 // createChange is a new job with two steps (the first queued), its first input, two events and the

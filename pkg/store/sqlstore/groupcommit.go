@@ -1,0 +1,320 @@
+package sqlstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/cao-run/cao/pkg/store"
+)
+
+// Group commit on Postgres: changes of different jobs that arrive while earlier ones are being
+// written share one statement, and so one commit, one plan and one executor start-up, which are most
+// of what a small change costs the server. A change waits for nothing: a committer takes whatever
+// is queued when it is free, and a change that finds a committer free is written at once, alone,
+// by the single-change statement. Each change keeps its own compare-and-set: a job whose version
+// moved on is refused (store.ErrConflict) without writing any of its rows, and the others commit.
+
+const (
+	// maxCommitters is how many group commits may run at once, each on one pooled connection (at
+	// most half the pool, so reads are never starved by writes).
+	maxCommitters = 4
+	// maxGroup caps the changes of one statement.
+	maxGroup = 64
+	// groupTimeout bounds one group's statement: its changes' callers may have no deadline.
+	groupTimeout = 30 * time.Second
+)
+
+// pgApplyGroup applies the update changes of several distinct jobs: $1 job rows (with the version
+// each expects and how many of its steps it changes), $2 steps, $3 attempts, $4 inputs, $5 events,
+// $6 outbox tasks, every row tagged with its job's id. A job's rows are written only if its own
+// compare-and-set succeeded (its id is in jb). It returns the ids of the jobs written, the outbox
+// ids assigned (ascending, in the order of the tasks' n) and raises cao_conflict when a step's
+// compare-and-set failed after its job's succeeded (nothing is then written; the caller applies the
+// changes one by one to find which). The jobs are found by their primary key (= ANY of the ids):
+// a join with the JSON rows alone may be planned as a scan of the whole table.
+const pgApplyGroup = `WITH v AS (
+	SELECT * FROM jsonb_to_recordset($1::jsonb) AS v(id uuid, exp_version bigint, status text, input jsonb,
+		input_version int, output jsonb, error text, last_seq bigint, stuck_at timestamptz, stuck_reason text,
+		updated_at timestamptz, started_at timestamptz, finished_at timestamptz, n_steps int)),
+jb AS (
+	UPDATE jobs j SET status = v.status, input = v.input, input_version = v.input_version, output = v.output,
+		error = v.error, last_seq = v.last_seq, stuck_at = v.stuck_at, stuck_reason = v.stuck_reason,
+		updated_at = v.updated_at, started_at = v.started_at, finished_at = v.finished_at, version = j.version + 1
+	FROM v WHERE j.id = ANY (ARRAY(SELECT v.id FROM v)) AND j.id = v.id AND j.version = v.exp_version
+	RETURNING j.id),
+st AS (
+	UPDATE job_steps s SET status = x.status, run = x.run, attempts = x.attempts, lost = x.lost, lease_owner = x.lease_owner,
+		lease_expires_at = x.lease_expires_at, next_attempt_at = x.next_attempt_at, output = x.output,
+		error = x.error, error_class = x.error_class, updated_at = x.updated_at, started_at = x.started_at,
+		finished_at = x.finished_at
+	FROM jsonb_to_recordset($2::jsonb) AS x(job_id uuid, name text, status text, run int, attempts int, lost int,
+		lease_owner text, lease_expires_at timestamptz, next_attempt_at timestamptz, output jsonb, error text,
+		error_class text, updated_at timestamptz, started_at timestamptz, finished_at timestamptz,
+		exp_status text, exp_run int, exp_attempts int)
+	WHERE s.job_id = x.job_id AND s.name = x.name AND s.status = x.exp_status AND s.run = x.exp_run
+		AND s.attempts = x.exp_attempts AND x.job_id IN (SELECT id FROM jb)
+	RETURNING 1),
+at AS (
+	INSERT INTO step_attempts (job_id, step, run, attempt, worker_id, status, error_class, error, http_status, started_at, finished_at)
+	SELECT a.job_id, a.step, a.run, a.attempt, a.worker_id, a.status, a.error_class, a.error, a.http_status, a.started_at, a.finished_at
+	FROM jsonb_to_recordset($3::jsonb) AS a(job_id uuid, step text, run int, attempt int, worker_id text, status text,
+		error_class text, error text, http_status int, started_at timestamptz, finished_at timestamptz)
+	WHERE a.job_id IN (SELECT id FROM jb)
+	ON CONFLICT (job_id, step, run, attempt) DO UPDATE SET worker_id = EXCLUDED.worker_id, status = EXCLUDED.status,
+		error_class = EXCLUDED.error_class, error = EXCLUDED.error, http_status = EXCLUDED.http_status,
+		started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at
+	RETURNING 1),
+inp AS (
+	INSERT INTO job_inputs (job_id, version, input, created_at)
+	SELECT i.job_id, i.version, i.input::jsonb, i.created_at
+	FROM jsonb_to_recordset($4::jsonb) AS i(job_id uuid, version int, input text, created_at timestamptz)
+	WHERE i.job_id IN (SELECT id FROM jb)
+	RETURNING 1),
+ev AS (
+	INSERT INTO job_events (job_id, seq, type, step, status, attempt, run, error, reason, at)
+	SELECT e.job_id, e.seq, e.type, e.step, e.status, e.attempt, e.run, e.error, e.reason, e.at
+	FROM jsonb_to_recordset($5::jsonb) AS e(job_id uuid, seq bigint, type text, step text, status text, attempt int,
+		run int, error text, reason text, at timestamptz)
+	WHERE e.job_id IN (SELECT id FROM jb)
+	RETURNING 1),
+ob AS (
+	INSERT INTO outbox (task_id, queue, type_name, payload, process_at, created_at)
+	SELECT o.task_id, o.queue, o.type_name, decode(o.payload, 'base64'), o.process_at, o.created_at
+	FROM jsonb_to_recordset($6::jsonb) AS o(job_id uuid, task_id text, queue text, type_name text, payload text,
+		process_at timestamptz, created_at timestamptz, n bigint)
+	WHERE o.job_id IN (SELECT id FROM jb)
+	ORDER BY o.n
+	RETURNING id)
+SELECT (SELECT coalesce(string_agg(id::text, ','), '') FROM jb),
+	CASE WHEN (SELECT count(*) FROM st) = (SELECT coalesce(sum(v.n_steps), 0) FROM v WHERE v.id IN (SELECT id FROM jb))
+		THEN true ELSE cao_conflict('step') END,
+	(SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM ob)`
+
+// pgJobIn is a job row of a group commit: the row as the change leaves it, the version it expects
+// and how many of its steps the change updates.
+type pgJobIn struct {
+	ID           string     `json:"id"`
+	ExpVersion   int64      `json:"exp_version"`
+	Status       string     `json:"status"`
+	Input        any        `json:"input"`
+	InputVersion int        `json:"input_version"`
+	Output       any        `json:"output"`
+	Error        string     `json:"error"`
+	LastSeq      int64      `json:"last_seq"`
+	StuckAt      *time.Time `json:"stuck_at"`
+	StuckReason  string     `json:"stuck_reason"`
+	UpdatedAt    time.Time  `json:"updated_at"`
+	StartedAt    *time.Time `json:"started_at"`
+	FinishedAt   *time.Time `json:"finished_at"`
+	NSteps       int        `json:"n_steps"`
+}
+
+// rawOrNil is raw as a JSON value, or nil (JSON null) when it is empty.
+func rawOrNil(raw []byte) any {
+	if len(raw) == 0 {
+		return nil
+	}
+	return jsonRaw(raw)
+}
+
+// jsonRaw is a JSON text embedded as it is.
+type jsonRaw []byte
+
+// MarshalJSON implements json.Marshaler.
+func (r jsonRaw) MarshalJSON() ([]byte, error) { return r, nil }
+
+// groupable reports whether c may share a statement with other changes: an update without webhook
+// deliveries (creates and the changes that end a job with a webhook have statements of their own).
+func groupable(c *store.Change) bool {
+	return !c.Create && len(c.Webhooks) == 0
+}
+
+// pendingChange is a change waiting for its group commit, and where its outcome goes.
+type pendingChange struct {
+	ctx  context.Context
+	c    *store.Change
+	done chan error
+}
+
+// groupCommitter queues changes and runs up to maxCommitters group commits at once; a committer
+// goroutine lives while there is something queued.
+type groupCommitter struct {
+	p       postgresHot
+	mu      sync.Mutex
+	queue   []*pendingChange
+	running int
+}
+
+// apply queues c and waits until it is written or refused. Once a committer has taken the change
+// it is written whatever ctx does; a change whose ctx ends while it is still queued is not written.
+func (g *groupCommitter) apply(ctx context.Context, c *store.Change) error {
+	pc := &pendingChange{ctx: ctx, c: c, done: make(chan error, 1)}
+	g.mu.Lock()
+	g.queue = append(g.queue, pc)
+	if g.running < maxCommitters {
+		g.running++
+		go g.commitLoop()
+	}
+	g.mu.Unlock()
+	return <-pc.done
+}
+
+// commitLoop writes what is queued, a group at a time, until nothing is.
+func (g *groupCommitter) commitLoop() {
+	for {
+		g.mu.Lock()
+		group := g.take()
+		if len(group) == 0 {
+			g.running--
+			g.mu.Unlock()
+			return
+		}
+		g.mu.Unlock()
+		g.commit(group)
+	}
+}
+
+// take removes from the queue, oldest first, up to maxGroup changes of distinct jobs (a job's later
+// change waits for the next group: it was computed after the first, which it expects to be written)
+// whose context has not ended; the others are answered with their context's error. Called with mu.
+func (g *groupCommitter) take() []*pendingChange {
+	var group []*pendingChange
+	jobs := make(map[string]bool)
+	rest := g.queue[:0]
+	for _, pc := range g.queue {
+		switch {
+		case pc.ctx.Err() != nil:
+			pc.done <- fmt.Errorf("apply change of job %s: %w", pc.c.Job.ID, pc.ctx.Err())
+		case len(group) < maxGroup && !jobs[pc.c.Job.ID]:
+			jobs[pc.c.Job.ID] = true
+			group = append(group, pc)
+		default:
+			rest = append(rest, pc)
+		}
+	}
+	clear(g.queue[len(rest):])
+	g.queue = rest
+	return group
+}
+
+// commit writes a group: a change alone by the single-change statement; several by one group
+// statement, or one by one if a step's compare-and-set failed in it.
+func (g *groupCommitter) commit(group []*pendingChange) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(group[0].ctx), groupTimeout)
+	defer cancel()
+	if len(group) == 1 {
+		group[0].done <- g.p.applyOne(ctx, group[0].c)
+		return
+	}
+	changes := make([]*store.Change, len(group))
+	for i, pc := range group {
+		changes[i] = pc.c
+	}
+	errs, err := g.p.applyGroup(ctx, changes)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == conflictCode {
+		for _, pc := range group {
+			pc.done <- g.p.applyOne(ctx, pc.c)
+		}
+		return
+	}
+	for i, pc := range group {
+		if err != nil {
+			pc.done <- fmt.Errorf("apply change of job %s: %w", pc.c.Job.ID, interpretError(err))
+			continue
+		}
+		pc.done <- errs[i]
+	}
+}
+
+// applyGroup writes changes (updates of distinct jobs) in one statement and returns each one's
+// outcome: nil, or store.ErrConflict when its job's version moved on. The error is the statement's
+// own (a step's conflict: cao_conflict's error, with nothing written).
+func (p postgresHot) applyGroup(ctx context.Context, changes []*store.Change) ([]error, error) {
+	// Empty lists, never nil: a nil slice is JSON null, which jsonb_to_recordset refuses.
+	jobs := make([]pgJobIn, 0, len(changes))
+	all := changeRows{steps: []pgStep{}, attempts: []pgAttemptIn{}, inputs: []pgInputIn{}, events: []pgEventIn{}, outbox: []pgOutboxIn{}}
+	n := 0
+	for _, c := range changes {
+		j := c.Job
+		row := jobToRow(j)
+		jobs = append(jobs, pgJobIn{
+			ID: j.ID, ExpVersion: c.Version, Status: row.Status, Input: rawOrNil(row.Input), InputVersion: row.InputVersion,
+			Output: rawOrNil(row.Output), Error: row.Error, LastSeq: row.LastSeq, StuckAt: row.StuckAt,
+			StuckReason: row.StuckReason, UpdatedAt: row.UpdatedAt, StartedAt: row.StartedAt, FinishedAt: row.FinishedAt,
+			NSteps: len(c.Steps),
+		})
+		r := rowsOf(c, j.ID, n)
+		n += len(c.Outbox)
+		all.steps = append(all.steps, r.steps...)
+		all.attempts = append(all.attempts, r.attempts...)
+		all.inputs = append(all.inputs, r.inputs...)
+		all.events = append(all.events, r.events...)
+		all.outbox = append(all.outbox, r.outbox...)
+	}
+	args, err := jsonArgs(jobs, all.steps, all.attempts, all.inputs, all.events, all.outbox)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		written string
+		ok      bool
+		ids     string
+	)
+	if err := p.db.QueryRowContext(ctx, pgApplyGroup, args...).Scan(&written, &ok, &ids); err != nil {
+		return nil, err
+	}
+	done := make(map[string]bool, len(changes))
+	for id := range strings.SplitSeq(written, ",") {
+		if id != "" {
+			done[id] = true
+		}
+	}
+	outIDs, err := parseIDs(ids)
+	if err != nil {
+		return nil, err
+	}
+	errs := make([]error, len(changes))
+	k := 0
+	for i, c := range changes {
+		if !done[c.Job.ID] {
+			errs[i] = fmt.Errorf("apply change of job %s at version %d: %w", c.Job.ID, c.Version, store.ErrConflict)
+			continue
+		}
+		for t := range c.Outbox {
+			if k >= len(outIDs) {
+				return nil, fmt.Errorf("apply a group of %d changes: too few outbox ids (%d)", len(changes), len(outIDs))
+			}
+			c.Outbox[t].ID = outIDs[k]
+			k++
+		}
+	}
+	if k != len(outIDs) {
+		return nil, fmt.Errorf("apply a group of %d changes: %d outbox ids for %d tasks", len(changes), len(outIDs), k)
+	}
+	return errs, nil
+}
+
+// parseIDs parses a comma-separated list of ids ("" is none).
+func parseIDs(s string) ([]int64, error) {
+	if s == "" {
+		return nil, nil
+	}
+	parts := strings.Split(s, ",")
+	out := make([]int64, len(parts))
+	for i, part := range parts {
+		id, err := strconv.ParseInt(part, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("outbox id %q: %w", part, err)
+		}
+		out[i] = id
+	}
+	return out, nil
+}
