@@ -37,7 +37,7 @@ func TestHubFansOutAcrossProcessesByJob(t *testing.T) {
 	}()
 	a1, a2 := h1.Subscribe("job-a", 16), h2.Subscribe("job-a", 16)
 	b1 := h1.Subscribe("job-b", 16)
-	all := h2.SubscribeAll(16)
+	all := h2.SubscribeAll(16, nil)
 	pub := events.NewRedisPublisher(rdb.Client)
 	require.NoError(t, pub.Publish(ctx, []store.Event{ev("job-a", 1, store.EventStep, "RUNNING"), ev("job-a", 2, store.EventJob, "COMPLETED")}))
 	require.NoError(t, pub.Publish(ctx, []store.Event{ev("job-b", 1, store.EventJob, "RUNNING")}))
@@ -114,7 +114,7 @@ func TestDeploymentsOnOtherDatabasesShareNoEvents(t *testing.T) {
 		require.NoError(t, hubA.Stop(context.Background()))
 		require.NoError(t, hubB.Stop(context.Background()))
 	}()
-	allA, allB := hubA.SubscribeAll(16), hubB.SubscribeAll(16)
+	allA, allB := hubA.SubscribeAll(16, nil), hubB.SubscribeAll(16, nil)
 	pubA, pubB := events.NewRedisPublisher(dbA.Client), events.NewRedisPublisher(dbB.Client)
 	require.Equal(t, hubA.Channel(), pubA.Channel())
 
@@ -180,4 +180,32 @@ func TestHubStartStopTwice(t *testing.T) {
 	sub = h.Subscribe("j", 4)
 	require.NoError(t, pub.Publish(ctx, []store.Event{ev("j", 2, store.EventJob, "COMPLETED")}))
 	require.Equal(t, int64(2), next(t, sub).Seq)
+}
+
+// TestSubscribeAllMatching: a hub whose only subscriber follows the payloads that contain a match
+// (a worker following cancellations) gets those payloads' messages, and none of the others.
+func TestSubscribeAllMatching(t *testing.T) {
+	t.Parallel()
+	rdb := testinfra.Redis(t)
+	ctx := testinfra.Context(t, 30*time.Second)
+	h := events.NewHub(rdb.Client)
+	require.NoError(t, h.Start(ctx))
+	defer func() { require.NoError(t, h.Stop(context.Background())) }()
+	cancels := h.SubscribeAll(16, []byte(`"CANCELLED"`))
+	pub := events.NewRedisPublisher(rdb.Client)
+	require.NoError(t, pub.Publish(ctx, []store.Event{ev("job-a", 1, store.EventStep, "RUNNING")}))
+	require.NoError(t, pub.Publish(ctx, []store.Event{ev("job-b", 1, store.EventStep, "CANCELLED"), ev("job-b", 2, store.EventJob, "CANCELLED")}))
+	require.NoError(t, pub.Publish(ctx, []store.Event{ev("job-c", 1, store.EventJob, "COMPLETED")}))
+	require.NoError(t, pub.Publish(ctx, []store.Event{ev("job-d", 1, store.EventJob, "CANCELLED")}))
+	var got []string
+	for range 3 {
+		m := <-cancels.C
+		got = append(got, fmt.Sprintf("%s/%d", m.JobID, m.Seq))
+	}
+	require.Equal(t, []string{"job-b/1", "job-b/2", "job-d/1"}, got, "every message of the matching payloads, in order, and only those")
+	select {
+	case m := <-cancels.C:
+		t.Fatalf("unexpected message %+v", m)
+	default:
+	}
 }

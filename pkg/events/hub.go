@@ -1,6 +1,7 @@
 package events
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"sync"
@@ -31,9 +32,12 @@ type Hub struct {
 
 // Subscription receives messages; C is closed when the subscription ends or overflows.
 type Subscription struct {
-	C          chan Message
-	hub        *Hub
-	jobID      string // empty: all jobs
+	C     chan Message
+	hub   *Hub
+	jobID string // empty: all jobs
+	// match, for a subscription to all jobs, keeps only the payloads that contain it (the rest are
+	// not even decoded when no other subscriber wants them).
+	match      []byte
 	overflowed bool
 	closed     bool
 }
@@ -91,17 +95,42 @@ func (h *Hub) read(ctx context.Context, ps *redis.PubSub) error {
 			if !ok {
 				return nil
 			}
-			msgs, err := Decode([]byte(msg.Payload))
+			raw := []byte(msg.Payload)
+			if !h.wanted(raw) {
+				continue
+			}
+			msgs, err := Decode(raw)
 			if err != nil {
 				continue
 			}
-			h.deliver(msgs)
+			h.deliver(raw, msgs)
 		}
 	}
 }
 
-// deliver fans messages out to local subscribers without ever blocking on one.
-func (h *Hub) deliver(msgs []Message) {
+// wanted reports whether a subscriber may want the messages of payload raw: one follows a job, or
+// one follows all jobs and raw has what it matches. A worker, which follows only cancellations,
+// then decodes a few of the fleet's payloads instead of every one.
+func (h *Hub) wanted(raw []byte) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.byJob) > 0 {
+		return true
+	}
+	for s := range h.all {
+		if s.matches(raw) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Subscription) matches(raw []byte) bool {
+	return s.match == nil || bytes.Contains(raw, s.match)
+}
+
+// deliver fans the messages of payload raw out to local subscribers without ever blocking on one.
+func (h *Hub) deliver(raw []byte, msgs []Message) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, m := range msgs {
@@ -109,7 +138,9 @@ func (h *Hub) deliver(msgs []Message) {
 			h.sendLocked(s, m)
 		}
 		for s := range h.all {
-			h.sendLocked(s, m)
+			if s.matches(raw) {
+				h.sendLocked(s, m)
+			}
 		}
 	}
 }
@@ -158,9 +189,12 @@ func (h *Hub) Subscribe(jobID string, buf int) *Subscription {
 	return s
 }
 
-// SubscribeAll returns a subscription to every job's messages.
-func (h *Hub) SubscribeAll(buf int) *Subscription {
-	s := &Subscription{C: make(chan Message, buf), hub: h}
+// SubscribeAll returns a subscription to every job's messages with a buffer of buf messages, from
+// the payloads that contain match (nil: every payload); a payload holds the events of one committed
+// change. The subscriber still checks each message: match only spares it (and the hub) the payloads
+// that cannot concern it.
+func (h *Hub) SubscribeAll(buf int, match []byte) *Subscription {
+	s := &Subscription{C: make(chan Message, buf), hub: h, match: match}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.all[s] = struct{}{}

@@ -8,6 +8,10 @@ import (
 	"github.com/cao-run/cao/pkg/store"
 )
 
+// cancelledMatch is in every payload that cancels a job (its job message's status): a worker
+// decodes only those of the fleet's event payloads.
+var cancelledMatch = []byte(`"` + string(store.JobCancelled) + `"`)
+
 // errJobCancelled is the cancellation cause of calls whose job was cancelled.
 var errJobCancelled = errors.New("job cancelled")
 
@@ -33,7 +37,7 @@ func (r *Runner) watchCancels(sub *events.Subscription) {
 			r.mu.Unlock()
 			return
 		}
-		sub = r.hub.SubscribeAll(4096)
+		sub = r.hub.SubscribeAll(4096, cancelledMatch)
 		r.cancelSub = sub
 		r.mu.Unlock()
 	}

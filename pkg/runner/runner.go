@@ -208,7 +208,7 @@ func (r *Runner) Start(ctx context.Context) error {
 		return fmt.Errorf("runner: %w", err)
 	}
 	if r.hub != nil {
-		r.cancelSub = r.hub.SubscribeAll(4096)
+		r.cancelSub = r.hub.SubscribeAll(4096, cancelledMatch)
 		r.subDone = make(chan struct{})
 		go r.watchCancels(r.cancelSub)
 	}
