@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/cao-run/cao/pkg/store"
 )
 
@@ -31,15 +29,16 @@ const (
 	groupTimeout = 30 * time.Second
 )
 
-// pgApplyGroup applies the update changes of several distinct jobs: $1 job rows (with the version
-// each expects and how many of its steps it changes), $2 steps, $3 attempts, $4 inputs, $5 events,
-// $6 outbox tasks, every row tagged with its job's id. A job's rows are written only if its own
-// compare-and-set succeeded (its id is in jb). It returns the ids of the jobs written, the outbox
-// ids assigned (ascending, in the order of the tasks' n) and raises cao_conflict when a step's
+// A group statement applies the changes of several distinct jobs, all updates or all creates
+// (pgGroupUpdate, pgGroupCreate): $1 job rows, $2 steps, $3 attempts, $4 inputs, $5 events, $6
+// outbox tasks, every row tagged with its job's id. A job's rows are written only if its own row
+// was (its id is in jb): an update whose job's version moved on, or a create whose job exists
+// already, writes nothing. The statement returns the ids of the jobs written and the outbox ids
+// assigned (ascending, in the order of the tasks' n). An update raises cao_conflict when a step's
 // compare-and-set failed after its job's succeeded (nothing is then written; the caller applies the
-// changes one by one to find which). The jobs are found by their primary key (= ANY of the ids):
-// a join with the JSON rows alone may be planned as a scan of the whole table.
-const pgApplyGroup = `WITH v AS (
+// changes one by one to find which). Updated jobs are found by their primary key (= ANY of the
+// ids): a join with the JSON rows alone may be planned as a scan of the whole table.
+const pgGroupUpdate = `WITH v AS (
 	SELECT * FROM jsonb_to_recordset($1::jsonb) AS v(id uuid, exp_version bigint, status text, input jsonb,
 		input_version int, output jsonb, error text, last_seq bigint, stuck_at timestamptz, stuck_reason text,
 		updated_at timestamptz, started_at timestamptz, finished_at timestamptz, n_steps int)),
@@ -60,7 +59,42 @@ st AS (
 		exp_status text, exp_run int, exp_attempts int)
 	WHERE s.job_id = x.job_id AND s.name = x.name AND s.status = x.exp_status AND s.run = x.exp_run
 		AND s.attempts = x.exp_attempts AND x.job_id IN (SELECT id FROM jb)
-	RETURNING 1),
+	RETURNING 1)` + pgGroupTail + `
+SELECT (SELECT coalesce(string_agg(id::text, ','), '') FROM jb),
+	CASE WHEN (SELECT count(*) FROM st) = (SELECT coalesce(sum(v.n_steps), 0) FROM v WHERE v.id IN (SELECT id FROM jb))
+		THEN true ELSE cao_conflict('step') END,
+	(SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM ob)`
+
+const pgGroupCreate = `WITH v AS (
+	SELECT * FROM jsonb_to_recordset($1::jsonb) AS v(id uuid, feature_name text, status text, input jsonb,
+		input_version int, output jsonb, error text, last_seq bigint, stuck_at timestamptz, stuck_reason text,
+		created_at timestamptz, updated_at timestamptz, started_at timestamptz, finished_at timestamptz,
+		tenant text, webhook_url text)),
+jb AS (
+	INSERT INTO jobs (id, feature_name, status, input, input_version, output, error, last_seq, stuck_at, stuck_reason,
+		created_at, updated_at, started_at, finished_at, version, tenant, webhook_url)
+	SELECT v.id, v.feature_name, v.status, v.input, v.input_version, v.output, v.error, v.last_seq, v.stuck_at,
+		v.stuck_reason, v.created_at, v.updated_at, v.started_at, v.finished_at, 1, v.tenant, v.webhook_url
+	FROM v
+	ON CONFLICT (id) DO NOTHING
+	RETURNING id),
+st AS (
+	INSERT INTO job_steps (job_id, name, position, service, queue, needs, status, run, attempts, lost, lease_owner,
+		lease_expires_at, next_attempt_at, output, error, error_class, created_at, updated_at, started_at, finished_at)
+	SELECT x.job_id, x.name, x.position, x.service, x.queue, x.needs, x.status, x.run, x.attempts, x.lost, x.lease_owner,
+		x.lease_expires_at, x.next_attempt_at, x.output, x.error, x.error_class, x.created_at, x.updated_at,
+		x.started_at, x.finished_at
+	FROM jsonb_to_recordset($2::jsonb) AS x(job_id uuid, name text, position int, service text, queue text, needs jsonb,
+		status text, run int, attempts int, lost int, lease_owner text, lease_expires_at timestamptz,
+		next_attempt_at timestamptz, output jsonb, error text, error_class text, created_at timestamptz,
+		updated_at timestamptz, started_at timestamptz, finished_at timestamptz)
+	WHERE x.job_id IN (SELECT id FROM jb)
+	RETURNING 1)` + pgGroupTail + `
+SELECT (SELECT coalesce(string_agg(id::text, ','), '') FROM jb), (SELECT count(*) FROM st) >= 0,
+	(SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM ob)`
+
+// pgGroupTail writes the attempts, inputs, events and outbox tasks of the jobs written (jb).
+const pgGroupTail = `,
 at AS (
 	INSERT INTO step_attempts (job_id, step, run, attempt, worker_id, status, error_class, error, http_status, started_at, finished_at)
 	SELECT a.job_id, a.step, a.run, a.attempt, a.worker_id, a.status, a.error_class, a.error, a.http_status, a.started_at, a.finished_at
@@ -92,16 +126,17 @@ ob AS (
 	WHERE o.job_id IN (SELECT id FROM jb)
 	ORDER BY o.n
 	RETURNING id)
-SELECT (SELECT coalesce(string_agg(id::text, ','), '') FROM jb),
-	CASE WHEN (SELECT count(*) FROM st) = (SELECT coalesce(sum(v.n_steps), 0) FROM v WHERE v.id IN (SELECT id FROM jb))
-		THEN true ELSE cao_conflict('step') END,
-	(SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM ob)`
+`
 
-// pgJobIn is a job row of a group commit: the row as the change leaves it, the version it expects
-// and how many of its steps the change updates.
+// pgJobIn is a job row of a group commit: the row as the change leaves it and, for an update, the
+// version it expects and how many of its steps it updates.
 type pgJobIn struct {
 	ID           string     `json:"id"`
 	ExpVersion   int64      `json:"exp_version"`
+	FeatureName  string     `json:"feature_name"`
+	CreatedAt    time.Time  `json:"created_at"`
+	Tenant       string     `json:"tenant"`
+	WebhookURL   *string    `json:"webhook_url"`
 	Status       string     `json:"status"`
 	Input        any        `json:"input"`
 	InputVersion int        `json:"input_version"`
@@ -131,9 +166,13 @@ type jsonRaw []byte
 func (r jsonRaw) MarshalJSON() ([]byte, error) { return r, nil }
 
 // groupable reports whether c may share a statement with other changes: an update without webhook
-// deliveries (creates and the changes that end a job with a webhook have statements of their own).
+// deliveries, or a create without an idempotency key (a key's binding, and the changes that end a
+// job with a webhook, have statements of their own). A group is all creates or all updates.
 func groupable(c *store.Change) bool {
-	return !c.Create && len(c.Webhooks) == 0
+	if c.Create {
+		return c.IdempotencyKey == ""
+	}
+	return len(c.Webhooks) == 0
 }
 
 // pendingChange is a change waiting for its group commit, and where its outcome goes.
@@ -182,8 +221,8 @@ func (g *groupCommitter) commitLoop() {
 }
 
 // take removes from the queue, oldest first, up to maxGroup changes of distinct jobs (a job's later
-// change waits for the next group: it was computed after the first, which it expects to be written)
-// whose context has not ended; the others are answered with their context's error. Called with mu.
+// change waits for the next group: it was computed after the first, which it expects to be written),
+// all creates or all updates as the oldest is, whose context has not ended; the others are answered with their context's error. Called with mu.
 func (g *groupCommitter) take() []*pendingChange {
 	var group []*pendingChange
 	jobs := make(map[string]bool)
@@ -192,7 +231,7 @@ func (g *groupCommitter) take() []*pendingChange {
 		switch {
 		case pc.ctx.Err() != nil:
 			pc.done <- fmt.Errorf("apply change of job %s: %w", pc.c.Job.ID, pc.ctx.Err())
-		case len(group) < maxGroup && !jobs[pc.c.Job.ID]:
+		case len(group) < maxGroup && !jobs[pc.c.Job.ID] && (len(group) == 0 || pc.c.Create == group[0].c.Create):
 			jobs[pc.c.Job.ID] = true
 			group = append(group, pc)
 		default:
@@ -205,7 +244,8 @@ func (g *groupCommitter) take() []*pendingChange {
 }
 
 // commit writes a group: a change alone by the single-change statement; several by one group
-// statement, or one by one if a step's compare-and-set failed in it.
+// statement, or one by one if that statement failed (a step's compare-and-set, a row that cannot
+// be stored: each change then gets the outcome it would have had alone).
 func (g *groupCommitter) commit(group []*pendingChange) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(group[0].ctx), groupTimeout)
 	defer cancel()
@@ -218,25 +258,30 @@ func (g *groupCommitter) commit(group []*pendingChange) {
 		changes[i] = pc.c
 	}
 	errs, err := g.p.applyGroup(ctx, changes)
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == conflictCode {
+	if err != nil && errors.Is(interpretError(err), store.ErrUnavailable) {
+		// The outcome is unknown, as for a change applied alone whose connection failed.
+		for _, pc := range group {
+			pc.done <- fmt.Errorf("apply change of job %s: %w", pc.c.Job.ID, interpretError(err))
+		}
+		return
+	}
+	if err != nil {
+		// Nothing was written (a statement is atomic): a step's conflict, a row one change cannot
+		// store. Each change is then applied alone and gets its own outcome.
 		for _, pc := range group {
 			pc.done <- g.p.applyOne(ctx, pc.c)
 		}
 		return
 	}
 	for i, pc := range group {
-		if err != nil {
-			pc.done <- fmt.Errorf("apply change of job %s: %w", pc.c.Job.ID, interpretError(err))
-			continue
-		}
 		pc.done <- errs[i]
 	}
 }
 
-// applyGroup writes changes (updates of distinct jobs) in one statement and returns each one's
-// outcome: nil, or store.ErrConflict when its job's version moved on. The error is the statement's
-// own (a step's conflict: cao_conflict's error, with nothing written).
+// applyGroup writes changes (of distinct jobs, all updates or all creates) in one statement and
+// returns each one's outcome: nil; for an update, store.ErrConflict when its job's version moved on;
+// for a create, store.ErrDuplicate when its job exists. The error is the statement's own (a step's
+// conflict: cao_conflict's error, with nothing written).
 func (p postgresHot) applyGroup(ctx context.Context, changes []*store.Change) ([]error, error) {
 	// Empty lists, never nil: a nil slice is JSON null, which jsonb_to_recordset refuses.
 	jobs := make([]pgJobIn, 0, len(changes))
@@ -246,7 +291,8 @@ func (p postgresHot) applyGroup(ctx context.Context, changes []*store.Change) ([
 		j := c.Job
 		row := jobToRow(j)
 		jobs = append(jobs, pgJobIn{
-			ID: j.ID, ExpVersion: c.Version, Status: row.Status, Input: rawOrNil(row.Input), InputVersion: row.InputVersion,
+			ID: j.ID, ExpVersion: c.Version, FeatureName: row.FeatureName, CreatedAt: row.CreatedAt, Tenant: row.Tenant,
+			WebhookURL: row.WebhookURL, Status: row.Status, Input: rawOrNil(row.Input), InputVersion: row.InputVersion,
 			Output: rawOrNil(row.Output), Error: row.Error, LastSeq: row.LastSeq, StuckAt: row.StuckAt,
 			StuckReason: row.StuckReason, UpdatedAt: row.UpdatedAt, StartedAt: row.StartedAt, FinishedAt: row.FinishedAt,
 			NSteps: len(c.Steps),
@@ -268,7 +314,11 @@ func (p postgresHot) applyGroup(ctx context.Context, changes []*store.Change) ([
 		ok      bool
 		ids     string
 	)
-	if err := p.db.QueryRowContext(ctx, pgApplyGroup, args...).Scan(&written, &ok, &ids); err != nil {
+	query := pgGroupUpdate
+	if changes[0].Create {
+		query = pgGroupCreate
+	}
+	if err := p.db.QueryRowContext(ctx, query, args...).Scan(&written, &ok, &ids); err != nil {
 		return nil, err
 	}
 	done := make(map[string]bool, len(changes))
@@ -284,7 +334,11 @@ func (p postgresHot) applyGroup(ctx context.Context, changes []*store.Change) ([
 	errs := make([]error, len(changes))
 	k := 0
 	for i, c := range changes {
-		if !done[c.Job.ID] {
+		switch {
+		case !done[c.Job.ID] && c.Create:
+			errs[i] = fmt.Errorf("apply change of job %s: insert: %w", c.Job.ID, store.ErrDuplicate)
+			continue
+		case !done[c.Job.ID]:
 			errs[i] = fmt.Errorf("apply change of job %s at version %d: %w", c.Job.ID, c.Version, store.ErrConflict)
 			continue
 		}

@@ -240,3 +240,18 @@ func TestGroupCommitWithoutConflicts(t *testing.T) {
 	require.NoError(t, err)
 	check2(errs)
 }
+
+// TestGroupCommitCreates drives creates through a group statement: duplicates of an existing job
+// are refused without a row, the others written with their own outbox ids.
+func TestGroupCommitCreates(t *testing.T) {
+	t.Parallel()
+	s := openTestPostgres(t)
+	ctx := testinfra.Context(t, time.Minute)
+	changes, check := storetest.ManyJobCreates(t, s, 12)
+	for _, c := range changes {
+		require.NoError(t, normalizeChange(c))
+	}
+	errs, err := s.hot.(postgresHot).applyGroup(ctx, changes)
+	require.NoError(t, err)
+	check(errs)
+}

@@ -29,6 +29,7 @@ var applyTests = []struct {
 	{"LoadJobNotFound", testLoadJobNotFound},
 	{"LastSeqs", testLastSeqs},
 	{"ApplyManyJobsAtOnce", testApplyManyJobsAtOnce},
+	{"CreateManyJobsAtOnce", testCreateManyJobsAtOnce},
 }
 
 // createChange is a new job with two steps (the first queued), its first input, two events and the

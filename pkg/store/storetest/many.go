@@ -124,3 +124,79 @@ func testApplyManyJobsAtOnce(t *testing.T, s store.Store) {
 	wg.Wait()
 	check(errs)
 }
+
+// ManyJobCreates returns n changes that create jobs, every fourth with the id of a job that s holds
+// already, so it must be refused (store.ErrDuplicate) without writing a row, and a check of the
+// outcome as ManyJobChanges'.
+func ManyJobCreates(t *testing.T, s store.Store, n int) (changes []*store.Change, check func(errs []error)) {
+	t.Helper()
+	ctx := testContext(t)
+	taken := createChange(base)
+	require.NoError(t, s.Apply(ctx, taken))
+	dup := make([]bool, n)
+	for i := range n {
+		c := createChange(base.Add(time.Duration(i) * time.Microsecond))
+		c.Outbox[0].TaskID = fmt.Sprintf("%s-create", c.Job.ID)
+		if i%4 == 3 {
+			c.Job.ID, c.Outbox[0].TaskID = taken.Job.ID, fmt.Sprintf("dup-%d", i)
+			dup[i] = true
+		}
+		changes = append(changes, c)
+	}
+	check = func(errs []error) {
+		t.Helper()
+		require.Len(t, errs, n)
+		var tasks []store.OutboxTask
+		require.NoError(t, s.Tx(ctx, func(tx store.Tx) error {
+			var err error
+			tasks, err = tx.ClaimOutbox(ctx, farFuture, 0)
+			return err
+		}))
+		ids := make(map[string]int64, len(tasks))
+		for _, task := range tasks {
+			ids[task.TaskID] = task.ID
+		}
+		for i, c := range changes {
+			if dup[i] {
+				require.ErrorIs(t, errs[i], store.ErrDuplicate, "create %d", i)
+				_, found := ids[c.Outbox[0].TaskID]
+				require.False(t, found, "create %d: a refused create's task is not in the outbox", i)
+				continue
+			}
+			require.NoError(t, errs[i], "create %d", i)
+			job, steps, err := s.LoadJob(ctx, c.Job.ID)
+			require.NoError(t, err)
+			requireJob(t, c.Job, job)
+			requireSteps(t, []store.Step{c.Steps[0].Step, c.Steps[1].Step}, steps)
+			evs, err := s.ListEvents(ctx, c.Job.ID, 0, 0)
+			require.NoError(t, err)
+			require.Len(t, evs, 2)
+			inputs, err := s.GetJobInputs(ctx, c.Job.ID)
+			require.NoError(t, err)
+			require.Len(t, inputs, 1)
+			require.Equal(t, ids[c.Outbox[0].TaskID], c.Outbox[0].ID, "create %d: the id Apply set is its task's row", i)
+		}
+		job, _, err := s.LoadJob(ctx, taken.Job.ID)
+		require.NoError(t, err)
+		requireJob(t, taken.Job, job)
+	}
+	return changes, check
+}
+
+// testCreateManyJobsAtOnce creates many jobs concurrently, duplicates among them.
+func testCreateManyJobsAtOnce(t *testing.T, s store.Store) {
+	ctx := testContext(t)
+	changes, check := ManyJobCreates(t, s, 40)
+	errs := make([]error, len(changes))
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i, c := range changes {
+		wg.Go(func() {
+			<-start
+			errs[i] = s.Apply(ctx, c)
+		})
+	}
+	close(start)
+	wg.Wait()
+	check(errs)
+}
