@@ -257,6 +257,25 @@ type Outcome struct {
 	// Interrupted means the worker abandoned the call (it is shutting down, or lost its lease): the step
 	// goes back to its queue and the attempt does not count against the retry budget.
 	Interrupted bool
+	// At is when the call's answer came (zero: when the outcome is recorded). The attempt, and a step
+	// it finishes, end then: a worker gives its service slot back before recording, and the next call
+	// of the service may start before the record, never before the answer.
+	At time.Time
+}
+
+// endedAt is when an attempt that started at started and whose outcome is recorded at now ended.
+func (out Outcome) endedAt(started, now time.Time) time.Time {
+	if out.At.IsZero() || out.At.After(now) {
+		return now
+	}
+	return maxTime(out.At, started)
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // Continue decides whether the worker that finished a step also runs a step that became ready, at
@@ -289,9 +308,10 @@ func (o *Orchestrator) FinishAndContinue(ctx context.Context, a *Attempt, out Ou
 	snap, err := o.withJobFrom(ctx, p.JobID, a.snap, func(u *unit) error {
 		fenced, next, failed = false, nil, nil
 		s := u.byName[p.Step]
+		ended := out.endedAt(a.StartedAt, u.now)
 		rec := &store.Attempt{
 			JobID: p.JobID, Step: p.Step, Run: p.Run, Attempt: p.Attempt, WorkerID: a.WorkerID,
-			StartedAt: a.StartedAt, FinishedAt: nowPtr(u.now), HTTPStatus: out.HTTPStatus, ErrorClass: out.ErrorClass,
+			StartedAt: a.StartedAt, FinishedAt: nowPtr(ended), HTTPStatus: out.HTTPStatus, ErrorClass: out.ErrorClass,
 		}
 		if out.Err != nil {
 			rec.Error = out.Err.Error()
@@ -329,6 +349,7 @@ func (o *Orchestrator) FinishAndContinue(ctx context.Context, a *Attempt, out Ou
 			}
 			s.Error, s.ErrorClass = "", ""
 			u.setStep(s, store.StepSucceeded, "", "")
+			s.FinishedAt = nowPtr(ended)
 			queued := len(u.outbox)
 			u.advance()
 			if cont != nil {
@@ -360,6 +381,7 @@ func (o *Orchestrator) FinishAndContinue(ctx context.Context, a *Attempt, out Ou
 					reason = fmt.Sprintf("%d attempts exhausted", failures)
 				}
 				u.setStep(s, store.StepFailed, msg, reason)
+				s.FinishedAt = nowPtr(ended)
 				failed = &Failure{Step: s.Name, Class: out.ErrorClass, Message: msg, Reason: reason}
 				u.advance()
 			}

@@ -249,3 +249,35 @@ func TestStartAttemptFromSnapshot(t *testing.T) {
 	require.ErrorIs(t, err, orchestrator.ErrStale)
 	require.NoError(t, orch.FinishAttempt(ctx, a, orchestrator.Outcome{Output: json.RawMessage(`{"ok": true}`)}))
 }
+
+// TestAttemptEndsWhenAnswered: an outcome recorded after its answer came (the worker gave its slot
+// back in between) ends the attempt and the step at the answer, never before the attempt started
+// nor after the record.
+func TestAttemptEndsWhenAnswered(t *testing.T) {
+	t.Parallel()
+	ctx, orch, _, _ := roundTripSetup(t)
+	run := func(at func(started time.Time) time.Time) (started, finished, attemptEnd time.Time) {
+		v, _, err := orch.CreateJob(ctx, orchestrator.CreateRequest{Feature: "chain5", Input: json.RawMessage(`{}`)})
+		require.NoError(t, err)
+		tg, err := orch.Resolve(ctx, task.StepPayload{JobID: v.Job.ID, Feature: "chain5", Step: "s1", Run: 1, Attempt: 1})
+		require.NoError(t, err)
+		a, err := orch.StartAttempt(ctx, tg, "w1")
+		require.NoError(t, err)
+		require.NoError(t, orch.FinishAttempt(ctx, a, orchestrator.Outcome{Output: json.RawMessage(`{}`), At: at(a.StartedAt)}))
+		got, err := orch.GetJob(ctx, store.AllTenants, v.Job.ID)
+		require.NoError(t, err)
+		require.Len(t, got.Attempts, 1)
+		return *got.Steps[0].StartedAt, *got.Steps[0].FinishedAt, *got.Attempts[0].FinishedAt
+	}
+	// Answered 1 ms after the start, recorded later: the step ends at the answer.
+	started, finished, attemptEnd := run(func(s time.Time) time.Time { return s.Add(time.Millisecond) })
+	require.Equal(t, started.Add(time.Millisecond), finished)
+	require.Equal(t, finished, attemptEnd)
+	// A time before the start (another clock) is the start; one after the record is the record.
+	started, finished, _ = run(func(s time.Time) time.Time { return s.Add(-time.Hour) })
+	require.Equal(t, started, finished)
+	before := time.Now()
+	_, finished, _ = run(func(s time.Time) time.Time { return s.Add(time.Hour) })
+	require.False(t, finished.Before(before.Truncate(time.Microsecond)))
+	require.True(t, finished.Before(time.Now().Add(time.Minute)), "not in the future")
+}

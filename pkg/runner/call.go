@@ -58,13 +58,14 @@ func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, adm *admi
 		JobID: a.Payload.JobID, Step: a.Step, Service: a.Service, Run: a.Payload.Run, Attempt: a.Payload.Attempt,
 		IdempotencyKey: task.IdempotencyKey(a.Payload.JobID, a.Payload.Step, a.Payload.Run), Data: data,
 	})
-	dur := r.cfg.Now().Sub(start)
+	answered := r.cfg.Now()
+	dur := answered.Sub(start)
 	r.settle(ctx, a, adm, data, res, err)
 	r.observe(ctx, a.Service, res, err, adm.gen)
 	if err == nil {
-		return orchestrator.Outcome{Output: res.Output, HTTPStatus: res.HTTPStatus}, dur
+		return orchestrator.Outcome{Output: res.Output, HTTPStatus: res.HTTPStatus, At: answered}, dur
 	}
-	out := orchestrator.Outcome{Err: err, ErrorClass: "internal"}
+	out := orchestrator.Outcome{Err: err, ErrorClass: "internal", At: answered}
 	var ce *caller.Error
 	if errors.As(err, &ce) {
 		out.ErrorClass, out.Retryable, out.RetryAfter, out.HTTPStatus = ce.Class, ce.Retryable, ce.RetryAfter, ce.HTTPStatus
