@@ -38,34 +38,28 @@ const (
 // compare-and-set failed after its job's succeeded (nothing is then written; the caller applies the
 // changes one by one to find which). Updated jobs are found by their primary key (= ANY of the
 // ids): a join with the JSON rows alone may be planned as a scan of the whole table.
-const pgGroupUpdate = `WITH v AS (
-	SELECT * FROM jsonb_to_recordset($1::jsonb) AS v(id uuid, exp_version bigint, status text, input jsonb,
+var pgGroupUpdate = `WITH jv AS (
+	SELECT * FROM jsonb_to_recordset($1::jsonb) AS jv(id uuid, exp_version bigint, status text, input jsonb,
 		input_version int, output jsonb, error text, last_seq bigint, stuck_at timestamptz, stuck_reason text,
 		updated_at timestamptz, started_at timestamptz, finished_at timestamptz, n_steps int)),
 jb AS (
-	UPDATE jobs j SET status = v.status, input = v.input, input_version = v.input_version, output = v.output,
-		error = v.error, last_seq = v.last_seq, stuck_at = v.stuck_at, stuck_reason = v.stuck_reason,
-		updated_at = v.updated_at, started_at = v.started_at, finished_at = v.finished_at, version = j.version + 1
-	FROM v WHERE j.id = ANY (ARRAY(SELECT v.id FROM v)) AND j.id = v.id AND j.version = v.exp_version
+	UPDATE jobs j SET status = jv.status, input = jv.input, input_version = jv.input_version, output = jv.output,
+		error = jv.error, last_seq = jv.last_seq, stuck_at = jv.stuck_at, stuck_reason = jv.stuck_reason,
+		updated_at = jv.updated_at, started_at = jv.started_at, finished_at = jv.finished_at, version = j.version + 1
+	FROM jv WHERE j.id = ANY (ARRAY(SELECT jv.id FROM jv)) AND j.id = jv.id AND j.version = jv.exp_version
 	RETURNING j.id),
 st AS (
-	UPDATE job_steps s SET status = x.status, run = x.run, attempts = x.attempts, lost = x.lost, lease_owner = x.lease_owner,
-		lease_expires_at = x.lease_expires_at, next_attempt_at = x.next_attempt_at, output = x.output,
-		error = x.error, error_class = x.error_class, updated_at = x.updated_at, started_at = x.started_at,
-		finished_at = x.finished_at
-	FROM jsonb_to_recordset($2::jsonb) AS x(job_id uuid, name text, status text, run int, attempts int, lost int,
-		lease_owner text, lease_expires_at timestamptz, next_attempt_at timestamptz, output jsonb, error text,
-		error_class text, updated_at timestamptz, started_at timestamptz, finished_at timestamptz,
-		exp_status text, exp_run int, exp_attempts int)
-	WHERE s.job_id = x.job_id AND s.name = x.name AND s.status = x.exp_status AND s.run = x.exp_run
-		AND s.attempts = x.exp_attempts AND x.job_id IN (SELECT id FROM jb)
+	` + stepUpdate + `
+	FROM jsonb_to_recordset($2::jsonb) AS v(job_id uuid, ` + stepColumns + `)
+	WHERE s.job_id = v.job_id AND s.name = v.name AND s.status = v.exp_status AND s.run = v.exp_run
+		AND s.attempts = v.exp_attempts AND v.job_id IN (SELECT id FROM jb)
 	RETURNING 1)` + pgGroupTail + `
 SELECT (SELECT coalesce(string_agg(id::text, ','), '') FROM jb),
-	CASE WHEN (SELECT count(*) FROM st) = (SELECT coalesce(sum(v.n_steps), 0) FROM v WHERE v.id IN (SELECT id FROM jb))
+	CASE WHEN (SELECT count(*) FROM st) = (SELECT coalesce(sum(jv.n_steps), 0) FROM jv WHERE jv.id IN (SELECT id FROM jb))
 		THEN true ELSE cao_conflict('step') END,
 	(SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM ob)`
 
-const pgGroupCreate = `WITH v AS (
+var pgGroupCreate = `WITH v AS (
 	SELECT * FROM jsonb_to_recordset($1::jsonb) AS v(id uuid, feature_name text, status text, input jsonb,
 		input_version int, output jsonb, error text, last_seq bigint, stuck_at timestamptz, stuck_reason text,
 		created_at timestamptz, updated_at timestamptz, started_at timestamptz, finished_at timestamptz,
@@ -93,40 +87,8 @@ st AS (
 SELECT (SELECT coalesce(string_agg(id::text, ','), '') FROM jb), (SELECT count(*) FROM st) >= 0,
 	(SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM ob)`
 
-// pgGroupTail writes the attempts, inputs, events and outbox tasks of the jobs written (jb).
-const pgGroupTail = `,
-at AS (
-	INSERT INTO step_attempts (job_id, step, run, attempt, worker_id, status, error_class, error, http_status, started_at, finished_at)
-	SELECT a.job_id, a.step, a.run, a.attempt, a.worker_id, a.status, a.error_class, a.error, a.http_status, a.started_at, a.finished_at
-	FROM jsonb_to_recordset($3::jsonb) AS a(job_id uuid, step text, run int, attempt int, worker_id text, status text,
-		error_class text, error text, http_status int, started_at timestamptz, finished_at timestamptz)
-	WHERE a.job_id IN (SELECT id FROM jb)
-	ON CONFLICT (job_id, step, run, attempt) DO UPDATE SET worker_id = EXCLUDED.worker_id, status = EXCLUDED.status,
-		error_class = EXCLUDED.error_class, error = EXCLUDED.error, http_status = EXCLUDED.http_status,
-		started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at
-	RETURNING 1),
-inp AS (
-	INSERT INTO job_inputs (job_id, version, input, created_at)
-	SELECT i.job_id, i.version, i.input::jsonb, i.created_at
-	FROM jsonb_to_recordset($4::jsonb) AS i(job_id uuid, version int, input text, created_at timestamptz)
-	WHERE i.job_id IN (SELECT id FROM jb)
-	RETURNING 1),
-ev AS (
-	INSERT INTO job_events (job_id, seq, type, step, status, attempt, run, error, reason, at)
-	SELECT e.job_id, e.seq, e.type, e.step, e.status, e.attempt, e.run, e.error, e.reason, e.at
-	FROM jsonb_to_recordset($5::jsonb) AS e(job_id uuid, seq bigint, type text, step text, status text, attempt int,
-		run int, error text, reason text, at timestamptz)
-	WHERE e.job_id IN (SELECT id FROM jb)
-	RETURNING 1),
-ob AS (
-	INSERT INTO outbox (task_id, queue, type_name, payload, process_at, created_at)
-	SELECT o.task_id, o.queue, o.type_name, decode(o.payload, 'base64'), o.process_at, o.created_at
-	FROM jsonb_to_recordset($6::jsonb) AS o(job_id uuid, task_id text, queue text, type_name text, payload text,
-		process_at timestamptz, created_at timestamptz, n bigint)
-	WHERE o.job_id IN (SELECT id FROM jb)
-	ORDER BY o.n
-	RETURNING id)
-`
+// pgGroupTail is the group statements' tail.
+var pgGroupTail = applyTail(true)
 
 // pgJobIn is a job row of a group commit: the row as the change leaves it and, for an update, the
 // version it expects and how many of its steps it updates.

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -110,57 +111,79 @@ func (p postgresHot) loadJob(ctx context.Context, id string) (*store.Job, []stor
 	return &job, out, nil
 }
 
-// The statements below share their tail: attempts, inputs, events and outbox rows, each written only
-// when the job's row was (EXISTS jb), from JSON arrays $3..$6.
-const pgApplyTail = `,
+// applyTail is the tail the change statements share: the attempts, inputs, events and outbox rows
+// of $3..$6, each written only when its job's row was. For one change (group false) the job is $1
+// and its row was written when jb has a row; for a group, every row names its job (job_id) and the
+// rows written are jb's ids.
+func applyTail(group bool) string {
+	job, cols, written := "$1", "", "EXISTS (SELECT 1 FROM jb)"
+	if group {
+		job, cols, written = "{a}.job_id", "job_id uuid, ", "{a}.job_id IN (SELECT id FROM jb)"
+	}
+	r := func(alias, sql string) string {
+		sql = strings.NewReplacer("{job}", job, "{cols}", cols, "{written}", written).Replace(sql)
+		return strings.ReplaceAll(sql, "{a}", alias)
+	}
+	return `,
 at AS (
 	INSERT INTO step_attempts (job_id, step, run, attempt, worker_id, status, error_class, error, http_status, started_at, finished_at)
-	SELECT $1, a.step, a.run, a.attempt, a.worker_id, a.status, a.error_class, a.error, a.http_status, a.started_at, a.finished_at
-	FROM jsonb_to_recordset($3::jsonb) AS a(step text, run int, attempt int, worker_id text, status text, error_class text,
+	` + r("a", `SELECT {job}, a.step, a.run, a.attempt, a.worker_id, a.status, a.error_class, a.error, a.http_status, a.started_at, a.finished_at
+	FROM jsonb_to_recordset($3::jsonb) AS a({cols}step text, run int, attempt int, worker_id text, status text, error_class text,
 		error text, http_status int, started_at timestamptz, finished_at timestamptz)
-	WHERE EXISTS (SELECT 1 FROM jb)
+	WHERE {written}`) + `
 	ON CONFLICT (job_id, step, run, attempt) DO UPDATE SET worker_id = EXCLUDED.worker_id, status = EXCLUDED.status,
 		error_class = EXCLUDED.error_class, error = EXCLUDED.error, http_status = EXCLUDED.http_status,
 		started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at
 	RETURNING 1),
 inp AS (
 	INSERT INTO job_inputs (job_id, version, input, created_at)
-	SELECT $1, i.version, i.input::jsonb, i.created_at
-	FROM jsonb_to_recordset($4::jsonb) AS i(version int, input text, created_at timestamptz)
-	WHERE EXISTS (SELECT 1 FROM jb)
+	` + r("i", `SELECT {job}, i.version, i.input::jsonb, i.created_at
+	FROM jsonb_to_recordset($4::jsonb) AS i({cols}version int, input text, created_at timestamptz)
+	WHERE {written}`) + `
 	RETURNING 1),
 ev AS (
 	INSERT INTO job_events (job_id, seq, type, step, status, attempt, run, error, reason, at)
-	SELECT $1, e.seq, e.type, e.step, e.status, e.attempt, e.run, e.error, e.reason, e.at
-	FROM jsonb_to_recordset($5::jsonb) AS e(seq bigint, type text, step text, status text, attempt int, run int,
+	` + r("e", `SELECT {job}, e.seq, e.type, e.step, e.status, e.attempt, e.run, e.error, e.reason, e.at
+	FROM jsonb_to_recordset($5::jsonb) AS e({cols}seq bigint, type text, step text, status text, attempt int, run int,
 		error text, reason text, at timestamptz)
-	WHERE EXISTS (SELECT 1 FROM jb)
+	WHERE {written}`) + `
 	RETURNING 1),
 ob AS (
 	INSERT INTO outbox (task_id, queue, type_name, payload, process_at, created_at)
 	SELECT o.task_id, o.queue, o.type_name, decode(o.payload, 'base64'), o.process_at, o.created_at
-	FROM jsonb_to_recordset($6::jsonb) AS o(task_id text, queue text, type_name text, payload text,
+	` + r("o", `FROM jsonb_to_recordset($6::jsonb) AS o({cols}task_id text, queue text, type_name text, payload text,
 		process_at timestamptz, created_at timestamptz, n bigint)
-	WHERE EXISTS (SELECT 1 FROM jb)
+	WHERE {written}`) + `
 	ORDER BY o.n
 	RETURNING id)
 `
+}
+
+// stepUpdate is how the statements update a step from its JSON row v (the columns a change may
+// change), and stepColumns the types of those columns and of the state the row expects.
+const (
+	stepUpdate = `UPDATE job_steps s SET status = v.status, run = v.run, attempts = v.attempts, lost = v.lost, lease_owner = v.lease_owner,
+		lease_expires_at = v.lease_expires_at, next_attempt_at = v.next_attempt_at, output = v.output,
+		error = v.error, error_class = v.error_class, updated_at = v.updated_at, started_at = v.started_at,
+		finished_at = v.finished_at`
+	stepColumns = `name text, status text, run int, attempts int, lost int, lease_owner text,
+		lease_expires_at timestamptz, next_attempt_at timestamptz, output jsonb, error text, error_class text,
+		updated_at timestamptz, started_at timestamptz, finished_at timestamptz,
+		exp_status text, exp_run int, exp_attempts int`
+)
+
+// pgApplyTail is the one-change statements' tail.
+var pgApplyTail = applyTail(false)
 
 // pgApplyUpdate: $1 job id, $2 expected version, $3..$6 tail, $7 steps, $8 how many steps, $9.. job fields.
-const pgApplyUpdate = `WITH jb AS (
+var pgApplyUpdate = `WITH jb AS (
 	UPDATE jobs SET status = $9, input = $10::jsonb, input_version = $11, output = $12::jsonb, error = $13, last_seq = $14,
 		stuck_at = $15, stuck_reason = $16, updated_at = $17, started_at = $18, finished_at = $19, version = version + 1
 	WHERE id = $1 AND version = $2
 	RETURNING version),
 st AS (
-	UPDATE job_steps s SET status = v.status, run = v.run, attempts = v.attempts, lost = v.lost, lease_owner = v.lease_owner,
-		lease_expires_at = v.lease_expires_at, next_attempt_at = v.next_attempt_at, output = v.output,
-		error = v.error, error_class = v.error_class, updated_at = v.updated_at, started_at = v.started_at,
-		finished_at = v.finished_at
-	FROM jsonb_to_recordset($7::jsonb) AS v(name text, status text, run int, attempts int, lost int, lease_owner text,
-		lease_expires_at timestamptz, next_attempt_at timestamptz, output jsonb, error text, error_class text,
-		updated_at timestamptz, started_at timestamptz, finished_at timestamptz,
-		exp_status text, exp_run int, exp_attempts int)
+	` + stepUpdate + `
+	FROM jsonb_to_recordset($7::jsonb) AS v(` + stepColumns + `)
 	WHERE s.job_id = $1 AND s.name = v.name AND s.status = v.exp_status AND s.run = v.exp_run
 		AND s.attempts = v.exp_attempts AND EXISTS (SELECT 1 FROM jb)
 	RETURNING 1)` + pgApplyTail + `
@@ -170,7 +193,7 @@ SELECT (SELECT version FROM jb),
 
 // pgApplyCreate: $1 job id, $2 idempotency key or NULL, $3..$6 tail, $7 steps, $8..$20 job fields,
 // $21 tenant, $22 webhook_url.
-const pgApplyCreate = `WITH jb AS (
+var pgApplyCreate = `WITH jb AS (
 	INSERT INTO jobs (id, feature_name, status, input, input_version, output, error, last_seq, stuck_at, stuck_reason,
 		idempotency_key, created_at, updated_at, started_at, finished_at, version, tenant, webhook_url)
 	VALUES ($1, $8, $9, $10::jsonb, $11, $12::jsonb, $13, $14, $15, $16, $2, $17, $18, $19, $20, 1, $21, $22)

@@ -160,6 +160,16 @@ func testApplyUpdate(t *testing.T, s store.Store) {
 // requireUnchanged checks that the job is still as c left it: version, events, attempts, outbox.
 func requireUnchanged(t *testing.T, s store.Store, c *store.Change, outbox int64) {
 	t.Helper()
+	requireJobAsCreated(t, s, c)
+	n, err := s.CountOutbox(testContext(t))
+	require.NoError(t, err)
+	require.Equal(t, outbox, n)
+}
+
+// requireJobAsCreated checks that the job is as create c left it: version, first step, events, no
+// attempt.
+func requireJobAsCreated(t *testing.T, s store.Store, c *store.Change) {
+	t.Helper()
 	ctx := testContext(t)
 	job, steps, err := s.LoadJob(ctx, c.Job.ID)
 	require.NoError(t, err)
@@ -171,9 +181,6 @@ func requireUnchanged(t *testing.T, s store.Store, c *store.Change, outbox int64
 	attempts, err := s.GetAttempts(ctx, c.Job.ID)
 	require.NoError(t, err)
 	require.Empty(t, attempts)
-	n, err := s.CountOutbox(ctx)
-	require.NoError(t, err)
-	require.Equal(t, outbox, n)
 }
 
 func testApplyVersionConflict(t *testing.T, s store.Store) {

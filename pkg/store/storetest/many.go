@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"testing"
@@ -46,16 +47,7 @@ func ManyJobChanges(t *testing.T, s store.Store, n int) (changes []*store.Change
 	check = func(errs []error) {
 		t.Helper()
 		require.Len(t, errs, n)
-		var tasks []store.OutboxTask
-		require.NoError(t, s.Tx(ctx, func(tx store.Tx) error {
-			var err error
-			tasks, err = tx.ClaimOutbox(ctx, farFuture, 0)
-			return err
-		}))
-		ids := make(map[string]int64, len(tasks))
-		for _, task := range tasks {
-			ids[task.TaskID] = task.ID
-		}
+		ids := outboxIDs(t, s)
 		for i, u := range changes {
 			if refused[i] {
 				require.ErrorIs(t, errs[i], store.ErrConflict, "change %d", i)
@@ -86,31 +78,26 @@ func ManyJobChanges(t *testing.T, s store.Store, n int) (changes []*store.Change
 	return changes, check
 }
 
-// requireUnchangedBy checks that refused change u wrote nothing: the job is as create c left it,
-// with no attempt, no event and no task of u.
-func requireUnchangedBy(t *testing.T, s store.Store, c, u *store.Change) {
+// outboxIDs returns the id of every task in the outbox, by task id.
+func outboxIDs(t *testing.T, s store.Store) map[string]int64 {
 	t.Helper()
 	ctx := testContext(t)
-	job, steps, err := s.LoadJob(ctx, c.Job.ID)
-	require.NoError(t, err)
-	requireJob(t, c.Job, job)
-	require.Equal(t, c.Steps[0].Step.Status, steps[0].Status)
-	evs, err := s.ListEvents(ctx, c.Job.ID, 0, 0)
-	require.NoError(t, err)
-	require.Len(t, evs, int(c.Job.LastSeq))
-	attempts, err := s.GetAttempts(ctx, c.Job.ID)
-	require.NoError(t, err)
-	require.Empty(t, attempts)
-	for _, task := range u.Outbox {
-		require.Zero(t, task.ID, "a refused change's task has no id")
+	var tasks []store.OutboxTask
+	require.NoError(t, s.Tx(ctx, func(tx store.Tx) error {
+		var err error
+		tasks, err = tx.ClaimOutbox(ctx, farFuture, 0)
+		return err
+	}))
+	ids := make(map[string]int64, len(tasks))
+	for _, task := range tasks {
+		ids[task.TaskID] = task.ID
 	}
+	return ids
 }
 
-// testApplyManyJobsAtOnce applies changes of many jobs concurrently, refused ones among them: each
-// is written or refused on its own (on Postgres they share statements: group commit).
-func testApplyManyJobsAtOnce(t *testing.T, s store.Store) {
-	ctx := testContext(t)
-	changes, check := ManyJobChanges(t, s, 40)
+// applyAtOnce applies the changes concurrently, all released at the same moment, and returns what
+// each Apply returned.
+func applyAtOnce(ctx context.Context, s store.Store, changes []*store.Change) []error {
 	errs := make([]error, len(changes))
 	start := make(chan struct{})
 	var wg sync.WaitGroup
@@ -122,7 +109,25 @@ func testApplyManyJobsAtOnce(t *testing.T, s store.Store) {
 	}
 	close(start)
 	wg.Wait()
-	check(errs)
+	return errs
+}
+
+// requireUnchangedBy checks that refused change u wrote nothing: the job is as create c left it,
+// with no attempt, no event and no task of u.
+func requireUnchangedBy(t *testing.T, s store.Store, c, u *store.Change) {
+	t.Helper()
+	requireJobAsCreated(t, s, c)
+	for _, task := range u.Outbox {
+		require.Zero(t, task.ID, "a refused change's task has no id")
+	}
+}
+
+// testApplyManyJobsAtOnce applies changes of many jobs concurrently, refused ones among them: each
+// is written or refused on its own (on Postgres they share statements: group commit).
+func testApplyManyJobsAtOnce(t *testing.T, s store.Store) {
+	ctx := testContext(t)
+	changes, check := ManyJobChanges(t, s, 40)
+	check(applyAtOnce(ctx, s, changes))
 }
 
 // ManyJobCreates returns n changes that create jobs, every fourth with the id of a job that s holds
@@ -146,16 +151,7 @@ func ManyJobCreates(t *testing.T, s store.Store, n int) (changes []*store.Change
 	check = func(errs []error) {
 		t.Helper()
 		require.Len(t, errs, n)
-		var tasks []store.OutboxTask
-		require.NoError(t, s.Tx(ctx, func(tx store.Tx) error {
-			var err error
-			tasks, err = tx.ClaimOutbox(ctx, farFuture, 0)
-			return err
-		}))
-		ids := make(map[string]int64, len(tasks))
-		for _, task := range tasks {
-			ids[task.TaskID] = task.ID
-		}
+		ids := outboxIDs(t, s)
 		for i, c := range changes {
 			if dup[i] {
 				require.ErrorIs(t, errs[i], store.ErrDuplicate, "create %d", i)
@@ -187,16 +183,5 @@ func ManyJobCreates(t *testing.T, s store.Store, n int) (changes []*store.Change
 func testCreateManyJobsAtOnce(t *testing.T, s store.Store) {
 	ctx := testContext(t)
 	changes, check := ManyJobCreates(t, s, 40)
-	errs := make([]error, len(changes))
-	start := make(chan struct{})
-	var wg sync.WaitGroup
-	for i, c := range changes {
-		wg.Go(func() {
-			<-start
-			errs[i] = s.Apply(ctx, c)
-		})
-	}
-	close(start)
-	wg.Wait()
-	check(errs)
+	check(applyAtOnce(ctx, s, changes))
 }
