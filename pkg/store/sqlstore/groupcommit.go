@@ -39,7 +39,9 @@ const (
 // changes one by one to find which). Updated jobs are found by their primary key (= ANY of the
 // ids): a join with the JSON rows alone may be planned as a scan of the whole table.
 var pgGroupUpdate = `WITH jv AS (
-	SELECT * FROM jsonb_to_recordset($1::jsonb) AS jv(id uuid, exp_version bigint, status text, input jsonb,
+	SELECT id, exp_version, status, input, input_version, output, error, last_seq, stuck_at, stuck_reason, updated_at,
+		started_at, finished_at, n_steps
+	FROM jsonb_to_recordset($1::jsonb) AS jv(id uuid, exp_version bigint, status text, input jsonb,
 		input_version int, output jsonb, error text, last_seq bigint, stuck_at timestamptz, stuck_reason text,
 		updated_at timestamptz, started_at timestamptz, finished_at timestamptz, n_steps int)),
 jb AS (
@@ -60,7 +62,9 @@ SELECT (SELECT coalesce(string_agg(id::text, ','), '') FROM jb),
 	(SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM ob)`
 
 var pgGroupCreate = `WITH v AS (
-	SELECT * FROM jsonb_to_recordset($1::jsonb) AS v(id uuid, feature_name text, status text, input jsonb,
+	SELECT id, feature_name, status, input, input_version, output, error, last_seq, stuck_at, stuck_reason, created_at,
+		updated_at, started_at, finished_at, tenant, webhook_url
+	FROM jsonb_to_recordset($1::jsonb) AS v(id uuid, feature_name text, status text, input jsonb,
 		input_version int, output jsonb, error text, last_seq bigint, stuck_at timestamptz, stuck_reason text,
 		created_at timestamptz, updated_at timestamptz, started_at timestamptz, finished_at timestamptz,
 		tenant text, webhook_url text)),
