@@ -233,7 +233,8 @@ func (g *groupCommitter) commit(group []*pendingChange) {
 	}
 	if err != nil {
 		// Nothing was written (a statement is atomic): a step's conflict, a row one change cannot
-		// store. Each change is then applied alone and gets its own outcome.
+		// store, or a deadlock with another process's group over the same jobs (rare: both groups
+		// must hold changes of two same jobs; Postgres ends one after deadlock_timeout). Each change is then applied alone and gets its own outcome.
 		for _, pc := range group {
 			pc.done <- g.p.applyOne(ctx, pc.c)
 		}
