@@ -116,6 +116,8 @@ func TestHotQueriesUseIndexes(t *testing.T) {
 	captured = append(captured,
 		statement{pgLoadJob, []any{id}},
 		statement{pgApplyUpdate, []any{id, 1, "[]", "[]", "[]", "[]", "[]", 0, "RUNNING", "{}", 1, nil, "", 1, nil, "", now, now, nil}},
+		statement{pgGroupUpdate, []any{fmt.Sprintf(`[{"id": %q, "exp_version": 1, "status": "RUNNING", "input": {}, "n_steps": 1}]`, id),
+			fmt.Sprintf(`[{"job_id": %q, "name": "s1", "status": "RUNNING", "exp_status": "QUEUED"}]`, id), "[]", "[]", "[]", "[]"}},
 	)
 	sqlDB, err := s.db.DB()
 	require.NoError(t, err)
