@@ -157,8 +157,9 @@ type groupCommitter struct {
 	running int
 }
 
-// apply queues c and waits until it is written or refused. Once a committer has taken the change
-// it is written whatever ctx does; a change whose ctx ends while it is still queued is not written.
+// apply queues c and waits until it is written or refused, or until ctx ends. A change whose ctx
+// ends while it is still queued is not written; one that a committer took already may be (its
+// outcome is then unknown to the caller, as when a statement's connection fails after the commit).
 func (g *groupCommitter) apply(ctx context.Context, c *store.Change) error {
 	pc := &pendingChange{ctx: ctx, c: c, done: make(chan error, 1)}
 	g.mu.Lock()
@@ -168,7 +169,12 @@ func (g *groupCommitter) apply(ctx context.Context, c *store.Change) error {
 		go g.commitLoop()
 	}
 	g.mu.Unlock()
-	return <-pc.done
+	select {
+	case err := <-pc.done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("apply change of job %s: %w", c.Job.ID, ctx.Err())
+	}
 }
 
 // commitLoop writes what is queued, a group at a time, until nothing is.
@@ -187,8 +193,9 @@ func (g *groupCommitter) commitLoop() {
 }
 
 // take removes from the queue, oldest first, up to maxGroup changes of distinct jobs (a job's later
-// change waits for the next group: it was computed after the first, which it expects to be written),
-// all creates or all updates as the oldest is, whose context has not ended; the others are answered with their context's error. Called with mu.
+// change waits for the next group: it was computed after the first, which it expects to be
+// written), all creates or all updates as the oldest is, whose context has not ended; those whose
+// context ended are answered with its error. Called with mu.
 func (g *groupCommitter) take() []*pendingChange {
 	var group []*pendingChange
 	jobs := make(map[string]bool)
@@ -213,12 +220,14 @@ func (g *groupCommitter) take() []*pendingChange {
 // statement, or one by one if that statement failed (a step's compare-and-set, a row that cannot
 // be stored: each change then gets the outcome it would have had alone).
 func (g *groupCommitter) commit(group []*pendingChange) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(group[0].ctx), groupTimeout)
-	defer cancel()
 	if len(group) == 1 {
-		group[0].done <- g.p.applyOne(ctx, group[0].c)
+		// Alone: under its own context, as if it had never been queued.
+		group[0].done <- g.p.applyOne(group[0].ctx, group[0].c)
 		return
 	}
+	// Shared: no one change's context may cancel the others'.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(group[0].ctx), groupTimeout)
+	defer cancel()
 	changes := make([]*store.Change, len(group))
 	for i, pc := range group {
 		changes[i] = pc.c
@@ -234,9 +243,10 @@ func (g *groupCommitter) commit(group []*pendingChange) {
 	if err != nil {
 		// Nothing was written (a statement is atomic): a step's conflict, a row one change cannot
 		// store, or a deadlock with another process's group over the same jobs (rare: both groups
-		// must hold changes of two same jobs; Postgres ends one after deadlock_timeout). Each change is then applied alone and gets its own outcome.
+		// must hold changes of the same two jobs; Postgres ends one after deadlock_timeout). Each
+		// change is then applied alone, under its own context, and gets its own outcome.
 		for _, pc := range group {
-			pc.done <- g.p.applyOne(ctx, pc.c)
+			pc.done <- g.p.applyOne(pc.ctx, pc.c)
 		}
 		return
 	}
