@@ -160,6 +160,35 @@ func (r *Reconciler) taskState(ctx context.Context, queue, id string) (taskState
 	return taskPresent, nil
 }
 
+// lostTask returns the id under which to enqueue the task of a waiting step whose task id is base
+// when Redis has no live task for it, or "" when it has one. A task stands for the step under its
+// own id, as the copy the reconciler made of an orphaned one (OrphanSuffix), or as the scheduled copy
+// of a step that waited for its service (WaitSuffixes; once handed out, it runs under that id). One
+// active on a worker that died before claiming the step (orphaned) stands for nothing: Asynq hands
+// it out again only a minute or more later. The step is then enqueued under base, or under the
+// orphan id when base is taken; claiming a step is a compare-and-set, so whichever copy runs second
+// is acknowledged as stale.
+func (r *Reconciler) lostTask(ctx context.Context, queue, base string) (string, error) {
+	free := ""
+	for _, id := range []string{base, base + OrphanSuffix, base + WaitSuffixes[0], base + WaitSuffixes[1]} {
+		st, err := r.taskState(ctx, queue, id)
+		if err != nil {
+			return "", err
+		}
+		switch {
+		case st == taskPresent:
+			return "", nil
+		case st == taskMissing && free == "" && !isWaitCopy(id):
+			free = id
+		}
+	}
+	return free, nil
+}
+
+func isWaitCopy(id string) bool {
+	return strings.HasSuffix(id, WaitSuffixes[0]) || strings.HasSuffix(id, WaitSuffixes[1])
+}
+
 // Sweep checks waiting steps and re-enqueues the tasks Redis lacks. With all, it checks every waiting
 // step regardless of age. It returns how many tasks it enqueued.
 func (r *Reconciler) Sweep(ctx context.Context, all bool) (int, error) {
@@ -174,31 +203,12 @@ func (r *Reconciler) Sweep(ctx context.Context, all bool) (int, error) {
 	n := 0
 	for _, s := range steps {
 		ot := task.ForStep(&s, "", "", r.now())
-		id := ot.TaskID
-		st, err := r.taskState(ctx, s.Queue, id)
+		id, err := r.lostTask(ctx, s.Queue, ot.TaskID)
 		if err != nil {
 			return n, err
 		}
-		if st == taskOrphaned {
-			// The worker that took the task died before it claimed the step, and Asynq hands the task
-			// out again only a minute or more later. Enqueue a copy under a derived id: claiming a step
-			// is a compare-and-set, so whichever copy runs second is acknowledged as stale.
-			id += OrphanSuffix
-			if st, err = r.taskState(ctx, s.Queue, id); err != nil {
-				return n, err
-			}
-		}
-		for _, suffix := range WaitSuffixes {
-			if st != taskMissing {
-				break
-			}
-			// A copy scheduled while the step waited for its service stands for the task.
-			if st, err = r.taskState(ctx, s.Queue, ot.TaskID+suffix); err != nil {
-				return n, err
-			}
-		}
-		if st != taskMissing {
-			continue // Redis has it (an orphaned copy is left to Asynq's own recovery)
+		if id == "" {
+			continue // Redis has it, or holds every id a copy could take (left to Asynq's recovery)
 		}
 		ot.TaskID = id
 		if err := Enqueue(ctx, r.q, ot); err != nil {
