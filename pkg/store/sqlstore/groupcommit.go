@@ -16,13 +16,19 @@ import (
 // written share one statement, and so one commit, one plan and one executor start-up, which are most
 // of what a small change costs the server. A change waits for nothing: a committer takes whatever
 // is queued when it is free, and a change that finds a committer free is written at once, alone,
-// by the single-change statement. Each change keeps its own compare-and-set: a job whose version
+// by the single-change statement. A process runs one committer, and more only while the running
+// ones are stalled (no statement began or ended for stallAfter, e.g. waiting for a row lock): one
+// committer makes the largest groups, and several processes' committers (each worker's, each API
+// replica's) do not crowd the database's few cores with statements that wait for each other. Each change keeps its own compare-and-set: a job whose version
 // moved on is refused (store.ErrConflict) without writing any of its rows, and the others commit.
 
 const (
 	// maxCommitters is how many group commits may run at once, each on one pooled connection (at
 	// most half the pool, so reads are never starved by writes).
 	maxCommitters = 4
+	// stallAfter is how long the running committers may go without beginning or ending a statement
+	// before a change that arrives starts another committer.
+	stallAfter = 20 * time.Millisecond
 	// maxGroup caps the changes of one statement.
 	maxGroup = 64
 	// groupTimeout bounds one group's statement: its changes' callers may have no deadline.
@@ -148,13 +154,21 @@ type pendingChange struct {
 	done chan error
 }
 
-// groupCommitter queues changes and runs up to maxCommitters group commits at once; a committer
-// goroutine lives while there is something queued.
+// groupCommitter queues changes and runs their group commits: one committer goroutine while there
+// is something queued, up to maxCommitters while the running ones stall.
 type groupCommitter struct {
 	p       postgresHot
 	mu      sync.Mutex
 	queue   []*pendingChange
-	running int
+	running  int
+	moved    time.Time // when a committer last began or ended a statement
+	watching bool      // a check for stalled committers is due (watch)
+}
+
+// needsCommitter reports whether a change just queued should start a committer: none runs, or
+// the running ones are stalled and there is room for one more. Called with mu.
+func (g *groupCommitter) needsCommitter(now time.Time) bool {
+	return g.running == 0 || (g.running < maxCommitters && now.Sub(g.moved) > stallAfter)
 }
 
 // apply queues c and waits until it is written or refused, or until ctx ends. A change whose ctx
@@ -164,10 +178,7 @@ func (g *groupCommitter) apply(ctx context.Context, c *store.Change) error {
 	pc := &pendingChange{ctx: ctx, c: c, done: make(chan error, 1)}
 	g.mu.Lock()
 	g.queue = append(g.queue, pc)
-	if g.running < maxCommitters {
-		g.running++
-		go g.commitLoop()
-	}
+	g.startOrWatch(time.Now())
 	g.mu.Unlock()
 	select {
 	case err := <-pc.done:
@@ -177,10 +188,36 @@ func (g *groupCommitter) apply(ctx context.Context, c *store.Change) error {
 	}
 }
 
+// startOrWatch starts a committer when one is needed; otherwise, while changes wait and there is
+// room for another committer, it makes sure the running ones are checked again once they could
+// count as stalled. Called with mu.
+func (g *groupCommitter) startOrWatch(now time.Time) {
+	switch {
+	case g.needsCommitter(now):
+		g.running++
+		g.moved = now
+		go g.commitLoop()
+	case !g.watching && g.running < maxCommitters:
+		g.watching = true
+		time.AfterFunc(max(g.moved.Add(stallAfter).Sub(now), time.Millisecond)+time.Millisecond, g.watch)
+	}
+}
+
+// watch checks, for the changes still queued, whether the running committers stalled.
+func (g *groupCommitter) watch() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.watching = false
+	if len(g.queue) > 0 {
+		g.startOrWatch(time.Now())
+	}
+}
+
 // commitLoop writes what is queued, a group at a time, until nothing is.
 func (g *groupCommitter) commitLoop() {
 	for {
 		g.mu.Lock()
+		g.moved = time.Now()
 		group := g.take()
 		if len(group) == 0 {
 			g.running--

@@ -255,3 +255,42 @@ func TestGroupCommitCreates(t *testing.T) {
 	require.NoError(t, err)
 	check(errs)
 }
+
+// TestGroupCommitStalledCommitter: a change whose job row is locked elsewhere stalls its committer;
+// a change of another job that arrives meanwhile starts another committer and is written at once,
+// and the stalled one is written when the lock is released.
+func TestGroupCommitStalledCommitter(t *testing.T) {
+	t.Parallel()
+	s := openTestPostgres(t)
+	ctx := testinfra.Context(t, time.Minute)
+	changes, check := storetest.ManyJobChanges(t, s, 2)
+	sqlDB, err := s.db.DB()
+	require.NoError(t, err)
+	lock, err := sqlDB.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	_, err = lock.ExecContext(ctx, "SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", changes[0].Job.ID)
+	require.NoError(t, err)
+
+	errs := make([]error, 2)
+	first := make(chan struct{})
+	go func() {
+		defer close(first)
+		errs[0] = s.Apply(ctx, changes[0])
+	}()
+	testinfra.Eventually(t, 10*time.Second, func() bool {
+		var waiting bool
+		err := sqlDB.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'WITH jb AS%')`).Scan(&waiting)
+		return err == nil && waiting
+	}, "the first change waits for the job's row lock")
+	errs[1] = s.Apply(ctx, changes[1])
+	require.NoError(t, errs[1], "another job's change is written while the first committer is stalled")
+	select {
+	case <-first:
+		t.Fatal("the locked job's change was written while its row was locked")
+	default:
+	}
+	require.NoError(t, lock.Rollback())
+	<-first
+	check(errs)
+}
