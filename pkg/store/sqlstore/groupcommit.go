@@ -157,9 +157,9 @@ type pendingChange struct {
 // groupCommitter queues changes and runs their group commits: one committer goroutine while there
 // is something queued, up to maxCommitters while the running ones stall.
 type groupCommitter struct {
-	p       postgresHot
-	mu      sync.Mutex
-	queue   []*pendingChange
+	p        postgresHot
+	mu       sync.Mutex
+	queue    []*pendingChange
 	running  int
 	moved    time.Time // when a committer last began or ended a statement
 	watching bool      // a check for stalled committers is due (watch)
