@@ -17,10 +17,11 @@ import (
 // of what a small change costs the server. A change waits for nothing: a committer takes whatever
 // is queued when it is free, and a change that finds a committer free is written at once, alone,
 // by the single-change statement. A process runs one committer, and more only while the running
-// ones are stalled (no statement began or ended for stallAfter, e.g. waiting for a row lock): one
+// ones are stalled (no statement began or ended for stallAfter, e.g. one waits for a row lock): one
 // committer makes the largest groups, and several processes' committers (each worker's, each API
-// replica's) do not crowd the database's few cores with statements that wait for each other. Each change keeps its own compare-and-set: a job whose version
-// moved on is refused (store.ErrConflict) without writing any of its rows, and the others commit.
+// replica's) do not crowd the database's few cores with statements that wait for each other. Each
+// change keeps its own compare-and-set: a job whose version moved on is refused (store.ErrConflict)
+// without writing any of its rows, and the others commit.
 
 const (
 	// maxCommitters is how many group commits may run at once, each on one pooled connection (at
