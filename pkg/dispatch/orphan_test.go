@@ -23,12 +23,8 @@ func TestReconcilerRedispatchesTaskOfDeadWorker(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	r, err := registry.Parse("r.yaml", []byte(reg), func(string) (string, bool) { return "", false })
-	require.NoError(t, err)
-	orch := orchestrator.New(b.st, r, nil, dispatch.NewRelay(b.st, b.q, dispatch.RelayConfig{}), orchestrator.Config{})
-	v, _, err := orch.CreateJob(ctx, orchestrator.CreateRequest{Feature: "one", Input: json.RawMessage(`{}`)})
-	require.NoError(t, err)
-	id := task.StepPayload{JobID: v.Job.ID, Step: "a", Run: 1, Attempt: 1}.TaskID()
+	want := createOne(t, b)
+	id := want.TaskID()
 
 	// A worker takes the task and holds it without claiming the step, then dies.
 	rec := holdThenDie(t, b, id)
@@ -37,7 +33,7 @@ func TestReconcilerRedispatchesTaskOfDeadWorker(t *testing.T) {
 	require.Equal(t, asynq.TaskStatePending, info.State)
 	var p task.StepPayload
 	require.NoError(t, json.Unmarshal(info.Payload, &p))
-	require.Equal(t, task.StepPayload{JobID: v.Job.ID, Step: "a", Run: 1, Attempt: 1}, p, "same attempt: the claim decides")
+	require.Equal(t, want, p, "same attempt: the claim decides")
 
 	n, err := rec.Sweep(ctx, true)
 	require.NoError(t, err)
@@ -51,17 +47,12 @@ func TestReconcilerRedispatchesWaitCopyOfDeadWorker(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	r, err := registry.Parse("r.yaml", []byte(reg), func(string) (string, bool) { return "", false })
-	require.NoError(t, err)
-	orch := orchestrator.New(b.st, r, nil, dispatch.NewRelay(b.st, b.q, dispatch.RelayConfig{}), orchestrator.Config{})
-	v, _, err := orch.CreateJob(ctx, orchestrator.CreateRequest{Feature: "one", Input: json.RawMessage(`{}`)})
-	require.NoError(t, err)
-	p := task.StepPayload{JobID: v.Job.ID, Step: "a", Run: 1, Attempt: 1}
+	p := createOne(t, b)
 	id := p.TaskID()
 	// The task became a scheduled copy (its service was full), which was handed out.
 	require.NoError(t, b.insp.DeleteTask("medium", id))
 	copyID := dispatch.WaitCopyID(id)
-	_, err = b.q.Enqueue(asynq.NewTask(task.TypeStep, p.Marshal()), asynq.Queue("medium"), asynq.TaskID(copyID))
+	_, err := b.q.Enqueue(asynq.NewTask(task.TypeStep, p.Marshal()), asynq.Queue("medium"), asynq.TaskID(copyID))
 	require.NoError(t, err)
 
 	rec := holdThenDie(t, b, copyID)
@@ -117,4 +108,16 @@ func holdThenDie(t *testing.T, b *bundle, held string) *dispatch.Reconciler {
 	}
 	require.Equal(t, 1, n, "the step of the orphaned task is dispatched again")
 	return rec
+}
+
+// createOne creates a job of feature one, whose step's task the relay dispatches, and returns that
+// task's payload.
+func createOne(t *testing.T, b *bundle) task.StepPayload {
+	t.Helper()
+	r, err := registry.Parse("r.yaml", []byte(reg), func(string) (string, bool) { return "", false })
+	require.NoError(t, err)
+	orch := orchestrator.New(b.st, r, nil, dispatch.NewRelay(b.st, b.q, dispatch.RelayConfig{}), orchestrator.Config{})
+	v, _, err := orch.CreateJob(context.Background(), orchestrator.CreateRequest{Feature: "one", Input: json.RawMessage(`{}`)})
+	require.NoError(t, err)
+	return task.StepPayload{JobID: v.Job.ID, Step: "a", Run: 1, Attempt: 1}
 }

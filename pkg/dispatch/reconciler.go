@@ -169,8 +169,10 @@ func (r *Reconciler) taskState(ctx context.Context, queue, id string) (taskState
 // orphan id when base is taken; claiming a step is a compare-and-set, so whichever copy runs second
 // is acknowledged as stale.
 func (r *Reconciler) lostTask(ctx context.Context, queue, base string) (string, error) {
+	ids := [...]string{base, base + OrphanSuffix, base + WaitSuffixes[0], base + WaitSuffixes[1]}
+	const copies = 2 // ids[:copies] may be enqueued; the wait copies' ids are the runner's
 	free := ""
-	for _, id := range []string{base, base + OrphanSuffix, base + WaitSuffixes[0], base + WaitSuffixes[1]} {
+	for i, id := range ids {
 		st, err := r.taskState(ctx, queue, id)
 		if err != nil {
 			return "", err
@@ -178,15 +180,11 @@ func (r *Reconciler) lostTask(ctx context.Context, queue, base string) (string, 
 		switch {
 		case st == taskPresent:
 			return "", nil
-		case st == taskMissing && free == "" && !isWaitCopy(id):
+		case st == taskMissing && free == "" && i < copies:
 			free = id
 		}
 	}
 	return free, nil
-}
-
-func isWaitCopy(id string) bool {
-	return strings.HasSuffix(id, WaitSuffixes[0]) || strings.HasSuffix(id, WaitSuffixes[1])
 }
 
 // Sweep checks waiting steps and re-enqueues the tasks Redis lacks. With all, it checks every waiting

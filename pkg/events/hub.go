@@ -133,14 +133,20 @@ func (s *Subscription) matches(raw []byte) bool {
 func (h *Hub) deliver(raw []byte, msgs []Message) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	// Which subscribers to all jobs want this payload is decided once, not once per message: a
+	// payload may join the events of many changes.
+	var all []*Subscription
+	for s := range h.all {
+		if s.matches(raw) {
+			all = append(all, s)
+		}
+	}
 	for _, m := range msgs {
 		for s := range h.byJob[m.JobID] {
 			h.sendLocked(s, m)
 		}
-		for s := range h.all {
-			if s.matches(raw) {
-				h.sendLocked(s, m)
-			}
+		for _, s := range all {
+			h.sendLocked(s, m)
 		}
 	}
 }

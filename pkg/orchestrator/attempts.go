@@ -265,17 +265,13 @@ type Outcome struct {
 
 // endedAt is when an attempt that started at started and whose outcome is recorded at now ended.
 func (out Outcome) endedAt(started, now time.Time) time.Time {
-	if out.At.IsZero() || out.At.After(now) {
+	switch {
+	case out.At.IsZero() || out.At.After(now):
 		return now
+	case out.At.Before(started):
+		return started
 	}
-	return maxTime(out.At, started)
-}
-
-func maxTime(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
+	return out.At
 }
 
 // Continue decides whether the worker that finished a step also runs a step that became ready, at

@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -104,39 +105,33 @@ var pgGroupTail = applyTail(true)
 // pgJobIn is a job row of a group commit: the row as the change leaves it and, for an update, the
 // version it expects and how many of its steps it updates.
 type pgJobIn struct {
-	ID           string     `json:"id"`
-	ExpVersion   int64      `json:"exp_version"`
-	FeatureName  string     `json:"feature_name"`
-	CreatedAt    time.Time  `json:"created_at"`
-	Tenant       string     `json:"tenant"`
-	WebhookURL   *string    `json:"webhook_url"`
-	Status       string     `json:"status"`
-	Input        any        `json:"input"`
-	InputVersion int        `json:"input_version"`
-	Output       any        `json:"output"`
-	Error        string     `json:"error"`
-	LastSeq      int64      `json:"last_seq"`
-	StuckAt      *time.Time `json:"stuck_at"`
-	StuckReason  string     `json:"stuck_reason"`
-	UpdatedAt    time.Time  `json:"updated_at"`
-	StartedAt    *time.Time `json:"started_at"`
-	FinishedAt   *time.Time `json:"finished_at"`
-	NSteps       int        `json:"n_steps"`
+	ID           string          `json:"id"`
+	ExpVersion   int64           `json:"exp_version"`
+	FeatureName  string          `json:"feature_name"`
+	CreatedAt    time.Time       `json:"created_at"`
+	Tenant       string          `json:"tenant"`
+	WebhookURL   *string         `json:"webhook_url"`
+	Status       string          `json:"status"`
+	Input        json.RawMessage `json:"input"`
+	InputVersion int             `json:"input_version"`
+	Output       json.RawMessage `json:"output"`
+	Error        string          `json:"error"`
+	LastSeq      int64           `json:"last_seq"`
+	StuckAt      *time.Time      `json:"stuck_at"`
+	StuckReason  string          `json:"stuck_reason"`
+	UpdatedAt    time.Time       `json:"updated_at"`
+	StartedAt    *time.Time      `json:"started_at"`
+	FinishedAt   *time.Time      `json:"finished_at"`
+	NSteps       int             `json:"n_steps"`
 }
 
 // rawOrNil is raw as a JSON value, or nil (JSON null) when it is empty.
-func rawOrNil(raw []byte) any {
+func rawOrNil(raw []byte) json.RawMessage {
 	if len(raw) == 0 {
 		return nil
 	}
-	return jsonRaw(raw)
+	return raw
 }
-
-// jsonRaw is a JSON text embedded as it is.
-type jsonRaw []byte
-
-// MarshalJSON implements json.Marshaler.
-func (r jsonRaw) MarshalJSON() ([]byte, error) { return r, nil }
 
 // groupable reports whether c may share a statement with other changes: an update without webhook
 // deliveries, or a create without an idempotency key (a key's binding, and the changes that end a

@@ -60,18 +60,8 @@ func testApplyCreateThenLoad(t *testing.T, s store.Store) {
 	require.EqualValues(t, 1, c.Job.Version)
 	require.Positive(t, c.Outbox[0].ID, "Apply sets outbox ids")
 
-	job, steps, err := s.LoadJob(ctx, c.Job.ID)
-	require.NoError(t, err)
-	requireJob(t, c.Job, job)
-	requireSteps(t, []store.Step{c.Steps[0].Step, c.Steps[1].Step}, steps)
-
-	evs, err := s.ListEvents(ctx, c.Job.ID, 0, 0)
-	require.NoError(t, err)
-	require.Len(t, evs, 2)
+	evs := requireCreated(t, s, c)
 	require.Equal(t, "created", evs[0].Reason)
-	inputs, err := s.GetJobInputs(ctx, c.Job.ID)
-	require.NoError(t, err)
-	require.Len(t, inputs, 1)
 	require.NoError(t, s.Tx(ctx, func(tx store.Tx) error {
 		claimed, err := tx.ClaimOutbox(ctx, farFuture, 0)
 		require.NoError(t, err)
@@ -88,6 +78,24 @@ func testApplyCreateThenLoad(t *testing.T, s store.Store) {
 	n, err := s.CountOutbox(ctx)
 	require.NoError(t, err)
 	require.EqualValues(t, 1, n)
+}
+
+// requireCreated checks that the job createChange c made is stored as c has it: the job, its two
+// steps, its two events (returned) and its input.
+func requireCreated(t *testing.T, s store.Store, c *store.Change) []store.Event {
+	t.Helper()
+	ctx := testContext(t)
+	job, steps, err := s.LoadJob(ctx, c.Job.ID)
+	require.NoError(t, err)
+	requireJob(t, c.Job, job)
+	requireSteps(t, []store.Step{c.Steps[0].Step, c.Steps[1].Step}, steps)
+	evs, err := s.ListEvents(ctx, c.Job.ID, 0, 0)
+	require.NoError(t, err)
+	require.Len(t, evs, 2)
+	inputs, err := s.GetJobInputs(ctx, c.Job.ID)
+	require.NoError(t, err)
+	require.Len(t, inputs, 1)
+	return evs
 }
 
 // started is the change that starts step a of the job c created.

@@ -160,16 +160,7 @@ func ManyJobCreates(t *testing.T, s store.Store, n int) (changes []*store.Change
 				continue
 			}
 			require.NoError(t, errs[i], "create %d", i)
-			job, steps, err := s.LoadJob(ctx, c.Job.ID)
-			require.NoError(t, err)
-			requireJob(t, c.Job, job)
-			requireSteps(t, []store.Step{c.Steps[0].Step, c.Steps[1].Step}, steps)
-			evs, err := s.ListEvents(ctx, c.Job.ID, 0, 0)
-			require.NoError(t, err)
-			require.Len(t, evs, 2)
-			inputs, err := s.GetJobInputs(ctx, c.Job.ID)
-			require.NoError(t, err)
-			require.Len(t, inputs, 1)
+			requireCreated(t, s, c)
 			require.Equal(t, ids[c.Outbox[0].TaskID], c.Outbox[0].ID, "create %d: the id Apply set is its task's row", i)
 		}
 		job, _, err := s.LoadJob(ctx, taken.Job.ID)
