@@ -34,3 +34,38 @@ func RegisterQueue(ctx context.Context, rdb redis.UniversalClient, queue string)
 	}
 	return nil
 }
+
+// asynqTaskKey is the hash of a task (base.TaskKey); its "state" field names the list or set that
+// holds the task's id.
+func asynqTaskKey(queue, id string) string { return "asynq:{" + queue + "}:t:" + id }
+
+// asynqPendingKey is the list of a queue's pending tasks, newest first (base.PendingKey).
+func asynqPendingKey(queue string) string { return "asynq:{" + queue + "}:pending" }
+
+// stealScript takes a pending task out of Asynq, as Inspector.DeleteTask does, but only while it is
+// pending: a task that a server already handed out (active), or that waits for a time (scheduled,
+// retry) or failed (archived), is left alone. Asynq pushes new tasks on the list's head, so the scan
+// of LREM (count 1, from the head) finds a task enqueued a moment ago at once. CAO's tasks carry no
+// unique key or group. KEYS: task hash, pending list. ARGV: task id. Returns 1 if taken, else 0.
+var stealScript = redis.NewScript(`
+if redis.call("HGET", KEYS[1], "state") ~= "pending" then
+	return 0
+end
+if redis.call("LREM", KEYS[2], 1, ARGV[1]) == 0 then
+	return 0
+end
+redis.call("DEL", KEYS[1])
+return 1
+`)
+
+// Steal takes task id out of queue if it is still pending, and reports whether it did: the caller
+// then owns the task and runs it itself, since no Asynq server will hand it out any more. A stolen
+// task that is never run is not lost: its step stays QUEUED in the database, and the reconciler
+// enqueues it again.
+func Steal(ctx context.Context, rdb redis.UniversalClient, queue, id string) (bool, error) {
+	n, err := stealScript.Run(ctx, rdb, []string{asynqTaskKey(queue, id), asynqPendingKey(queue)}, id).Int()
+	if err != nil {
+		return false, fmt.Errorf("take task %s: %w", id, err)
+	}
+	return n == 1, nil
+}

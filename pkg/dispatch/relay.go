@@ -5,6 +5,7 @@ package dispatch
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -48,6 +49,9 @@ type RelayConfig struct {
 	// Route, when set, may change a task Dispatch is about to enqueue (a step of a saturated service
 	// waits parked: see package fairness) and return what to do once it is enqueued. Optional.
 	Route Route
+	// Bell, when set, rings for every task Dispatch enqueues to run now, so that an idle worker
+	// starts it at once instead of at its next poll. Optional.
+	Bell *Bell
 }
 
 // Route decides how a committed task is enqueued: it returns the task to enqueue and, optionally, a
@@ -134,6 +138,7 @@ func (r *Relay) Stop(ctx context.Context) error {
 // deleted soon after. A task it cannot enqueue stays in the outbox for the relay loop.
 func (r *Relay) Dispatch(ctx context.Context, tasks []store.OutboxTask) {
 	ids := make([]int64, 0, len(tasks))
+	var rings []Ring
 	for _, t := range tasks {
 		var enqueued func(context.Context)
 		if r.cfg.Route != nil {
@@ -147,9 +152,15 @@ func (r *Relay) Dispatch(ctx context.Context, tasks []store.OutboxTask) {
 		if enqueued != nil {
 			enqueued(ctx)
 		}
+		if r.cfg.Bell != nil && t.ProcessAt == nil && json.Valid(t.Payload) {
+			rings = append(rings, Ring{Queue: t.Queue, ID: t.TaskID, Type: t.TypeName, Payload: t.Payload, At: r.cfg.Now().UnixMicro()})
+		}
 		if t.ID != 0 {
 			ids = append(ids, t.ID)
 		}
+	}
+	if len(rings) > 0 {
+		r.cfg.Bell.Ring(rings...)
 	}
 	if len(ids) == 0 {
 		return

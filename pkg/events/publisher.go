@@ -3,11 +3,11 @@ package events
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/cao-run/cao/pkg/pubsub"
 	"github.com/cao-run/cao/pkg/store"
 )
 
@@ -19,10 +19,7 @@ import (
 type RedisPublisher struct {
 	rdb     redis.UniversalClient
 	channel string
-
-	mu      sync.Mutex
-	queue   []*pendingPublish
-	running bool
+	batch   *pubsub.Batcher[*pendingPublish]
 }
 
 // pendingPublish is one Publish call waiting for its events to be sent.
@@ -39,7 +36,9 @@ const (
 
 // NewRedisPublisher returns a publisher on the given client, on Channel(rdb).
 func NewRedisPublisher(rdb redis.UniversalClient) *RedisPublisher {
-	return &RedisPublisher{rdb: rdb, channel: Channel(rdb)}
+	p := &RedisPublisher{rdb: rdb, channel: Channel(rdb)}
+	p.batch = pubsub.NewBatcher(maxJoined, p.send)
+	return p
 }
 
 // Publish sends the events, in one message with those of the calls waiting at the same time. It
@@ -49,13 +48,7 @@ func (p *RedisPublisher) Publish(ctx context.Context, evs []store.Event) error {
 		return nil
 	}
 	pp := &pendingPublish{msgs: FromEvents(evs), done: make(chan error, 1)}
-	p.mu.Lock()
-	p.queue = append(p.queue, pp)
-	if !p.running {
-		p.running = true
-		go p.send()
-	}
-	p.mu.Unlock()
+	p.batch.Add(pp)
 	select {
 	case err := <-pp.done:
 		return err
@@ -64,28 +57,15 @@ func (p *RedisPublisher) Publish(ctx context.Context, evs []store.Event) error {
 	}
 }
 
-// send publishes what is queued, a message at a time, until nothing is.
-func (p *RedisPublisher) send() {
-	for {
-		p.mu.Lock()
-		n := min(len(p.queue), maxJoined)
-		batch := p.queue[:n:n]
-		p.queue = p.queue[n:]
-		if n == 0 {
-			p.queue = nil
-			p.running = false
-			p.mu.Unlock()
-			return
-		}
-		p.mu.Unlock()
-		var msgs []Message
-		for _, pp := range batch {
-			msgs = append(msgs, pp.msgs...)
-		}
-		err := p.publish(msgs)
-		for _, pp := range batch {
-			pp.done <- err
-		}
+// send publishes the events of a batch of calls as one message and tells each call how it went.
+func (p *RedisPublisher) send(batch []*pendingPublish) {
+	var msgs []Message
+	for _, pp := range batch {
+		msgs = append(msgs, pp.msgs...)
+	}
+	err := p.publish(msgs)
+	for _, pp := range batch {
+		pp.done <- err
 	}
 }
 

@@ -27,3 +27,33 @@ func TestChannelCarriesDatabaseAndPrefix(t *testing.T) {
 	require.Equal(t, 5, pubsub.DB(ring))
 	require.Equal(t, 0, pubsub.DB(cluster))
 }
+
+// TestBatcherJoinsInOrder: items added while a send runs go out together in the next one, in order,
+// never more than max at a time.
+func TestBatcherJoinsInOrder(t *testing.T) {
+	t.Parallel()
+	sent := make(chan []int, 16)
+	started, release := make(chan struct{}), make(chan struct{})
+	first := true
+	b := pubsub.NewBatcher(3, func(items []int) {
+		if first {
+			first = false
+			close(started)
+			<-release // the first send is on its way while more items come
+		}
+		sent <- append([]int(nil), items...)
+	})
+	b.Add(1)
+	<-started
+	b.Add(2, 3)
+	b.Add(4)
+	b.Add(5)
+	close(release)
+	var got [][]int
+	for n := 0; n < 5; {
+		s := <-sent
+		got = append(got, s)
+		n += len(s)
+	}
+	require.Equal(t, [][]int{{1}, {2, 3, 4}, {5}}, got)
+}

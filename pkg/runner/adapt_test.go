@@ -90,11 +90,18 @@ type cluster struct {
 	t     *testing.T
 	ctx   context.Context
 	reg   *registry.Registry
-	nodes []*node.Node
-	rdb   *redis.Client
+	nodes   []*node.Node
+	runners []*runner.Runner
+	rdb     *redis.Client
 }
 
 func startCluster(t *testing.T, registryYAML string, workers int) *cluster {
+	t.Helper()
+	return startClusterWith(t, registryYAML, workers, nil)
+}
+
+// startClusterWith is startCluster with tune, when set, changing each worker's runner.Config.
+func startClusterWith(t *testing.T, registryYAML string, workers int, tune func(*runner.Config)) *cluster {
 	t.Helper()
 	reg, err := registry.Parse("adapt.yaml", []byte(registryYAML), nil)
 	require.NoError(t, err)
@@ -110,11 +117,16 @@ func startCluster(t *testing.T, registryYAML string, workers int) *cluster {
 		n := node.Build(cfg, slog.New(slog.DiscardHandler), fmt.Sprintf("w%d-%s", i, testinfra.RandomSuffix()), reg, st, rdb)
 		n.OnClose(rdb.Close)
 		require.NoError(t, n.Start(c.ctx))
-		r := n.NewRunner(runner.Config{
+		rc := runner.Config{
 			Queues: map[string]int{registry.DefaultQueue: 1}, Concurrency: 10,
 			PollInterval: 20 * time.Millisecond, BusyDelay: 50 * time.Millisecond, ShutdownGrace: time.Second,
-		})
+		}
+		if tune != nil {
+			tune(&rc)
+		}
+		r := n.NewRunner(rc)
 		require.NoError(t, r.Start(c.ctx))
+		c.runners = append(c.runners, r)
 		t.Cleanup(func() {
 			sctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()

@@ -52,10 +52,9 @@ func (r *Runner) enterRoom(svc *registry.Service, p task.StepPayload, noted *boo
 // park acknowledges task t of step p, whose service svc is saturated, once the step is parked (see
 // package fairness). When the step cannot be parked, the task is retried by Asynq instead (not a
 // failure).
-func (r *Runner) park(ctx context.Context, t *asynq.Task, p task.StepPayload, svc *registry.Service, b *busyError) error {
-	id, ok1 := asynq.GetTaskID(ctx)
-	queue, ok2 := asynq.GetQueueName(ctx)
-	if !ok1 || !ok2 {
+func (r *Runner) park(ctx context.Context, src source, t *asynq.Task, p task.StepPayload, svc *registry.Service, b *busyError) error {
+	id, queue := src.id, src.queue
+	if id == "" || queue == "" {
 		return b
 	}
 	ctx = context.WithoutCancel(ctx)

@@ -52,9 +52,26 @@ func retryDelay(n int, err error, _ *asynq.Task) time.Duration {
 	return backoff.Jitter(min(d, 30*time.Second), 0.5, rand.Float64)
 }
 
-// handle runs one step task. Returning nil acknowledges it; a busyError requeues it without counting
-// a failure; other errors (database or Redis unreachable) let Asynq retry it later.
+// source names the task a step runs for: its id and queue in Asynq.
+type source struct{ id, queue string }
+
+// handle runs one step task that Asynq handed out. Returning nil acknowledges it; a busyError
+// requeues it without counting a failure; other errors (database or Redis unreachable) let Asynq
+// retry it later.
 func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
+	r.handedOut.Store(r.cfg.Now().UnixMicro())
+	src := source{}
+	src.id, _ = asynq.GetTaskID(ctx)
+	src.queue, _ = asynq.GetQueueName(ctx)
+	if err := r.slots.acquire(ctx); err != nil {
+		return err
+	}
+	defer r.slots.release()
+	return r.run(ctx, src, t)
+}
+
+// run runs the step of task t (from src), for Asynq (handle) or for the bell (answer): see handle.
+func (r *Runner) run(ctx context.Context, src source, t *asynq.Task) error {
 	p, err := task.ParseStepPayload(t.Payload())
 	if err != nil {
 		r.cfg.Logger.Error("drop malformed step task", "err", err)
@@ -67,7 +84,7 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	if r.admitCtx.Err() != nil {
 		// Stop began after Asynq handed this task out: a step that has not started is not started
 		// now. The task goes back to its queue for another worker, without using an attempt.
-		return r.reschedule(ctx, t, p, nil, &busyError{service: "(any)", delay: backoff.Jitter(r.cfg.BusyDelay, 0.5, rand.Float64), why: "is not called: the worker is stopping"})
+		return r.reschedule(ctx, src, t, p, nil, &busyError{service: "(any)", delay: backoff.Jitter(r.cfg.BusyDelay, 0.5, rand.Float64), why: "is not called: the worker is stopping"})
 	}
 	target, err := r.orch.Resolve(ctx, p)
 	if errors.Is(err, orchestrator.ErrStale) {
@@ -90,9 +107,9 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	var busy *busyError
 	if errors.As(err, &busy) {
 		if busy.park {
-			return r.park(ctx, t, p, svc, busy)
+			return r.park(ctx, src, t, p, svc, busy)
 		}
-		return r.reschedule(ctx, t, p, svc, busy)
+		return r.reschedule(ctx, src, t, p, svc, busy)
 	}
 	if errors.Is(err, orchestrator.ErrStale) {
 		log.Debug("stale step task acknowledged", "reason", err)
@@ -239,10 +256,9 @@ func (r *Runner) busy(service, why string, wait time.Duration) error {
 // task it holds: in Asynq (and asynqmon) a waiting step is scheduled, never a retry with an error.
 // The step stays QUEUED in the database, so if the copy is lost the reconciler enqueues the task
 // again. When the copy cannot be enqueued, the task is retried by Asynq instead (not a failure).
-func (r *Runner) reschedule(ctx context.Context, t *asynq.Task, p task.StepPayload, svc *registry.Service, b *busyError) error {
-	id, ok1 := asynq.GetTaskID(ctx)
-	queue, ok2 := asynq.GetQueueName(ctx)
-	if !ok1 || !ok2 {
+func (r *Runner) reschedule(ctx context.Context, src source, t *asynq.Task, p task.StepPayload, svc *registry.Service, b *busyError) error {
+	id, queue := src.id, src.queue
+	if id == "" || queue == "" {
 		return b
 	}
 	now := r.cfg.Now()

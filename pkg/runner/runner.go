@@ -11,12 +11,14 @@ import (
 	"math/rand/v2"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cao-run/cao/pkg/caller"
+	"github.com/cao-run/cao/pkg/dispatch"
 	"github.com/cao-run/cao/pkg/events"
 	"github.com/cao-run/cao/pkg/fairness"
 	"github.com/cao-run/cao/pkg/limiter"
@@ -147,7 +149,12 @@ type Runner struct {
 	caller *caller.Caller
 	hub    *events.Hub
 	queue  *asynq.Client // schedules the copies of tasks that wait for their service
+	insp   *asynq.Inspector
 	cfg    Config
+
+	slots     slots        // the handlers, shared by Asynq and the bell
+	handedOut atomic.Int64 // when Asynq last handed out a task (µs since the epoch)
+	stolen    atomic.Int64 // tasks taken from their queue for the bell
 
 	mu        sync.Mutex
 	srv       *asynq.Server
@@ -159,6 +166,8 @@ type Runner struct {
 	wg        sync.WaitGroup
 	cancelSub *events.Subscription
 	subDone   chan struct{}
+	bell      *dispatch.BellListener
+	bellDone  chan struct{}
 	sweepDone chan struct{}
 }
 
@@ -174,6 +183,8 @@ func New(orch *orchestrator.Orchestrator, rdb redis.UniversalClient, sem *limite
 			Weights: cfg.TenantWeights, Fallback: cfg.ParkFallback, Now: cfg.Now, Logger: cfg.Logger, Notes: waits.New(rdb, sem.Prefix()),
 		}),
 		queue:    queue,
+		insp:     asynq.NewInspectorFromRedisClient(rdb),
+		slots:    make(slots, cfg.Concurrency),
 		room:     limiter.NewWaitRoom(sem, limiter.WaitRoomConfig{ID: cfg.WorkerID}),
 		inflight: map[string]map[*running]struct{}{},
 	}
@@ -212,6 +223,13 @@ func (r *Runner) Start(ctx context.Context) error {
 		r.subDone = make(chan struct{})
 		go r.watchCancels(r.cancelSub)
 	}
+	if l, err := dispatch.ListenBell(ctx, r.rdb, 64, r.cfg.Logger); err != nil {
+		// Steps still start, at the next poll of their queue.
+		r.cfg.Logger.Warn("worker does not answer the bell", "err", err)
+	} else {
+		r.bell, r.bellDone = l, make(chan struct{})
+		go func() { defer close(r.bellDone); r.answerBell(l) }()
+	}
 	mux := asynq.NewServeMux()
 	mux.HandleFunc(task.TypeStep, r.handle)
 	if err := srv.Start(mux); err != nil {
@@ -239,6 +257,10 @@ func (r *Runner) Stop(ctx context.Context) error {
 	// No new work from here: steps waiting for their service give up, none is continued.
 	r.stopAdmit(errShutdown)
 	<-r.sweepDone
+	if r.bell != nil {
+		r.bell.Close()
+		<-r.bellDone // no handler starts for the bell after this
+	}
 	srv.Stop() // no new tasks
 	finished := make(chan struct{})
 	go func() { r.wg.Wait(); close(finished) }()

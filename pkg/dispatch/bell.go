@@ -1,0 +1,119 @@
+package dispatch
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cao-run/cao/pkg/pubsub"
+)
+
+// Ring says that a task was just put in its queue to run now. It carries the task whole, so a
+// worker that takes the task out of Asynq (Steal) can run it without reading it back.
+type Ring struct {
+	Queue   string          `json:"q"`
+	ID      string          `json:"id"`
+	Type    string          `json:"t"`
+	Payload json.RawMessage `json:"p"`
+	// At is when the task was enqueued, in µs since the epoch (the ringing process's clock).
+	At int64 `json:"at"`
+}
+
+// A Bell rings for every task Dispatch puts in a queue to run now, on one pub/sub channel of the
+// deployment. An Asynq server looks at its empty queues only every so often (runner.Config.IdlePoll),
+// so on an idle system a step would wait for that poll; a worker with a free handler that hears the
+// ring takes the task (Steal) and starts it at once. Rings are hints: one that is lost, or that no
+// worker can answer, leaves the task in its queue for the poll. Rings of tasks enqueued at the same
+// time go out as one message.
+type Bell struct {
+	rdb     redis.UniversalClient
+	channel string
+	batch   *pubsub.Batcher[Ring]
+	log     *slog.Logger
+}
+
+// Bounds of one message of rings: how many it joins, and how long sending it may take.
+const (
+	maxRings    = 256
+	ringTimeout = time.Second
+)
+
+// NewBell returns the deployment's bell on rdb (nil logger: slog.Default()).
+func NewBell(rdb redis.UniversalClient, log *slog.Logger) *Bell {
+	if log == nil {
+		log = slog.Default()
+	}
+	b := &Bell{rdb: rdb, channel: BellChannel(rdb), log: log}
+	b.batch = pubsub.NewBatcher(maxRings, b.send)
+	return b
+}
+
+// BellChannel is the pub/sub channel of the deployment's bell.
+func BellChannel(rdb redis.UniversalClient) string { return pubsub.Channel(rdb, "", "bell") }
+
+// Ring sends rings without waiting for them to be sent.
+func (b *Bell) Ring(rs ...Ring) { b.batch.Add(rs...) }
+
+func (b *Bell) send(rs []Ring) {
+	msg, err := json.Marshal(rs)
+	if err != nil {
+		b.log.Debug("encode rings", "err", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), ringTimeout)
+	defer cancel()
+	if err := b.rdb.Publish(ctx, b.channel, msg).Err(); err != nil {
+		// The tasks are in their queues; they wait for the workers' next poll instead.
+		b.log.Debug("ring the bell", "err", err)
+	}
+}
+
+// BellListener receives the rings of a deployment.
+type BellListener struct {
+	ps   *redis.PubSub
+	out  chan []Ring
+	done chan struct{}
+}
+
+// ListenBell subscribes to the bell of rdb's deployment; rings sent from when it returns are
+// received on C (rings that arrive while C is full are dropped). Close ends it.
+func ListenBell(ctx context.Context, rdb redis.UniversalClient, buf int, log *slog.Logger) (*BellListener, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	ps := rdb.Subscribe(ctx, BellChannel(rdb))
+	if _, err := ps.Receive(ctx); err != nil {
+		_ = ps.Close()
+		return nil, fmt.Errorf("listen to the bell: %w", err)
+	}
+	l := &BellListener{ps: ps, out: make(chan []Ring, buf), done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		defer close(l.out)
+		for m := range ps.Channel() {
+			var rs []Ring
+			if err := json.Unmarshal([]byte(m.Payload), &rs); err != nil {
+				log.Debug("undecodable ring", "err", err)
+				continue
+			}
+			select {
+			case l.out <- rs:
+			default: // the worker is busy: the poll takes these tasks
+			}
+		}
+	}()
+	return l, nil
+}
+
+// C delivers the rings, a message at a time; it is closed after Close.
+func (l *BellListener) C() <-chan []Ring { return l.out }
+
+// Close unsubscribes and waits until C is closed.
+func (l *BellListener) Close() {
+	_ = l.ps.Close()
+	<-l.done
+}

@@ -1,0 +1,107 @@
+package dispatch_test
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cao-run/cao/pkg/dispatch"
+	"github.com/cao-run/cao/pkg/store"
+	"github.com/cao-run/cao/pkg/task"
+	"github.com/cao-run/cao/pkg/testinfra"
+)
+
+// TestStealTakesOnlyPendingTasks: Steal takes a pending task out of Asynq (once), and leaves alone
+// the other tasks of the queue and tasks that are scheduled or archived.
+func TestStealTakesOnlyPendingTasks(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testinfra.Context(t, 30*time.Second)
+	enqueue := func(id string, opts ...asynq.Option) {
+		_, err := b.q.EnqueueContext(ctx, asynq.NewTask(task.TypeStep, []byte(`{}`)), append(opts, asynq.TaskID(id), asynq.Queue("q"))...)
+		require.NoError(t, err)
+	}
+	state := func(id string) asynq.TaskState {
+		info, err := b.insp.GetTaskInfo("q", id)
+		require.NoError(t, err)
+		return info.State
+	}
+	enqueue("p1")
+	enqueue("p2")
+	enqueue("p3")
+	enqueue("later", asynq.ProcessIn(time.Hour))
+	enqueue("failed", asynq.ProcessIn(time.Hour))
+	require.NoError(t, b.insp.ArchiveTask("q", "failed"))
+
+	taken, err := dispatch.Steal(ctx, b.rdb.Client, "q", "p2")
+	require.NoError(t, err)
+	require.True(t, taken)
+	_, err = b.insp.GetTaskInfo("q", "p2")
+	require.ErrorIs(t, err, asynq.ErrTaskNotFound)
+	taken, err = dispatch.Steal(ctx, b.rdb.Client, "q", "p2")
+	require.NoError(t, err)
+	require.False(t, taken, "taken once")
+
+	for _, id := range []string{"later", "failed", "missing"} {
+		taken, err := dispatch.Steal(ctx, b.rdb.Client, "q", id)
+		require.NoError(t, err)
+		require.False(t, taken, id)
+	}
+	require.Equal(t, asynq.TaskStateScheduled, state("later"))
+	require.Equal(t, asynq.TaskStateArchived, state("failed"))
+	require.Equal(t, asynq.TaskStatePending, state("p1"))
+	require.Equal(t, asynq.TaskStatePending, state("p3"))
+	info, err := b.insp.GetQueueInfo("q")
+	require.NoError(t, err)
+	require.Equal(t, 2, info.Pending)
+
+	// The id is free again: the reconciler may enqueue the task anew.
+	enqueue("p2")
+	require.Equal(t, asynq.TaskStatePending, state("p2"))
+}
+
+// TestBellRingsDispatchedTasks: Dispatch rings for the tasks it enqueues to run now, not for those it
+// schedules, and the rings carry the tasks whole.
+func TestBellRingsDispatchedTasks(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testinfra.Context(t, 30*time.Second)
+	l, err := dispatch.ListenBell(ctx, b.rdb.Client, 8, nil)
+	require.NoError(t, err)
+	defer l.Close()
+	relay := dispatch.NewRelay(b.st, b.q, dispatch.RelayConfig{Bell: dispatch.NewBell(b.rdb.Client, nil)})
+
+	now := task.StepPayload{JobID: "j1", Step: "a", Run: 1, Attempt: 1}
+	later := task.StepPayload{JobID: "j2", Step: "a", Run: 1, Attempt: 1}
+	at := time.Now().Add(time.Hour)
+	relay.Dispatch(ctx, []store.OutboxTask{
+		{TaskID: later.TaskID(), Queue: "default", TypeName: task.TypeStep, Payload: later.Marshal(), ProcessAt: &at},
+		{TaskID: now.TaskID(), Queue: "default", TypeName: task.TypeStep, Payload: now.Marshal()},
+	})
+	var rings []dispatch.Ring
+	select {
+	case rings = <-l.C():
+	case <-ctx.Done():
+		t.Fatal("no ring")
+	}
+	require.Len(t, rings, 1)
+	g := rings[0]
+	require.Equal(t, now.TaskID(), g.ID)
+	require.Equal(t, "default", g.Queue)
+	require.Equal(t, task.TypeStep, g.Type)
+	require.JSONEq(t, string(now.Marshal()), string(g.Payload))
+	require.WithinDuration(t, time.Now(), time.UnixMicro(g.At), time.Minute)
+
+	// The ringing process's rings of one moment share a message; nothing else was rung.
+	bell := dispatch.NewBell(b.rdb.Client, nil)
+	bell.Ring(dispatch.Ring{ID: "x", Payload: json.RawMessage(`{}`)}, dispatch.Ring{ID: "y", Payload: json.RawMessage(`{}`)})
+	select {
+	case rings = <-l.C():
+	case <-ctx.Done():
+		t.Fatal("no ring")
+	}
+	require.Equal(t, []string{"x", "y"}, []string{rings[0].ID, rings[1].ID})
+}

@@ -1,0 +1,115 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/cao-run/cao/pkg/dispatch"
+	"github.com/cao-run/cao/pkg/store"
+	"github.com/cao-run/cao/pkg/task"
+)
+
+// The bell (dispatch.Bell) rings for every step task dispatched to run now. An idle Asynq server
+// finds such a task only at its next look at its queues (Config.IdlePoll, jittered ±50%), so a
+// worker with a free handler answers the ring: it takes the task out of its queue if it is still
+// pending (dispatch.Steal, atomic: Asynq can no longer hand it out, and of several workers only one
+// takes it) and runs it as Asynq would have. Asynq and the bell share the worker's handlers
+// (slots), so the worker never runs more than Config.Concurrency steps.
+
+// ringMaxAge is the age past which a ring is not answered: its task has been handed out by a poll.
+const ringMaxAge = time.Second
+
+// stolenTimeout bounds a stolen task's handler as Asynq's timeout bounds the others (dispatch.Enqueue).
+const stolenTimeout = 24 * time.Hour
+
+// slots are the worker's handlers: one per step it runs, whether Asynq or the bell handed it out.
+type slots chan struct{}
+
+func (s slots) acquire(ctx context.Context) error {
+	select {
+	case s <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+func (s slots) tryAcquire() bool {
+	select {
+	case s <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s slots) release() { <-s }
+
+// answerBell answers rings until the listener is closed.
+func (r *Runner) answerBell(l *dispatch.BellListener) {
+	for rings := range l.C() {
+		for _, g := range rings {
+			r.answer(g)
+		}
+	}
+}
+
+// answer takes and runs the task of ring g when this worker serves its queue, is not stopping and
+// has a free handler; otherwise the task waits in its queue for a poll.
+func (r *Runner) answer(g dispatch.Ring) {
+	if g.Type != task.TypeStep || r.admitCtx.Err() != nil {
+		return
+	}
+	if _, ok := r.cfg.Queues[g.Queue]; !ok {
+		return
+	}
+	if r.cfg.Now().Sub(time.UnixMicro(g.At)) > ringMaxAge || !r.slots.tryAcquire() {
+		return
+	}
+	// Added before Stop can wait for the handlers: Stop closes the listener, and waits for this
+	// loop to end, before it waits for them.
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer r.slots.release()
+		ctx, cancel := context.WithTimeout(r.runCtx, stolenTimeout)
+		defer cancel()
+		taken, err := dispatch.Steal(ctx, r.rdb, g.Queue, g.ID)
+		if err != nil || !taken {
+			return // handed out already (or Redis failed: the poll finds it)
+		}
+		r.stolen.Add(1)
+		t := asynq.NewTask(g.Type, g.Payload)
+		if err := r.run(ctx, source{id: g.ID, queue: g.Queue}, t); err != nil {
+			r.settleStolen(ctx, g, t, err)
+		}
+	}()
+}
+
+// settleStolen does for a stolen task whose handler returned err what Asynq does for the tasks it hands
+// out: a step that failed for good leaves its task archived; any other error puts the task back in
+// its queue after retryDelay. When that fails the step, still QUEUED in the database, is enqueued
+// again by the reconciler.
+func (r *Runner) settleStolen(ctx context.Context, g dispatch.Ring, t *asynq.Task, err error) {
+	ctx = context.WithoutCancel(ctx)
+	now := r.cfg.Now()
+	if errors.Is(err, asynq.SkipRetry) {
+		// Scheduled far off, then archived at once: only the queue's record of the failure.
+		at := now.Add(stolenTimeout)
+		if qerr := dispatch.Enqueue(ctx, r.queue, store.OutboxTask{TaskID: g.ID, Queue: g.Queue, TypeName: g.Type, Payload: g.Payload, ProcessAt: &at}); qerr != nil {
+			r.cfg.Logger.Warn("archive the task of a failed step", "task_id", g.ID, "err", qerr)
+			return
+		}
+		if aerr := r.insp.ArchiveTask(g.Queue, g.ID); aerr != nil {
+			r.cfg.Logger.Warn("archive the task of a failed step", "task_id", g.ID, "err", aerr)
+		}
+		return
+	}
+	at := now.Add(retryDelay(0, err, t))
+	if qerr := dispatch.Enqueue(ctx, r.queue, store.OutboxTask{TaskID: g.ID, Queue: g.Queue, TypeName: g.Type, Payload: g.Payload, ProcessAt: &at}); qerr != nil {
+		r.cfg.Logger.Warn("put back a step task; the reconciler enqueues it again", "task_id", g.ID, "err", qerr)
+	}
+}
