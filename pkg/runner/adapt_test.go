@@ -87,9 +87,9 @@ func (p *provider) snapshot() []providerCall {
 // cluster is a deployment in the test process: nodes over one Postgres schema and one Redis
 // database, each running a worker.
 type cluster struct {
-	t     *testing.T
-	ctx   context.Context
-	reg   *registry.Registry
+	t       *testing.T
+	ctx     context.Context
+	reg     *registry.Registry
 	nodes   []*node.Node
 	runners []*runner.Runner
 	rdb     *redis.Client
