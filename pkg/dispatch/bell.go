@@ -12,13 +12,15 @@ import (
 	"github.com/cao-run/cao/pkg/pubsub"
 )
 
-// Ring says that a task was just put in its queue to run now. It carries the task whole, so a
-// worker that takes the task out of Asynq (Steal) can run it without reading it back.
+// Ring says that a task was just put in its queue to run now. A ring of a task that was enqueued
+// carries the task whole, so a worker that takes the task out of Asynq (Steal) can run it without
+// reading it back; a ring of a task that was moved to its queue (a parked step handed out) carries
+// only its queue and id.
 type Ring struct {
 	Queue   string          `json:"q"`
 	ID      string          `json:"id"`
-	Type    string          `json:"t"`
-	Payload json.RawMessage `json:"p"`
+	Type    string          `json:"t,omitempty"`
+	Payload json.RawMessage `json:"p,omitempty"`
 	// At is when the task was enqueued, in µs since the epoch (the ringing process's clock).
 	At int64 `json:"at"`
 }

@@ -49,6 +49,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Notes, when set, get a note for every parked step saying why it waits (for the job object).
 	Notes *waits.Book
+	// Bell, when set, rings for every step handed out, so that an idle worker starts it at once
+	// instead of at its next poll. Optional.
+	Bell *dispatch.Bell
 }
 
 // Parker parks steps of saturated services and hands them out fairly.
@@ -210,6 +213,10 @@ func (k *Parker) handOut(ctx context.Context, svc *registry.Service, hs []limite
 			}
 			if err == nil {
 				moved++
+				if k.cfg.Bell != nil {
+					// Without the task: the worker that answers reads it from the queue.
+					k.cfg.Bell.Ring(dispatch.Ring{Queue: queue, ID: id, At: k.cfg.Now().UnixMicro()})
+				}
 				continue
 			}
 			k.cfg.Logger.Debug("parked step's task not handed out", "task_id", id, "err", err)

@@ -112,11 +112,11 @@ func Build(cfg config.Config, log *slog.Logger, id string, reg *registry.Registr
 	n.Queue = asynq.NewClientFromRedisClient(rdb)
 	n.Semaphore = limiter.NewSemaphore(rdb, limiter.Config{})
 	// Steps dispatched while their service has steps parked wait parked behind them (fairness).
-	parker := fairness.New(limiter.FairQueueFor(n.Semaphore), n.Queue, rdb, reg,
-		fairness.Config{Weights: cfg.TenantWeights, Logger: log.With("component", "relay"), Notes: waits.New(rdb, n.Semaphore.Prefix())})
-	n.Relay = dispatch.NewRelay(st, n.Queue, dispatch.RelayConfig{
-		Logger: log.With("component", "relay"), Route: parker.Route, Bell: dispatch.NewBell(rdb, log.With("component", "bell")),
+	bell := dispatch.NewBell(rdb, log.With("component", "bell"))
+	parker := fairness.New(limiter.FairQueueFor(n.Semaphore), n.Queue, rdb, reg, fairness.Config{
+		Weights: cfg.TenantWeights, Logger: log.With("component", "relay"), Notes: waits.New(rdb, n.Semaphore.Prefix()), Bell: bell,
 	})
+	n.Relay = dispatch.NewRelay(st, n.Queue, dispatch.RelayConfig{Logger: log.With("component", "relay"), Route: parker.Route, Bell: bell})
 	n.Hub = events.NewHub(rdb)
 	n.Orchestrator = orchestrator.New(st, reg, events.NewRedisPublisher(rdb), n.Relay, orchestrator.Config{
 		StepLeaseTTL:   cfg.StepLeaseTTL,

@@ -60,7 +60,7 @@ func (r *Runner) answerBell(l *dispatch.BellListener) {
 // answer takes and runs the task of ring g when this worker serves its queue, is not stopping and
 // has a free handler; otherwise the task waits in its queue for a poll.
 func (r *Runner) answer(g dispatch.Ring) {
-	if g.Type != task.TypeStep || r.admitCtx.Err() != nil {
+	if (g.Type != "" && g.Type != task.TypeStep) || r.admitCtx.Err() != nil {
 		return
 	}
 	if _, ok := r.cfg.Queues[g.Queue]; !ok {
@@ -77,6 +77,14 @@ func (r *Runner) answer(g dispatch.Ring) {
 		defer r.slots.release()
 		ctx, cancel := context.WithTimeout(r.runCtx, stolenTimeout)
 		defer cancel()
+		if len(g.Payload) == 0 {
+			// Only its id: read the task while it waits in its queue.
+			info, err := r.insp.GetTaskInfo(g.Queue, g.ID)
+			if err != nil || info.State != asynq.TaskStatePending || info.Type != task.TypeStep {
+				return
+			}
+			g.Type, g.Payload = info.Type, info.Payload
+		}
 		taken, err := dispatch.Steal(ctx, r.rdb, g.Queue, g.ID)
 		if err != nil || !taken {
 			return // handed out already (or Redis failed: the poll finds it)

@@ -51,8 +51,11 @@ type Config struct {
 	// schedules in whole seconds anyway). Default 500ms.
 	PollInterval time.Duration
 	// IdlePoll is how long an idle worker waits (on average; Asynq jitters it ±50%) before looking at
-	// its empty queues again: it bounds the delay before a step enqueued on an idle system starts, and
-	// costs one Redis call per poll. Default DefaultIdlePoll (Asynq's own is 1s).
+	// its empty queues again, at the cost of one Redis call per poll. Steps dispatched or handed out
+	// are started at once through the bell (bell.go); it bounds the delay before the other tasks
+	// start on an idle system (retries and waiting steps falling due, tasks the relay or the
+	// reconciler send again). It also bounds how long Stop may wait for Asynq's sleeping poll.
+	// Default DefaultIdlePoll (Asynq's own is 1s).
 	IdlePoll time.Duration
 	// ParkFallback is when the copy of a parked step's task runs by itself if the step's turn in its
 	// service's fair queue has not come by then (its entry was lost). Default fairness.DefaultFallback.
@@ -124,7 +127,7 @@ func (c Config) WithDefaults() Config {
 
 // Defaults of Config.
 const (
-	DefaultIdlePoll      = 20 * time.Millisecond
+	DefaultIdlePoll      = 100 * time.Millisecond
 	DefaultConcurrency   = 20
 	DefaultShutdownGrace = 30 * time.Second
 	DefaultBusyDelay     = time.Second
@@ -181,6 +184,7 @@ func New(orch *orchestrator.Orchestrator, rdb redis.UniversalClient, sem *limite
 		orch: orch, rdb: rdb, sem: sem, rate: limiter.BudgetsFor(rate), caller: c, hub: hub, cfg: cfg, adapt: limiter.AdaptiveFor(sem),
 		parker: fairness.New(limiter.FairQueueFor(sem), queue, rdb, nil, fairness.Config{
 			Weights: cfg.TenantWeights, Fallback: cfg.ParkFallback, Now: cfg.Now, Logger: cfg.Logger, Notes: waits.New(rdb, sem.Prefix()),
+			Bell: dispatch.NewBell(rdb, cfg.Logger),
 		}),
 		queue:    queue,
 		insp:     asynq.NewInspectorFromRedisClient(rdb),
