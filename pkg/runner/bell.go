@@ -3,6 +3,8 @@ package runner
 import (
 	"context"
 	"errors"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -21,6 +23,10 @@ import (
 
 // ringMaxAge is the age past which a ring is not answered: its task has been handed out by a poll.
 const ringMaxAge = time.Second
+
+// maxDeferred bounds the rings that wait for a free handler; past it the oldest are dropped (their
+// tasks wait for a poll).
+const maxDeferred = 256
 
 // stolenTimeout bounds a stolen task's handler as Asynq's timeout bounds the others (dispatch.Enqueue).
 const stolenTimeout = 24 * time.Hour
@@ -57,8 +63,9 @@ func (r *Runner) answerBell(l *dispatch.BellListener) {
 	}
 }
 
-// answer takes and runs the task of ring g when this worker serves its queue, is not stopping and
-// has a free handler; otherwise the task waits in its queue for a poll.
+// answer takes and runs the task of ring g when this worker serves its queue and is not stopping.
+// Without a free handler the ring waits for the next handler to free (deferred): the task may still
+// be pending then, since an Asynq server that found its queues empty sleeps until its next poll.
 func (r *Runner) answer(g dispatch.Ring) {
 	if (g.Type != "" && g.Type != task.TypeStep) || r.admitCtx.Err() != nil {
 		return
@@ -66,35 +73,109 @@ func (r *Runner) answer(g dispatch.Ring) {
 	if _, ok := r.cfg.Queues[g.Queue]; !ok {
 		return
 	}
-	if r.cfg.Now().Sub(time.UnixMicro(g.At)) > ringMaxAge || !r.slots.tryAcquire() {
+	now := r.cfg.Now()
+	if now.Sub(time.UnixMicro(g.At)) > ringMaxAge {
 		return
+	}
+	if !r.slots.tryAcquire() {
+		r.deferred.push(g, maxDeferred)
+		if !r.slots.tryAcquire() {
+			return // the next handler to free takes it (freeSlot)
+		}
+		// A handler freed in between, maybe before the ring was deferred.
+		var ok bool
+		if g, ok = r.deferred.pop(now); !ok {
+			r.slots.release()
+			return
+		}
 	}
 	// Added before Stop can wait for the handlers: Stop closes the listener, and waits for this
 	// loop to end, before it waits for them.
 	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		defer r.slots.release()
-		ctx, cancel := context.WithTimeout(r.runCtx, stolenTimeout)
-		defer cancel()
-		if len(g.Payload) == 0 {
-			// Only its id: read the task while it waits in its queue.
-			info, err := r.insp.GetTaskInfo(g.Queue, g.ID)
-			if err != nil || info.State != asynq.TaskStatePending || info.Type != task.TypeStep {
-				return
-			}
-			g.Type, g.Payload = info.Type, info.Payload
+	go r.serveRings(g)
+}
+
+// serveRings runs, on a handler it holds, the task of ring g and then those of the deferred rings,
+// oldest first, while their tasks are pending; then it frees the handler.
+func (r *Runner) serveRings(g dispatch.Ring) {
+	defer r.wg.Done()
+	for {
+		r.takeAndRun(g)
+		next, ok := r.deferred.pop(r.cfg.Now())
+		if !ok || r.admitCtx.Err() != nil {
+			break
 		}
-		taken, err := dispatch.Steal(ctx, r.rdb, g.Queue, g.ID)
-		if err != nil || !taken {
-			return // handed out already (or Redis failed: the poll finds it)
+		g = next
+	}
+	r.slots.release()
+}
+
+// freeSlot frees a handler Asynq's task held: to the oldest deferred ring, or back.
+func (r *Runner) freeSlot() {
+	if r.admitCtx.Err() == nil {
+		if g, ok := r.deferred.pop(r.cfg.Now()); ok {
+			r.wg.Add(1) // the caller (handle) holds one: Stop cannot be waiting at zero
+			go r.serveRings(g)
+			return
 		}
-		r.stolen.Add(1)
-		t := asynq.NewTask(g.Type, g.Payload)
-		if err := r.run(ctx, source{id: g.ID, queue: g.Queue}, t); err != nil {
-			r.settleStolen(ctx, g, t, err)
+	}
+	r.slots.release()
+}
+
+// takeAndRun takes the task of ring g out of its queue if it is still pending, and runs it.
+func (r *Runner) takeAndRun(g dispatch.Ring) {
+	ctx, cancel := context.WithTimeout(r.runCtx, stolenTimeout)
+	defer cancel()
+	if len(g.Payload) == 0 {
+		// Only its id: read the task while it waits in its queue.
+		info, err := r.insp.GetTaskInfo(g.Queue, g.ID)
+		if err != nil || info.State != asynq.TaskStatePending || info.Type != task.TypeStep {
+			return
 		}
-	}()
+		g.Type, g.Payload = info.Type, info.Payload
+	}
+	taken, err := dispatch.Steal(ctx, r.rdb, g.Queue, g.ID)
+	if err != nil || !taken {
+		return // handed out already (or Redis failed: the poll finds it)
+	}
+	r.stolen.Add(1)
+	t := asynq.NewTask(g.Type, g.Payload)
+	if err := r.run(ctx, source{id: g.ID, queue: g.Queue}, t); err != nil {
+		r.settleStolen(ctx, g, t, err)
+	}
+}
+
+// deferredRings are the rings a worker could not answer for want of a free handler, oldest first.
+type deferredRings struct {
+	mu    sync.Mutex
+	rings []dispatch.Ring
+}
+
+// push adds g, dropping the oldest ring beyond max.
+func (d *deferredRings) push(g dispatch.Ring, max int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.rings = append(d.rings, g)
+	if n := len(d.rings); n > max {
+		d.rings = slices.Delete(d.rings, 0, n-max)
+	}
+}
+
+// pop removes and returns the oldest ring younger than ringMaxAge at now, dropping older ones.
+func (d *deferredRings) pop(now time.Time) (dispatch.Ring, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for len(d.rings) > 0 {
+		g := d.rings[0]
+		d.rings = d.rings[1:]
+		if len(d.rings) == 0 {
+			d.rings = nil
+		}
+		if now.Sub(time.UnixMicro(g.At)) <= ringMaxAge {
+			return g, true
+		}
+	}
+	return dispatch.Ring{}, false
 }
 
 // settleStolen does for a stolen task whose handler returned err what Asynq does for the tasks it hands

@@ -64,14 +64,15 @@ func TestBellStartsStepsAtOnce(t *testing.T) {
 	require.Zero(t, info.Pending+info.Active+info.Scheduled+info.Retry+info.Archived, "%+v", info)
 }
 
-// TestBellKeepsConcurrency: a worker running as many steps as its concurrency answers no ring; the
-// steps it could not take start at its next poll. The service never has more calls in flight than
-// the worker has handlers.
+// TestBellKeepsConcurrency: a worker running as many steps as its concurrency answers a ring when a
+// handler frees, while the ring's task is still pending (its Asynq server sleeps until its next poll).
+// The service never has more calls in flight than the worker has handlers.
 func TestBellKeepsConcurrency(t *testing.T) {
 	t.Parallel()
-	p := newProvider(t, 150*time.Millisecond, func(int, int, http.Header) int { return http.StatusOK })
+	p := newProvider(t, 100*time.Millisecond, func(int, int, http.Header) int { return http.StatusOK })
 	c := startClusterWith(t, fmt.Sprintf(bellRegistry, p.srv.URL), 1, func(rc *runner.Config) {
-		rc.Concurrency, rc.IdlePoll = 1, 100*time.Millisecond
+		slowPoll(rc)
+		rc.Concurrency = 1
 	})
 
 	ids := c.create("fails", 4)
@@ -81,6 +82,7 @@ func TestBellKeepsConcurrency(t *testing.T) {
 	for i := 1; i < len(calls); i++ {
 		require.False(t, calls[i].at.Before(calls[i-1].answered), "call %d began before call %d was answered", i, i-1)
 	}
+	require.Equal(t, int64(len(ids)), runner.Stolen(c.runners[0]), "the rings waited for the handler, not for a poll")
 }
 
 // TestBellFailedStepArchived: the task of a step that a worker took through the bell and that failed

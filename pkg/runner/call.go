@@ -31,9 +31,10 @@ func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, adm *admi
 
 	hbDone := make(chan struct{})
 	hbStopped := make(chan struct{})
+	leases := adm.leases() // read here: execute writes adm while the heartbeat runs
 	go func() {
 		defer close(hbStopped)
-		r.heartbeat(callCtx, a, adm.leases(), clock, cancel, hbDone)
+		r.heartbeat(callCtx, a, leases, clock, cancel, hbDone)
 	}()
 	defer func() { close(hbDone); <-hbStopped }()
 

@@ -59,14 +59,15 @@ type source struct{ id, queue string }
 // requeues it without counting a failure; other errors (database or Redis unreachable) let Asynq
 // retry it later.
 func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
-	r.handedOut.Store(r.cfg.Now().UnixMicro())
+	r.wg.Add(1) // held until the handler is freed (freeSlot may hand it to a deferred ring)
+	defer r.wg.Done()
 	src := source{}
 	src.id, _ = asynq.GetTaskID(ctx)
 	src.queue, _ = asynq.GetQueueName(ctx)
 	if err := r.slots.acquire(ctx); err != nil {
 		return err
 	}
-	defer r.slots.release()
+	defer r.freeSlot()
 	return r.run(ctx, src, t)
 }
 

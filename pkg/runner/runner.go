@@ -155,9 +155,9 @@ type Runner struct {
 	insp   *asynq.Inspector
 	cfg    Config
 
-	slots     slots        // the handlers, shared by Asynq and the bell
-	handedOut atomic.Int64 // when Asynq last handed out a task (µs since the epoch)
-	stolen    atomic.Int64 // tasks taken from their queue for the bell
+	slots    slots         // the handlers, shared by Asynq and the bell
+	deferred deferredRings // rings waiting for a free handler
+	stolen   atomic.Int64  // tasks taken from their queue for the bell
 
 	mu        sync.Mutex
 	srv       *asynq.Server
