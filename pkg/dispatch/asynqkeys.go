@@ -42,11 +42,22 @@ func asynqTaskKey(queue, id string) string { return "asynq:{" + queue + "}:t:" +
 // asynqPendingKey is the list of a queue's pending tasks, newest first (base.PendingKey).
 func asynqPendingKey(queue string) string { return "asynq:{" + queue + "}:pending" }
 
+// stolenKey marks a task taken out of Asynq by Steal for StolenTTL: until the step is claimed its
+// task is in no queue, and the reconciler must not take it for lost. It shares the queue's hash tag,
+// so the script's keys live in one cluster slot.
+func stolenKey(queue, id string) string { return "cao:stolen:{" + queue + "}:" + id }
+
+// StolenTTL is how long a stolen task counts as present for the reconciler: the step is claimed
+// within milliseconds; if the worker that took it died first, the reconciler enqueues it again
+// once this has passed.
+const StolenTTL = 15 * time.Second
+
 // stealScript takes a pending task out of Asynq, as Inspector.DeleteTask does, but only while it is
 // pending: a task that a server already handed out (active), or that waits for a time (scheduled,
 // retry) or failed (archived), is left alone. Asynq pushes new tasks on the list's head, so the scan
 // of LREM (count 1, from the head) finds a task enqueued a moment ago at once. CAO's tasks carry no
-// unique key or group. KEYS: task hash, pending list. ARGV: task id. Returns 1 if taken, else 0.
+// unique key or group. KEYS: task hash, pending list, stolen mark. ARGV: task id, the mark's TTL in
+// ms. Returns 1 if taken, else 0.
 var stealScript = redis.NewScript(`
 if redis.call("HGET", KEYS[1], "state") ~= "pending" then
 	return 0
@@ -55,15 +66,17 @@ if redis.call("LREM", KEYS[2], 1, ARGV[1]) == 0 then
 	return 0
 end
 redis.call("DEL", KEYS[1])
+redis.call("SET", KEYS[3], "1", "PX", ARGV[2])
 return 1
 `)
 
 // Steal takes task id out of queue if it is still pending, and reports whether it did: the caller
 // then owns the task and runs it itself, since no Asynq server will hand it out any more. A stolen
 // task that is never run is not lost: its step stays QUEUED in the database, and the reconciler
-// enqueues it again.
+// enqueues it again once StolenTTL has passed.
 func Steal(ctx context.Context, rdb redis.UniversalClient, queue, id string) (bool, error) {
-	n, err := stealScript.Run(ctx, rdb, []string{asynqTaskKey(queue, id), asynqPendingKey(queue)}, id).Int()
+	keys := []string{asynqTaskKey(queue, id), asynqPendingKey(queue), stolenKey(queue, id)}
+	n, err := stealScript.Run(ctx, rdb, keys, id, StolenTTL.Milliseconds()).Int()
 	if err != nil {
 		return false, fmt.Errorf("take task %s: %w", id, err)
 	}

@@ -13,3 +13,6 @@ func (r *Relay) Enqueued() int64 {
 	defer r.mu.Unlock()
 	return r.enqueued
 }
+
+// StolenKey is stolenKey, for the tests that let a stolen task's mark expire.
+func StolenKey(queue, id string) string { return stolenKey(queue, id) }

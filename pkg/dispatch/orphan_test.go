@@ -121,3 +121,32 @@ func createOne(t *testing.T, b *bundle) task.StepPayload {
 	require.NoError(t, err)
 	return task.StepPayload{JobID: v.Job.ID, Step: "a", Run: 1, Attempt: 1}
 }
+
+// TestReconcilerLeavesStolenTasksAlone: a task a worker took out of its queue for the bell is in no
+// queue until the worker claims its step. Even a full sweep leaves it alone then; once its mark
+// expired (the worker died before the claim) the step is dispatched again.
+func TestReconcilerLeavesStolenTasksAlone(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	p := createOne(t, b)
+	taken, err := dispatch.Steal(ctx, b.rdb.Client, "medium", p.TaskID())
+	require.NoError(t, err)
+	require.True(t, taken)
+	ttl, err := b.rdb.Client.PTTL(ctx, dispatch.StolenKey("medium", p.TaskID())).Result()
+	require.NoError(t, err)
+	require.InDelta(t, dispatch.StolenTTL, ttl, float64(time.Second))
+
+	rec := dispatch.NewReconciler(b.st, b.rdb.Client, b.q, dispatch.ReconcilerConfig{})
+	n, err := rec.Sweep(ctx, true)
+	require.NoError(t, err)
+	require.Zero(t, n, "a stolen task is being run")
+
+	require.NoError(t, b.rdb.Client.Del(ctx, dispatch.StolenKey("medium", p.TaskID())).Err())
+	n, err = rec.Sweep(ctx, true)
+	require.NoError(t, err)
+	require.Equal(t, 1, n, "the worker died before the claim: the step is dispatched again")
+	info, err := b.insp.GetTaskInfo("medium", p.TaskID())
+	require.NoError(t, err)
+	require.Equal(t, asynq.TaskStatePending, info.State)
+}

@@ -136,6 +136,14 @@ func (r *Reconciler) taskState(ctx context.Context, queue, id string) (taskState
 		}
 		return taskMissing, nil
 	case errors.Is(err, asynq.ErrTaskNotFound):
+		// A worker may have taken it out of its queue for the bell (Steal) and be about to claim it.
+		n, err := r.rdb.Exists(ctx, stolenKey(queue, id)).Result()
+		if err != nil {
+			return 0, fmt.Errorf("stolen task %s: %w", id, err)
+		}
+		if n > 0 {
+			return taskPresent, nil
+		}
 		return taskMissing, nil
 	case err != nil:
 		return 0, fmt.Errorf("inspect task %s: %w", id, err)

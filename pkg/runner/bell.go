@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -178,27 +179,26 @@ func (d *deferredRings) pop(now time.Time) (dispatch.Ring, bool) {
 	return dispatch.Ring{}, false
 }
 
-// settleStolen does for a stolen task whose handler returned err what Asynq does for the tasks it hands
-// out: a step that failed for good leaves its task archived; any other error puts the task back in
-// its queue after retryDelay. When that fails the step, still QUEUED in the database, is enqueued
-// again by the reconciler.
+// settleStolen does for a stolen task whose handler returned err what Asynq does for the tasks it
+// hands out. A step that failed for good: its task goes back to its queue marked failed
+// (StepPayload.Failed), and the worker that gets it fails it at once, so Asynq archives it with the
+// error and counts it failed. Any other error: the task goes back to its queue after retryDelay.
+// When that fails the step, still QUEUED in the database, is enqueued again by the reconciler.
 func (r *Runner) settleStolen(ctx context.Context, g dispatch.Ring, t *asynq.Task, err error) {
 	ctx = context.WithoutCancel(ctx)
-	now := r.cfg.Now()
+	back := store.OutboxTask{TaskID: g.ID, Queue: g.Queue, TypeName: g.Type, Payload: g.Payload}
 	if errors.Is(err, asynq.SkipRetry) {
-		// Scheduled far off, then archived at once: only the queue's record of the failure.
-		at := now.Add(stolenTimeout)
-		if qerr := dispatch.Enqueue(ctx, r.queue, store.OutboxTask{TaskID: g.ID, Queue: g.Queue, TypeName: g.Type, Payload: g.Payload, ProcessAt: &at}); qerr != nil {
-			r.cfg.Logger.Warn("archive the task of a failed step", "task_id", g.ID, "err", qerr)
-			return
+		p, perr := task.ParseStepPayload(g.Payload)
+		if perr != nil || p.Failed != "" {
+			return // malformed (logged by run), or marked already
 		}
-		if aerr := r.insp.ArchiveTask(g.Queue, g.ID); aerr != nil {
-			r.cfg.Logger.Warn("archive the task of a failed step", "task_id", g.ID, "err", aerr)
-		}
-		return
+		p.Failed = strings.TrimPrefix(err.Error(), asynq.SkipRetry.Error()+": ")
+		back.Payload = p.Marshal()
+	} else {
+		at := r.cfg.Now().Add(retryDelay(0, err, t))
+		back.ProcessAt = &at
 	}
-	at := now.Add(retryDelay(0, err, t))
-	if qerr := dispatch.Enqueue(ctx, r.queue, store.OutboxTask{TaskID: g.ID, Queue: g.Queue, TypeName: g.Type, Payload: g.Payload, ProcessAt: &at}); qerr != nil {
-		r.cfg.Logger.Warn("put back a step task; the reconciler enqueues it again", "task_id", g.ID, "err", qerr)
+	if qerr := dispatch.Enqueue(ctx, r.queue, back); qerr != nil {
+		r.cfg.Logger.Warn("put back the task of a step the bell ran", "task_id", g.ID, "err", qerr)
 	}
 }

@@ -86,7 +86,7 @@ func TestBellKeepsConcurrency(t *testing.T) {
 }
 
 // TestBellFailedStepArchived: the task of a step that a worker took through the bell and that failed
-// for good ends archived, as Asynq leaves the tasks it hands out.
+// for good ends archived with its error and counted failed, as Asynq leaves the tasks it hands out.
 func TestBellFailedStepArchived(t *testing.T) {
 	t.Parallel()
 	p := newProvider(t, 0, func(int, int, http.Header) int { return http.StatusBadRequest })
@@ -95,9 +95,25 @@ func TestBellFailedStepArchived(t *testing.T) {
 	ids := c.create("fails", 1)
 	testinfra.Eventually(t, 20*time.Second, func() bool { return c.job(ids[0]).Job.Status == store.JobFailed }, "the job failed")
 	insp := asynq.NewInspectorFromRedisClient(c.rdb)
-	testinfra.Eventually(t, 10*time.Second, func() bool {
+	var last string
+	testinfra.Eventually(t, 30*time.Second, func() bool {
 		info, err := insp.GetQueueInfo(registry.DefaultQueue)
-		return err == nil && info.Archived == 1 && info.Pending+info.Active+info.Scheduled == 0
+		if err != nil {
+			return false
+		}
+		if now := fmt.Sprintf("pending %d active %d scheduled %d retry %d archived %d", info.Pending, info.Active, info.Scheduled, info.Retry, info.Archived); now != last {
+			t.Log(now)
+			last = now
+		}
+		return info.Archived == 1 && info.Pending+info.Active+info.Scheduled == 0
 	}, "the step's task is archived")
 	require.Equal(t, int64(1), runner.Stolen(c.runners[0]))
+	archived, err := insp.ListArchivedTasks(registry.DefaultQueue)
+	require.NoError(t, err)
+	require.Len(t, archived, 1)
+	require.Contains(t, archived[0].LastErr, "step call failed", "archived with the step's error")
+	require.NotContains(t, archived[0].LastErr, "skip retry for the task: skip retry", "the error once")
+	info, err := insp.GetQueueInfo(registry.DefaultQueue)
+	require.NoError(t, err)
+	require.Equal(t, 1, info.FailedTotal, "counted failed, as Asynq counts the tasks it hands out")
 }

@@ -78,6 +78,9 @@ func (r *Runner) run(ctx context.Context, src source, t *asynq.Task) error {
 		r.cfg.Logger.Error("drop malformed step task", "err", err)
 		return fmt.Errorf("%w: %w", asynq.SkipRetry, err)
 	}
+	if p.Failed != "" {
+		return fmt.Errorf("%w: %s", asynq.SkipRetry, p.Failed) // see settleStolen
+	}
 	r.wg.Add(1)
 	defer r.wg.Done()
 	log := r.cfg.Logger.With("job_id", p.JobID, "step", p.Step, "run", p.Run, "attempt", p.Attempt)

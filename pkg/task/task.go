@@ -32,6 +32,10 @@ type StepPayload struct {
 	// copies of a waiting step's task so the step keeps its place among its tenant's waiting steps.
 	// Zero until the step first waits.
 	Since int64 `json:"since,omitempty"`
+	// Failed is set on the task of a step that a worker took through the bell and that failed for
+	// good: the worker that gets it fails it at once with this message, so Asynq archives it with
+	// its error, as it does the tasks it hands out. Empty otherwise.
+	Failed string `json:"failed,omitempty"`
 }
 
 // Marshal encodes the payload.
