@@ -49,7 +49,7 @@ const (
 var pgGroupUpdate = `WITH jv AS (
 	SELECT id, exp_version, status, input, input_version, output, error, last_seq, stuck_at, stuck_reason, updated_at,
 		started_at, finished_at, n_steps
-	FROM jsonb_to_recordset($1::jsonb) AS jv(id uuid, exp_version bigint, status text, input jsonb,
+	FROM json_to_recordset($1::json) AS jv(id uuid, exp_version bigint, status text, input jsonb,
 		input_version int, output jsonb, error text, last_seq bigint, stuck_at timestamptz, stuck_reason text,
 		updated_at timestamptz, started_at timestamptz, finished_at timestamptz, n_steps int)),
 jb AS (
@@ -60,7 +60,7 @@ jb AS (
 	RETURNING j.id),
 st AS (
 	` + stepUpdate + `
-	FROM jsonb_to_recordset($2::jsonb) AS v(job_id uuid, ` + stepColumns + `)
+	FROM json_to_recordset($2::json) AS v(job_id uuid, ` + stepColumns + `)
 	WHERE s.job_id = v.job_id AND s.name = v.name AND s.status = v.exp_status AND s.run = v.exp_run
 		AND s.attempts = v.exp_attempts AND v.job_id IN (SELECT id FROM jb)
 	RETURNING 1)` + pgGroupTail + `
@@ -72,7 +72,7 @@ SELECT (SELECT coalesce(string_agg(id::text, ','), '') FROM jb),
 var pgGroupCreate = `WITH v AS (
 	SELECT id, feature_name, status, input, input_version, output, error, last_seq, stuck_at, stuck_reason, created_at,
 		updated_at, started_at, finished_at, tenant, webhook_url
-	FROM jsonb_to_recordset($1::jsonb) AS v(id uuid, feature_name text, status text, input jsonb,
+	FROM json_to_recordset($1::json) AS v(id uuid, feature_name text, status text, input jsonb,
 		input_version int, output jsonb, error text, last_seq bigint, stuck_at timestamptz, stuck_reason text,
 		created_at timestamptz, updated_at timestamptz, started_at timestamptz, finished_at timestamptz,
 		tenant text, webhook_url text)),
@@ -90,7 +90,7 @@ st AS (
 	SELECT x.job_id, x.name, x.position, x.service, x.queue, x.needs, x.status, x.run, x.attempts, x.lost, x.lease_owner,
 		x.lease_expires_at, x.next_attempt_at, x.output, x.error, x.error_class, x.created_at, x.updated_at,
 		x.started_at, x.finished_at
-	FROM jsonb_to_recordset($2::jsonb) AS x(job_id uuid, name text, position int, service text, queue text, needs jsonb,
+	FROM json_to_recordset($2::json) AS x(job_id uuid, name text, position int, service text, queue text, needs jsonb,
 		status text, run int, attempts int, lost int, lease_owner text, lease_expires_at timestamptz,
 		next_attempt_at timestamptz, output jsonb, error text, error_class text, created_at timestamptz,
 		updated_at timestamptz, started_at timestamptz, finished_at timestamptz)
@@ -293,7 +293,7 @@ func (g *groupCommitter) commit(group []*pendingChange) {
 // for a create, store.ErrDuplicate when its job exists. The error is the statement's own (a step's
 // conflict: cao_conflict's error, with nothing written).
 func (p postgresHot) applyGroup(ctx context.Context, changes []*store.Change) ([]error, error) {
-	// Empty lists, never nil: a nil slice is JSON null, which jsonb_to_recordset refuses.
+	// Empty lists, never nil: a nil slice is JSON null, which json_to_recordset refuses.
 	jobs := make([]pgJobIn, 0, len(changes))
 	all := changeRows{steps: []pgStep{}, attempts: []pgAttemptIn{}, inputs: []pgInputIn{}, events: []pgEventIn{}, outbox: []pgOutboxIn{}}
 	n := 0

@@ -162,7 +162,7 @@ var pgApplyUpdateWebhooks = strings.Replace(pgApplyUpdate, "\nSELECT (SELECT ver
 wh AS (
 	INSERT INTO webhook_deliveries (id, job_id, url, type, payload, next_attempt_at, created_at)
 	SELECT w.id, $1, w.url, w.type, w.payload, w.next_attempt_at, w.created_at
-	FROM jsonb_to_recordset($20::jsonb) AS w(id uuid, url text, type text, payload text,
+	FROM json_to_recordset($20::json) AS w(id uuid, url text, type text, payload text,
 		next_attempt_at timestamptz, created_at timestamptz)
 	WHERE EXISTS (SELECT 1 FROM jb)
 	RETURNING 1)
