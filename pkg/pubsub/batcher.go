@@ -8,17 +8,18 @@ import "sync"
 // runs on a goroutine of its own, started when items are waiting and none is running, so Add never
 // blocks. The zero value is not usable: use NewBatcher.
 type Batcher[T any] struct {
-	send func([]T)
-	max  int
+	send  func([]T)
+	limit int
 
 	mu      sync.Mutex
 	queue   []T
 	running bool
 }
 
-// NewBatcher returns a batcher that calls send with up to max items at a time (max <= 0: no bound).
-func NewBatcher[T any](max int, send func([]T)) *Batcher[T] {
-	return &Batcher[T]{send: send, max: max}
+// NewBatcher returns a batcher that calls send with up to limit items at a time (limit <= 0: no
+// bound).
+func NewBatcher[T any](limit int, send func([]T)) *Batcher[T] {
+	return &Batcher[T]{send: send, limit: limit}
 }
 
 // Add queues items for the next send.
@@ -41,8 +42,8 @@ func (b *Batcher[T]) loop() {
 	for {
 		b.mu.Lock()
 		n := len(b.queue)
-		if b.max > 0 {
-			n = min(n, b.max)
+		if b.limit > 0 {
+			n = min(n, b.limit)
 		}
 		if n == 0 {
 			b.queue = nil

@@ -152,13 +152,13 @@ type deferredRings struct {
 	rings []dispatch.Ring
 }
 
-// push adds g, dropping the oldest ring beyond max.
-func (d *deferredRings) push(g dispatch.Ring, max int) {
+// push adds g, dropping the oldest ring beyond limit.
+func (d *deferredRings) push(g dispatch.Ring, limit int) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.rings = append(d.rings, g)
-	if n := len(d.rings); n > max {
-		d.rings = slices.Delete(d.rings, 0, n-max)
+	if n := len(d.rings); n > limit {
+		d.rings = slices.Delete(d.rings, 0, n-limit)
 	}
 }
 
