@@ -25,6 +25,9 @@ import (
 // ringMaxAge is the age past which a ring is not answered: its task has been handed out by a poll.
 const ringMaxAge = time.Second
 
+// maxMissed is how many rings in a row whose tasks were gone make a handler forget the deferred rings.
+const maxMissed = 3
+
 // maxDeferred bounds the rings that wait for a free handler; past it the oldest are dropped (their
 // tasks wait for a poll).
 const maxDeferred = 256
@@ -97,11 +100,19 @@ func (r *Runner) answer(g dispatch.Ring) {
 }
 
 // serveRings runs, on a handler it holds, the task of ring g and then those of the deferred rings,
-// oldest first, while their tasks are pending; then it frees the handler.
+// oldest first, while their tasks are pending; then it frees the handler. After maxMissed rings in a
+// row whose tasks were gone (an Asynq server or another worker took them: the queue is being served),
+// it forgets the deferred rings instead of trying each one.
 func (r *Runner) serveRings(g dispatch.Ring) {
 	defer r.wg.Done()
+	missed := 0
 	for {
-		r.takeAndRun(g)
+		if r.takeAndRun(g) {
+			missed = 0
+		} else if missed++; missed == maxMissed {
+			r.deferred.clear()
+			break
+		}
 		next, ok := r.deferred.pop(r.cfg.Now())
 		if !ok || r.admitCtx.Err() != nil {
 			break
@@ -123,27 +134,29 @@ func (r *Runner) freeSlot() {
 	r.slots.release()
 }
 
-// takeAndRun takes the task of ring g out of its queue if it is still pending, and runs it.
-func (r *Runner) takeAndRun(g dispatch.Ring) {
+// takeAndRun takes the task of ring g out of its queue if it is still pending, and runs it. It
+// reports whether it took the task.
+func (r *Runner) takeAndRun(g dispatch.Ring) bool {
 	ctx, cancel := context.WithTimeout(r.runCtx, stolenTimeout)
 	defer cancel()
 	if len(g.Payload) == 0 {
 		// Only its id: read the task while it waits in its queue.
 		info, err := r.insp.GetTaskInfo(g.Queue, g.ID)
 		if err != nil || info.State != asynq.TaskStatePending || info.Type != task.TypeStep {
-			return
+			return false
 		}
 		g.Type, g.Payload = info.Type, info.Payload
 	}
 	taken, err := dispatch.Steal(ctx, r.rdb, g.Queue, g.ID)
 	if err != nil || !taken {
-		return // handed out already (or Redis failed: the poll finds it)
+		return false // handed out already (or Redis failed: the poll finds it)
 	}
 	r.stolen.Add(1)
 	t := asynq.NewTask(g.Type, g.Payload)
 	if err := r.run(ctx, source{id: g.ID, queue: g.Queue}, t); err != nil {
 		r.settleStolen(ctx, g, t, err)
 	}
+	return true
 }
 
 // deferredRings are the rings a worker could not answer for want of a free handler, oldest first.
@@ -160,6 +173,13 @@ func (d *deferredRings) push(g dispatch.Ring, limit int) {
 	if n := len(d.rings); n > limit {
 		d.rings = slices.Delete(d.rings, 0, n-limit)
 	}
+}
+
+// clear forgets every ring.
+func (d *deferredRings) clear() {
+	d.mu.Lock()
+	d.rings = nil
+	d.mu.Unlock()
 }
 
 // pop removes and returns the oldest ring younger than ringMaxAge at now, dropping older ones.
