@@ -23,6 +23,15 @@ func TestPayloadRoundTrip(t *testing.T) {
 	old, err := task.ParseStepPayload([]byte(`{"job_id":"j","step":"s","run":1,"attempt":1}`))
 	require.NoError(t, err)
 	require.Empty(t, old.Feature)
+	require.NotContains(t, string(p.Marshal()), "failed", "only the task of a step the bell ran that failed carries it")
+
+	// The task of a step the bell ran and that failed for good goes back marked with its error, the
+	// same id: it names the same step, run and attempt.
+	p.Failed = "step draft failed (http_status, not retryable): HTTP 400"
+	marked, err := task.ParseStepPayload(p.Marshal())
+	require.NoError(t, err)
+	require.Equal(t, p, marked)
+	require.Equal(t, "step:6f1c0c3e-0000-4000-8000-000000000001:2:3:draft", marked.TaskID())
 
 	for _, bad := range []string{`{`, `{}`, `{"job_id":"j","step":"s","run":0,"attempt":1}`, `{"job_id":"j","step":"","run":1,"attempt":1}`} {
 		_, err := task.ParseStepPayload([]byte(bad))
