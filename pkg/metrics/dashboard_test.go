@@ -62,6 +62,7 @@ func TestGrafanaDashboard(t *testing.T) {
 	m.ObserveAttempt("llm", orchestrator.Outcome{}, 0)
 	m.ObserveWait("llm", runner.WaitSlot, 0)
 	m.Busy.WithLabelValues("llm").Inc()
+	m.StepTasks.WithLabelValues(runner.ViaBell).Inc()
 	m.QueueDepth.WithLabelValues("default", "pending").Set(0)
 	m.RateLimited.WithLabelValues("api").Inc()
 	mfs, err := m.Registry.Gather()

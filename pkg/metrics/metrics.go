@@ -23,6 +23,7 @@ type Metrics struct {
 	AttemptTime   *prometheus.HistogramVec // service
 	StepWait      *prometheus.HistogramVec // service, reason: slot or rate_budget
 	Busy          *prometheus.CounterVec   // service
+	StepTasks     *prometheus.CounterVec   // via: bell or poll (runner.ViaBell, runner.ViaPoll)
 	QueueDepth    *prometheus.GaugeVec     // queue, state: set by a QueueSampler
 	WSClients     prometheus.Gauge
 	WSSlowClosed  prometheus.Counter
@@ -64,6 +65,10 @@ func New(outbox func() float64) *Metrics {
 		Busy: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cao_service_busy_total", Help: "Steps requeued because their service was at max_concurrency or out of rate budget.",
 		}, []string{"service"}),
+		StepTasks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cao_step_tasks_total",
+			Help: "Step tasks a worker took, by how: bell (taken from its queue as soon as it was dispatched) or poll (handed out by the worker's look at its queues).",
+		}, []string{"via"}),
 		QueueDepth: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "cao_queue_depth",
 			Help: "Tasks in each Asynq queue by state (pending, active, scheduled, retry, archived), sampled in the background; every process reports the same values.",
@@ -78,7 +83,7 @@ func New(outbox func() float64) *Metrics {
 			Name: "cao_http_rate_limited_total", Help: "Requests answered 429 because a tenant was over a limit, by limit.",
 		}, []string{"limit"}),
 	}
-	reg.MustRegister(m.JobsCreated, m.JobsFinished, m.JobDuration, m.Attempts, m.AttemptTime, m.StepWait, m.Busy,
+	reg.MustRegister(m.JobsCreated, m.JobsFinished, m.JobDuration, m.Attempts, m.AttemptTime, m.StepWait, m.Busy, m.StepTasks,
 		m.QueueDepth, m.WSClients, m.WSSlowClosed, m.RateLimited)
 	if outbox != nil {
 		m.OutboxPending = prometheus.NewGaugeFunc(prometheus.GaugeOpts{

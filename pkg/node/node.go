@@ -186,6 +186,9 @@ func (n *Node) NewRunner(cfg runner.Config) *runner.Runner {
 	if cfg.Hooks.OnBusy == nil {
 		cfg.Hooks.OnBusy = func(service string) { n.Metrics.Busy.WithLabelValues(service).Inc() }
 	}
+	if cfg.Hooks.OnTask == nil {
+		cfg.Hooks.OnTask = func(via string) { n.Metrics.StepTasks.WithLabelValues(via).Inc() }
+	}
 	if cfg.Hooks.OnWait == nil {
 		cfg.Hooks.OnWait = n.Metrics.ObserveWait
 	}

@@ -22,6 +22,12 @@ import (
 // takes it) and runs it as Asynq would have. Asynq and the bell share the worker's handlers
 // (slots), so the worker never runs more than Config.Concurrency steps.
 
+// How a handler got its task (Hooks.OnTask): the bell, or Asynq's poll of its queues.
+const (
+	ViaBell = "bell"
+	ViaPoll = "poll"
+)
+
 // ringMaxAge is the age past which a ring is not answered: its task has been handed out by a poll.
 const ringMaxAge = time.Second
 
@@ -152,6 +158,9 @@ func (r *Runner) takeAndRun(g dispatch.Ring) bool {
 		return false // handed out already (or Redis failed: the poll finds it)
 	}
 	r.stolen.Add(1)
+	if r.cfg.Hooks.OnTask != nil {
+		r.cfg.Hooks.OnTask(ViaBell)
+	}
 	t := asynq.NewTask(g.Type, g.Payload)
 	if err := r.run(ctx, source{id: g.ID, queue: g.Queue}, t); err != nil {
 		r.settleStolen(ctx, g, t, err)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
 	"github.com/cao-run/cao/pkg/registry"
@@ -58,6 +59,12 @@ func TestBellStartsStepsAtOnce(t *testing.T) {
 		stolen += runner.Stolen(r)
 	}
 	require.Equal(t, int64(len(ids)), stolen, "every job's first task was taken through the bell")
+	var viaBell, viaPoll float64
+	for _, n := range c.nodes {
+		viaBell += testutil.ToFloat64(n.Metrics.StepTasks.WithLabelValues(runner.ViaBell))
+		viaPoll += testutil.ToFloat64(n.Metrics.StepTasks.WithLabelValues(runner.ViaPoll))
+	}
+	require.Equal(t, []float64{float64(len(ids)), 0}, []float64{viaBell, viaPoll}, "cao_step_tasks_total{via}")
 
 	info, err := asynq.NewInspectorFromRedisClient(c.rdb).GetQueueInfo(registry.DefaultQueue)
 	require.NoError(t, err)

@@ -61,6 +61,9 @@ type source struct{ id, queue string }
 func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	r.wg.Add(1) // held until the handler is freed (freeSlot may hand it to a deferred ring)
 	defer r.wg.Done()
+	if r.cfg.Hooks.OnTask != nil {
+		r.cfg.Hooks.OnTask(ViaPoll)
+	}
 	src := source{}
 	src.id, _ = asynq.GetTaskID(ctx)
 	src.queue, _ = asynq.GetQueueName(ctx)

@@ -82,6 +82,8 @@ type Hooks struct {
 	OnBusy func(service string)
 	// OnAttempt is called after an attempt finished, with its outcome.
 	OnAttempt func(service string, out orchestrator.Outcome, d time.Duration)
+	// OnTask is called when a handler takes a step task, with how it got it: ViaBell or ViaPoll.
+	OnTask func(via string)
 	// OnWait is called when a step was admitted to its service, with how long it waited in this
 	// worker for a slot (reason WaitSlot, services with max_concurrency), for a slot of its key
 	// value (reason WaitKey, with concurrency_key) and for its budgets (reason WaitRateBudget,
