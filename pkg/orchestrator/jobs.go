@@ -298,13 +298,14 @@ type ResumeRequest struct {
 }
 
 // Resume re-runs the job's failed, skipped, cancelled and stuck steps (and, with FromStep, that step
-// and its downstream steps) in a new run each; SUCCEEDED steps outside that set are kept.
-// A job outside scope is ErrJobNotFound.
+// and its downstream steps) in a new run each; SUCCEEDED steps outside that set are kept. It returns
+// the job and its steps as the resume left them (no attempts). A job outside scope is
+// ErrJobNotFound.
 func (o *Orchestrator) Resume(ctx context.Context, scope store.Scope, id string, req ResumeRequest) (*JobView, error) {
 	if _, err := o.Job(ctx, scope, id); err != nil {
 		return nil, err
 	}
-	err := o.withJob(ctx, id, func(u *unit) error {
+	sn, err := o.withJobFrom(ctx, id, nil, func(u *unit) error {
 		if u.feature == nil {
 			return fmt.Errorf("%w: %q is no longer registered", ErrFeatureNotFound, u.job.FeatureName)
 		}
@@ -358,7 +359,12 @@ func (o *Orchestrator) Resume(ctx context.Context, scope store.Scope, id string,
 	if err != nil {
 		return nil, err
 	}
-	return o.GetJob(ctx, scope, id)
+	// The job as the resume left it, as CreateJob answers: a worker may have started a step since
+	// (the bell starts one within milliseconds), and the answer reports what the resume did.
+	if sn == nil {
+		return o.GetJob(ctx, scope, id)
+	}
+	return &JobView{Job: sn.job, Steps: sn.steps}, nil
 }
 
 // Cancel ends a job: waiting and running steps become CANCELLED (running calls are cancelled by their

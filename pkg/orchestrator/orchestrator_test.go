@@ -358,8 +358,17 @@ func TestResume(t *testing.T) {
 		require.Equal(t, store.StepStatus(store.JobFailed), stepStatus(t, b, id)["$job"])
 
 		// Resume re-runs b (failed) and d (skipped) in run 2; a and c are kept.
-		_, err := b.orch.Resume(ctx, store.AllTenants, id, orchestrator.ResumeRequest{Input: json.RawMessage(`{"name":"y"}`)})
+		resumed, err := b.orch.Resume(ctx, store.AllTenants, id, orchestrator.ResumeRequest{Input: json.RawMessage(`{"name":"y"}`)})
 		require.NoError(t, err)
+		// The answer is the job as the resume left it (the contract's PENDING), not a read made after
+		// the dispatch, which a worker answering the bell may already have changed.
+		require.Equal(t, store.JobPending, resumed.Job.Status)
+		for _, s := range resumed.Steps {
+			if s.Name == "b" {
+				require.Equal(t, store.StepQueued, s.Status)
+				require.Equal(t, 2, s.Run)
+			}
+		}
 		got, _ := b.orch.GetJob(ctx, store.AllTenants, id)
 		runs := map[string]int{}
 		for _, s := range got.Steps {
