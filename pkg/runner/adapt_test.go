@@ -87,12 +87,11 @@ func (p *provider) snapshot() []providerCall {
 // cluster is a deployment in the test process: nodes over one Postgres schema and one Redis
 // database, each running a worker.
 type cluster struct {
-	t       *testing.T
-	ctx     context.Context
-	reg     *registry.Registry
-	nodes   []*node.Node
-	runners []*runner.Runner
-	rdb     *redis.Client
+	t     *testing.T
+	ctx   context.Context
+	reg   *registry.Registry
+	nodes []*node.Node
+	rdb   *redis.Client
 }
 
 func startCluster(t *testing.T, registryYAML string, workers int) *cluster {
@@ -126,7 +125,6 @@ func startClusterWith(t *testing.T, registryYAML string, workers int, tune func(
 		}
 		r := n.NewRunner(rc)
 		require.NoError(t, r.Start(c.ctx))
-		c.runners = append(c.runners, r)
 		t.Cleanup(func() {
 			sctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()

@@ -157,7 +157,6 @@ func (r *Runner) takeAndRun(g dispatch.Ring) bool {
 	if err != nil || !taken {
 		return false // handed out already (or Redis failed: the poll finds it)
 	}
-	r.stolen.Add(1)
 	if r.cfg.Hooks.OnTask != nil {
 		r.cfg.Hooks.OnTask(ViaBell)
 	}

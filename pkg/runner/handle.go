@@ -74,7 +74,8 @@ func (r *Runner) handle(ctx context.Context, t *asynq.Task) error {
 	return r.run(ctx, src, t)
 }
 
-// run runs the step of task t (from src), for Asynq (handle) or for the bell (answer): see handle.
+// run runs the step of task t (from src), for Asynq (handle) or for the bell (serveRings): see
+// handle. Both callers hold r.wg for it.
 func (r *Runner) run(ctx context.Context, src source, t *asynq.Task) error {
 	p, err := task.ParseStepPayload(t.Payload())
 	if err != nil {
@@ -84,8 +85,6 @@ func (r *Runner) run(ctx context.Context, src source, t *asynq.Task) error {
 	if p.Failed != "" {
 		return fmt.Errorf("%w: %s", asynq.SkipRetry, p.Failed) // see settleStolen
 	}
-	r.wg.Add(1)
-	defer r.wg.Done()
 	log := r.cfg.Logger.With("job_id", p.JobID, "step", p.Step, "run", p.Run, "attempt", p.Attempt)
 
 	if r.admitCtx.Err() != nil {

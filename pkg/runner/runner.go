@@ -11,7 +11,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -159,7 +158,6 @@ type Runner struct {
 
 	slots    slots         // the handlers, shared by Asynq and the bell
 	deferred deferredRings // rings waiting for a free handler
-	stolen   atomic.Int64  // tasks taken from their queue for the bell
 
 	mu        sync.Mutex
 	srv       *asynq.Server
