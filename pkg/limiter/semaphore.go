@@ -174,8 +174,10 @@ redis.call('PEXPIRE', KEYS[1], fmt(tonumber(last[2]) - now))
 return {1, fmt(newexp)}
 `)
 
-// releaseScript removes one lease and names the waiters that may now take a free slot: the first
-// (limit - slots in use) of the queue. KEYS: holders, waiters. ARGV: lease ID, limit.
+// releaseScript removes one lease and wakes the waiters that may now take a free slot, the first
+// (limit - slots in use) of the queue: it publishes their IDs on the wake channel (parseWake)
+// before it answers, so the wake-up does not wait for the releaser's next round trip. KEYS:
+// holders, waiters. ARGV: lease ID, limit, wake channel, semaphore name.
 // Reply: {1 if the lease was still held else 0, waiter IDs...}.
 var releaseScript = redis.NewScript(luaNow + `
 local exp = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -188,6 +190,9 @@ local free = tonumber(ARGV[2]) - redis.call('ZCOUNT', KEYS[1], '(' .. fmt(now), 
 local reply = {held}
 if free > 0 then
   local ids = redis.call('ZRANGE', KEYS[2], 0, free - 1)
+  if #ids > 0 then
+    redis.call('PUBLISH', ARGV[3], ARGV[4] .. '\n' .. table.concat(ids, '\n'))
+  end
   for i = 1, #ids do reply[#reply + 1] = ids[i] end
 end
 return reply
@@ -268,22 +273,13 @@ func (s *Semaphore) Release(ctx context.Context, l Lease) error {
 		return nil
 	}
 	k := s.keys(l.Name)
-	res, err := releaseScript.Run(ctx, s.rdb, []string{k.holders, k.waiters}, l.ID, max(l.limit, 1)).Slice()
+	// The wake-up is best effort: a waiter that misses it finds the slot at its next poll.
+	res, err := releaseScript.Run(ctx, s.rdb, []string{k.holders, k.waiters}, l.ID, max(l.limit, 1), s.wake, l.Name).Slice()
 	if err != nil {
 		return fmt.Errorf("limiter: release %q: %w", l.Name, err)
 	}
 	if len(res) == 0 {
 		return fmt.Errorf("limiter: release %q: empty script reply", l.Name)
-	}
-	if len(res) > 1 {
-		wids := make([]string, 0, len(res)-1)
-		for _, v := range res[1:] {
-			if wid, ok := v.(string); ok && wid != "" {
-				wids = append(wids, wid)
-			}
-		}
-		// Best effort: a waiter that misses it finds the slot at its next poll.
-		_ = s.rdb.Publish(ctx, s.wake, wakeMessage(l.Name, wids)).Err()
 	}
 	if held, _ := res[0].(int64); held != 1 {
 		return fmt.Errorf("limiter: release %q lease %s: %w", l.Name, l.ID, ErrLeaseLost)

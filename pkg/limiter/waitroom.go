@@ -268,11 +268,8 @@ func (w *WaitRoom) leave(wid string) {
 	delete(w.waiters, wid)
 }
 
-// wakeMessage is the payload Release publishes: the semaphore name and the waiters to wake, a line each.
-func wakeMessage(name string, waiterIDs []string) string {
-	return name + "\n" + strings.Join(waiterIDs, "\n")
-}
-
+// parseWake reads the payload Release publishes (releaseScript): the semaphore name and the waiters
+// to wake, a line each.
 func parseWake(s string) (name string, waiterIDs []string, ok bool) {
 	name, rest, ok := strings.Cut(s, "\n")
 	if !ok {
