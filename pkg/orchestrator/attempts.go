@@ -129,7 +129,17 @@ type Attempt struct {
 // attempt number from the task, so a duplicate delivery cannot start it twice (ErrStale). It returns
 // everything the call needs (input, upstream outputs) from the same read.
 func (o *Orchestrator) StartAttempt(ctx context.Context, t *Target, workerID string) (*Attempt, error) {
-	return o.StartAttemptFrom(ctx, t, workerID, nil)
+	return o.StartAttemptFrom(ctx, t, workerID, Claim{})
+}
+
+// Claim is how StartAttemptFrom claims a step.
+type Claim struct {
+	// From is the step's job as Read read it while the step waited for a slot; nil: the claim reads
+	// the job itself.
+	From *Snapshot
+	// Holding is set when the worker holds a slot of the step's service while it claims: the slot is
+	// idle until the call leaves, so the claim is written at once (store.Change.Urgent).
+	Holding bool
 }
 
 // Snapshot is a step's job as Read read it, for StartAttemptFrom.
@@ -162,25 +172,26 @@ func (s *Snapshot) quiet(name string) bool {
 	return true
 }
 
-// StartAttemptFrom is StartAttempt starting from snapshot from (Read) when it is quiet, instead of
-// reading the job: the claim is then one statement. The claim is a compare-and-set on the job's
-// version, so a snapshot the job moved on from is refused and the job read again; a snapshot in
-// which the step does not wait for the attempt is not trusted either (read again).
-func (o *Orchestrator) StartAttemptFrom(ctx context.Context, t *Target, workerID string, from *Snapshot) (*Attempt, error) {
-	if from.quiet(t.Payload.Step) {
-		a, err := o.startAttempt(ctx, t, workerID, from.snap)
+// StartAttemptFrom is StartAttempt as c says: starting from snapshot c.From (Read) when it is quiet,
+// instead of reading the job, so that the claim is one statement. The claim is a compare-and-set on
+// the job's version, so a snapshot the job moved on from is refused and the job read again; a
+// snapshot in which the step does not wait for the attempt is not trusted either (read again).
+func (o *Orchestrator) StartAttemptFrom(ctx context.Context, t *Target, workerID string, c Claim) (*Attempt, error) {
+	if c.From.quiet(t.Payload.Step) {
+		a, err := o.startAttempt(ctx, t, workerID, c.From.snap, c.Holding)
 		if !errors.Is(err, ErrStale) {
 			return a, err
 		}
 	}
-	return o.startAttempt(ctx, t, workerID, nil)
+	return o.startAttempt(ctx, t, workerID, nil, c.Holding)
 }
 
-func (o *Orchestrator) startAttempt(ctx context.Context, t *Target, workerID string, from *snapshot) (*Attempt, error) {
+func (o *Orchestrator) startAttempt(ctx context.Context, t *Target, workerID string, from *snapshot, holding bool) (*Attempt, error) {
 	var a *Attempt
 	p := t.Payload
 	snap, err := o.withJobFrom(ctx, p.JobID, from, func(u *unit) error {
 		a = nil
+		u.urgent = holding
 		s := u.byName[p.Step]
 		if u.job.Status.Terminal() || s == nil || !waitsFor(s, p) {
 			return ErrStale

@@ -215,7 +215,7 @@ func TestStartAttemptFromSnapshot(t *testing.T) {
 		snap, err := orch.Read(ctx, tg)
 		require.NoError(t, err)
 		before := rt.Count()
-		a, err := orch.StartAttemptFrom(ctx, tg, "w1", snap)
+		a, err := orch.StartAttemptFrom(ctx, tg, "w1", orchestrator.Claim{From: snap})
 		require.NoError(t, err)
 		if i == 1 {
 			require.EqualValues(t, 1, rt.Count()-before, "round trips of a claim from a quiet snapshot")
@@ -230,7 +230,7 @@ func TestStartAttemptFromSnapshot(t *testing.T) {
 	require.NoError(t, err)
 	_, err = orch.Cancel(ctx, store.AllTenants, tg.Payload.JobID)
 	require.NoError(t, err)
-	_, err = orch.StartAttemptFrom(ctx, tg, "w1", snap)
+	_, err = orch.StartAttemptFrom(ctx, tg, "w1", orchestrator.Claim{From: snap})
 	require.ErrorIs(t, err, orchestrator.ErrStale)
 	got, err := orch.GetJob(ctx, store.AllTenants, tg.Payload.JobID)
 	require.NoError(t, err)
@@ -245,7 +245,7 @@ func TestStartAttemptFromSnapshot(t *testing.T) {
 	require.NoError(t, err)
 	a, err := orch.StartAttempt(ctx, tg, "w2")
 	require.NoError(t, err)
-	_, err = orch.StartAttemptFrom(ctx, tg, "w1", snap)
+	_, err = orch.StartAttemptFrom(ctx, tg, "w1", orchestrator.Claim{From: snap})
 	require.ErrorIs(t, err, orchestrator.ErrStale)
 	require.NoError(t, orch.FinishAttempt(ctx, a, orchestrator.Outcome{Output: json.RawMessage(`{"ok": true}`)}))
 }

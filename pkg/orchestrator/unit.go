@@ -35,6 +35,7 @@ type unit struct {
 	inputs   []store.JobInput
 	illegal  error // the first illegal status move fn made (see moves.go)
 	ended    bool  // fn made the job terminal: the change carries its completion webhook
+	urgent   bool  // a slot waits for the change (store.Change.Urgent)
 }
 
 // maxApplyRuns bounds how often withJob computes a change again after it lost a race: many steps of
@@ -146,7 +147,7 @@ func (o *Orchestrator) afterCommit(ctx context.Context, u *unit) {
 		// Committed: dispatching must not be skipped because the request was cancelled.
 		o.dispatch.Dispatch(context.WithoutCancel(ctx), u.outbox)
 	}
-	o.publish(ctx, u.events)
+	o.publish(u.events)
 	o.observe(ctx, u)
 }
 
@@ -167,6 +168,7 @@ func (u *unit) change() *store.Change {
 	}
 	c := &store.Change{
 		Job: u.job, Version: u.job.Version, Attempts: u.attempts, Inputs: u.inputs, Events: u.events, Outbox: u.outbox,
+		Urgent: u.urgent,
 	}
 	if u.ended && u.job.Status.Terminal() {
 		// The payload is the job as this change leaves it.

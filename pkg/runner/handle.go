@@ -142,7 +142,8 @@ func (r *Runner) run(ctx context.Context, src source, t *asynq.Task) error {
 	defer release()
 
 	stepAt := r.cfg.Now() // the step's lease counts from no later than this
-	a, err := r.orch.StartAttemptFrom(ctx, target, r.cfg.WorkerID, pre.take(ctx))
+	a, err := r.orch.StartAttemptFrom(ctx, target, r.cfg.WorkerID,
+		orchestrator.Claim{From: pre.take(ctx), Holding: len(adm.leases()) > 0})
 	if errors.Is(err, orchestrator.ErrStale) {
 		return nil
 	}

@@ -290,6 +290,11 @@ type Change struct {
 	Outbox []OutboxTask
 	// Webhooks are completion webhooks to deliver (never with Create: a new job is not terminal).
 	Webhooks []WebhookDelivery
+	// Urgent marks a change that something scarce waits for while it is written (a claim made
+	// while its worker holds a slot of a capped service: the slot is idle until the call leaves).
+	// It is written at once by a statement of its own, never queued behind other changes to share
+	// their commit (Postgres's group commit). It writes exactly what it would otherwise.
+	Urgent bool
 	// IdempotencyKey, with Create, binds that stored key of the job's tenant (reserved by
 	// InsertIdempotencyKey and not yet bound) to the new job; ErrConflict, and nothing written, if it
 	// is missing or bound.

@@ -135,9 +135,13 @@ func rawOrNil(raw []byte) json.RawMessage {
 
 // groupable reports whether c may share a statement with other changes: an update without webhook
 // deliveries, or a create without an idempotency key (a key's binding, and the changes that end a
-// job with a webhook, have statements of their own). A group is all creates or all updates.
+// job with a webhook, have statements of their own), unless it is urgent (it would wait for the
+// group being written). A group is all creates or all updates.
 func groupable(c *store.Change) bool {
-	if c.Create {
+	switch {
+	case c.Urgent:
+		return false
+	case c.Create:
 		return c.IdempotencyKey == ""
 	}
 	return len(c.Webhooks) == 0

@@ -294,3 +294,44 @@ func TestGroupCommitStalledCommitter(t *testing.T) {
 	<-first
 	check(errs)
 }
+
+// TestUrgentChangeSkipsTheQueue stalls the group committer on a locked job and checks that an
+// urgent change of another job is written at once by a statement of its own: it is never queued,
+// and no second committer is started for it.
+func TestUrgentChangeSkipsTheQueue(t *testing.T) {
+	t.Parallel()
+	s := openTestPostgres(t)
+	ctx := testinfra.Context(t, time.Minute)
+	changes, check := storetest.ManyJobChanges(t, s, 2)
+	sqlDB, err := s.db.DB()
+	require.NoError(t, err)
+	lock, err := sqlDB.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	_, err = lock.ExecContext(ctx, "SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", changes[0].Job.ID)
+	require.NoError(t, err)
+
+	errs := make([]error, 2)
+	first := make(chan struct{})
+	go func() {
+		defer close(first)
+		errs[0] = s.Apply(ctx, changes[0])
+	}()
+	testinfra.Eventually(t, 10*time.Second, func() bool {
+		var waiting bool
+		err := sqlDB.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'WITH jb AS%')`).Scan(&waiting)
+		return err == nil && waiting
+	}, "the first change waits for the job's row lock")
+	changes[1].Urgent = true
+	errs[1] = s.Apply(ctx, changes[1])
+	require.NoError(t, errs[1], "the urgent change is written while the committer is stalled")
+	g := s.hot.(postgresHot).group
+	g.mu.Lock()
+	running, queued := g.running, len(g.queue)
+	g.mu.Unlock()
+	require.Equal(t, 1, running, "no committer was started for the urgent change")
+	require.Zero(t, queued)
+	require.NoError(t, lock.Rollback())
+	<-first
+	check(errs)
+}
