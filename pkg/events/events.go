@@ -3,7 +3,6 @@
 package events
 
 import (
-	"context"
 	"encoding/json"
 	"time"
 
@@ -67,7 +66,8 @@ func (m Message) Terminal() bool {
 // Publisher sends committed events to every interested process. Publishing is best effort: a lost
 // message is recovered by readers from the event log in the database (they detect the seq gap).
 type Publisher interface {
-	Publish(ctx context.Context, evs []store.Event) error
+	// Post queues the events to be sent after those of earlier calls and returns at once.
+	Post(evs []store.Event)
 }
 
 // encode marshals messages for the pub/sub channel (a JSON array).

@@ -1,8 +1,11 @@
 package events_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -38,7 +41,7 @@ func TestHubFansOutAcrossProcessesByJob(t *testing.T) {
 	a1, a2 := h1.Subscribe("job-a", 16), h2.Subscribe("job-a", 16)
 	b1 := h1.Subscribe("job-b", 16)
 	all := h2.SubscribeAll(16, nil)
-	pub := events.NewRedisPublisher(rdb.Client)
+	pub := events.NewRedisPublisher(rdb.Client, nil)
 	require.NoError(t, pub.Publish(ctx, []store.Event{ev("job-a", 1, store.EventStep, "RUNNING"), ev("job-a", 2, store.EventJob, "COMPLETED")}))
 	require.NoError(t, pub.Publish(ctx, []store.Event{ev("job-b", 1, store.EventJob, "RUNNING")}))
 
@@ -75,7 +78,7 @@ func TestSlowSubscriberOverflowsWithoutBlockingOthers(t *testing.T) {
 	defer func() { require.NoError(t, h.Stop(context.Background())) }()
 	slow := h.Subscribe("j", 2)
 	fast := h.Subscribe("j", 64)
-	pub := events.NewRedisPublisher(rdb.Client)
+	pub := events.NewRedisPublisher(rdb.Client, nil)
 	var batch []store.Event
 	for i := range 10 {
 		batch = append(batch, ev("j", int64(i+1), store.EventStep, "RUNNING"))
@@ -115,7 +118,7 @@ func TestDeploymentsOnOtherDatabasesShareNoEvents(t *testing.T) {
 		require.NoError(t, hubB.Stop(context.Background()))
 	}()
 	allA, allB := hubA.SubscribeAll(16, nil), hubB.SubscribeAll(16, nil)
-	pubA, pubB := events.NewRedisPublisher(dbA.Client), events.NewRedisPublisher(dbB.Client)
+	pubA, pubB := events.NewRedisPublisher(dbA.Client, nil), events.NewRedisPublisher(dbB.Client, nil)
 	require.Equal(t, hubA.Channel(), pubA.Channel())
 
 	// A publishes; A's own hub receives it (positive control).
@@ -163,7 +166,7 @@ func TestHubStartStopTwice(t *testing.T) {
 	require.NoError(t, h.Stop(ctx), "a hub that never started stops")
 	require.NoError(t, h.Start(ctx))
 	require.NoError(t, h.Start(ctx), "a second Start does nothing")
-	pub := events.NewRedisPublisher(rdb.Client)
+	pub := events.NewRedisPublisher(rdb.Client, nil)
 	sub := h.Subscribe("j", 4)
 	require.NoError(t, pub.Publish(ctx, []store.Event{ev("j", 1, store.EventJob, "RUNNING")}))
 	require.Equal(t, int64(1), next(t, sub).Seq)
@@ -192,7 +195,7 @@ func TestSubscribeAllMatching(t *testing.T) {
 	require.NoError(t, h.Start(ctx))
 	defer func() { require.NoError(t, h.Stop(context.Background())) }()
 	cancels := h.SubscribeAll(16, []byte(`"CANCELLED"`))
-	pub := events.NewRedisPublisher(rdb.Client)
+	pub := events.NewRedisPublisher(rdb.Client, nil)
 	require.NoError(t, pub.Publish(ctx, []store.Event{ev("job-a", 1, store.EventStep, "RUNNING")}))
 	require.NoError(t, pub.Publish(ctx, []store.Event{ev("job-b", 1, store.EventStep, "CANCELLED"), ev("job-b", 2, store.EventJob, "CANCELLED")}))
 	require.NoError(t, pub.Publish(ctx, []store.Event{ev("job-c", 1, store.EventJob, "COMPLETED")}))
@@ -208,4 +211,65 @@ func TestSubscribeAllMatching(t *testing.T) {
 		t.Fatalf("unexpected message %+v", m)
 	default:
 	}
+}
+
+// TestPostKeepsOrderAndFlushWaits checks Post: it returns before its events are sent, the events
+// of many calls reach a subscriber in the order of the calls, and Flush returns once every event
+// posted before it is sent.
+func TestPostKeepsOrderAndFlushWaits(t *testing.T) {
+	t.Parallel()
+	rdb := testinfra.Redis(t)
+	ctx := testinfra.Context(t, 30*time.Second)
+	h := events.NewHub(rdb.Client)
+	require.NoError(t, h.Start(ctx))
+	defer func() { require.NoError(t, h.Stop(context.Background())) }()
+	sub := h.Subscribe("job-p", 512)
+	pub := events.NewRedisPublisher(rdb.Client, nil)
+	const n = 300
+	for i := int64(1); i <= n; i++ {
+		pub.Post([]store.Event{ev("job-p", i, store.EventStep, "RUNNING")})
+	}
+	require.NoError(t, pub.Flush(ctx))
+	for i := int64(1); i <= n; i++ {
+		select {
+		case m := <-sub.C:
+			require.Equal(t, i, m.Seq)
+		case <-ctx.Done():
+			t.Fatalf("event %d never arrived", i)
+		}
+	}
+	pub.Post(nil) // nothing to send
+	require.NoError(t, pub.Flush(ctx))
+}
+
+// TestPostFailureIsLogged checks that a send of posted events that fails is logged (the events are
+// in the log, where readers find them) by the time a later Flush returns.
+func TestPostFailureIsLogged(t *testing.T) {
+	t.Parallel()
+	rdb := testinfra.Redis(t)
+	ctx := testinfra.Context(t, 30*time.Second)
+	var logs lockedBuffer
+	pub := events.NewRedisPublisher(rdb.Client, slog.New(slog.NewTextHandler(&logs, nil)))
+	require.NoError(t, rdb.Client.Close())
+	pub.Post([]store.Event{ev("job-x", 1, store.EventJob, "RUNNING")})
+	_ = pub.Flush(ctx) // fails too, when the marker is sent alone
+	require.Contains(t, logs.String(), "publish events")
+}
+
+// lockedBuffer is a bytes.Buffer safe for a logger's goroutine and the test's.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

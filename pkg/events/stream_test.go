@@ -52,7 +52,7 @@ func setupStreams(t *testing.T, backend string, cfg events.StreamConfig) *stream
 	require.NoError(t, hub.Start(ctx))
 	cfg.NotFound = store.ErrNotFound
 	b := &streamBundle{
-		ctx: ctx, st: st, hub: hub, pub: events.NewRedisPublisher(rdb.Client),
+		ctx: ctx, st: st, hub: hub, pub: events.NewRedisPublisher(rdb.Client, nil),
 		streams: events.NewStreams(hub, storeLog{st}, cfg),
 	}
 	t.Cleanup(func() {

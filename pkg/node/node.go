@@ -58,6 +58,7 @@ type Node struct {
 	Reconciler   *dispatch.Reconciler
 	Maintainer   *maintenance.Maintainer
 	Hub          *events.Hub
+	Publisher    *events.RedisPublisher // the orchestrator's: Stop flushes it
 	Semaphore    *limiter.Semaphore
 	RateLimiter  *limiter.RateLimiter
 	Caller       *caller.Caller
@@ -118,7 +119,8 @@ func Build(cfg config.Config, log *slog.Logger, id string, reg *registry.Registr
 	})
 	n.Relay = dispatch.NewRelay(st, n.Queue, dispatch.RelayConfig{Logger: log.With("component", "relay"), Route: parker.Route, Bell: bell})
 	n.Hub = events.NewHub(rdb)
-	n.Orchestrator = orchestrator.New(st, reg, events.NewRedisPublisher(rdb), n.Relay, orchestrator.Config{
+	n.Publisher = events.NewRedisPublisher(rdb, log.With("component", "events"))
+	n.Orchestrator = orchestrator.New(st, reg, n.Publisher, n.Relay, orchestrator.Config{
 		StepLeaseTTL:   cfg.StepLeaseTTL,
 		StuckJobAfter:  cfg.StuckJobAfter,
 		FailStuckAfter: cfg.FailStuckAfter,
@@ -245,6 +247,11 @@ func (n *Node) Stop(ctx context.Context) error {
 	if n.started {
 		errs = append(errs, n.QueueDepth.Stop(ctx), n.Maintainer.Stop(ctx), n.Relay.Stop(ctx), n.Hub.Stop(ctx))
 		n.started = false
+	}
+	// The last changes' events, before the Redis client closes (a failure is only logged: readers
+	// find those events in the log).
+	if err := n.Publisher.Flush(ctx); err != nil {
+		n.Logger.Warn("send the last events", "err", err)
 	}
 	for _, c := range n.closers {
 		errs = append(errs, c())

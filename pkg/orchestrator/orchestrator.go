@@ -165,15 +165,10 @@ func (o *Orchestrator) Config() Config { return o.cfg }
 
 func (o *Orchestrator) now() time.Time { return o.cfg.Now().UTC().Truncate(time.Microsecond) }
 
-// publish sends committed events; failures are logged, readers recover from the event log.
-func (o *Orchestrator) publish(ctx context.Context, evs []store.Event) {
-	if o.pub == nil || len(evs) == 0 {
-		return
-	}
-	// The events are committed; publishing must not be skipped because the request was cancelled.
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-	defer cancel()
-	if err := o.pub.Publish(pctx, evs); err != nil {
-		o.cfg.Logger.Warn("publish events", "job_id", evs[0].JobID, "err", err)
+// publish hands committed events to the publisher, without waiting for them to be sent: a lost
+// message is recovered by readers from the event log.
+func (o *Orchestrator) publish(evs []store.Event) {
+	if o.pub != nil && len(evs) > 0 {
+		o.pub.Post(evs)
 	}
 }

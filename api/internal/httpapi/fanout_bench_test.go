@@ -235,7 +235,7 @@ func benchFanout(b *testing.B, clients int) {
 	require.NoError(b, err)
 	rdb := redis.NewClient(ropt)
 	defer rdb.Close()
-	pub := events.NewRedisPublisher(rdb)
+	pub := events.NewRedisPublisher(rdb, nil)
 
 	// Publish times by seq offset, and the signal that every client has the current event.
 	const maxEvents = 1 << 20

@@ -261,7 +261,7 @@ func emitEvents(t testing.TB, n *node.Node, jobID string, count, batch int, publ
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	pub := events.NewRedisPublisher(n.Redis)
+	pub := events.NewRedisPublisher(n.Redis, nil)
 	for done := 0; done < count; {
 		k := min(batch, count-done)
 		var evs []store.Event
