@@ -89,6 +89,13 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger, id string) (
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
+	// The first steps and requests after a start or a scale-up would otherwise each open a
+	// connection of their own (sqlstore.Warm). Not fatal: connections also open as needed.
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	if err := st.Warm(wctx, cfg.DBMaxConns); err != nil {
+		log.Warn("could not warm the database pool", "err", err)
+	}
+	cancel()
 	// One server, a Redis Cluster or a Sentinel master (package redisconn): one client shared by all.
 	conn, err := redisconn.Parse(cfg.RedisURL)
 	if err != nil {

@@ -1,6 +1,7 @@
 package sqlstore
 
 import (
+	"database/sql"
 	"errors"
 	"fmt"
 	"net"
@@ -334,4 +335,35 @@ func TestUrgentChangeSkipsTheQueue(t *testing.T) {
 	require.NoError(t, lock.Rollback())
 	<-first
 	check(errs)
+}
+
+// TestWarm checks that Warm opens the connections it is asked for and prepares the hot statements
+// on each, so that the first steps after a start neither open a connection nor parse a statement.
+func TestWarm(t *testing.T) {
+	t.Parallel()
+	s := openTestPostgres(t)
+	ctx := testinfra.Context(t, time.Minute)
+	const n = 4
+	require.NoError(t, s.Warm(ctx, n))
+	sqlDB, err := s.db.DB()
+	require.NoError(t, err)
+	require.Equal(t, n, sqlDB.Stats().OpenConnections)
+	// Hold every connection at once, so each is asked about itself.
+	conns := make([]*sql.Conn, n)
+	for i := range conns {
+		conns[i], err = sqlDB.Conn(ctx)
+		require.NoError(t, err)
+	}
+	require.Equal(t, n, sqlDB.Stats().OpenConnections, "no connection was opened beyond the warm ones")
+	for i, c := range conns {
+		var prepared int
+		require.NoError(t, c.QueryRowContext(ctx, `SELECT count(*) FROM pg_prepared_statements WHERE statement = ANY ($1)`,
+			hotStatements).Scan(&prepared))
+		require.Equal(t, len(hotStatements), prepared, "connection %d", i)
+		require.NoError(t, c.Close())
+	}
+	// A warm statement runs as prepared: loading a job that does not exist still answers.
+	_, _, err = s.LoadJob(ctx, "00000000-0000-0000-0000-000000000001")
+	require.ErrorIs(t, err, store.ErrNotFound)
+	require.Equal(t, n, sqlDB.Stats().OpenConnections)
 }

@@ -1,0 +1,79 @@
+package sqlstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/jackc/pgx/v5/stdlib"
+)
+
+// Warm opens up to n of the pool's connections ahead of the first requests and, on Postgres,
+// prepares the hot path's statements on each (by their text, so every later use of a statement on
+// that connection runs the prepared one). A new Postgres connection costs a backend start, and its
+// first statements load the catalog entries of every table and index they touch: tens of
+// milliseconds each on a busy server, which would otherwise fall on the first steps after a process
+// starts (a slot of a capped service stays idle meanwhile). Connections beyond n open as needed,
+// as before. SQLite, in-process, has nothing to warm.
+func (s *Store) Warm(ctx context.Context, n int) error {
+	p, ok := s.hot.(postgresHot)
+	if !ok || n <= 0 {
+		return nil
+	}
+	return p.warm(ctx, n)
+}
+
+// hotStatements are the statements every step and every POST runs through.
+var hotStatements = []string{pgLoadJob, pgApplyUpdate, pgApplyCreate, pgGroupUpdate, pgGroupCreate}
+
+func (p postgresHot) warm(ctx context.Context, n int) error {
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	// Every connection is held until all are warm, so that each goroutine warms a distinct one.
+	conns := make(chan func(), n)
+	for range n {
+		wg.Go(func() {
+			err := p.warmOne(ctx, conns)
+			if err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	close(conns)
+	for release := range conns {
+		release()
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("warm the database pool: %w", interpretError(err))
+	}
+	return nil
+}
+
+// warmOne takes a connection of the pool, prepares the hot statements on it and leaves its
+// release in held.
+func (p postgresHot) warmOne(ctx context.Context, held chan<- func()) error {
+	c, err := p.db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	held <- func() { _ = c.Close() } // Close gives it back to the pool
+	return c.Raw(func(driverConn any) error {
+		dc, ok := driverConn.(*stdlib.Conn)
+		if !ok {
+			return fmt.Errorf("unexpected driver connection %T", driverConn)
+		}
+		for _, q := range hotStatements {
+			if _, err := dc.Conn().Prepare(ctx, q, q); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
