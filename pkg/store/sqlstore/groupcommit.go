@@ -18,9 +18,11 @@ import (
 // of what a small change costs the server. A change waits for nothing: a committer takes whatever
 // is queued when it is free, and a change that finds a committer free is written at once, alone,
 // by the single-change statement. A process runs one committer, and more only while the running
-// ones are stalled (no statement began or ended for stallAfter, e.g. one waits for a row lock): one
-// committer makes the largest groups, and several processes' committers (each worker's, each API
-// replica's) do not crowd the database's few cores with statements that wait for each other. Each
+// ones are stalled (no statement began or ended for far longer than statements take now, e.g. one
+// waits for a row lock): one committer makes the largest groups, and several processes' committers
+// (each worker's, each API replica's) do not crowd the database's few cores with statements that
+// wait for each other. A busy database slows every statement; the stall limit follows (stallLimit),
+// so that slowness does not start more committers, whose statements would only slow it more. Each
 // change keeps its own compare-and-set: a job whose version moved on is refused (store.ErrConflict)
 // without writing any of its rows, and the others commit.
 
@@ -28,9 +30,12 @@ const (
 	// maxCommitters is how many group commits may run at once, each on one pooled connection (at
 	// most half the pool, so reads are never starved by writes).
 	maxCommitters = 4
-	// stallAfter is how long the running committers may go without beginning or ending a statement
-	// before a change that arrives starts another committer.
-	stallAfter = 20 * time.Millisecond
+	// How long the running committers may go without beginning or ending a statement before a
+	// change that arrives starts another committer: stallFactor times the recent mean time of a
+	// statement, within [minStall, maxStall].
+	minStall    = 100 * time.Millisecond
+	maxStall    = 500 * time.Millisecond
+	stallFactor = 8
 	// maxGroup caps the changes of one statement.
 	maxGroup = 64
 	// groupTimeout bounds one group's statement: its changes' callers may have no deadline.
@@ -161,14 +166,21 @@ type groupCommitter struct {
 	mu       sync.Mutex
 	queue    []*pendingChange
 	running  int
-	moved    time.Time // when a committer last began or ended a statement
-	watching bool      // a check for stalled committers is due (watch)
+	moved    time.Time     // when a committer last began or ended a statement
+	mean     time.Duration // recent mean time of a statement (moving average)
+	watching bool          // a check for stalled committers is due (watch)
+}
+
+// stallLimit is how long the running committers may go without beginning or ending a statement
+// before they count as stalled. Called with mu.
+func (g *groupCommitter) stallLimit() time.Duration {
+	return min(max(stallFactor*g.mean, minStall), maxStall)
 }
 
 // needsCommitter reports whether a change just queued should start a committer: none runs, or
 // the running ones are stalled and there is room for one more. Called with mu.
 func (g *groupCommitter) needsCommitter(now time.Time) bool {
-	return g.running == 0 || (g.running < maxCommitters && now.Sub(g.moved) > stallAfter)
+	return g.running == 0 || (g.running < maxCommitters && now.Sub(g.moved) > g.stallLimit())
 }
 
 // apply queues c and waits until it is written or refused, or until ctx ends. A change whose ctx
@@ -199,7 +211,7 @@ func (g *groupCommitter) startOrWatch(now time.Time) {
 		go g.commitLoop()
 	case !g.watching && g.running < maxCommitters:
 		g.watching = true
-		time.AfterFunc(max(g.moved.Add(stallAfter).Sub(now), time.Millisecond)+time.Millisecond, g.watch)
+		time.AfterFunc(max(g.moved.Add(g.stallLimit()).Sub(now), time.Millisecond)+time.Millisecond, g.watch)
 	}
 }
 
@@ -217,7 +229,8 @@ func (g *groupCommitter) watch() {
 func (g *groupCommitter) commitLoop() {
 	for {
 		g.mu.Lock()
-		g.moved = time.Now()
+		start := time.Now()
+		g.moved = start
 		group := g.take()
 		if len(group) == 0 {
 			g.running--
@@ -226,6 +239,9 @@ func (g *groupCommitter) commitLoop() {
 		}
 		g.mu.Unlock()
 		g.commit(group)
+		g.mu.Lock()
+		g.mean += (time.Since(start) - g.mean) / 8
+		g.mu.Unlock()
 	}
 }
 
