@@ -367,3 +367,18 @@ func TestWarm(t *testing.T) {
 	require.ErrorIs(t, err, store.ErrNotFound)
 	require.Equal(t, n, sqlDB.Stats().OpenConnections)
 }
+
+// TestStallLimitFollowsStatements checks the stall limit of the group committer: at least
+// minStall, stallFactor times the recent mean statement time when that is longer, at most maxStall.
+func TestStallLimitFollowsStatements(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ mean, want time.Duration }{
+		{0, minStall},
+		{5 * time.Millisecond, minStall},
+		{25 * time.Millisecond, 200 * time.Millisecond},
+		{time.Second, maxStall},
+	} {
+		g := &groupCommitter{mean: tc.mean}
+		require.Equal(t, tc.want, g.stallLimit(), "mean %s", tc.mean)
+	}
+}
