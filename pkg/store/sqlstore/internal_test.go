@@ -366,6 +366,10 @@ func TestWarm(t *testing.T) {
 	_, _, err = s.LoadJob(ctx, "00000000-0000-0000-0000-000000000001")
 	require.ErrorIs(t, err, store.ErrNotFound)
 	require.Equal(t, n, sqlDB.Stats().OpenConnections)
+	// More than the pool holds warms the whole pool, and does not wait for a connection that
+	// never comes.
+	require.NoError(t, s.Warm(ctx, 1000))
+	require.Equal(t, DefaultMaxOpenConns, sqlDB.Stats().OpenConnections)
 }
 
 // TestStallLimitFollowsStatements checks the stall limit of the group committer: at least
