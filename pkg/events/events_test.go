@@ -1,11 +1,9 @@
 package events_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
@@ -248,28 +246,10 @@ func TestPostFailureIsLogged(t *testing.T) {
 	t.Parallel()
 	rdb := testinfra.Redis(t)
 	ctx := testinfra.Context(t, 30*time.Second)
-	var logs lockedBuffer
+	var logs testinfra.LogBuffer
 	pub := events.NewRedisPublisher(rdb.Client, slog.New(slog.NewTextHandler(&logs, nil)))
 	require.NoError(t, rdb.Client.Close())
 	pub.Post([]store.Event{ev("job-x", 1, store.EventJob, "RUNNING")})
 	_ = pub.Flush(ctx) // fails too, when the marker is sent alone
 	require.Contains(t, logs.String(), "publish events")
-}
-
-// lockedBuffer is a bytes.Buffer safe for a logger's goroutine and the test's.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -1,7 +1,6 @@
 package health_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
@@ -44,14 +43,14 @@ type env struct {
 	hits   atomic.Int32 // probes received
 	// inUse is the service's leases in use seen by the probe handler during the last probe.
 	inUse atomic.Int32
-	logs  *syncBuffer
+	logs  *testinfra.LogBuffer
 }
 
 // setup registers the mock service sim and the http service api (with extra, e.g. its limits, in
 // its definition) whose health probe is GET /ping on a test server.
 func setup(t *testing.T, apiExtra string, cfg health.Config) *env {
 	t.Helper()
-	e := &env{ctx: testinfra.Context(t, 30*time.Second), logs: &syncBuffer{}}
+	e := &env{ctx: testinfra.Context(t, 30*time.Second), logs: &testinfra.LogBuffer{}}
 	e.status.Store(http.StatusOK)
 	rdb := testinfra.Redis(t)
 	e.sem = limiter.NewSemaphore(rdb.Client, limiter.Config{})
@@ -240,7 +239,7 @@ features:
   f: {steps: [{name: a, service: sim}]}
 `), func(string) (string, bool) { return "", false })
 	require.NoError(t, err)
-	logs := &syncBuffer{}
+	logs := &testinfra.LogBuffer{}
 	c := health.NewChecker(e.st, down, reg, limiter.NewSemaphore(down, limiter.Config{}), limiter.NewRateLimiter(down, limiter.Config{}),
 		caller.New(caller.Config{}), reg.Queues(), health.Config{Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	t.Cleanup(func() { require.NoError(t, c.Stop(context.Background())) })
@@ -268,22 +267,4 @@ features:
 	require.NoError(t, err)
 	require.NotContains(t, string(b), "closed")
 	require.Contains(t, e.logs.String(), "database is closed")
-}
-
-// syncBuffer is a bytes.Buffer safe for the loggers' goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -1,12 +1,9 @@
 package metrics_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -64,32 +61,6 @@ features:
       - {name: s, service: slow}
 `
 
-// logBuffer collects JSON log lines from concurrent writers.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-// records returns the records written so far, decoded.
-func (l *logBuffer) records(t *testing.T) []map[string]any {
-	t.Helper()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []map[string]any
-	for line := range strings.SplitSeq(strings.TrimSpace(l.buf.String()), "\n") {
-		var m map[string]any
-		require.NoError(t, json.Unmarshal([]byte(line), &m), line)
-		out = append(out, m)
-	}
-	return out
-}
-
 // startNode builds and starts a node over the test's Postgres schema and Redis database, as one
 // process of a deployment would; it stops at cleanup.
 func startNode(t *testing.T, reg *registry.Registry, st store.Store, redisURL string, log *slog.Logger) *node.Node {
@@ -118,7 +89,7 @@ func TestMetricsOfRunningJobs(t *testing.T) {
 	st, _ := teststore.Postgres(t)
 	redisURL := testinfra.Redis(t).URL
 	// Both processes log (INFO and up, JSON) to one place, as a log collector would gather them.
-	logs := &logBuffer{}
+	logs := &testinfra.LogBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, nil))
 	worker := startNode(t, reg, st, redisURL, log)
 	api := startNode(t, reg, st, redisURL, log) // a replica that runs no steps: it sees every event too
@@ -202,7 +173,7 @@ func TestMetricsOfRunningJobs(t *testing.T) {
 		Attempt                        float64
 	}
 	var lifecycle []line
-	records := logs.records(t)
+	records := logs.Records(t)
 	for _, r := range records {
 		require.NotContains(t, []string{"WARN", "ERROR"}, r["level"], "a normal run logs no warning or error: %v", r)
 		if r["job_id"] != ids["retry"] {

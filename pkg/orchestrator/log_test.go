@@ -1,13 +1,10 @@
 package orchestrator_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,6 +14,7 @@ import (
 	"github.com/cao-run/cao/pkg/orchestrator"
 	"github.com/cao-run/cao/pkg/registry"
 	"github.com/cao-run/cao/pkg/store"
+	"github.com/cao-run/cao/pkg/testinfra"
 	"github.com/cao-run/cao/pkg/testinfra/teststore"
 )
 
@@ -35,35 +33,6 @@ features:
       - {name: b, service: sim}
 `
 
-// logBuffer collects JSON log lines from concurrent writers.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-// lines returns the records written so far, decoded.
-func (l *logBuffer) lines(t *testing.T) []map[string]any {
-	t.Helper()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []map[string]any
-	for line := range strings.SplitSeq(strings.TrimSpace(l.buf.String()), "\n") {
-		if line == "" {
-			continue
-		}
-		var m map[string]any
-		require.NoError(t, json.Unmarshal([]byte(line), &m), line)
-		out = append(out, m)
-	}
-	return out
-}
-
 // conflictCounter counts the changes Apply refused because the job moved on (lost compare-and-sets).
 type conflictCounter struct {
 	store.Store
@@ -80,7 +49,7 @@ func (c *conflictCounter) Apply(ctx context.Context, ch *store.Change) error {
 
 type logBundle struct {
 	*bundle
-	logs     *logBuffer
+	logs     *testinfra.LogBuffer
 	st       *conflictCounter
 	finished chan store.Job // OnJobFinished calls
 }
@@ -98,7 +67,7 @@ func setupLogged(t *testing.T, backend string) *logBundle {
 		st, _ = teststore.Postgres(t)
 	}
 	cc := &conflictCounter{Store: st}
-	logs := &logBuffer{}
+	logs := &testinfra.LogBuffer{}
 	finished := make(chan store.Job, 16)
 	clk := &clock{t: time.Now().UTC()}
 	o := orchestrator.New(cc, reg, nil, nil, orchestrator.Config{
@@ -139,7 +108,7 @@ func TestLifecycleLogLines(t *testing.T) {
 			a = b.start(t, p[0], "w2")
 			require.NoError(t, b.orch.FinishAttempt(ctx, a, orchestrator.Outcome{Output: json.RawMessage(`{"ok":true}`), HTTPStatus: 200}))
 
-			recs := b.logs.lines(t)
+			recs := b.logs.Records(t)
 			var got []line
 			for _, r := range recs {
 				l := line{Level: r["level"].(string), Msg: r["msg"].(string), Status: r["status"].(string)}
@@ -217,7 +186,7 @@ func TestLogAndHooksOncePerCommittedChange(t *testing.T) {
 			require.NoError(t, b.orch.FinishAttempt(ctx, second, orchestrator.Outcome{Output: json.RawMessage(`2`)}))
 
 			count := map[string]int{}
-			for _, r := range b.logs.lines(t) {
+			for _, r := range b.logs.Records(t) {
 				key := r["msg"].(string)
 				if s, ok := r["step"].(string); ok {
 					key += " " + s
@@ -249,7 +218,7 @@ func TestLogAndHooksOncePerCommittedChange(t *testing.T) {
 			require.Empty(t, b.finished)
 
 			// Normal events are never WARN or ERROR.
-			for _, r := range b.logs.lines(t) {
+			for _, r := range b.logs.Records(t) {
 				require.Contains(t, []string{"DEBUG", "INFO"}, r["level"], r)
 			}
 		})

@@ -20,10 +20,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cao-run/cao/pkg/testinfra"
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/cao-run/cao/pkg/testinfra"
 )
 
 // Paths set by TestMain: the repository root and the cao-api binary built from it.
@@ -69,7 +70,7 @@ func testMain(m *testing.M) int {
 // devProcess is one running `cao-api dev`.
 type devProcess struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *testinfra.LogBuffer
 	base string // http://127.0.0.1:PORT
 	done chan struct{}
 	err  error // cmd.Wait's result, once done is closed
@@ -79,7 +80,7 @@ type devProcess struct {
 // and waits until /health answers. It fails the test with the process output if it does not.
 func startDev(t *testing.T, dataDir string, args []string, env ...string) *devProcess {
 	t.Helper()
-	p := &devProcess{out: &syncBuffer{}, done: make(chan struct{})}
+	p := &devProcess{out: &testinfra.LogBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(apiBin, append([]string{"dev", "--addr", "127.0.0.1:0", "--data-dir", dataDir}, args...)...)
 	p.cmd.Dir = repoRoot
 	p.cmd.Env = append(cleanEnv(), env...)
@@ -150,24 +151,6 @@ func cleanEnv() []string {
 		}
 	}
 	return append(env, "CAO_LOG_LEVEL=info")
-}
-
-// syncBuffer collects a process's output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // call sends a JSON request and decodes the JSON answer.

@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -11,7 +10,6 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"unicode/utf8"
 
@@ -23,24 +21,6 @@ import (
 	"github.com/cao-run/cao/pkg/testinfra"
 )
 
-// lockedBuffer collects log output written from handler goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // asynqmonOver is a real asynqmon handler on the Redis at addr/db, mounted under /monitoring, closed
 // at cleanup.
 func asynqmonOver(t *testing.T, addr string, db int) *asynqmon.HTTPHandler {
@@ -51,9 +31,9 @@ func asynqmonOver(t *testing.T, addr string, db int) *asynqmon.HTTPHandler {
 }
 
 // monitoringServer serves MonitoringErrors(h) on a real socket and returns its URL and log.
-func monitoringServer(t *testing.T, h http.Handler) (string, *lockedBuffer) {
+func monitoringServer(t *testing.T, h http.Handler) (string, *testinfra.LogBuffer) {
 	t.Helper()
-	logs := &lockedBuffer{}
+	logs := &testinfra.LogBuffer{}
 	srv := httptest.NewServer(MonitoringErrors(h, slog.New(slog.NewTextHandler(logs, nil))))
 	t.Cleanup(srv.Close)
 	return srv.URL, logs

@@ -1,6 +1,7 @@
 package sqlstore
 
 import (
+	"context"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -265,25 +266,8 @@ func TestGroupCommitStalledCommitter(t *testing.T) {
 	s := openTestPostgres(t)
 	ctx := testinfra.Context(t, time.Minute)
 	changes, check := storetest.ManyJobChanges(t, s, 2)
-	sqlDB, err := s.db.DB()
-	require.NoError(t, err)
-	lock, err := sqlDB.BeginTx(ctx, nil)
-	require.NoError(t, err)
-	_, err = lock.ExecContext(ctx, "SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", changes[0].Job.ID)
-	require.NoError(t, err)
-
 	errs := make([]error, 2)
-	first := make(chan struct{})
-	go func() {
-		defer close(first)
-		errs[0] = s.Apply(ctx, changes[0])
-	}()
-	testinfra.Eventually(t, 10*time.Second, func() bool {
-		var waiting bool
-		err := sqlDB.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
-			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'WITH jb AS%')`).Scan(&waiting)
-		return err == nil && waiting
-	}, "the first change waits for the job's row lock")
+	first, unlock := stallCommitter(t, ctx, s, changes[0], &errs[0])
 	errs[1] = s.Apply(ctx, changes[1])
 	require.NoError(t, errs[1], "another job's change is written while the first committer is stalled")
 	select {
@@ -291,9 +275,34 @@ func TestGroupCommitStalledCommitter(t *testing.T) {
 		t.Fatal("the locked job's change was written while its row was locked")
 	default:
 	}
-	require.NoError(t, lock.Rollback())
+	unlock()
 	<-first
 	check(errs)
+}
+
+// stallCommitter locks the row of c's job in a transaction of its own, then applies c in the
+// background (its outcome in *err, first closed once it is known) and waits until c's statement
+// waits for the lock; unlock releases it.
+func stallCommitter(t *testing.T, ctx context.Context, s *Store, c *store.Change, err *error) (first <-chan struct{}, unlock func()) {
+	t.Helper()
+	sqlDB, e := s.db.DB()
+	require.NoError(t, e)
+	lock, e := sqlDB.BeginTx(ctx, nil)
+	require.NoError(t, e)
+	_, e = lock.ExecContext(ctx, "SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", c.Job.ID)
+	require.NoError(t, e)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		*err = s.Apply(ctx, c)
+	}()
+	testinfra.Eventually(t, 10*time.Second, func() bool {
+		var waiting bool
+		e := sqlDB.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'WITH jb AS%')`).Scan(&waiting)
+		return e == nil && waiting
+	}, "the change waits for its job's row lock")
+	return done, func() { require.NoError(t, lock.Rollback()) }
 }
 
 // TestUrgentChangeSkipsTheQueue stalls the group committer on a locked job and checks that an
@@ -304,25 +313,8 @@ func TestUrgentChangeSkipsTheQueue(t *testing.T) {
 	s := openTestPostgres(t)
 	ctx := testinfra.Context(t, time.Minute)
 	changes, check := storetest.ManyJobChanges(t, s, 2)
-	sqlDB, err := s.db.DB()
-	require.NoError(t, err)
-	lock, err := sqlDB.BeginTx(ctx, nil)
-	require.NoError(t, err)
-	_, err = lock.ExecContext(ctx, "SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", changes[0].Job.ID)
-	require.NoError(t, err)
-
 	errs := make([]error, 2)
-	first := make(chan struct{})
-	go func() {
-		defer close(first)
-		errs[0] = s.Apply(ctx, changes[0])
-	}()
-	testinfra.Eventually(t, 10*time.Second, func() bool {
-		var waiting bool
-		err := sqlDB.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
-			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'WITH jb AS%')`).Scan(&waiting)
-		return err == nil && waiting
-	}, "the first change waits for the job's row lock")
+	first, unlock := stallCommitter(t, ctx, s, changes[0], &errs[0])
 	changes[1].Urgent = true
 	errs[1] = s.Apply(ctx, changes[1])
 	require.NoError(t, errs[1], "the urgent change is written while the committer is stalled")
@@ -332,7 +324,7 @@ func TestUrgentChangeSkipsTheQueue(t *testing.T) {
 	g.mu.Unlock()
 	require.Equal(t, 1, running, "no committer was started for the urgent change")
 	require.Zero(t, queued)
-	require.NoError(t, lock.Rollback())
+	unlock()
 	<-first
 	check(errs)
 }

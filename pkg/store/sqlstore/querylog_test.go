@@ -1,13 +1,9 @@
 package sqlstore
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"log/slog"
 	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,36 +14,6 @@ import (
 	"github.com/cao-run/cao/pkg/testinfra"
 )
 
-// lockedBuffer is a log destination for concurrent writers.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// take returns the records written since the last call, decoded, and forgets them.
-func (b *lockedBuffer) take(t *testing.T) []map[string]any {
-	t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []map[string]any
-	for line := range strings.SplitSeq(strings.TrimSpace(b.buf.String()), "\n") {
-		if line == "" {
-			continue
-		}
-		var m map[string]any
-		require.NoError(t, json.Unmarshal([]byte(line), &m), line)
-		out = append(out, m)
-	}
-	b.buf.Reset()
-	return out
-}
-
 // TestQueryLogLevels checks what GORM's queries log: nothing for a lookup that finds nothing, DEBUG
 // for the failures callers expect (the duplicate key of a replayed Idempotency-Key, a cancelled
 // request), WARN for a real failure, INFO for a slow query; never a value, never ERROR.
@@ -57,7 +23,7 @@ func TestQueryLogLevels(t *testing.T) {
 		t.Run(dialect, func(t *testing.T) {
 			t.Parallel()
 			ctx := testinfra.Context(t, time.Minute)
-			logs := &lockedBuffer{}
+			logs := &testinfra.LogBuffer{}
 			cfg := Config{Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
 			var s *Store
 			if dialect == DialectPostgres {
@@ -74,7 +40,7 @@ func TestQueryLogLevels(t *testing.T) {
 				require.NoError(t, err)
 			}
 			t.Cleanup(func() { _ = s.Close() })
-			logs.take(t)
+			logs.Take(t)
 
 			// An Idempotency-Key replay: the second insert is the expected duplicate.
 			now := time.Now().UTC()
@@ -84,7 +50,7 @@ func TestQueryLogLevels(t *testing.T) {
 			}
 			require.NoError(t, insert())
 			require.ErrorIs(t, insert(), store.ErrDuplicate)
-			recs := logs.take(t)
+			recs := logs.Take(t)
 			require.Len(t, recs, 1)
 			require.Equal(t, "DEBUG", recs[0]["level"])
 			require.Equal(t, "SQL query failed as expected by its caller", recs[0]["msg"])
@@ -94,19 +60,19 @@ func TestQueryLogLevels(t *testing.T) {
 			// A lookup that finds nothing is not logged at all.
 			_, err := s.GetIdempotencyKey(ctx, "acme", "missing")
 			require.ErrorIs(t, err, store.ErrNotFound)
-			require.Empty(t, logs.take(t))
+			require.Empty(t, logs.Take(t))
 
 			// A request that gave up: DEBUG.
 			cctx, cancel := context.WithCancel(ctx)
 			cancel()
 			require.Error(t, s.db.WithContext(cctx).Exec("SELECT 1").Error)
-			recs = logs.take(t)
+			recs = logs.Take(t)
 			require.Len(t, recs, 1)
 			require.Equal(t, "DEBUG", recs[0]["level"])
 
 			// A real failure: WARN (the caller decides whether it is an error, and logs it then).
 			require.Error(t, s.db.WithContext(ctx).Exec("SELECT id FROM no_such_table").Error)
-			recs = logs.take(t)
+			recs = logs.Take(t)
 			require.Len(t, recs, 1)
 			require.Equal(t, "WARN", recs[0]["level"])
 			require.Equal(t, "SQL query failed", recs[0]["msg"])
@@ -115,7 +81,7 @@ func TestQueryLogLevels(t *testing.T) {
 			if dialect == DialectPostgres {
 				// A slow query: INFO, with its duration and the threshold.
 				require.NoError(t, s.db.WithContext(ctx).Exec("SELECT pg_sleep(0.25)").Error)
-				recs = logs.take(t)
+				recs = logs.Take(t)
 				require.Len(t, recs, 1)
 				require.Equal(t, "INFO", recs[0]["level"])
 				require.Equal(t, "slow SQL query", recs[0]["msg"])
