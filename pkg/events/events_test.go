@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
@@ -18,6 +19,15 @@ import (
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/redis/go-redis/v9/internal/pool.(*ConnPool).reaper"),
 		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"))
+}
+
+// startHub starts a hub on rdb, stopped at the end of the test.
+func startHub(t *testing.T, ctx context.Context, rdb redis.UniversalClient) *events.Hub {
+	t.Helper()
+	h := events.NewHub(rdb)
+	require.NoError(t, h.Start(ctx))
+	t.Cleanup(func() { require.NoError(t, h.Stop(context.Background())) })
+	return h
 }
 
 func ev(job string, seq int64, typ, status string) store.Event {
@@ -40,8 +50,10 @@ func TestHubFansOutAcrossProcessesByJob(t *testing.T) {
 	b1 := h1.Subscribe("job-b", 16)
 	all := h2.SubscribeAll(16, nil)
 	pub := events.NewRedisPublisher(rdb.Client, nil)
-	require.NoError(t, pub.Publish(ctx, []store.Event{ev("job-a", 1, store.EventStep, "RUNNING"), ev("job-a", 2, store.EventJob, "COMPLETED")}))
-	require.NoError(t, pub.Publish(ctx, []store.Event{ev("job-b", 1, store.EventJob, "RUNNING")}))
+	pub.Post([]store.Event{ev("job-a", 1, store.EventStep, "RUNNING"), ev("job-a", 2, store.EventJob, "COMPLETED")})
+	require.NoError(t, pub.Flush(ctx))
+	pub.Post([]store.Event{ev("job-b", 1, store.EventJob, "RUNNING")})
+	require.NoError(t, pub.Flush(ctx))
 
 	for _, sub := range []*events.Subscription{a1, a2} {
 		m := <-sub.C
@@ -71,9 +83,7 @@ func TestSlowSubscriberOverflowsWithoutBlockingOthers(t *testing.T) {
 	t.Parallel()
 	rdb := testinfra.Redis(t)
 	ctx := testinfra.Context(t, 30*time.Second)
-	h := events.NewHub(rdb.Client)
-	require.NoError(t, h.Start(ctx))
-	defer func() { require.NoError(t, h.Stop(context.Background())) }()
+	h := startHub(t, ctx, rdb.Client)
 	slow := h.Subscribe("j", 2)
 	fast := h.Subscribe("j", 64)
 	pub := events.NewRedisPublisher(rdb.Client, nil)
@@ -81,7 +91,8 @@ func TestSlowSubscriberOverflowsWithoutBlockingOthers(t *testing.T) {
 	for i := range 10 {
 		batch = append(batch, ev("j", int64(i+1), store.EventStep, "RUNNING"))
 	}
-	require.NoError(t, pub.Publish(ctx, batch))
+	pub.Post(batch)
+	require.NoError(t, pub.Flush(ctx))
 	for i := range 10 {
 		m := <-fast.C
 		require.Equal(t, int64(i+1), m.Seq)
@@ -120,13 +131,16 @@ func TestDeploymentsOnOtherDatabasesShareNoEvents(t *testing.T) {
 	require.Equal(t, hubA.Channel(), pubA.Channel())
 
 	// A publishes; A's own hub receives it (positive control).
-	require.NoError(t, pubA.Publish(ctx, []store.Event{ev("job-of-a", 1, store.EventJob, "RUNNING")}))
+	pubA.Post([]store.Event{ev("job-of-a", 1, store.EventJob, "RUNNING")})
+	require.NoError(t, pubA.Flush(ctx))
 	require.Equal(t, "job-of-a", next(t, allA).JobID)
 	// B publishes after A; B's first message is its own, so A's did not cross.
-	require.NoError(t, pubB.Publish(ctx, []store.Event{ev("job-of-b", 1, store.EventJob, "RUNNING")}))
+	pubB.Post([]store.Event{ev("job-of-b", 1, store.EventJob, "RUNNING")})
+	require.NoError(t, pubB.Flush(ctx))
 	require.Equal(t, "job-of-b", next(t, allB).JobID)
 	// And B's did not reach A.
-	require.NoError(t, pubA.Publish(ctx, []store.Event{ev("job-of-a", 2, store.EventJob, "COMPLETED")}))
+	pubA.Post([]store.Event{ev("job-of-a", 2, store.EventJob, "COMPLETED")})
+	require.NoError(t, pubA.Flush(ctx))
 	m := next(t, allA)
 	require.Equal(t, "job-of-a", m.JobID)
 	require.Equal(t, int64(2), m.Seq)
@@ -166,7 +180,8 @@ func TestHubStartStopTwice(t *testing.T) {
 	require.NoError(t, h.Start(ctx), "a second Start does nothing")
 	pub := events.NewRedisPublisher(rdb.Client, nil)
 	sub := h.Subscribe("j", 4)
-	require.NoError(t, pub.Publish(ctx, []store.Event{ev("j", 1, store.EventJob, "RUNNING")}))
+	pub.Post([]store.Event{ev("j", 1, store.EventJob, "RUNNING")})
+	require.NoError(t, pub.Flush(ctx))
 	require.Equal(t, int64(1), next(t, sub).Seq)
 
 	require.NoError(t, h.Stop(ctx))
@@ -179,7 +194,8 @@ func TestHubStartStopTwice(t *testing.T) {
 	require.NoError(t, h.Start(ctx), "a stopped hub starts again")
 	defer func() { require.NoError(t, h.Stop(context.Background())) }()
 	sub = h.Subscribe("j", 4)
-	require.NoError(t, pub.Publish(ctx, []store.Event{ev("j", 2, store.EventJob, "COMPLETED")}))
+	pub.Post([]store.Event{ev("j", 2, store.EventJob, "COMPLETED")})
+	require.NoError(t, pub.Flush(ctx))
 	require.Equal(t, int64(2), next(t, sub).Seq)
 }
 
@@ -189,15 +205,17 @@ func TestSubscribeAllMatching(t *testing.T) {
 	t.Parallel()
 	rdb := testinfra.Redis(t)
 	ctx := testinfra.Context(t, 30*time.Second)
-	h := events.NewHub(rdb.Client)
-	require.NoError(t, h.Start(ctx))
-	defer func() { require.NoError(t, h.Stop(context.Background())) }()
+	h := startHub(t, ctx, rdb.Client)
 	cancels := h.SubscribeAll(16, []byte(`"CANCELLED"`))
 	pub := events.NewRedisPublisher(rdb.Client, nil)
-	require.NoError(t, pub.Publish(ctx, []store.Event{ev("job-a", 1, store.EventStep, "RUNNING")}))
-	require.NoError(t, pub.Publish(ctx, []store.Event{ev("job-b", 1, store.EventStep, "CANCELLED"), ev("job-b", 2, store.EventJob, "CANCELLED")}))
-	require.NoError(t, pub.Publish(ctx, []store.Event{ev("job-c", 1, store.EventJob, "COMPLETED")}))
-	require.NoError(t, pub.Publish(ctx, []store.Event{ev("job-d", 1, store.EventJob, "CANCELLED")}))
+	pub.Post([]store.Event{ev("job-a", 1, store.EventStep, "RUNNING")})
+	require.NoError(t, pub.Flush(ctx))
+	pub.Post([]store.Event{ev("job-b", 1, store.EventStep, "CANCELLED"), ev("job-b", 2, store.EventJob, "CANCELLED")})
+	require.NoError(t, pub.Flush(ctx))
+	pub.Post([]store.Event{ev("job-c", 1, store.EventJob, "COMPLETED")})
+	require.NoError(t, pub.Flush(ctx))
+	pub.Post([]store.Event{ev("job-d", 1, store.EventJob, "CANCELLED")})
+	require.NoError(t, pub.Flush(ctx))
 	var got []string
 	for range 3 {
 		m := <-cancels.C
@@ -218,9 +236,7 @@ func TestPostKeepsOrderAndFlushWaits(t *testing.T) {
 	t.Parallel()
 	rdb := testinfra.Redis(t)
 	ctx := testinfra.Context(t, 30*time.Second)
-	h := events.NewHub(rdb.Client)
-	require.NoError(t, h.Start(ctx))
-	defer func() { require.NoError(t, h.Stop(context.Background())) }()
+	h := startHub(t, ctx, rdb.Client)
 	sub := h.Subscribe("job-p", 512)
 	pub := events.NewRedisPublisher(rdb.Client, nil)
 	const n = 300

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -23,8 +24,8 @@ type RedisPublisher struct {
 	batch   *pubsub.Batcher[*pendingPublish]
 }
 
-// pendingPublish is the events of one Post or Publish call; done, when set, is told how the send
-// went.
+// pendingPublish is the events of one Post call, or Flush's marker (no events, done set): done, when
+// set, is told how the send went.
 type pendingPublish struct {
 	msgs []Message
 	done chan error
@@ -36,11 +37,11 @@ const (
 	publishTimeout = 2 * time.Second
 )
 
-// NewRedisPublisher returns a publisher on the given client, on Channel(rdb); log (nil: none)
-// receives the sends of Post that failed.
+// NewRedisPublisher returns a publisher on the given client, on Channel(rdb); log (nil:
+// slog.Default()) receives the sends of Post that failed.
 func NewRedisPublisher(rdb redis.UniversalClient, log *slog.Logger) *RedisPublisher {
 	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+		log = slog.Default()
 	}
 	p := &RedisPublisher{rdb: rdb, channel: Channel(rdb), log: log}
 	p.batch = pubsub.NewBatcher(maxJoined, p.send)
@@ -57,21 +58,12 @@ func (p *RedisPublisher) Post(evs []store.Event) {
 	}
 }
 
-// Publish is Post, returning once the events are sent (in one message with those of the calls
-// waiting at the same time), or when ctx ends first (they may still be sent).
-func (p *RedisPublisher) Publish(ctx context.Context, evs []store.Event) error {
-	return p.post(ctx, FromEvents(evs))
-}
-
 // Flush returns once the events of every earlier call are sent, or when ctx ends first: a process
-// that stops flushes, so that its last events are not left to the readers' poll of the log.
+// that stops flushes, so that its last events are not left to the readers' poll of the log. Its
+// error is that of the send that carried the last events posted before it, if Flush's marker went
+// with them (a failed earlier send is logged).
 func (p *RedisPublisher) Flush(ctx context.Context) error {
-	return p.post(ctx, nil)
-}
-
-// post queues msgs (none: a marker that is sent when everything before it is) and waits for them.
-func (p *RedisPublisher) post(ctx context.Context, msgs []Message) error {
-	pp := &pendingPublish{msgs: msgs, done: make(chan error, 1)}
+	pp := &pendingPublish{done: make(chan error, 1)}
 	p.batch.Add(pp)
 	select {
 	case err := <-pp.done:
@@ -92,14 +84,12 @@ func (p *RedisPublisher) send(batch []*pendingPublish) {
 	if len(msgs) > 0 {
 		err = p.publish(msgs)
 	}
-	logged := false
+	if err != nil && slices.ContainsFunc(batch, func(pp *pendingPublish) bool { return pp.done == nil }) {
+		p.log.Warn("publish events", "events", len(msgs), "err", err) // posted: nobody else hears of it
+	}
 	for _, pp := range batch {
-		switch {
-		case pp.done != nil:
+		if pp.done != nil {
 			pp.done <- err
-		case err != nil && !logged:
-			logged = true
-			p.log.Warn("publish events", "events", len(msgs), "err", err)
 		}
 	}
 }

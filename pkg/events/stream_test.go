@@ -124,7 +124,8 @@ func (b *streamBundle) follower(t *testing.T, jobID string, last int64) *events.
 
 func (b *streamBundle) publish(t *testing.T, evs ...store.Event) {
 	t.Helper()
-	require.NoError(t, b.pub.Publish(b.ctx, evs))
+	b.pub.Post(evs)
+	require.NoError(t, b.pub.Flush(b.ctx))
 }
 
 // follow reads f's deliveries until it was handed the event with seq until, or one that ends the job.

@@ -304,7 +304,8 @@ func benchFanout(b *testing.B, clients int) {
 		ev := store.Event{JobID: jobID, Seq: seq, Type: store.EventStep, Step: "fetch", Status: "RUNNING",
 			Attempt: int(seq), Run: 1, At: time.Now().UTC()}
 		pubAt[seq-base].Store(time.Now().UnixNano())
-		require.NoError(b, pub.Publish(ctx, []store.Event{ev}))
+		pub.Post([]store.Event{ev})
+		require.NoError(b, pub.Flush(ctx))
 		select {
 		case <-roundDone:
 		case <-time.After(30 * time.Second):

@@ -286,7 +286,8 @@ func emitEvents(t testing.TB, n *node.Node, jobID string, count, batch int, publ
 		})
 		require.NoError(t, err)
 		if publish {
-			require.NoError(t, pub.Publish(ctx, evs))
+			pub.Post(evs)
+			require.NoError(t, pub.Flush(ctx))
 		}
 		done += k
 	}

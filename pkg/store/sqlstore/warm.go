@@ -2,9 +2,9 @@ package sqlstore
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/jackc/pgx/v5/stdlib"
 )
@@ -35,27 +35,25 @@ func (s *Store) Warm(ctx context.Context, n int) error {
 var hotStatements = []string{pgLoadJob, pgApplyUpdate, pgApplyCreate, pgGroupUpdate, pgGroupCreate}
 
 func (p postgresHot) warm(ctx context.Context, n int) error {
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-	)
-	// Every connection is held until all are warm, so that each goroutine warms a distinct one.
-	conns := make(chan func(), n)
-	for range n {
-		wg.Go(func() {
-			err := p.warmOne(ctx, conns)
-			if err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		})
+	// Every connection is held until all are warm, so that each is a distinct one.
+	type warmed struct {
+		c   *sql.Conn
+		err error
 	}
-	wg.Wait()
-	close(conns)
-	for release := range conns {
-		release()
+	done := make(chan warmed, n)
+	for range n {
+		go func() {
+			c, err := p.warmOne(ctx)
+			done <- warmed{c, err}
+		}()
+	}
+	var errs []error
+	for range n {
+		w := <-done
+		if w.c != nil {
+			defer w.c.Close() // gives it back to the pool
+		}
+		errs = append(errs, w.err)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("warm the database pool: %w", interpretError(err))
@@ -63,15 +61,14 @@ func (p postgresHot) warm(ctx context.Context, n int) error {
 	return nil
 }
 
-// warmOne takes a connection of the pool, prepares the hot statements on it and leaves its
-// release in held.
-func (p postgresHot) warmOne(ctx context.Context, held chan<- func()) error {
+// warmOne takes a connection of the pool and prepares the hot statements on it; the caller gives
+// the connection back (also after an error).
+func (p postgresHot) warmOne(ctx context.Context) (*sql.Conn, error) {
 	c, err := p.db.Conn(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	held <- func() { _ = c.Close() } // Close gives it back to the pool
-	return c.Raw(func(driverConn any) error {
+	return c, c.Raw(func(driverConn any) error {
 		dc, ok := driverConn.(*stdlib.Conn)
 		if !ok {
 			return fmt.Errorf("unexpected driver connection %T", driverConn)
