@@ -674,10 +674,7 @@ func TestRetries(t *testing.T) {
 	require.Equal(t, int64(1), attempts.Load(), "resume is not retried on 502")
 
 	// Connection refused: GET is retried, then the transport error is returned.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	closed := "http://" + ln.Addr().String()
-	require.NoError(t, ln.Close())
+	closed := "http://" + testinfra.RefusedAddr(t)
 	_, err = newClient(t, closed).Get(ctx, id)
 	require.ErrorContains(t, err, "connection refused")
 	require.ErrorContains(t, newClient(t, closed).Health(ctx), "connection refused")

@@ -225,11 +225,8 @@ func TestProbeSpendsTheRateBudget(t *testing.T) {
 func TestBackendErrorsAreNotReturned(t *testing.T) {
 	t.Parallel()
 	e := setup(t, "", health.Config{ProbeInterval: time.Hour})
-	// A Redis that refuses connections: a port nobody listens on any more.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close())
+	// A Redis that refuses connections.
+	addr := testinfra.RefusedAddr(t)
 	down := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
 	t.Cleanup(func() { _ = down.Close() })
 	reg, err := registry.Parse("r.yaml", []byte(`

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -98,10 +97,7 @@ func requireContiguous(t *testing.T, msgs []client.Message) {
 
 func closedURL(t *testing.T) (string, string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close())
+	addr := testinfra.RefusedAddr(t)
 	return "http://" + addr, addr
 }
 

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -125,10 +124,7 @@ func TestMonitoringErrorsOverAsynqmon(t *testing.T) {
 // the fixed message and the address goes to the log only.
 func TestMonitoringErrorsHideRedisErrors(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close()) // nothing listens there any more
+	addr := testinfra.RefusedAddr(t)
 	mon := asynqmonOver(t, addr, 0)
 	base, logs := monitoringServer(t, mon)
 
