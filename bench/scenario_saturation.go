@@ -43,8 +43,8 @@ func limitedRow(ctx context.Context, e *env, target string, limit, jobs, workers
 	wall := wallTime(calls)
 	busy := busyPercent(calls, limit)
 	gaps := handOffGaps(calls, limit)
-	cao := fmt.Sprintf("wall %s, busy %.1f%%, peak %d, slot idle between calls p50 %s p90 %s", fmtDur(wall), busy, peak,
-		fmtDur(percentile(gaps, 50)), fmtDur(percentile(gaps, 90)))
+	cao := fmt.Sprintf("wall %s, busy %.1f%%, peak %d, all slots busy after %s, slot idle between calls p50 %s p90 %s",
+		fmtDur(wall), busy, peak, fmtDur(rampUp(calls, limit)), fmtDur(percentile(gaps, 50)), fmtDur(percentile(gaps, 90)))
 	if len(calls) != jobs {
 		cao += fmt.Sprintf(", %d calls", len(calls))
 	}

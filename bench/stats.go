@@ -101,6 +101,21 @@ func verdict(ok bool) string {
 	return " — missed"
 }
 
+// rampUp is how long the service took to first reach limit calls at once: the limit-th call's start
+// minus the first call's start. Every slot still empty meanwhile is capacity lost before any hand-off.
+// It returns 0 with fewer than limit calls.
+func rampUp(calls []span, limit int) time.Duration {
+	if limit <= 0 || len(calls) < limit {
+		return 0
+	}
+	starts := make([]time.Time, len(calls))
+	for i, c := range calls {
+		starts[i] = c.start
+	}
+	slices.SortFunc(starts, time.Time.Compare)
+	return starts[limit-1].Sub(starts[0])
+}
+
 // handOffGaps estimates how long a freed slot stayed idle: with a backlog, the k-th call to end frees
 // the slot the (k+limit)-th call to start takes, so each gap is that start minus that end (0 when the
 // start came first). It returns nil with limit calls or fewer.

@@ -123,3 +123,16 @@ func TestHandOffGaps(t *testing.T) {
 		t.Fatalf("gaps of limit calls: %v, want none", got)
 	}
 }
+
+func TestRampUp(t *testing.T) {
+	t.Parallel()
+	t0 := time.Unix(0, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	calls := []span{{at(30), at(130)}, {at(10), at(110)}, {at(120), at(220)}}
+	if got := rampUp(calls, 2); got != 20*time.Millisecond {
+		t.Fatalf("ramp %v, want 20ms", got)
+	}
+	if got := rampUp(calls, 4); got != 0 {
+		t.Fatalf("ramp with fewer calls than the limit: %v, want 0", got)
+	}
+}
