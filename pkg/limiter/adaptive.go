@@ -68,8 +68,11 @@ func AdaptiveFor(sem *Semaphore) *Adaptive {
 
 // adaptiveKeys are the keys of one service, sharing the {name} hash tag (one slot on Redis Cluster).
 func (a *Adaptive) adaptiveKeys(name string) (hold, aimd string) {
-	return a.cfg.Prefix + "hold:{" + name + "}", a.cfg.Prefix + "aimd:{" + name + "}"
+	return adaptiveHoldKey(a.cfg.Prefix, name), a.cfg.Prefix + "aimd:{" + name + "}"
 }
+
+// adaptiveHoldKey is the key of service name's hold, which the semaphore's releases read too.
+func adaptiveHoldKey(prefix, name string) string { return prefix + "hold:{" + name + "}" }
 
 func checkAdaptiveName(op, name string) error {
 	if name == "" || strings.ContainsAny(name, "{}") {

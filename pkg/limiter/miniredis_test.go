@@ -71,6 +71,27 @@ func TestScriptsRunOnMiniredis(t *testing.T) {
 	_, err = quick.Acquire(ctx, "db", 1, time.Hour, "live")
 	require.NoError(t, err)
 
+	// A release hands its slot to the first waiter that takes handed slots and still polls; one
+	// that stopped polling is dropped on the way.
+	m.SetTime(now.Add(10 * time.Second))
+	holder, err = quick.Acquire(ctx, "gpu", 1, time.Hour, "")
+	require.NoError(t, err)
+	for _, wid := range []string{"old", "fresh"} {
+		_, _, err = quick.acquire(ctx, "gpu", 1, time.Hour, wid, true)
+		require.ErrorIs(t, err, ErrFull)
+	}
+	m.SetTime(now.Add(10*time.Second + 900*time.Millisecond))
+	_, _, err = quick.acquire(ctx, "gpu", 1, time.Hour, "fresh", true)
+	require.ErrorIs(t, err, ErrFull)
+	m.SetTime(now.Add(11*time.Second + 500*time.Millisecond))
+	require.NoError(t, quick.Release(ctx, holder))
+	l, handed, err := quick.acquire(ctx, "gpu", 1, time.Hour, "fresh", true)
+	require.NoError(t, err)
+	require.True(t, handed)
+	require.Equal(t, now.Add(11*time.Second+500*time.Millisecond+time.Hour).UnixMilli(), l.ExpiresAt.UnixMilli())
+	require.NoError(t, quick.Leave(ctx, "gpu", "old"))
+	require.NoError(t, quick.Release(ctx, l))
+
 	rate := NewRateLimiter(rdb, Config{})
 	base := now.Add(10 * time.Second)
 	m.SetTime(base)

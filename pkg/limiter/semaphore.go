@@ -58,6 +58,19 @@ type semKeys struct {
 	fence   string // STRING last fencing token issued
 	waiters string // ZSET waiter ID -> queue position (first wait time, µs, made unique)
 	seen    string // ZSET waiter ID -> last Acquire, ms since the epoch
+	// hand holds the waiters that take a slot handed to them by a release: waiter ID -> "limit ttl"
+	// (ms), the limit they wait under and the TTL of the lease they want.
+	hand string // HASH
+	// handed holds the slots handed to waiters that have not polled since: waiter ID -> "lease ID
+	// limit". A waiter whose wake-up was lost finds its lease here; one that gives up returns it.
+	handed string // HASH
+	// hold is the service's hold (Adaptive.Hold): while it lasts, a release hands no slot.
+	hold string
+}
+
+// keyList returns the keys in the order the scripts take them (KEYS[1..7]).
+func (k semKeys) keyList() []string {
+	return []string{k.holders, k.fence, k.waiters, k.seen, k.hand, k.handed, k.hold}
 }
 
 // checkName refuses a semaphore name that would break its keys' shared hash tag: an empty one, or one
@@ -91,7 +104,8 @@ func (s *Semaphore) keys(name string) semKeys {
 	if sub != "" {
 		base += sub + ":"
 	}
-	return semKeys{holders: base + "holders", fence: base + "fence", waiters: base + "waiters", seen: base + "seen"}
+	return semKeys{holders: base + "holders", fence: base + "fence", waiters: base + "waiters", seen: base + "seen",
+		hand: base + "hand", handed: base + "handed", hold: adaptiveHoldKey(s.cfg.Prefix, svc)}
 }
 
 // luaNow is shared by the scripts: the server clock in µs and ms, and integer formatting that stays
@@ -104,10 +118,12 @@ local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now = math.floor(now_us / 1000)
 `
 
-// acquireScript takes a slot if one is free for this waiter, or records the waiter's place in the queue.
-// KEYS: holders, fence, waiters, seen. ARGV: limit, ttl ms, lease ID, waiter ID ("" for none),
-// waiter TTL ms, fence TTL ms.
-// Reply: {1, token, expiry ms} when granted, {0, slots in use, live waiters ahead} when full.
+// acquireScript takes a slot if one is free for this waiter, or records the waiter's place in the
+// queue (and, when it takes handed slots, its limit and TTL in hand). A waiter that a release handed a
+// slot since its last call gets that lease. KEYS: keyList. ARGV: limit, ttl ms, lease ID, waiter ID
+// ("" for none), waiter TTL ms, fence TTL ms, "1" when the waiter takes handed slots.
+// Reply: {1, token, expiry ms} when granted, {2, token, expiry ms, lease ID} for a handed slot,
+// {0, slots in use, live waiters ahead} when full.
 var acquireScript = redis.NewScript(luaNow + `
 local limit = tonumber(ARGV[1])
 local wid = ARGV[4]
@@ -116,11 +132,32 @@ local wttl = tonumber(ARGV[5])
 -- Reclaim expired leases.
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', fmt(now))
 
+-- A slot handed to this waiter by a release whose wake-up it missed.
+if wid ~= '' then
+  local h = redis.call('HGET', KEYS[6], wid)
+  if h then
+    redis.call('HDEL', KEYS[6], wid)
+    local hid = string.match(h, '^(%S+)')
+    local exp = redis.call('ZSCORE', KEYS[1], hid)
+    if exp then return {2, string.match(hid, '^h(%d+)|'), fmt(tonumber(exp)), hid} end
+  end
+end
+
 -- Forget waiters that stopped polling; a bounded batch keeps the script short, later calls finish.
 local stale = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', fmt(now - wttl), 'LIMIT', 0, 100)
 if #stale > 0 then
   redis.call('ZREM', KEYS[3], unpack(stale))
   redis.call('ZREM', KEYS[4], unpack(stale))
+  redis.call('HDEL', KEYS[5], unpack(stale))
+end
+-- Forget handed slots whose holder never released them (it crashed): at most one per lease is live.
+if redis.call('HLEN', KEYS[6]) > 2 * redis.call('ZCARD', KEYS[1]) + 16 then
+  local all = redis.call('HGETALL', KEYS[6])
+  for i = 1, #all, 2 do
+    if not redis.call('ZSCORE', KEYS[1], string.match(all[i + 1], '^(%S+)')) then
+      redis.call('HDEL', KEYS[6], all[i])
+    end
+  end
 end
 
 local used = redis.call('ZCARD', KEYS[1])
@@ -140,6 +177,7 @@ if limit - used > ahead then
   if rank then
     redis.call('ZREM', KEYS[3], wid)
     redis.call('ZREM', KEYS[4], wid)
+    redis.call('HDEL', KEYS[5], wid)
   end
   return {1, fmt(token), fmt(exp)}
 end
@@ -152,6 +190,12 @@ if wid ~= '' then
     redis.call('ZADD', KEYS[3], fmt(pos), wid)
   end
   redis.call('ZADD', KEYS[4], fmt(now), wid)
+  if ARGV[7] == '1' then
+    redis.call('HSET', KEYS[5], wid, ARGV[1] .. ' ' .. ARGV[2])
+    redis.call('PEXPIRE', KEYS[5], ARGV[5])
+  else
+    redis.call('HDEL', KEYS[5], wid)
+  end
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
   redis.call('PEXPIRE', KEYS[4], ARGV[5])
 end
@@ -174,28 +218,97 @@ redis.call('PEXPIRE', KEYS[1], fmt(tonumber(last[2]) - now))
 return {1, fmt(newexp)}
 `)
 
-// releaseScript removes one lease and wakes the waiters that may now take a free slot, the first
-// (limit - slots in use) of the queue: it publishes their IDs on the wake channel (parseWake)
-// before it answers, so the wake-up does not wait for the releaser's next round trip. KEYS:
-// holders, waiters. ARGV: lease ID, limit, wake channel, semaphore name.
-// Reply: {1 if the lease was still held else 0, waiter IDs...}.
-var releaseScript = redis.NewScript(luaNow + `
+// luaServe gives the slots free after a release to the head of the queue, in order, and tells
+// them on the wake channel before the script answers (parseWake), so a freed slot does not wait for
+// the releaser's next round trip. A waiter that takes handed slots (hand) and polled within the
+// waiter TTL gets its lease here, made as acquireScript makes one, and is told it, unless the
+// service is on hold (then no slot is handed: the woken waiters find the hold themselves); any
+// other is woken to take its slot itself, for as many as are free by limit. Serving stops at the first
+// waiter that may not have a slot yet, as acquireScript's rule (limit - used > waiters ahead) says.
+// serve(limit, channel, semaphore name, waiter TTL ms, fence TTL ms) uses KEYS as keyList.
+const luaServe = `
+local function serve(limit, channel, name, wttl, fttl)
+  local used = redis.call('ZCOUNT', KEYS[1], '(' .. fmt(now), '+inf')
+  local ids = redis.call('ZRANGE', KEYS[3], 0, math.max(limit, 1) + 15)
+  local lines, woken, maxexp = {}, 0, 0
+  local held = redis.call('PTTL', KEYS[7]) > 0
+  for _, wid in ipairs(ids) do
+    local h = false
+    if not held then h = redis.call('HGET', KEYS[5], wid) end
+    if h then
+      local seen = redis.call('ZSCORE', KEYS[4], wid)
+      local wlim, wms = string.match(h, '^(%d+) (%d+)$')
+      if not seen or tonumber(seen) < now - wttl or not wlim then
+        redis.call('ZREM', KEYS[3], wid)
+        redis.call('ZREM', KEYS[4], wid)
+        redis.call('HDEL', KEYS[5], wid)
+      else
+        if tonumber(wlim) - used <= woken then break end
+        local prev = tonumber(redis.call('GET', KEYS[2]) or '0')
+        local token = math.max(prev + 1, now_us)
+        redis.call('SET', KEYS[2], fmt(token), 'PX', fttl)
+        local id = 'h' .. fmt(token) .. '|' .. wid
+        local exp = now + tonumber(wms)
+        redis.call('ZADD', KEYS[1], fmt(exp), id)
+        redis.call('ZREM', KEYS[3], wid)
+        redis.call('ZREM', KEYS[4], wid)
+        redis.call('HDEL', KEYS[5], wid)
+        redis.call('HSET', KEYS[6], wid, id .. ' ' .. wlim)
+        used = used + 1
+        maxexp = math.max(maxexp, exp)
+        lines[#lines + 1] = wid .. ' ' .. id .. ' ' .. fmt(token) .. ' ' .. fmt(exp)
+      end
+    else
+      if limit - used <= woken then break end
+      woken = woken + 1
+      lines[#lines + 1] = wid
+    end
+  end
+  if maxexp > 0 then
+    local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+    local ttl = fmt(math.max(tonumber(last[2]), maxexp) - now)
+    redis.call('PEXPIRE', KEYS[1], ttl)
+    redis.call('PEXPIRE', KEYS[6], ttl)
+  end
+  if #lines > 0 then
+    redis.call('PUBLISH', channel, name .. '\n' .. table.concat(lines, '\n'))
+  end
+end
+`
+
+// releaseScript removes one lease (and, for a handed one, its entry in handed) and serves the queue
+// (luaServe). KEYS: keyList. ARGV: lease ID, limit, wake channel, semaphore name, waiter TTL ms,
+// fence TTL ms. Reply: {1 if the lease was still held else 0}.
+var releaseScript = redis.NewScript(luaNow + luaServe + `
 local exp = redis.call('ZSCORE', KEYS[1], ARGV[1])
 local held = 0
 if exp then
   redis.call('ZREM', KEYS[1], ARGV[1])
   if tonumber(exp) > now then held = 1 end
 end
-local free = tonumber(ARGV[2]) - redis.call('ZCOUNT', KEYS[1], '(' .. fmt(now), '+inf')
-local reply = {held}
-if free > 0 then
-  local ids = redis.call('ZRANGE', KEYS[2], 0, free - 1)
-  if #ids > 0 then
-    redis.call('PUBLISH', ARGV[3], ARGV[4] .. '\n' .. table.concat(ids, '\n'))
+local hw = string.match(ARGV[1], '^h%d+|(.+)$')
+if hw then redis.call('HDEL', KEYS[6], hw) end
+serve(tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6])
+return {held}
+`)
+
+// leaveScript removes a waiter from the queue and gives back a slot handed to it that it has not
+// taken (serving the queue with it, luaServe). KEYS: keyList. ARGV: waiter ID, wake channel,
+// semaphore name, waiter TTL ms, fence TTL ms.
+var leaveScript = redis.NewScript(luaNow + luaServe + `
+local wid = ARGV[1]
+redis.call('ZREM', KEYS[3], wid)
+redis.call('ZREM', KEYS[4], wid)
+redis.call('HDEL', KEYS[5], wid)
+local h = redis.call('HGET', KEYS[6], wid)
+if h then
+  redis.call('HDEL', KEYS[6], wid)
+  local hid, lim = string.match(h, '^(%S+) (%d+)$')
+  if hid and redis.call('ZREM', KEYS[1], hid) == 1 then
+    serve(tonumber(lim), ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5])
   end
-  for i = 1, #ids do reply[#reply + 1] = ids[i] end
 end
-return reply
+return 1
 `)
 
 // inUseScript counts unexpired leases. KEYS: holders.
@@ -211,31 +324,52 @@ return redis.call('ZCOUNT', KEYS[1], '(' .. fmt(now), '+inf')
 // no live waiter is left behind. limit <= 0 means unlimited: Acquire makes no Redis call and returns a
 // lease with Token 0 that Renew and Release accept as no-ops.
 func (s *Semaphore) Acquire(ctx context.Context, name string, limit int, ttl time.Duration, waiterID string) (Lease, error) {
+	l, _, err := s.acquire(ctx, name, limit, ttl, waiterID, false)
+	return l, err
+}
+
+// acquire is Acquire for a waiter that may take handed slots (hand, see WaitRoom): it also reports
+// whether the lease is one a release handed to waiterID since its previous call. Such a lease was
+// made after that previous call ran, so its RequestedAt is left zero for the caller to set.
+func (s *Semaphore) acquire(ctx context.Context, name string, limit int, ttl time.Duration, waiterID string, hand bool) (Lease, bool, error) {
 	if err := checkName("acquire", name); err != nil {
-		return Lease{}, err
+		return Lease{}, false, err
 	}
 	if limit <= 0 {
-		return Lease{Name: name, ID: uuid.NewString()}, nil
+		return Lease{Name: name, ID: uuid.NewString()}, false, nil
 	}
 	if ttl < time.Millisecond {
-		return Lease{}, fmt.Errorf("limiter: acquire %q: ttl %s is below 1ms", name, ttl)
+		return Lease{}, false, fmt.Errorf("limiter: acquire %q: ttl %s is below 1ms", name, ttl)
 	}
-	k := s.keys(name)
+	handArg := "0"
+	if hand && waiterID != "" {
+		handArg = "1"
+	}
 	id := uuid.NewString()
 	requested := s.cfg.Now()
-	res, err := acquireScript.Run(ctx, s.rdb, []string{k.holders, k.fence, k.waiters, k.seen},
-		limit, millis(ttl), id, waiterID, millis(s.cfg.WaiterTTL), millis(fenceTTL)).Result()
+	res, err := acquireScript.Run(ctx, s.rdb, s.keys(name).keyList(),
+		limit, millis(ttl), id, waiterID, millis(s.cfg.WaiterTTL), millis(fenceTTL), handArg).Result()
 	if err != nil {
-		return Lease{}, fmt.Errorf("limiter: acquire %q: %w", name, err)
+		return Lease{}, false, fmt.Errorf("limiter: acquire %q: %w", name, err)
 	}
 	r, err := replyInts(res, 3)
 	if err != nil {
-		return Lease{}, fmt.Errorf("limiter: acquire %q: %w", name, err)
+		return Lease{}, false, fmt.Errorf("limiter: acquire %q: %w", name, err)
 	}
-	if r[0] != 1 {
-		return Lease{}, ErrFull
+	switch r[0] {
+	case 1:
+		return Lease{Name: name, ID: id, Token: r[1], ExpiresAt: time.UnixMilli(r[2]), RequestedAt: requested, limit: limit}, false, nil
+	case 2:
+		var hid string
+		if reply, _ := res.([]any); len(reply) >= 4 {
+			hid, _ = reply[3].(string)
+		}
+		if hid == "" {
+			return Lease{}, false, fmt.Errorf("limiter: acquire %q: handed slot without a lease ID", name)
+		}
+		return Lease{Name: name, ID: hid, Token: r[1], ExpiresAt: time.UnixMilli(r[2]), limit: limit}, true, nil
 	}
-	return Lease{Name: name, ID: id, Token: r[1], ExpiresAt: time.UnixMilli(r[2]), RequestedAt: requested, limit: limit}, nil
+	return Lease{}, false, ErrFull
 }
 
 // Renew extends a lease still held to now+ttl by the Redis server clock and returns it updated. It
@@ -264,17 +398,18 @@ func (s *Semaphore) Renew(ctx context.Context, l Lease, ttl time.Duration) (Leas
 }
 
 // Release gives a lease's slot back. It removes only this lease, and returns ErrLeaseLost if the
-// lease was no longer held, which callers may ignore. When callers wait for the semaphore, it
-// publishes a wake-up for the waiters that may now take a slot (as many as are free, longest waiting
-// first) on the wake channel (see WaitRoom), so a freed slot is taken at once instead of at a
-// waiter's next poll.
+// lease was no longer held, which callers may ignore. When callers wait for the semaphore, the
+// slots now free go to the longest waiting first, at once: a waiter that takes handed slots (see
+// WaitRoom) is given its lease by the release itself, any other is woken to take its slot, and both
+// are told on the wake channel, instead of finding the slot at a later poll.
 func (s *Semaphore) Release(ctx context.Context, l Lease) error {
 	if l.Token == 0 {
 		return nil
 	}
-	k := s.keys(l.Name)
-	// The wake-up is best effort: a waiter that misses it finds the slot at its next poll.
-	res, err := releaseScript.Run(ctx, s.rdb, []string{k.holders, k.waiters}, l.ID, max(l.limit, 1), s.wake, l.Name).Slice()
+	// The wake-up is best effort: a waiter that misses it finds the slot (or the slot handed to it)
+	// at its next poll.
+	res, err := releaseScript.Run(ctx, s.rdb, s.keys(l.Name).keyList(), l.ID, max(l.limit, 1), s.wake, l.Name,
+		millis(s.cfg.WaiterTTL), millis(fenceTTL)).Slice()
 	if err != nil {
 		return fmt.Errorf("limiter: release %q: %w", l.Name, err)
 	}
@@ -288,7 +423,8 @@ func (s *Semaphore) Release(ctx context.Context, l Lease) error {
 }
 
 // Leave removes a waiter from the queue of semaphore name, so a caller that stops waiting does not
-// hold up the waiters behind it until its place expires.
+// hold up the waiters behind it until its place expires. A slot a release handed to the waiter,
+// which it has not taken, goes to the next in the queue.
 func (s *Semaphore) Leave(ctx context.Context, name, waiterID string) error {
 	if waiterID == "" {
 		return nil
@@ -296,11 +432,9 @@ func (s *Semaphore) Leave(ctx context.Context, name, waiterID string) error {
 	if err := checkName("leave", name); err != nil {
 		return err
 	}
-	k := s.keys(name)
-	pipe := s.rdb.TxPipeline()
-	pipe.ZRem(ctx, k.waiters, waiterID)
-	pipe.ZRem(ctx, k.seen, waiterID)
-	if _, err := pipe.Exec(ctx); err != nil {
+	err := leaveScript.Run(ctx, s.rdb, s.keys(name).keyList(), waiterID, s.wake, name,
+		millis(s.cfg.WaiterTTL), millis(fenceTTL)).Err()
+	if err != nil {
 		return fmt.Errorf("limiter: leave %q: %w", name, err)
 	}
 	return nil

@@ -35,9 +35,19 @@ type WaitRoomConfig struct {
 }
 
 // WaitRoom lets callers of one process wait for a semaphore slot instead of polling for it from
-// outside: each waiter in the room keeps its place in the semaphore's fleet-wide FIFO queue and is
-// woken, through Redis pub/sub, by whichever process releases a slot, so a freed slot is taken within
-// a round trip. A waiter also retries every Poll, which covers lost wake-ups and leases that expired.
+// outside: each waiter in the room keeps its place in the semaphore's fleet-wide FIFO queue, and
+// whichever process releases a slot hands it to the waiter at the head of the queue: the release
+// makes the waiter's lease and tells it through Redis pub/sub, so a freed slot is used as soon as
+// the message arrives, with no round trip of the waiter's own. A waiter also retries every Poll,
+// which covers lost messages (it finds its handed lease) and leases that expired.
+//
+// A waiter takes handed slots only when its limit cannot change while it waits (WaitOptions.Next is
+// unset, or FixedLimit) and its TTL is at least handMinTTL times the semaphore's WaiterTTL. No slot
+// is handed while the service is on hold (Adaptive.Hold). Its lease then counts,
+// by this process's clock, from the send time of its last poll that found no slot: the release came
+// after that poll ran, and came within WaiterTTL of it, or the waiter would have lost its place. Any
+// other waiter is woken by the release and takes the slot itself, one round trip later.
+//
 // The room of one semaphore has a bounded number of places per process; callers beyond it wait in
 // the lobby, in this process only and in arrival order, for a place (at most LobbyWait).
 type WaitRoom struct {
@@ -47,7 +57,7 @@ type WaitRoom struct {
 	seq atomic.Int64
 
 	mu      sync.Mutex
-	waiters map[string]chan struct{} // waiter ID -> wake-up
+	waiters map[string]*waiter       // waiter ID -> its wake-up
 	count   map[string]int           // semaphore name -> local waiters (room and lobby)
 	rooms   map[string]chan struct{} // semaphore name -> places in the room (a token per waiter)
 	sub     *redis.PubSub
@@ -64,7 +74,7 @@ func NewWaitRoom(sem *Semaphore, cfg WaitRoomConfig) *WaitRoom {
 	}
 	return &WaitRoom{
 		sem: sem, rdb: sem.rdb, cfg: cfg,
-		waiters: map[string]chan struct{}{}, count: map[string]int{}, rooms: map[string]chan struct{}{},
+		waiters: map[string]*waiter{}, count: map[string]int{}, rooms: map[string]chan struct{}{},
 	}
 }
 
@@ -75,8 +85,8 @@ func (w *WaitRoom) Start(ctx context.Context) error {
 	if w.sub != nil {
 		return nil
 	}
-	if w.cfg.ID == "" {
-		return errors.New("limiter: wait room: empty ID")
+	if w.cfg.ID == "" || strings.ContainsAny(w.cfg.ID, " \t\n") {
+		return fmt.Errorf("limiter: wait room: ID %q is empty or holds white space", w.cfg.ID)
 	}
 	sub := w.rdb.Subscribe(ctx, w.sem.WakeChannel())
 	if _, err := sub.Receive(ctx); err != nil {
@@ -106,17 +116,22 @@ func (w *WaitRoom) listen(sub *redis.PubSub, done chan struct{}) {
 	defer close(done)
 	// go-redis reconnects the subscription by itself; the channel closes when sub is closed.
 	for m := range sub.Channel(redis.WithChannelSize(1024)) {
-		_, wids, ok := parseWake(m.Payload)
+		name, wakes, ok := parseWake(m.Payload)
 		if !ok {
 			continue
 		}
-		for _, wid := range wids {
+		for _, wk := range wakes {
 			w.mu.Lock()
-			ch := w.waiters[wid]
+			wt := w.waiters[wk.waiter]
+			if wt != nil && wk.handed {
+				l := wk.lease
+				l.Name = name
+				wt.handed = &l
+			}
 			w.mu.Unlock()
-			if ch != nil {
+			if wt != nil {
 				select {
-				case ch <- struct{}{}:
+				case wt.wake <- struct{}{}:
 				default:
 				}
 			}
@@ -144,6 +159,9 @@ type WaitOptions struct {
 	// Next, when set, returns the limit before every try after the first: the limit may change while
 	// the caller waits (an adaptive limit). An error from it ends the wait with that error.
 	Next func(context.Context) (int, error)
+	// FixedLimit says that Next never changes the limit, it only ends the wait (a service on hold):
+	// the waiter may then take handed slots, which releases never hand while the service is on hold.
+	FixedLimit bool
 	// Enter, when set, is asked after the first try found no free slot, before the caller waits in
 	// the room or the lobby: an error from it ends the wait with that error (a caller that must wait
 	// elsewhere, such as behind other tenants' parked steps).
@@ -191,30 +209,40 @@ func (w *WaitRoom) AcquireWith(ctx context.Context, name string, limit int, ttl 
 		}
 	}
 	defer func() { <-room }()
-	wid, wake := w.enter()
-	defer w.leave(wid)
+	wt := w.enter()
+	defer w.leave(wt.id)
+	hand := (o.Next == nil || o.FixedLimit) && ttl >= handMinTTL*w.sem.cfg.WaiterTTL
+	var lastFull time.Time // the send time of the last poll that found no slot
 	timer := time.NewTimer(w.cfg.Poll)
 	defer timer.Stop()
 	for {
-		l, err := w.sem.Acquire(ctx, name, limit, ttl, wid)
+		sent := w.sem.cfg.Now()
+		l, handed, err := w.sem.acquire(ctx, name, limit, ttl, wt.id, hand)
+		if handed {
+			l.RequestedAt = lastFull
+		}
 		if !errors.Is(err, ErrFull) {
 			if err != nil {
-				w.giveUp(ctx, name, wid)
+				w.giveUp(ctx, name, wt.id)
 			}
 			return l, err
 		}
+		lastFull = sent
 		timer.Reset(w.cfg.Poll)
 		select {
 		case <-ctx.Done():
-			w.giveUp(ctx, name, wid)
+			w.giveUp(ctx, name, wt.id)
 			return Lease{}, context.Cause(ctx)
-		case <-wake:
+		case <-wt.wake:
+			if l, ok := w.takeHanded(wt, limit, lastFull); ok {
+				return l, nil
+			}
 		case <-timer.C:
 		}
 		if o.Next != nil {
 			n, err := o.Next(ctx)
 			if err != nil {
-				w.giveUp(ctx, name, wid)
+				w.giveUp(ctx, name, wt.id)
 				return Lease{}, err
 			}
 			limit = max(n, 1) // never 0, which would mean unlimited
@@ -252,14 +280,40 @@ func (w *WaitRoom) depart(name string) {
 	}
 }
 
-// enter registers a waiter for wake-ups and returns its ID.
-func (w *WaitRoom) enter() (string, chan struct{}) {
+// handMinTTL is how many times the semaphore's WaiterTTL a waiter's lease TTL must be for it to take
+// handed slots: such a lease counts from the waiter's last poll, which may be up to WaiterTTL older
+// than the release that made it, so at least 3/4 of its TTL is left by this process's clock.
+const handMinTTL = 4
+
+// waiter is one caller in the room: its ID in the semaphore's queue, its wake-up, and the lease a
+// release handed it (set by listen, taken by the waiter).
+type waiter struct {
+	id     string
+	wake   chan struct{}
+	handed *Lease
+}
+
+// enter registers a waiter for wake-ups.
+func (w *WaitRoom) enter() *waiter {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	wid := w.cfg.ID + "#" + strconv.FormatInt(w.seq.Add(1), 10)
-	ch := make(chan struct{}, 1)
-	w.waiters[wid] = ch
-	return wid, ch
+	wt := &waiter{id: w.cfg.ID + "#" + strconv.FormatInt(w.seq.Add(1), 10), wake: make(chan struct{}, 1)}
+	w.waiters[wt.id] = wt
+	return wt
+}
+
+// takeHanded returns the lease a release handed to wt, if one came, counting from requested (see
+// WaitRoom). Its entry in the semaphore's handed keys stays until the lease is released.
+func (w *WaitRoom) takeHanded(wt *waiter, limit int, requested time.Time) (Lease, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if wt.handed == nil {
+		return Lease{}, false
+	}
+	l := *wt.handed
+	wt.handed = nil
+	l.RequestedAt, l.limit = requested, limit
+	return l, true
 }
 
 func (w *WaitRoom) leave(wid string) {
@@ -268,12 +322,35 @@ func (w *WaitRoom) leave(wid string) {
 	delete(w.waiters, wid)
 }
 
-// parseWake reads the payload Release publishes (releaseScript): the semaphore name and the waiters
-// to wake, a line each.
-func parseWake(s string) (name string, waiterIDs []string, ok bool) {
+// wakeUp is one line of a wake-up message: a waiter to wake, or one handed a lease.
+type wakeUp struct {
+	waiter string
+	handed bool
+	lease  Lease // ID, Token and ExpiresAt of the handed lease
+}
+
+// parseWake reads the payload a release publishes (luaServe): the semaphore name, then a line per
+// waiter served: its ID alone when it is woken to take its slot itself, or "ID lease-ID token
+// expiry-ms" when the release handed it a lease. Malformed lines are skipped.
+func parseWake(s string) (name string, wakes []wakeUp, ok bool) {
 	name, rest, ok := strings.Cut(s, "\n")
 	if !ok {
 		return "", nil, false
 	}
-	return name, strings.Split(rest, "\n"), true
+	for _, line := range strings.Split(rest, "\n") {
+		f := strings.Fields(line)
+		switch len(f) {
+		case 1:
+			wakes = append(wakes, wakeUp{waiter: f[0]})
+		case 4:
+			token, err1 := strconv.ParseInt(f[2], 10, 64)
+			exp, err2 := strconv.ParseInt(f[3], 10, 64)
+			if err1 != nil || err2 != nil {
+				continue
+			}
+			wakes = append(wakes, wakeUp{waiter: f[0], handed: true,
+				lease: Lease{ID: f[1], Token: token, ExpiresAt: time.UnixMilli(exp)}})
+		}
+	}
+	return name, wakes, true
 }

@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -71,6 +72,7 @@ func TestWaitRoomReleaseWakesWaiterInAnotherProcess(t *testing.T) {
 
 	held, err := holderRoom.Acquire(b.ctx, "llm", 1, time.Minute, 4)
 	require.NoError(t, err)
+	beforeWait := time.Now()
 	got := acquireAsync(b.ctx, waiterRoom, "llm", 1, 4)
 	b.waitForWaiters(t, "llm", 1)
 	require.Equal(t, 1, waiterRoom.Waiting("llm"))
@@ -79,13 +81,32 @@ func TestWaitRoomReleaseWakesWaiterInAnotherProcess(t *testing.T) {
 	require.NoError(t, b.sem.Release(b.ctx, held))
 	l := receive(t, got, "waiter after release")
 	require.Greater(t, l.Token, held.Token)
-	// The lease counts from the request that granted it, not from when the wait began: a holder
-	// that checks RequestedAt+TTL before using its lease must not find it run down by the wait.
-	require.False(t, l.RequestedAt.Before(beforeRelease), "RequestedAt %s is before the release at %s", l.RequestedAt, beforeRelease)
+	// The release handed the slot over: the waiter (whose poll is an hour) made no request of its
+	// own, and its lease counts from its last poll that found no slot, the only one it sent: before
+	// the release, as the lease was made after that poll ran.
+	require.True(t, strings.HasPrefix(l.ID, "h"), "handed lease ID %q", l.ID)
+	require.False(t, l.RequestedAt.Before(beforeWait), "RequestedAt %s is before the wait began at %s", l.RequestedAt, beforeWait)
+	require.True(t, l.RequestedAt.Before(beforeRelease), "RequestedAt %s is not before the release at %s", l.RequestedAt, beforeRelease)
 	require.Equal(t, 0, waiterRoom.Waiting("llm"))
 	ids, err := b.sem.waiters(b.ctx, "llm", 5)
 	require.NoError(t, err)
 	require.Empty(t, ids, "a served waiter leaves the queue")
+
+	// The handed lease is a lease like any other: renewed, released, and its slot handed on.
+	l, err = b.sem.Renew(b.ctx, l, time.Minute)
+	require.NoError(t, err)
+	n, err := b.sem.InUse(b.ctx, "llm")
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	next := acquireAsync(b.ctx, holderRoom, "llm", 1, 4)
+	b.waitForWaiters(t, "llm", 1)
+	require.NoError(t, b.sem.Release(b.ctx, l))
+	l2 := receive(t, next, "the waiter after the handed lease's release")
+	require.Greater(t, l2.Token, l.Token)
+	require.NoError(t, b.sem.Release(b.ctx, l2))
+	handed, err := b.rdb.HLen(b.ctx, b.sem.keys("llm").handed).Result()
+	require.NoError(t, err)
+	require.Zero(t, handed, "a released lease leaves nothing in handed")
 }
 
 func TestWaitRoomServesWaitersInOrder(t *testing.T) {

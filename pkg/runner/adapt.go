@@ -93,7 +93,7 @@ func (r *Runner) acquireSlot(ctx context.Context, svc *registry.Service, p task.
 			gen = st.Gen
 			return st.Limit, nil
 		}
-		opts.Next = next
+		opts.Next, opts.FixedLimit = next, aimd == nil
 		lease, err := r.room.AcquireWith(ctx, svc.Name, limit, svc.LeaseTTL, r.maxWaiters(svc), opts)
 		if errors.Is(err, errHeld) {
 			continue
