@@ -108,12 +108,18 @@ func rampUp(calls []span, limit int) time.Duration {
 	if limit <= 0 || len(calls) < limit {
 		return 0
 	}
-	starts := make([]time.Time, len(calls))
-	for i, c := range calls {
-		starts[i] = c.start
-	}
-	slices.SortFunc(starts, time.Time.Compare)
+	starts := sortedTimes(calls, func(c span) time.Time { return c.start })
 	return starts[limit-1].Sub(starts[0])
+}
+
+// sortedTimes returns at(c) of every call, earliest first.
+func sortedTimes(calls []span, at func(span) time.Time) []time.Time {
+	out := make([]time.Time, len(calls))
+	for i, c := range calls {
+		out[i] = at(c)
+	}
+	slices.SortFunc(out, time.Time.Compare)
+	return out
 }
 
 // handOffGaps estimates how long a freed slot stayed idle: with a backlog, the k-th call to end frees
@@ -123,13 +129,8 @@ func handOffGaps(calls []span, limit int) []time.Duration {
 	if limit <= 0 || len(calls) <= limit {
 		return nil
 	}
-	starts := make([]time.Time, len(calls))
-	ends := make([]time.Time, len(calls))
-	for i, c := range calls {
-		starts[i], ends[i] = c.start, c.end
-	}
-	slices.SortFunc(starts, time.Time.Compare)
-	slices.SortFunc(ends, time.Time.Compare)
+	starts := sortedTimes(calls, func(c span) time.Time { return c.start })
+	ends := sortedTimes(calls, func(c span) time.Time { return c.end })
 	gaps := make([]time.Duration, 0, len(calls)-limit)
 	for k := 0; k+limit < len(starts); k++ {
 		gaps = append(gaps, max(0, starts[k+limit].Sub(ends[k])))

@@ -42,11 +42,11 @@ type WaitRoomConfig struct {
 // which covers lost messages (it finds its handed lease) and leases that expired.
 //
 // A waiter takes handed slots only when its limit cannot change while it waits (WaitOptions.Next is
-// unset, or FixedLimit) and its TTL is at least handMinTTL times the semaphore's WaiterTTL. No slot
-// is handed while the service is on hold (Adaptive.Hold). Its lease then counts,
-// by this process's clock, from the send time of its last poll that found no slot: the release came
-// after that poll ran, and came within WaiterTTL of it, or the waiter would have lost its place. Any
-// other waiter is woken by the release and takes the slot itself, one round trip later.
+// unset, or FixedLimit) and its TTL is at least handMinTTL times the semaphore's WaiterTTL. A handed
+// lease counts, by this process's clock, from the send time of the waiter's last poll that found no
+// slot: the release came after that poll ran, and within WaiterTTL of it, or the waiter would have
+// lost its place. Any other waiter, and every waiter while the service is on hold (Adaptive.Hold),
+// is woken by the release and takes the slot itself, one round trip later.
 //
 // The room of one semaphore has a bounded number of places per process; callers beyond it wait in
 // the lobby, in this process only and in arrival order, for a place (at most LobbyWait).
