@@ -117,12 +117,8 @@ func TestWaitRoomWakesWaiterWithChangingLimit(t *testing.T) {
 	w := b.room(t, "p1", 0)
 	held, err := w.Acquire(b.ctx, "ai", 1, time.Minute, 4)
 	require.NoError(t, err)
-	got := make(chan acquired, 1)
-	go func() {
-		next := func(context.Context) (int, error) { return 1, nil }
-		l, err := w.AcquireWith(b.ctx, "ai", 1, time.Minute, 4, WaitOptions{Next: next})
-		got <- acquired{l, err}
-	}()
+	next := func(context.Context) (int, error) { return 1, nil }
+	got := acquireWithAsync(b.ctx, w, "ai", 1, time.Minute, 4, WaitOptions{Next: next})
 	b.waitForWaiters(t, "ai", 1)
 	beforeRelease := time.Now()
 	require.NoError(t, b.sem.Release(b.ctx, held))
@@ -139,11 +135,7 @@ func TestWaitRoomShortTTLIsWokenNotHanded(t *testing.T) {
 	w := b.room(t, "p1", 0)
 	held, err := w.Acquire(b.ctx, "tiny", 1, time.Minute, 4)
 	require.NoError(t, err)
-	got := make(chan acquired, 1)
-	go func() {
-		l, err := w.Acquire(b.ctx, "tiny", 1, handMinTTL*b.sem.cfg.WaiterTTL-time.Second, 4)
-		got <- acquired{l, err}
-	}()
+	got := acquireWithAsync(b.ctx, w, "tiny", 1, handMinTTL*b.sem.cfg.WaiterTTL-time.Second, 4, WaitOptions{})
 	b.waitForWaiters(t, "tiny", 1)
 	require.NoError(t, b.sem.Release(b.ctx, held))
 	l := receive(t, got, "waiter with a short TTL")
@@ -196,12 +188,8 @@ func TestWaitRoomFixedLimitTakesHandedSlot(t *testing.T) {
 	w := b.room(t, "p1", 0)
 	held, err := w.Acquire(b.ctx, "hdr", 1, time.Minute, 4)
 	require.NoError(t, err)
-	got := make(chan acquired, 1)
-	go func() {
-		next := func(context.Context) (int, error) { return 1, nil }
-		l, err := w.AcquireWith(b.ctx, "hdr", 1, time.Minute, 4, WaitOptions{Next: next, FixedLimit: true})
-		got <- acquired{l, err}
-	}()
+	next := func(context.Context) (int, error) { return 1, nil }
+	got := acquireWithAsync(b.ctx, w, "hdr", 1, time.Minute, 4, WaitOptions{Next: next, FixedLimit: true})
 	b.waitForWaiters(t, "hdr", 1)
 	require.NoError(t, b.sem.Release(b.ctx, held))
 	l := receive(t, got, "waiter with a fixed limit")

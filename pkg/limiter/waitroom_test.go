@@ -36,9 +36,14 @@ type acquired struct {
 
 // acquireAsync waits in w for a slot of name in a goroutine and returns where its result arrives.
 func acquireAsync(ctx context.Context, w *WaitRoom, name string, limit, maxWaiters int) <-chan acquired {
+	return acquireWithAsync(ctx, w, name, limit, time.Minute, maxWaiters, WaitOptions{})
+}
+
+// acquireWithAsync is acquireAsync with a lease TTL and options.
+func acquireWithAsync(ctx context.Context, w *WaitRoom, name string, limit int, ttl time.Duration, maxWaiters int, o WaitOptions) <-chan acquired {
 	ch := make(chan acquired, 1)
 	go func() {
-		l, err := w.Acquire(ctx, name, limit, time.Minute, maxWaiters)
+		l, err := w.AcquireWith(ctx, name, limit, ttl, maxWaiters, o)
 		ch <- acquired{l, err}
 	}()
 	return ch
