@@ -109,38 +109,42 @@ func TestHandoffKeepsTheWaitersLimit(t *testing.T) {
 	require.NoError(t, b.sem.Release(b.ctx, l))
 }
 
+// servedAfterRelease holds the only slot of semaphore name, queues a waiter of a wait room with
+// the lease TTL ttl and options o, releases the slot, and returns the lease the waiter got and the
+// time just before the release.
+func (b *bundle) servedAfterRelease(t *testing.T, name string, ttl time.Duration, o WaitOptions) (Lease, time.Time) {
+	t.Helper()
+	w := b.room(t, "p1", 0)
+	held, err := w.Acquire(b.ctx, name, 1, time.Minute, 4)
+	require.NoError(t, err)
+	got := acquireWithAsync(b.ctx, w, name, 1, ttl, 4, o)
+	b.waitForWaiters(t, name, 1)
+	beforeRelease := time.Now()
+	require.NoError(t, b.sem.Release(b.ctx, held))
+	l := receive(t, got, "the waiter of "+name)
+	t.Cleanup(func() { require.NoError(t, b.sem.Release(context.Background(), l)) })
+	return l, beforeRelease
+}
+
+// nextLimit is a WaitOptions.Next that always reads a limit of 1.
+func nextLimit(context.Context) (int, error) { return 1, nil }
+
 // A waiter whose limit may change while it waits (WaitOptions.Next) is woken and takes its slot
 // itself, by the limit it reads then; it is never handed one.
 func TestWaitRoomWakesWaiterWithChangingLimit(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	w := b.room(t, "p1", 0)
-	held, err := w.Acquire(b.ctx, "ai", 1, time.Minute, 4)
-	require.NoError(t, err)
-	next := func(context.Context) (int, error) { return 1, nil }
-	got := acquireWithAsync(b.ctx, w, "ai", 1, time.Minute, 4, WaitOptions{Next: next})
-	b.waitForWaiters(t, "ai", 1)
-	beforeRelease := time.Now()
-	require.NoError(t, b.sem.Release(b.ctx, held))
-	l := receive(t, got, "waiter with a changing limit")
+	l, beforeRelease := b.servedAfterRelease(t, "ai", time.Minute, WaitOptions{Next: nextLimit})
 	require.False(t, strings.HasPrefix(l.ID, "h"), "not a handed lease: %q", l.ID)
 	require.False(t, l.RequestedAt.Before(beforeRelease), "its own request, after the release, granted it")
-	require.NoError(t, b.sem.Release(b.ctx, l))
 }
 
 // A waiter with a lease TTL too short for handed slots (see handMinTTL) is woken instead.
 func TestWaitRoomShortTTLIsWokenNotHanded(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	w := b.room(t, "p1", 0)
-	held, err := w.Acquire(b.ctx, "tiny", 1, time.Minute, 4)
-	require.NoError(t, err)
-	got := acquireWithAsync(b.ctx, w, "tiny", 1, handMinTTL*b.sem.cfg.WaiterTTL-time.Second, 4, WaitOptions{})
-	b.waitForWaiters(t, "tiny", 1)
-	require.NoError(t, b.sem.Release(b.ctx, held))
-	l := receive(t, got, "waiter with a short TTL")
+	l, _ := b.servedAfterRelease(t, "tiny", handMinTTL*b.sem.cfg.WaiterTTL-time.Second, WaitOptions{})
 	require.False(t, strings.HasPrefix(l.ID, "h"), "not a handed lease: %q", l.ID)
-	require.NoError(t, b.sem.Release(b.ctx, l))
 }
 
 func TestParseWake(t *testing.T) {
@@ -185,14 +189,6 @@ func TestNoHandoffDuringHold(t *testing.T) {
 func TestWaitRoomFixedLimitTakesHandedSlot(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	w := b.room(t, "p1", 0)
-	held, err := w.Acquire(b.ctx, "hdr", 1, time.Minute, 4)
-	require.NoError(t, err)
-	next := func(context.Context) (int, error) { return 1, nil }
-	got := acquireWithAsync(b.ctx, w, "hdr", 1, time.Minute, 4, WaitOptions{Next: next, FixedLimit: true})
-	b.waitForWaiters(t, "hdr", 1)
-	require.NoError(t, b.sem.Release(b.ctx, held))
-	l := receive(t, got, "waiter with a fixed limit")
+	l, _ := b.servedAfterRelease(t, "hdr", time.Minute, WaitOptions{Next: nextLimit, FixedLimit: true})
 	require.True(t, strings.HasPrefix(l.ID, "h"), "a handed lease: %q", l.ID)
-	require.NoError(t, b.sem.Release(b.ctx, l))
 }

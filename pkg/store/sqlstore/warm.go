@@ -11,11 +11,11 @@ import (
 
 // Warm opens n of the pool's connections (at most its size) ahead of the first requests and, on
 // Postgres, prepares the hot path's statements on each (by their text, so every later use of a
-// statement on that connection runs the prepared one). A new Postgres connection costs a backend start, and its
-// first statements load the catalog entries of every table and index they touch: tens of
-// milliseconds each on a busy server, which would otherwise fall on the first steps after a process
-// starts (a slot of a capped service stays idle meanwhile). Connections beyond n open as needed,
-// as before. SQLite, in-process, has nothing to warm.
+// statement on that connection runs the prepared one). A new Postgres connection costs a backend
+// start, and its first statements load the catalog entries of every table and index they touch:
+// tens of milliseconds each on a busy server, which would otherwise fall on the first steps after a
+// process starts (a slot of a capped service stays idle meanwhile). Connections beyond n open as
+// needed, as before. SQLite, in-process, has nothing to warm.
 func (s *Store) Warm(ctx context.Context, n int) error {
 	p, ok := s.hot.(postgresHot)
 	if !ok {
