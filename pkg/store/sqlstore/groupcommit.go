@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,20 +44,21 @@ const (
 )
 
 // A group statement applies the changes of several distinct jobs, all updates or all creates
-// (pgGroupUpdate, pgGroupCreate): $1 job rows, $2 steps, $3 attempts, $4 inputs, $5 events, $6
-// outbox tasks, every row tagged with its job's id. A job's rows are written only if its own row
-// was (its id is in jb): an update whose job's version moved on, or a create whose job exists
-// already, writes nothing. The statement returns the ids of the jobs written and the outbox ids
-// assigned (ascending, in the order of the tasks' n). An update raises cao_conflict when a step's
-// compare-and-set failed after its job's succeeded (nothing is then written; the caller applies the
-// changes one by one to find which). Updated jobs are found by their primary key (= ANY of the
-// ids): a join with the JSON rows alone may be planned as a scan of the whole table.
-var pgGroupUpdate = `WITH jv AS (
-	SELECT id, exp_version, status, input, input_version, output, error, last_seq, stuck_at, stuck_reason, updated_at,
-		started_at, finished_at, n_steps
-	FROM json_to_recordset($1::json) AS jv(id uuid, exp_version bigint, status text, input jsonb,
-		input_version int, output jsonb, error text, last_seq bigint, stuck_at timestamptz, stuck_reason text,
-		updated_at timestamptz, started_at timestamptz, finished_at timestamptz, n_steps int)),
+// (pgGroupUpdate, pgGroupCreate). Its parameters are row sets (pgcolumns.go), in this order: the job
+// rows, the steps, then applyTail's (attempts, inputs, events, outbox), every row naming its job. A
+// job's rows are written only if its own row was (its id is in jb): an update whose job's version
+// moved on, or a create whose job exists already, writes nothing. The statement returns the ids of
+// the jobs written and the outbox ids assigned (ascending, in the order of the tasks' n). An update
+// raises cao_conflict when a step's compare-and-set failed after its job's succeeded (nothing is
+// then written; the caller applies the changes one by one to find which). Updated jobs are found by
+// their primary key (= ANY of the ids): a join with the rows alone may be planned as a scan of the
+// whole table.
+var pgGroupUpdate = func() string {
+	p := &pgParams{}
+	return `WITH jv AS (
+	SELECT id, exp_version, n_steps, status, input, input_version, output, error, last_seq, stuck_at, stuck_reason,
+		updated_at, started_at, finished_at
+	FROM ` + pgJobUpdateRows.from("jv", p) + `),
 jb AS (
 	UPDATE jobs j SET status = jv.status, input = jv.input, input_version = jv.input_version, output = jv.output,
 		error = jv.error, last_seq = jv.last_seq, stuck_at = jv.stuck_at, stuck_reason = jv.stuck_reason,
@@ -65,78 +67,87 @@ jb AS (
 	RETURNING j.id),
 st AS (
 	` + stepUpdate + `
-	FROM json_to_recordset($2::json) AS v(job_id uuid, ` + stepColumns + `)
-	WHERE s.job_id = v.job_id AND s.name = v.name AND s.status = v.exp_status AND s.run = v.exp_run
-		AND s.attempts = v.exp_attempts AND v.job_id IN (SELECT id FROM jb)
-	RETURNING 1)` + pgGroupTail + `
+	FROM ` + pgStepUpdateRows.from("v", p) + `
+	WHERE ` + stepMatch + ` AND v.job_id IN (SELECT id FROM jb)
+	RETURNING 1)` + applyTail(p, true) + `
 SELECT (SELECT coalesce(string_agg(id::text, ','), '') FROM jb),
 	CASE WHEN (SELECT count(*) FROM st) = (SELECT coalesce(sum(jv.n_steps), 0) FROM jv WHERE jv.id IN (SELECT id FROM jb))
 		THEN true ELSE cao_conflict('step') END,
 	(SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM ob)`
+}()
 
-var pgGroupCreate = `WITH v AS (
-	SELECT id, feature_name, status, input, input_version, output, error, last_seq, stuck_at, stuck_reason, created_at,
-		updated_at, started_at, finished_at, tenant, webhook_url
-	FROM json_to_recordset($1::json) AS v(id uuid, feature_name text, status text, input jsonb,
-		input_version int, output jsonb, error text, last_seq bigint, stuck_at timestamptz, stuck_reason text,
-		created_at timestamptz, updated_at timestamptz, started_at timestamptz, finished_at timestamptz,
-		tenant text, webhook_url text)),
-jb AS (
+var pgGroupCreate = func() string {
+	p := &pgParams{}
+	return `WITH jb AS (
 	INSERT INTO jobs (id, feature_name, status, input, input_version, output, error, last_seq, stuck_at, stuck_reason,
 		created_at, updated_at, started_at, finished_at, version, tenant, webhook_url)
 	SELECT v.id, v.feature_name, v.status, v.input, v.input_version, v.output, v.error, v.last_seq, v.stuck_at,
 		v.stuck_reason, v.created_at, v.updated_at, v.started_at, v.finished_at, 1, v.tenant, v.webhook_url
-	FROM v
+	FROM ` + pgJobCreateRows.from("v", p) + `
 	ON CONFLICT (id) DO NOTHING
 	RETURNING id),
 st AS (
-	INSERT INTO job_steps (job_id, name, position, service, queue, needs, status, run, attempts, lost, lease_owner,
-		lease_expires_at, next_attempt_at, output, error, error_class, created_at, updated_at, started_at, finished_at)
-	SELECT x.job_id, x.name, x.position, x.service, x.queue, x.needs, x.status, x.run, x.attempts, x.lost, x.lease_owner,
-		x.lease_expires_at, x.next_attempt_at, x.output, x.error, x.error_class, x.created_at, x.updated_at,
-		x.started_at, x.finished_at
-	FROM json_to_recordset($2::json) AS x(job_id uuid, name text, position int, service text, queue text, needs jsonb,
-		status text, run int, attempts int, lost int, lease_owner text, lease_expires_at timestamptz,
-		next_attempt_at timestamptz, output jsonb, error text, error_class text, created_at timestamptz,
-		updated_at timestamptz, started_at timestamptz, finished_at timestamptz)
-	WHERE x.job_id IN (SELECT id FROM jb)
-	RETURNING 1)` + pgGroupTail + `
+	` + stepInsert + `
+	FROM ` + pgStepCreateRows.from("v", p) + `
+	WHERE v.job_id IN (SELECT id FROM jb)
+	RETURNING 1)` + applyTail(p, true) + `
 SELECT (SELECT coalesce(string_agg(id::text, ','), '') FROM jb), (SELECT count(*) FROM st) >= 0,
 	(SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM ob)`
-
-// pgGroupTail is the group statements' tail.
-var pgGroupTail = applyTail(true)
+}()
 
 // pgJobIn is a job row of a group commit: the row as the change leaves it and, for an update, the
 // version it expects and how many of its steps it updates.
 type pgJobIn struct {
-	ID           string          `json:"id"`
-	ExpVersion   int64           `json:"exp_version"`
-	FeatureName  string          `json:"feature_name"`
-	CreatedAt    time.Time       `json:"created_at"`
-	Tenant       string          `json:"tenant"`
-	WebhookURL   *string         `json:"webhook_url"`
-	Status       string          `json:"status"`
-	Input        json.RawMessage `json:"input"`
-	InputVersion int             `json:"input_version"`
-	Output       json.RawMessage `json:"output"`
-	Error        string          `json:"error"`
-	LastSeq      int64           `json:"last_seq"`
-	StuckAt      *time.Time      `json:"stuck_at"`
-	StuckReason  string          `json:"stuck_reason"`
-	UpdatedAt    time.Time       `json:"updated_at"`
-	StartedAt    *time.Time      `json:"started_at"`
-	FinishedAt   *time.Time      `json:"finished_at"`
-	NSteps       int             `json:"n_steps"`
+	ID           string
+	ExpVersion   int64
+	FeatureName  string
+	CreatedAt    time.Time
+	Tenant       string
+	WebhookURL   *string
+	Status       string
+	Input        string // JSON
+	InputVersion int
+	Output       *string // JSON or NULL
+	Error        string
+	LastSeq      int64
+	StuckAt      *time.Time
+	StuckReason  string
+	UpdatedAt    time.Time
+	StartedAt    *time.Time
+	FinishedAt   *time.Time
+	NSteps       int
 }
 
-// rawOrNil is raw as a JSON value, or nil (JSON null) when it is empty.
-func rawOrNil(raw []byte) json.RawMessage {
-	if len(raw) == 0 {
-		return nil
+// The columns of the job rows: the fields an update writes (with the version it expects and its
+// number of steps), and the whole row of a new job.
+var (
+	pgJobUpdateRows = slices.Concat(pgRowSet[pgJobIn]{
+		pgCol("id", "uuid", func(j *pgJobIn) string { return j.ID }),
+		pgCol("exp_version", "bigint", func(j *pgJobIn) int64 { return j.ExpVersion }),
+		pgCol("n_steps", "int", func(j *pgJobIn) int { return j.NSteps }),
+	}, pgJobFields)
+	pgJobCreateRows = slices.Concat(pgRowSet[pgJobIn]{
+		pgCol("id", "uuid", func(j *pgJobIn) string { return j.ID }),
+		pgCol("feature_name", "text", func(j *pgJobIn) string { return j.FeatureName }),
+		pgCol("created_at", "timestamptz", func(j *pgJobIn) time.Time { return j.CreatedAt }),
+		pgCol("tenant", "text", func(j *pgJobIn) string { return j.Tenant }),
+		pgCol("webhook_url", "text", func(j *pgJobIn) *string { return j.WebhookURL }),
+	}, pgJobFields)
+	// pgJobFields are the columns both shapes share, after their own.
+	pgJobFields = pgRowSet[pgJobIn]{
+		pgCol("status", "text", func(j *pgJobIn) string { return j.Status }),
+		pgCol("input", "jsonb", func(j *pgJobIn) string { return j.Input }),
+		pgCol("input_version", "int", func(j *pgJobIn) int { return j.InputVersion }),
+		pgCol("output", "jsonb", func(j *pgJobIn) *string { return j.Output }),
+		pgCol("error", "text", func(j *pgJobIn) string { return j.Error }),
+		pgCol("last_seq", "bigint", func(j *pgJobIn) int64 { return j.LastSeq }),
+		pgCol("stuck_at", "timestamptz", func(j *pgJobIn) *time.Time { return j.StuckAt }),
+		pgCol("stuck_reason", "text", func(j *pgJobIn) string { return j.StuckReason }),
+		pgCol("updated_at", "timestamptz", func(j *pgJobIn) time.Time { return j.UpdatedAt }),
+		pgCol("started_at", "timestamptz", func(j *pgJobIn) *time.Time { return j.StartedAt }),
+		pgCol("finished_at", "timestamptz", func(j *pgJobIn) *time.Time { return j.FinishedAt }),
 	}
-	return raw
-}
+)
 
 // groupable reports whether c may share a statement with other changes: an update without webhook
 // deliveries, or a create without an idempotency key (a key's binding, and the changes that end a
@@ -313,41 +324,12 @@ func (g *groupCommitter) commit(group []*pendingChange) {
 // for a create, store.ErrDuplicate when its job exists. The error is the statement's own (a step's
 // conflict: cao_conflict's error, with nothing written).
 func (p postgresHot) applyGroup(ctx context.Context, changes []*store.Change) ([]error, error) {
-	// Empty lists, never nil: a nil slice is JSON null, which json_to_recordset refuses.
-	jobs := make([]pgJobIn, 0, len(changes))
-	all := changeRows{steps: []pgStep{}, attempts: []pgAttemptIn{}, inputs: []pgInputIn{}, events: []pgEventIn{}, outbox: []pgOutboxIn{}}
-	n := 0
-	for _, c := range changes {
-		j := c.Job
-		row := jobToRow(j)
-		jobs = append(jobs, pgJobIn{
-			ID: j.ID, ExpVersion: c.Version, FeatureName: row.FeatureName, CreatedAt: row.CreatedAt, Tenant: row.Tenant,
-			WebhookURL: row.WebhookURL, Status: row.Status, Input: rawOrNil(row.Input), InputVersion: row.InputVersion,
-			Output: rawOrNil(row.Output), Error: row.Error, LastSeq: row.LastSeq, StuckAt: row.StuckAt,
-			StuckReason: row.StuckReason, UpdatedAt: row.UpdatedAt, StartedAt: row.StartedAt, FinishedAt: row.FinishedAt,
-			NSteps: len(c.Steps),
-		})
-		r := rowsOf(c, j.ID, n)
-		n += len(c.Outbox)
-		all.steps = append(all.steps, r.steps...)
-		all.attempts = append(all.attempts, r.attempts...)
-		all.inputs = append(all.inputs, r.inputs...)
-		all.events = append(all.events, r.events...)
-		all.outbox = append(all.outbox, r.outbox...)
-	}
-	args, err := jsonArgs(jobs, all.steps, all.attempts, all.inputs, all.events, all.outbox)
-	if err != nil {
-		return nil, err
-	}
+	query, args := groupStatement(changes)
 	var (
 		written string
 		ok      bool
 		ids     string
 	)
-	query := pgGroupUpdate
-	if changes[0].Create {
-		query = pgGroupCreate
-	}
 	if err := p.db.QueryRowContext(ctx, query, args...).Scan(&written, &ok, &ids); err != nil {
 		return nil, err
 	}
@@ -384,6 +366,34 @@ func (p postgresHot) applyGroup(ctx context.Context, changes []*store.Change) ([
 		return nil, fmt.Errorf("apply a group of %d changes: %d outbox ids for %d tasks", len(changes), len(outIDs), k)
 	}
 	return errs, nil
+}
+
+// groupStatement returns the SQL and arguments of the group statement that applies changes.
+func groupStatement(changes []*store.Change) (string, []any) {
+	jobs := make([]pgJobIn, 0, len(changes))
+	var all changeRows
+	n := 0
+	for _, c := range changes {
+		j := c.Job
+		row := jobToRow(j)
+		jobs = append(jobs, pgJobIn{
+			ID: j.ID, ExpVersion: c.Version, FeatureName: row.FeatureName, CreatedAt: row.CreatedAt, Tenant: row.Tenant,
+			WebhookURL: row.WebhookURL, Status: row.Status, Input: string(row.Input), InputVersion: row.InputVersion,
+			Output: optJSON(json.RawMessage(row.Output)), Error: row.Error, LastSeq: row.LastSeq, StuckAt: row.StuckAt,
+			StuckReason: row.StuckReason, UpdatedAt: row.UpdatedAt, StartedAt: row.StartedAt, FinishedAt: row.FinishedAt,
+			NSteps: len(c.Steps),
+		})
+		all.add(c, n)
+		n += len(c.Outbox)
+	}
+	query, jobRows, stepRows := pgGroupUpdate, pgJobUpdateRows, pgStepUpdateRows
+	if changes[0].Create {
+		query, jobRows, stepRows = pgGroupCreate, pgJobCreateRows, pgStepCreateRows
+	}
+	args := make([]any, 0, 64)
+	args = jobRows.args(args, jobs)
+	args = stepRows.args(args, all.steps)
+	return query, all.tailArgs(args)
 }
 
 // parseIDs parses a comma-separated list of ids ("" is none).

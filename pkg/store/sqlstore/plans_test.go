@@ -112,12 +112,16 @@ func TestHotQueriesUseIndexes(t *testing.T) {
 	require.NoError(t, cb.Delete().Remove("test:capture"))
 	require.NoError(t, cb.Update().Remove("test:capture"))
 
-	// The hot path's own statements (no GORM).
+	// The hot path's own statements (no GORM), with the arguments they are sent with.
+	update := &store.Change{Job: &store.Job{ID: id, Status: store.JobRunning, Input: json.RawMessage(`{}`), UpdatedAt: now},
+		Version: 1, Steps: []store.StepChange{{Step: store.Step{Name: "s1", Status: store.StepRunning, Run: 1, UpdatedAt: now},
+			Expect: store.StepExpect{Status: store.StepQueued, Run: 1}}}}
+	single, singleArgs := postgresHot{}.statement(update)
+	group, groupArgs := groupStatement([]*store.Change{update})
 	captured = append(captured,
 		statement{pgLoadJob, []any{id}},
-		statement{pgApplyUpdate, []any{id, 1, "[]", "[]", "[]", "[]", "[]", 0, "RUNNING", "{}", 1, nil, "", 1, nil, "", now, now, nil}},
-		statement{pgGroupUpdate, []any{fmt.Sprintf(`[{"id": %q, "exp_version": 1, "status": "RUNNING", "input": {}, "n_steps": 1}]`, id),
-			fmt.Sprintf(`[{"job_id": %q, "name": "s1", "status": "RUNNING", "exp_status": "QUEUED"}]`, id), "[]", "[]", "[]", "[]"}},
+		statement{single, singleArgs},
+		statement{group, groupArgs},
 	)
 	sqlDB, err := s.db.DB()
 	require.NoError(t, err)

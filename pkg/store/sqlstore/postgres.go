@@ -3,11 +3,10 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -17,7 +16,7 @@ import (
 
 // postgresHot runs the hot path on Postgres in one statement each, without GORM: loading a job
 // reads the job and its steps in one query, and a change is one statement of data-modifying CTEs
-// whose rows travel as JSON arrays. A statement is atomic on its own, so a change needs no
+// whose rows travel as one array per column (pgcolumns.go). A statement is atomic on its own, so a change needs no
 // explicit transaction: the job's version is its compare-and-set, and the function cao_conflict
 // (migration 000002) aborts the statement when a step's compare-and-set fails after the job's
 // succeeded, which leaves nothing written.
@@ -111,156 +110,262 @@ func (p postgresHot) loadJob(ctx context.Context, id string) (*store.Job, []stor
 	return &job, out, nil
 }
 
-// applyTail is the tail the change statements share: the attempts, inputs, events and outbox rows
-// of $3..$6, each written only when its job's row was. For one change (group false) the job is $1
-// and its row was written when jb has a row; for a group, every row names its job (job_id) and the
-// rows written are jb's ids.
-func applyTail(group bool) string {
-	job, cols, written := "$1", "", "EXISTS (SELECT 1 FROM jb)"
-	if group {
-		job, cols, written = "{a}.job_id", "job_id uuid, ", "{a}.job_id IN (SELECT id FROM jb)"
+// Rows of a change, as the statements read them (pgcolumns.go). Every row names its job: a group
+// commit's rows belong to several jobs.
+type (
+	pgAttemptIn struct {
+		JobID      string
+		Step       string
+		Run        int
+		Attempt    int
+		WorkerID   string
+		Status     string
+		ErrorClass string
+		Error      string
+		HTTPStatus int
+		StartedAt  time.Time
+		FinishedAt *time.Time
 	}
-	r := func(alias, sql string) string {
-		sql = strings.NewReplacer("{job}", job, "{cols}", cols, "{written}", written).Replace(sql)
-		return strings.ReplaceAll(sql, "{a}", alias)
+	pgInputIn struct {
+		JobID     string
+		Version   int
+		Input     string // JSON
+		CreatedAt time.Time
+	}
+	pgEventIn struct {
+		JobID   string
+		Seq     int64
+		Type    string
+		Step    string
+		Status  string
+		Attempt int
+		Run     int
+		Error   string
+		Reason  string
+		At      time.Time
+	}
+	pgOutboxIn struct {
+		JobID     string
+		TaskID    string
+		Queue     string
+		TypeName  string
+		Payload   []byte
+		ProcessAt *time.Time
+		CreatedAt time.Time
+		N         int64 // position: ids are assigned in this order
+	}
+)
+
+// The columns of the row sets. A step's row has two shapes: the columns a change may update (with
+// the state its compare-and-set expects), and the whole row of a new job's step.
+var (
+	pgStepUpdateRows = slices.Concat(pgStepKey, pgStepState, pgStepTimes, pgRowSet[pgStep]{
+		pgCol("exp_status", "text", func(s *pgStep) string { return s.ExpStatus }),
+		pgCol("exp_run", "int", func(s *pgStep) int { return s.ExpRun }),
+		pgCol("exp_attempts", "int", func(s *pgStep) int { return s.ExpAttempts }),
+	})
+	pgStepCreateRows = slices.Concat(pgStepKey, pgRowSet[pgStep]{
+		pgCol("position", "int", func(s *pgStep) int { return s.Position }),
+		pgCol("service", "text", func(s *pgStep) string { return s.Service }),
+		pgCol("queue", "text", func(s *pgStep) string { return s.Queue }),
+		pgCol("needs", "jsonb", func(s *pgStep) string { return needsJSON(s.Needs) }),
+		pgCol("created_at", "timestamptz", func(s *pgStep) time.Time { return s.CreatedAt }),
+	}, pgStepState, pgStepTimes)
+	// The columns both shapes of a step's row share.
+	pgStepKey = pgRowSet[pgStep]{
+		pgCol("job_id", "uuid", func(s *pgStep) string { return s.JobID }),
+		pgCol("name", "text", func(s *pgStep) string { return s.Name }),
+	}
+	pgStepState = pgRowSet[pgStep]{
+		pgCol("status", "text", func(s *pgStep) string { return s.Status }),
+		pgCol("run", "int", func(s *pgStep) int { return s.Run }),
+		pgCol("attempts", "int", func(s *pgStep) int { return s.Attempts }),
+		pgCol("lost", "int", func(s *pgStep) int { return s.Lost }),
+		pgCol("lease_owner", "text", func(s *pgStep) string { return s.LeaseOwner }),
+		pgCol("lease_expires_at", "timestamptz", func(s *pgStep) *time.Time { return s.LeaseExpiresAt }),
+		pgCol("next_attempt_at", "timestamptz", func(s *pgStep) *time.Time { return s.NextAttemptAt }),
+		pgCol("output", "jsonb", func(s *pgStep) *string { return stepOutput(s.Output) }),
+		pgCol("error", "text", func(s *pgStep) string { return s.Error }),
+		pgCol("error_class", "text", func(s *pgStep) string { return s.ErrorClass }),
+	}
+	pgStepTimes = pgRowSet[pgStep]{
+		pgCol("updated_at", "timestamptz", func(s *pgStep) time.Time { return s.UpdatedAt }),
+		pgCol("started_at", "timestamptz", func(s *pgStep) *time.Time { return s.StartedAt }),
+		pgCol("finished_at", "timestamptz", func(s *pgStep) *time.Time { return s.FinishedAt }),
+	}
+	pgAttemptRows = pgRowSet[pgAttemptIn]{
+		pgCol("job_id", "uuid", func(a *pgAttemptIn) string { return a.JobID }),
+		pgCol("step", "text", func(a *pgAttemptIn) string { return a.Step }),
+		pgCol("run", "int", func(a *pgAttemptIn) int { return a.Run }),
+		pgCol("attempt", "int", func(a *pgAttemptIn) int { return a.Attempt }),
+		pgCol("worker_id", "text", func(a *pgAttemptIn) string { return a.WorkerID }),
+		pgCol("status", "text", func(a *pgAttemptIn) string { return a.Status }),
+		pgCol("error_class", "text", func(a *pgAttemptIn) string { return a.ErrorClass }),
+		pgCol("error", "text", func(a *pgAttemptIn) string { return a.Error }),
+		pgCol("http_status", "int", func(a *pgAttemptIn) int { return a.HTTPStatus }),
+		pgCol("started_at", "timestamptz", func(a *pgAttemptIn) time.Time { return a.StartedAt }),
+		pgCol("finished_at", "timestamptz", func(a *pgAttemptIn) *time.Time { return a.FinishedAt }),
+	}
+	pgInputRows = pgRowSet[pgInputIn]{
+		pgCol("job_id", "uuid", func(i *pgInputIn) string { return i.JobID }),
+		pgCol("version", "int", func(i *pgInputIn) int { return i.Version }),
+		pgCol("input", "jsonb", func(i *pgInputIn) string { return i.Input }),
+		pgCol("created_at", "timestamptz", func(i *pgInputIn) time.Time { return i.CreatedAt }),
+	}
+	pgEventRows = pgRowSet[pgEventIn]{
+		pgCol("job_id", "uuid", func(e *pgEventIn) string { return e.JobID }),
+		pgCol("seq", "bigint", func(e *pgEventIn) int64 { return e.Seq }),
+		pgCol("type", "text", func(e *pgEventIn) string { return e.Type }),
+		pgCol("step", "text", func(e *pgEventIn) string { return e.Step }),
+		pgCol("status", "text", func(e *pgEventIn) string { return e.Status }),
+		pgCol("attempt", "int", func(e *pgEventIn) int { return e.Attempt }),
+		pgCol("run", "int", func(e *pgEventIn) int { return e.Run }),
+		pgCol("error", "text", func(e *pgEventIn) string { return e.Error }),
+		pgCol("reason", "text", func(e *pgEventIn) string { return e.Reason }),
+		pgCol("at", "timestamptz", func(e *pgEventIn) time.Time { return e.At }),
+	}
+	pgOutboxRows = pgRowSet[pgOutboxIn]{
+		pgCol("job_id", "uuid", func(o *pgOutboxIn) string { return o.JobID }),
+		pgCol("task_id", "text", func(o *pgOutboxIn) string { return o.TaskID }),
+		pgCol("queue", "text", func(o *pgOutboxIn) string { return o.Queue }),
+		pgCol("type_name", "text", func(o *pgOutboxIn) string { return o.TypeName }),
+		pgCol("payload", "bytea", func(o *pgOutboxIn) []byte { return o.Payload }),
+		pgCol("process_at", "timestamptz", func(o *pgOutboxIn) *time.Time { return o.ProcessAt }),
+		pgCol("created_at", "timestamptz", func(o *pgOutboxIn) time.Time { return o.CreatedAt }),
+		pgCol("n", "bigint", func(o *pgOutboxIn) int64 { return o.N }),
+	}
+)
+
+// applyTail is the tail the change statements share: the attempts, inputs, events and outbox rows,
+// their parameters numbered from p's next one on (in this order), each row written only when its
+// job's row was. For one change (group false) its row was written when jb has a row; for a group,
+// the rows written are jb's ids.
+func applyTail(p *pgParams, group bool) string {
+	written := func(alias string) string {
+		if group {
+			return alias + ".job_id IN (SELECT id FROM jb)"
+		}
+		return "EXISTS (SELECT 1 FROM jb)"
 	}
 	return `,
 at AS (
 	INSERT INTO step_attempts (job_id, step, run, attempt, worker_id, status, error_class, error, http_status, started_at, finished_at)
-	` + r("a", `SELECT {job}, a.step, a.run, a.attempt, a.worker_id, a.status, a.error_class, a.error, a.http_status, a.started_at, a.finished_at
-	FROM json_to_recordset($3::json) AS a({cols}step text, run int, attempt int, worker_id text, status text, error_class text,
-		error text, http_status int, started_at timestamptz, finished_at timestamptz)
-	WHERE {written}`) + `
+	SELECT a.job_id, a.step, a.run, a.attempt, a.worker_id, a.status, a.error_class, a.error, a.http_status, a.started_at, a.finished_at
+	FROM ` + pgAttemptRows.from("a", p) + `
+	WHERE ` + written("a") + `
 	ON CONFLICT (job_id, step, run, attempt) DO UPDATE SET worker_id = EXCLUDED.worker_id, status = EXCLUDED.status,
 		error_class = EXCLUDED.error_class, error = EXCLUDED.error, http_status = EXCLUDED.http_status,
 		started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at
 	RETURNING 1),
 inp AS (
 	INSERT INTO job_inputs (job_id, version, input, created_at)
-	` + r("i", `SELECT {job}, i.version, i.input::jsonb, i.created_at
-	FROM json_to_recordset($4::json) AS i({cols}version int, input text, created_at timestamptz)
-	WHERE {written}`) + `
+	SELECT i.job_id, i.version, i.input, i.created_at
+	FROM ` + pgInputRows.from("i", p) + `
+	WHERE ` + written("i") + `
 	RETURNING 1),
 ev AS (
 	INSERT INTO job_events (job_id, seq, type, step, status, attempt, run, error, reason, at)
-	` + r("e", `SELECT {job}, e.seq, e.type, e.step, e.status, e.attempt, e.run, e.error, e.reason, e.at
-	FROM json_to_recordset($5::json) AS e({cols}seq bigint, type text, step text, status text, attempt int, run int,
-		error text, reason text, at timestamptz)
-	WHERE {written}`) + `
+	SELECT e.job_id, e.seq, e.type, e.step, e.status, e.attempt, e.run, e.error, e.reason, e.at
+	FROM ` + pgEventRows.from("e", p) + `
+	WHERE ` + written("e") + `
 	RETURNING 1),
 ob AS (
 	INSERT INTO outbox (task_id, queue, type_name, payload, process_at, created_at)
-	SELECT o.task_id, o.queue, o.type_name, decode(o.payload, 'base64'), o.process_at, o.created_at
-	` + r("o", `FROM json_to_recordset($6::json) AS o({cols}task_id text, queue text, type_name text, payload text,
-		process_at timestamptz, created_at timestamptz, n bigint)
-	WHERE {written}`) + `
+	SELECT o.task_id, o.queue, o.type_name, o.payload, o.process_at, o.created_at
+	FROM ` + pgOutboxRows.from("o", p) + `
+	WHERE ` + written("o") + `
 	ORDER BY o.n
 	RETURNING id)
 `
 }
 
-// stepUpdate is how the statements update a step from its JSON row v (the columns a change may
-// change), and stepColumns the types of those columns and of the state the row expects.
+// tailArgs appends the parameters of applyTail's row sets to args, in its order.
+func (r *changeRows) tailArgs(args []any) []any {
+	args = pgAttemptRows.args(args, r.attempts)
+	args = pgInputRows.args(args, r.inputs)
+	args = pgEventRows.args(args, r.events)
+	return pgOutboxRows.args(args, r.outbox)
+}
+
+// stepUpdate is how the statements update a step from its row v (pgStepUpdateRows), and stepMatch
+// the compare-and-set that selects the step.
 const (
 	stepUpdate = `UPDATE job_steps s SET status = v.status, run = v.run, attempts = v.attempts, lost = v.lost, lease_owner = v.lease_owner,
 		lease_expires_at = v.lease_expires_at, next_attempt_at = v.next_attempt_at, output = v.output,
 		error = v.error, error_class = v.error_class, updated_at = v.updated_at, started_at = v.started_at,
 		finished_at = v.finished_at`
-	stepColumns = `name text, status text, run int, attempts int, lost int, lease_owner text,
-		lease_expires_at timestamptz, next_attempt_at timestamptz, output jsonb, error text, error_class text,
-		updated_at timestamptz, started_at timestamptz, finished_at timestamptz,
-		exp_status text, exp_run int, exp_attempts int`
+	stepMatch = `s.job_id = v.job_id AND s.name = v.name AND s.status = v.exp_status AND s.run = v.exp_run
+		AND s.attempts = v.exp_attempts`
+	// stepInsert inserts the steps of new jobs from their rows v (pgStepCreateRows).
+	stepInsert = `INSERT INTO job_steps (job_id, name, position, service, queue, needs, status, run, attempts, lost, lease_owner,
+		lease_expires_at, next_attempt_at, output, error, error_class, created_at, updated_at, started_at, finished_at)
+	SELECT v.job_id, v.name, v.position, v.service, v.queue, v.needs, v.status, v.run, v.attempts, v.lost, v.lease_owner,
+		v.lease_expires_at, v.next_attempt_at, v.output, v.error, v.error_class, v.created_at, v.updated_at,
+		v.started_at, v.finished_at`
 )
 
-// pgApplyTail is the one-change statements' tail.
-var pgApplyTail = applyTail(false)
+// The one-change statements. Their scalar parameters come first (pgUpdateScalars, pgCreateScalars),
+// then the row sets: the steps, then applyTail's.
+const (
+	// $1 job id, $2 expected version, $3 how many steps, $4..$14 job fields.
+	pgUpdateScalars = 14
+	// $1 job id, $2 idempotency key or NULL, $3 feature, $4..$15 job fields, $16 tenant, $17 webhook_url.
+	pgCreateScalars = 17
+)
 
-// pgApplyUpdate: $1 job id, $2 expected version, $3..$6 tail, $7 steps, $8 how many steps, $9.. job fields.
-var pgApplyUpdate = `WITH jb AS (
-	UPDATE jobs SET status = $9, input = $10::jsonb, input_version = $11, output = $12::jsonb, error = $13, last_seq = $14,
-		stuck_at = $15, stuck_reason = $16, updated_at = $17, started_at = $18, finished_at = $19, version = version + 1
+// pgApplyUpdate updates one job, and pgApplyUpdateWebhooks also inserts the change's webhook
+// deliveries (after the tail's parameters), used only by the changes that end a job with a
+// webhook_url, so the common statement stays as it is.
+var pgApplyUpdate, pgApplyUpdateWebhooks = pgUpdateStatement(false), pgUpdateStatement(true)
+
+func pgUpdateStatement(webhooks bool) string {
+	p := &pgParams{n: pgUpdateScalars}
+	sql := `WITH jb AS (
+	UPDATE jobs SET status = $4, input = $5, input_version = $6, output = $7, error = $8, last_seq = $9,
+		stuck_at = $10, stuck_reason = $11, updated_at = $12, started_at = $13, finished_at = $14, version = version + 1
 	WHERE id = $1 AND version = $2
 	RETURNING version),
 st AS (
 	` + stepUpdate + `
-	FROM json_to_recordset($7::json) AS v(` + stepColumns + `)
-	WHERE s.job_id = $1 AND s.name = v.name AND s.status = v.exp_status AND s.run = v.exp_run
-		AND s.attempts = v.exp_attempts AND EXISTS (SELECT 1 FROM jb)
-	RETURNING 1)` + pgApplyTail + `
+	FROM ` + pgStepUpdateRows.from("v", p) + `
+	WHERE ` + stepMatch + ` AND EXISTS (SELECT 1 FROM jb)
+	RETURNING 1)` + applyTail(p, false)
+	if webhooks {
+		sql += `,
+wh AS (
+	INSERT INTO webhook_deliveries (id, job_id, url, type, payload, next_attempt_at, created_at)
+	SELECT w.id, $1, w.url, w.type, w.payload, w.next_attempt_at, w.created_at
+	FROM ` + pgWebhookRows.from("w", p) + `
+	WHERE EXISTS (SELECT 1 FROM jb)
+	RETURNING 1)`
+	}
+	return sql + `
 SELECT (SELECT version FROM jb),
-	CASE WHEN NOT EXISTS (SELECT 1 FROM jb) OR (SELECT count(*) FROM st) = $8 THEN true ELSE cao_conflict('step') END,
+	CASE WHEN NOT EXISTS (SELECT 1 FROM jb) OR (SELECT count(*) FROM st) = $3 THEN true ELSE cao_conflict('step') END,
 	(SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM ob)`
+}
 
-// pgApplyCreate: $1 job id, $2 idempotency key or NULL, $3..$6 tail, $7 steps, $8..$20 job fields,
-// $21 tenant, $22 webhook_url.
-var pgApplyCreate = `WITH jb AS (
+// pgApplyCreate inserts one job, and binds its idempotency key.
+var pgApplyCreate = func() string {
+	p := &pgParams{n: pgCreateScalars}
+	return `WITH jb AS (
 	INSERT INTO jobs (id, feature_name, status, input, input_version, output, error, last_seq, stuck_at, stuck_reason,
 		idempotency_key, created_at, updated_at, started_at, finished_at, version, tenant, webhook_url)
-	VALUES ($1, $8, $9, $10::jsonb, $11, $12::jsonb, $13, $14, $15, $16, $2, $17, $18, $19, $20, 1, $21, $22)
+	VALUES ($1, $3, $4, $5, $6, $7, $8, $9, $10, $11, $2, $12, $13, $14, $15, 1, $16, $17)
 	RETURNING version),
 ik AS (
-	UPDATE idempotency_keys SET job_id = $1 WHERE tenant = $21 AND "key" = $2 AND job_id IS NULL
+	UPDATE idempotency_keys SET job_id = $1 WHERE tenant = $16 AND "key" = $2 AND job_id IS NULL
 	RETURNING 1),
 st AS (
-	INSERT INTO job_steps (job_id, name, position, service, queue, needs, status, run, attempts, lost, lease_owner,
-		lease_expires_at, next_attempt_at, output, error, error_class, created_at, updated_at, started_at, finished_at)
-	SELECT $1, v.name, v.position, v.service, v.queue, v.needs, v.status, v.run, v.attempts, v.lost, v.lease_owner,
-		v.lease_expires_at, v.next_attempt_at, v.output, v.error, v.error_class, v.created_at, v.updated_at,
-		v.started_at, v.finished_at
-	FROM json_to_recordset($7::json) AS v(name text, position int, service text, queue text, needs jsonb, status text,
-		run int, attempts int, lost int, lease_owner text, lease_expires_at timestamptz, next_attempt_at timestamptz,
-		output jsonb, error text, error_class text, created_at timestamptz, updated_at timestamptz,
-		started_at timestamptz, finished_at timestamptz)
-	RETURNING 1)` + pgApplyTail + `
+	` + stepInsert + `
+	FROM ` + pgStepCreateRows.from("v", p) + `
+	RETURNING 1)` + applyTail(p, false) + `
 SELECT (SELECT version FROM jb),
 	CASE WHEN $2::text IS NULL OR EXISTS (SELECT 1 FROM ik) THEN true ELSE cao_conflict('idempotency key') END,
 	(SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM ob)`
+}()
 
-// JSON shapes of the rows a change sends.
-type (
-	pgAttemptIn struct {
-		JobID      string     `json:"job_id,omitempty"` // set in a group commit's rows
-		Step       string     `json:"step"`
-		Run        int        `json:"run"`
-		Attempt    int        `json:"attempt"`
-		WorkerID   string     `json:"worker_id"`
-		Status     string     `json:"status"`
-		ErrorClass string     `json:"error_class"`
-		Error      string     `json:"error"`
-		HTTPStatus int        `json:"http_status"`
-		StartedAt  time.Time  `json:"started_at"`
-		FinishedAt *time.Time `json:"finished_at"`
-	}
-	pgInputIn struct {
-		JobID     string    `json:"job_id,omitempty"` // set in a group commit's rows
-		Version   int       `json:"version"`
-		Input     string    `json:"input"`
-		CreatedAt time.Time `json:"created_at"`
-	}
-	pgEventIn struct {
-		JobID   string    `json:"job_id,omitempty"` // set in a group commit's rows
-		Seq     int64     `json:"seq"`
-		Type    string    `json:"type"`
-		Step    string    `json:"step"`
-		Status  string    `json:"status"`
-		Attempt int       `json:"attempt"`
-		Run     int       `json:"run"`
-		Error   string    `json:"error"`
-		Reason  string    `json:"reason"`
-		At      time.Time `json:"at"`
-	}
-	pgOutboxIn struct {
-		JobID     string     `json:"job_id,omitempty"` // set in a group commit's rows
-		TaskID    string     `json:"task_id"`
-		Queue     string     `json:"queue"`
-		TypeName  string     `json:"type_name"`
-		Payload   string     `json:"payload"` // base64
-		ProcessAt *time.Time `json:"process_at"`
-		CreatedAt time.Time  `json:"created_at"`
-		N         int        `json:"n"` // position: ids are assigned in this order
-	}
-)
-
+// optJSON is raw as a jsonb parameter: NULL when empty.
 func optJSON(raw json.RawMessage) *string {
 	if len(raw) == 0 {
 		return nil
@@ -269,9 +374,29 @@ func optJSON(raw json.RawMessage) *string {
 	return &s
 }
 
-// changeRows is a change's rows in the JSON shapes the statements read, each tagged with the
-// job's id when jobID is set (a group commit's rows, which belong to several jobs); the outbox
-// rows are numbered from n0 in the order their ids must be assigned.
+// stepOutput is a step's output as a jsonb parameter: NULL when empty or JSON null (as the JSON
+// rows stored it before).
+func stepOutput(raw json.RawMessage) *string {
+	if string(raw) == "null" {
+		return nil
+	}
+	return optJSON(raw)
+}
+
+// needsJSON is a step's needs as a JSON array.
+func needsJSON(needs []string) string {
+	if len(needs) == 0 {
+		return "[]"
+	}
+	b, err := json.Marshal(needs)
+	if err != nil { // a []string always encodes
+		panic(err)
+	}
+	return string(b)
+}
+
+// changeRows is a change's rows as the statements read them; the outbox rows are numbered from n0
+// in the order their ids must be assigned.
 type changeRows struct {
 	steps    []pgStep
 	attempts []pgAttemptIn
@@ -280,73 +405,69 @@ type changeRows struct {
 	outbox   []pgOutboxIn
 }
 
-func rowsOf(c *store.Change, jobID string, n0 int) changeRows {
+func rowsOf(c *store.Change, n0 int) changeRows {
 	var r changeRows
-	r.steps = make([]pgStep, len(c.Steps))
+	r.add(c, n0)
+	return r
+}
+
+// add appends c's rows to r, its outbox rows numbered from n0.
+func (r *changeRows) add(c *store.Change, n0 int) {
+	jobID := c.Job.ID
 	for i := range c.Steps {
 		s, e := &c.Steps[i].Step, c.Steps[i].Expect
-		needs := s.Needs
-		if needs == nil {
-			needs = []string{}
-		}
-		r.steps[i] = pgStep{
-			JobID: jobID, Name: s.Name, Position: s.Position, Service: s.Service, Queue: s.Queue, Needs: needs,
+		r.steps = append(r.steps, pgStep{
+			JobID: jobID, Name: s.Name, Position: s.Position, Service: s.Service, Queue: s.Queue, Needs: s.Needs,
 			Status: string(s.Status), Run: s.Run, Attempts: s.Attempts, Lost: s.Lost, LeaseOwner: s.LeaseOwner,
 			LeaseExpiresAt: s.LeaseExpiresAt, NextAttemptAt: s.NextAttemptAt, Output: s.Output,
 			Error: s.Error, ErrorClass: s.ErrorClass, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt,
 			StartedAt: s.StartedAt, FinishedAt: s.FinishedAt,
 			ExpStatus: string(e.Status), ExpRun: e.Run, ExpAttempts: e.Attempts,
-		}
+		})
 	}
-	r.attempts = make([]pgAttemptIn, len(c.Attempts))
-	for i, a := range c.Attempts {
-		r.attempts[i] = pgAttemptIn{JobID: jobID, Step: a.Step, Run: a.Run, Attempt: a.Attempt, WorkerID: a.WorkerID, Status: a.Status,
-			ErrorClass: a.ErrorClass, Error: a.Error, HTTPStatus: a.HTTPStatus, StartedAt: a.StartedAt, FinishedAt: a.FinishedAt}
+	for _, a := range c.Attempts {
+		r.attempts = append(r.attempts, pgAttemptIn{JobID: jobID, Step: a.Step, Run: a.Run, Attempt: a.Attempt,
+			WorkerID: a.WorkerID, Status: a.Status, ErrorClass: a.ErrorClass, Error: a.Error, HTTPStatus: a.HTTPStatus,
+			StartedAt: a.StartedAt, FinishedAt: a.FinishedAt})
 	}
-	r.inputs = make([]pgInputIn, len(c.Inputs))
-	for i, in := range c.Inputs {
-		r.inputs[i] = pgInputIn{JobID: jobID, Version: in.Version, Input: string(nonNullJSON(in.Input)), CreatedAt: in.CreatedAt}
+	for _, in := range c.Inputs {
+		r.inputs = append(r.inputs, pgInputIn{JobID: jobID, Version: in.Version, Input: string(nonNullJSON(in.Input)),
+			CreatedAt: in.CreatedAt})
 	}
-	r.events = make([]pgEventIn, len(c.Events))
-	for i, e := range c.Events {
-		r.events[i] = pgEventIn{JobID: jobID, Seq: e.Seq, Type: e.Type, Step: e.Step, Status: e.Status, Attempt: e.Attempt, Run: e.Run,
-			Error: e.Error, Reason: e.Reason, At: e.At}
+	for _, e := range c.Events {
+		r.events = append(r.events, pgEventIn{JobID: jobID, Seq: e.Seq, Type: e.Type, Step: e.Step, Status: e.Status,
+			Attempt: e.Attempt, Run: e.Run, Error: e.Error, Reason: e.Reason, At: e.At})
 	}
-	r.outbox = make([]pgOutboxIn, len(c.Outbox))
 	for i, t := range c.Outbox {
-		r.outbox[i] = pgOutboxIn{JobID: jobID, TaskID: t.TaskID, Queue: t.Queue, TypeName: t.TypeName,
-			Payload: base64.StdEncoding.EncodeToString(t.Payload), ProcessAt: t.ProcessAt, CreatedAt: t.CreatedAt, N: n0 + i}
+		payload := t.Payload
+		if payload == nil {
+			payload = []byte{} // NOT NULL: an empty payload is stored empty
+		}
+		r.outbox = append(r.outbox, pgOutboxIn{JobID: jobID, TaskID: t.TaskID, Queue: t.Queue, TypeName: t.TypeName,
+			Payload: payload, ProcessAt: t.ProcessAt, CreatedAt: t.CreatedAt, N: int64(n0 + i)})
 	}
-	return r
 }
 
 // statement returns the SQL and arguments that apply c.
-func (p postgresHot) statement(c *store.Change) (string, []any, error) {
+func (p postgresHot) statement(c *store.Change) (string, []any) {
 	j := c.Job
-	cr := rowsOf(c, "", 0)
-	attempts, inputs, events, outbox, steps := cr.attempts, cr.inputs, cr.events, cr.outbox, cr.steps
-	rows, err := jsonArgs(attempts, inputs, events, outbox, steps)
-	if err != nil {
-		return "", nil, err
-	}
-	args := make([]any, 0, 20)
-	args = append(args, j.ID, nil)
-	args = append(args, rows...)
+	cr := rowsOf(c, 0)
 	row := jobToRow(j)
+	args := make([]any, 0, 96)
 	var query string
 	if c.Create {
 		query = pgApplyCreate
+		var key *string
 		if c.IdempotencyKey != "" {
-			args[1] = c.IdempotencyKey
+			key = &c.IdempotencyKey
 		}
-		args = append(args, j.FeatureName)
+		args = append(args, j.ID, key, row.FeatureName)
 	} else {
 		query = pgApplyUpdate
 		if len(c.Webhooks) > 0 {
 			query = pgApplyUpdateWebhooks
 		}
-		args[1] = c.Version
-		args = append(args, len(c.Steps))
+		args = append(args, j.ID, c.Version, len(c.Steps))
 	}
 	args = append(args, row.Status, string(row.Input), row.InputVersion, optJSON(json.RawMessage(row.Output)), row.Error,
 		row.LastSeq, row.StuckAt, row.StuckReason)
@@ -356,19 +477,20 @@ func (p postgresHot) statement(c *store.Change) (string, []any, error) {
 	args = append(args, row.UpdatedAt, row.StartedAt, row.FinishedAt)
 	if c.Create {
 		args = append(args, row.Tenant, row.WebhookURL)
-	} else if len(c.Webhooks) > 0 {
+		args = pgStepCreateRows.args(args, cr.steps)
+	} else {
+		args = pgStepUpdateRows.args(args, cr.steps)
+	}
+	args = cr.tailArgs(args)
+	if !c.Create && len(c.Webhooks) > 0 {
 		hooks := make([]pgWebhookIn, len(c.Webhooks))
 		for i, d := range c.Webhooks {
 			hooks[i] = pgWebhookIn{ID: d.ID, URL: d.URL, Type: d.Type, Payload: string(d.Payload),
 				NextAttemptAt: d.NextAttemptAt, CreatedAt: d.CreatedAt}
 		}
-		w, err := jsonArgs(hooks)
-		if err != nil {
-			return "", nil, err
-		}
-		args = append(args, w[0])
+		args = pgWebhookRows.args(args, hooks)
 	}
-	return query, args, nil
+	return query, args
 }
 
 func (p postgresHot) apply(ctx context.Context, c *store.Change) error {
@@ -381,16 +503,13 @@ func (p postgresHot) apply(ctx context.Context, c *store.Change) error {
 // applyOne writes one change with its own statement.
 func (p postgresHot) applyOne(ctx context.Context, c *store.Change) error {
 	j := c.Job
-	query, args, err := p.statement(c)
-	if err != nil {
-		return fmt.Errorf("apply change of job %s: %w", j.ID, err)
-	}
+	query, args := p.statement(c)
 	var (
 		version sql.NullInt64
 		ok      bool
 		ids     string
 	)
-	err = p.db.QueryRowContext(ctx, query, args...).Scan(&version, &ok, &ids)
+	err := p.db.QueryRowContext(ctx, query, args...).Scan(&version, &ok, &ids)
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == conflictCode {
@@ -414,19 +533,4 @@ func (p postgresHot) applyOne(ctx context.Context, c *store.Change) error {
 		}
 	}
 	return nil
-}
-
-// jsonArgs encodes row lists as the JSON texts of json parameters. They are json, not jsonb: the
-// statements read them once with json_to_recordset, and building a jsonb value first (its keys
-// sorted, every object) cost Postgres about a sixth of its CPU on the hot path (session 6).
-func jsonArgs(lists ...any) ([]any, error) {
-	out := make([]any, len(lists))
-	for i, l := range lists {
-		b, err := json.Marshal(l)
-		if err != nil {
-			return nil, fmt.Errorf("encode rows: %w", err)
-		}
-		out[i] = string(b)
-	}
-	return out, nil
 }

@@ -3,7 +3,6 @@ package sqlstore
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -146,24 +145,21 @@ func (s *Store) FinishWebhook(ctx context.Context, d *store.WebhookDelivery) err
 	return nil
 }
 
-// pgWebhookIn is a delivery as a change sends it to Postgres.
+// pgWebhookIn is a delivery as a change sends it to Postgres, and pgWebhookRows its columns.
 type pgWebhookIn struct {
-	ID            string    `json:"id"`
-	URL           string    `json:"url"`
-	Type          string    `json:"type"`
-	Payload       string    `json:"payload"`
-	NextAttemptAt time.Time `json:"next_attempt_at"`
-	CreatedAt     time.Time `json:"created_at"`
+	ID            string
+	URL           string
+	Type          string
+	Payload       string
+	NextAttemptAt time.Time
+	CreatedAt     time.Time
 }
 
-// pgApplyUpdateWebhooks is pgApplyUpdate that also inserts the change's webhook deliveries ($20), used
-// only by the changes that end a job with a webhook_url, so the common statement stays as it is.
-var pgApplyUpdateWebhooks = strings.Replace(pgApplyUpdate, "\nSELECT (SELECT version FROM jb),", `,
-wh AS (
-	INSERT INTO webhook_deliveries (id, job_id, url, type, payload, next_attempt_at, created_at)
-	SELECT w.id, $1, w.url, w.type, w.payload, w.next_attempt_at, w.created_at
-	FROM json_to_recordset($20::json) AS w(id uuid, url text, type text, payload text,
-		next_attempt_at timestamptz, created_at timestamptz)
-	WHERE EXISTS (SELECT 1 FROM jb)
-	RETURNING 1)
-SELECT (SELECT version FROM jb),`, 1)
+var pgWebhookRows = pgRowSet[pgWebhookIn]{
+	pgCol("id", "uuid", func(w *pgWebhookIn) string { return w.ID }),
+	pgCol("url", "text", func(w *pgWebhookIn) string { return w.URL }),
+	pgCol("type", "text", func(w *pgWebhookIn) string { return w.Type }),
+	pgCol("payload", "text", func(w *pgWebhookIn) string { return w.Payload }),
+	pgCol("next_attempt_at", "timestamptz", func(w *pgWebhookIn) time.Time { return w.NextAttemptAt }),
+	pgCol("created_at", "timestamptz", func(w *pgWebhookIn) time.Time { return w.CreatedAt }),
+}

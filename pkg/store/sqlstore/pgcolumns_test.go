@@ -1,0 +1,53 @@
+package sqlstore
+
+import (
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestRowSetNumbersItsParameters(t *testing.T) {
+	type row struct {
+		id  string
+		at  *time.Time
+		run int
+	}
+	set := pgRowSet[row]{
+		pgCol("id", "uuid", func(r *row) string { return r.id }),
+		pgCol("at", "timestamptz", func(r *row) *time.Time { return r.at }),
+		pgCol("run", "int", func(r *row) int { return r.run }),
+	}
+	p := &pgParams{n: 2}
+	require.Equal(t, "unnest($3::uuid[], $4::timestamptz[], $5::int[]) AS x(id, at, run)", set.from("x", p))
+	require.Equal(t, "unnest($6::uuid[], $7::timestamptz[], $8::int[]) AS y(id, at, run)", set.from("y", p))
+
+	now := time.Now()
+	args := set.args([]any{"first"}, []row{{"a", &now, 1}, {"b", nil, 2}})
+	require.Equal(t, []any{"first", []string{"a", "b"}, []*time.Time{&now, nil}, []int{1, 2}}, args)
+	// No rows: empty arrays (unnest reads no rows), never NULL.
+	require.Equal(t, []any{[]string{}, []*time.Time{}, []int{}}, set.args(nil, nil))
+}
+
+// Every row set's parameters are as many as its statement's placeholders, for each statement.
+func TestStatementsTakeTheirArguments(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		sql  string
+		n    int
+	}{
+		{"update", pgApplyUpdate, pgUpdateScalars + len(pgStepUpdateRows) + tailColumns()},
+		{"update with webhooks", pgApplyUpdateWebhooks, pgUpdateScalars + len(pgStepUpdateRows) + tailColumns() + len(pgWebhookRows)},
+		{"create", pgApplyCreate, pgCreateScalars + len(pgStepCreateRows) + tailColumns()},
+		{"group update", pgGroupUpdate, len(pgJobUpdateRows) + len(pgStepUpdateRows) + tailColumns()},
+		{"group create", pgGroupCreate, len(pgJobCreateRows) + len(pgStepCreateRows) + tailColumns()},
+	} {
+		require.Contains(t, c.sql, "$"+strconv.Itoa(c.n)+"::", c.name)
+		require.NotContains(t, c.sql, "$"+strconv.Itoa(c.n+1), c.name)
+	}
+}
+
+func tailColumns() int {
+	return len(pgAttemptRows) + len(pgInputRows) + len(pgEventRows) + len(pgOutboxRows)
+}
