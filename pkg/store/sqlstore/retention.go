@@ -16,36 +16,35 @@ const retentionDoomed = `SELECT id FROM jobs
 			WHERE w.job_id = jobs.id AND w.delivered_at IS NULL AND w.gave_up_at IS NULL)
 	ORDER BY finished_at LIMIT ?`
 
-// DeleteFinishedJobs deletes a batch of jobs past retention (see store.Store). On Postgres it is one
-// statement whose rows are locked SKIP LOCKED, so a job being resumed right now is left for the next
-// batch; steps, attempts, events, inputs and deliveries go with their job (ON DELETE CASCADE).
+// DeleteFinishedJobs deletes a batch of jobs past retention (see store.Store), in one transaction:
+// it selects and locks the jobs first (on Postgres SKIP LOCKED, so a job being resumed right now is
+// left for the next batch), then deletes their rows. Each statement after the first sees every
+// change committed to those jobs before they were locked, and none can come after: the events and
+// attempts, which have no foreign key on Postgres (migration 000007), are deleted explicitly with the
+// Idempotency-Keys; steps, inputs and deliveries go by ON DELETE CASCADE.
 func (s *Store) DeleteFinishedJobs(ctx context.Context, finishedBefore time.Time, limit int) (int64, error) {
 	if limit <= 0 {
 		return 0, nil
 	}
-	before := dbTime(finishedBefore)
+	doomed := retentionDoomed
 	if s.dialect == DialectPostgres {
-		res := s.conn(ctx).Exec(`WITH doomed AS (`+retentionDoomed+` FOR UPDATE SKIP LOCKED),
-			keys AS (DELETE FROM idempotency_keys WHERE job_id IN (SELECT id FROM doomed))
-			DELETE FROM jobs WHERE id IN (SELECT id FROM doomed)`, before, limit)
-		if res.Error != nil {
-			return 0, fmt.Errorf("delete finished jobs: %w", interpretError(res.Error))
-		}
-		return res.RowsAffected, nil
+		doomed += " FOR UPDATE SKIP LOCKED"
 	}
 	var n int64
 	err := s.Tx(ctx, func(tx store.Tx) error {
 		db := tx.(*txn).conn(ctx)
 		var ids []string
-		if err := db.Raw(retentionDoomed, before, limit).Scan(&ids).Error; err != nil {
+		if err := db.Raw(doomed, dbTime(finishedBefore), limit).Scan(&ids).Error; err != nil {
 			return err
 		}
+		n = 0
 		if len(ids) == 0 {
-			n = 0
 			return nil
 		}
-		if err := db.Exec(`DELETE FROM idempotency_keys WHERE job_id IN ?`, ids).Error; err != nil {
-			return err
+		for _, table := range []string{"idempotency_keys", "job_events", "step_attempts"} {
+			if err := db.Exec(`DELETE FROM `+table+` WHERE job_id IN ?`, ids).Error; err != nil {
+				return err
+			}
 		}
 		res := db.Exec(`DELETE FROM jobs WHERE id IN ?`, ids)
 		n = res.RowsAffected

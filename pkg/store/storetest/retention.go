@@ -18,7 +18,8 @@ var retentionTests = []struct {
 
 func testDeleteFinishedJobs(t *testing.T, s store.Store) {
 	ctx := testContext(t)
-	// finished makes a job with steps, events, an input and a bound Idempotency-Key, ended at `at`.
+	// finished makes a job with steps, events, an attempt, an input and a bound Idempotency-Key, ended
+	// at `at`.
 	finished := func(status store.JobStatus, at time.Time, key string) *store.Change {
 		c := createChange(base)
 		c.IdempotencyKey = key
@@ -33,7 +34,8 @@ func testDeleteFinishedJobs(t *testing.T, s store.Store) {
 			j.Status, j.FinishedAt = status, &at
 			j.LastSeq++
 			require.NoError(t, s.Apply(ctx, &store.Change{Job: &j, Version: c.Job.Version,
-				Events: []store.Event{{Seq: j.LastSeq, Type: store.EventJob, Status: string(status), At: at}}}))
+				Attempts: []store.Attempt{{Step: "a", Run: 1, Attempt: 1, Status: "failed", StartedAt: at}},
+				Events:   []store.Event{{Seq: j.LastSeq, Type: store.EventJob, Status: string(status), At: at}}}))
 		}
 		return c
 	}
@@ -68,13 +70,22 @@ func testDeleteFinishedJobs(t *testing.T, s store.Store) {
 		inputs, err := s.GetJobInputs(ctx, gone.Job.ID)
 		require.NoError(t, err)
 		require.Empty(t, inputs)
+		attempts, err := s.GetAttempts(ctx, gone.Job.ID)
+		require.NoError(t, err)
+		require.Empty(t, attempts)
 	}
 	_, err = s.GetIdempotencyKey(ctx, "", "key-old")
 	require.ErrorIs(t, err, store.ErrNotFound, "the key bound to a deleted job goes with it")
 	for _, kept := range []string{fresh.Job.ID, running.Job.ID, pending.JobID} {
 		_, err := s.GetJob(ctx, store.AllTenants, kept)
 		require.NoError(t, err, "kept: finished after the cutoff, not terminal, or webhook pending")
+		evs, err := s.ListEvents(ctx, kept, 0, 0)
+		require.NoError(t, err)
+		require.NotEmpty(t, evs, "a kept job keeps its events")
 	}
+	attempts, err := s.GetAttempts(ctx, fresh.Job.ID)
+	require.NoError(t, err)
+	require.Len(t, attempts, 1, "a kept job keeps its attempts")
 
 	// Once its delivery is over, the job with the webhook goes too.
 	claimed, err := s.ClaimWebhooks(ctx, base.Add(time.Hour), base.Add(2*time.Hour), 10)
