@@ -3,6 +3,8 @@ package sqlstore
 import (
 	"strconv"
 	"strings"
+
+	"github.com/google/uuid"
 )
 
 // The hot statements receive their rows (steps, attempts, events, ...) as one array parameter per
@@ -29,6 +31,27 @@ func pgCol[R, V any](name, typ string, get func(*R) V) pgColumn[R] {
 	}}
 }
 
+// param is the type of the column's parameter, cast to c.typ[] where pgx cannot send it in binary:
+// a Go string goes as text[] and becomes uuid[] on the server. (Asked for a uuid[] of strings, pgx
+// fails to encode it in binary, builds an error, plans again and sends the array as text, on every
+// call: a tenth of a worker's CPU.)
+func (c pgColumn[R]) param() string {
+	if c.typ == "uuid" {
+		return "text[]::uuid[]"
+	}
+	return c.typ + "[]"
+}
+
+// pgUUID is a canonical id as a uuid parameter that pgx sends in binary: a Go string it sends only
+// as text, after failing to encode it in binary on every call (as for the columns above).
+func pgUUID(id string) any {
+	u, err := uuid.Parse(id)
+	if err != nil {
+		return id // not an id: the server refuses it
+	}
+	return [16]byte(u)
+}
+
 // pgRowSet is the columns of a row set, in the order of their parameters.
 type pgRowSet[R any] []pgColumn[R]
 
@@ -41,7 +64,7 @@ func (s pgRowSet[R]) from(alias string, p *pgParams) string {
 			params.WriteString(", ")
 			names.WriteString(", ")
 		}
-		params.WriteString("$" + strconv.Itoa(p.next()) + "::" + c.typ + "[]")
+		params.WriteString("$" + strconv.Itoa(p.next()) + "::" + c.param())
 		names.WriteString(c.name)
 	}
 	return "unnest(" + params.String() + ") AS " + alias + "(" + names.String() + ")"

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/stretchr/testify/require"
 )
 
@@ -20,8 +21,8 @@ func TestRowSetNumbersItsParameters(t *testing.T) {
 		pgCol("run", "int", func(r *row) int { return r.run }),
 	}
 	p := &pgParams{n: 2}
-	require.Equal(t, "unnest($3::uuid[], $4::timestamptz[], $5::int[]) AS x(id, at, run)", set.from("x", p))
-	require.Equal(t, "unnest($6::uuid[], $7::timestamptz[], $8::int[]) AS y(id, at, run)", set.from("y", p))
+	require.Equal(t, "unnest($3::text[]::uuid[], $4::timestamptz[], $5::int[]) AS x(id, at, run)", set.from("x", p))
+	require.Equal(t, "unnest($6::text[]::uuid[], $7::timestamptz[], $8::int[]) AS y(id, at, run)", set.from("y", p))
 
 	now := time.Now()
 	args := set.args([]any{"first"}, []row{{"a", &now, 1}, {"b", nil, 2}})
@@ -50,4 +51,17 @@ func TestStatementsTakeTheirArguments(t *testing.T) {
 
 func tailColumns() int {
 	return len(pgAttemptRows) + len(pgInputRows) + len(pgEventRows) + len(pgOutboxRows)
+}
+
+func TestUUIDParameterIsBinary(t *testing.T) {
+	id := "7b3c8c9e-0000-4000-8000-000000000001"
+	m := pgtype.NewMap()
+	_, err := m.Encode(pgtype.UUIDOID, pgtype.BinaryFormatCode, id, nil)
+	require.Error(t, err, "pgx cannot send a string as a binary uuid (if it can now, pgUUID and param may go)")
+	buf, err := m.Encode(pgtype.UUIDOID, pgtype.BinaryFormatCode, pgUUID(id), nil)
+	require.NoError(t, err)
+	require.Len(t, buf, 16)
+	_, err = m.Encode(pgtype.TextArrayOID, pgtype.BinaryFormatCode, []string{id}, nil)
+	require.NoError(t, err, "a uuid column goes as text[]")
+	require.Equal(t, "nope", pgUUID("nope"))
 }

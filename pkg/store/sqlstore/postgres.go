@@ -76,7 +76,7 @@ func (p postgresHot) loadJob(ctx context.Context, id string) (*store.Job, []stor
 		r     jobRow
 		steps jsonText
 	)
-	err := p.db.QueryRowContext(ctx, pgLoadJob, key).Scan(&r.ID, &r.Tenant, &r.FeatureName, &r.Status, &r.Input, &r.InputVersion,
+	err := p.db.QueryRowContext(ctx, pgLoadJob, pgUUID(key)).Scan(&r.ID, &r.Tenant, &r.FeatureName, &r.Status, &r.Input, &r.InputVersion,
 		&r.Output, &r.Error, &r.LastSeq, &r.StuckAt, &r.StuckReason, &r.IdempotencyKey, &r.WebhookURL, &r.CreatedAt, &r.UpdatedAt,
 		&r.StartedAt, &r.FinishedAt, &r.Version, &steps)
 	if err != nil {
@@ -461,13 +461,13 @@ func (p postgresHot) statement(c *store.Change) (string, []any) {
 		if c.IdempotencyKey != "" {
 			key = &c.IdempotencyKey
 		}
-		args = append(args, j.ID, key, row.FeatureName)
+		args = append(args, pgUUID(j.ID), key, row.FeatureName)
 	} else {
 		query = pgApplyUpdate
 		if len(c.Webhooks) > 0 {
 			query = pgApplyUpdateWebhooks
 		}
-		args = append(args, j.ID, c.Version, len(c.Steps))
+		args = append(args, pgUUID(j.ID), c.Version, len(c.Steps))
 	}
 	args = append(args, row.Status, string(row.Input), row.InputVersion, optJSON(json.RawMessage(row.Output)), row.Error,
 		row.LastSeq, row.StuckAt, row.StuckReason)
