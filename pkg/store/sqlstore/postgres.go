@@ -16,10 +16,10 @@ import (
 
 // postgresHot runs the hot path on Postgres in one statement each, without GORM: loading a job
 // reads the job and its steps in one query, and a change is one statement of data-modifying CTEs
-// whose rows travel as one array per column (pgcolumns.go). A statement is atomic on its own, so a change needs no
-// explicit transaction: the job's version is its compare-and-set, and the function cao_conflict
-// (migration 000002) aborts the statement when a step's compare-and-set fails after the job's
-// succeeded, which leaves nothing written.
+// whose rows travel as one array per column (pgcolumns.go). A statement is atomic on its own, so a
+// change needs no explicit transaction: the job's version is its compare-and-set, and the function
+// cao_conflict (migration 000002) aborts the statement when a step's compare-and-set fails after
+// the job's succeeded, which leaves nothing written.
 type postgresHot struct {
 	db    *sql.DB
 	group *groupCommitter // update changes arriving together share a statement (groupcommit.go)
@@ -39,10 +39,10 @@ const pgLoadJob = `SELECT j.id, j.tenant, j.feature_name, j.status, j.input, j.i
 	(SELECT json_agg(s ORDER BY s.position, s.name) FROM job_steps s WHERE s.job_id = j.id)
 FROM jobs j WHERE j.id = $1`
 
-// pgStep is a job_steps row in JSON: as json_agg reads it, and as a change writes it (with the
-// state its compare-and-set expects).
+// pgStep is a job_steps row: as loadJob reads it (JSON, from json_agg), and as a change writes it
+// (pgStepUpdateRows, pgStepCreateRows: with the state its compare-and-set expects).
 type pgStep struct {
-	JobID          string          `json:"job_id,omitempty"` // set in a group commit's rows
+	JobID          string          `json:"job_id"`
 	Name           string          `json:"name"`
 	Position       int             `json:"position"`
 	Service        string          `json:"service"`
