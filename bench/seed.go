@@ -105,10 +105,17 @@ func loadTemplate(ctx context.Context, db *pgxpool.Pool, jobID string) (*templat
 			t.tables = append(t.tables, tt)
 		}
 	}
-	if t.created.IsZero() || len(t.tables) == 0 || t.tables[0].name != "jobs" {
+	if t.created.IsZero() || !t.hasJob() {
 		return nil, fmt.Errorf("template job %s not found", jobID)
 	}
 	return t, nil
+}
+
+// hasJob reports whether the template holds its jobs row. The jobs table need not come first: a
+// table without a foreign key to it (the event log, on Postgres since migration 000007) may sort
+// before it.
+func (t *template) hasJob() bool {
+	return slices.ContainsFunc(t.tables, func(tt templateTable) bool { return tt.name == "jobs" && len(tt.rows) == 1 })
 }
 
 // seedClones writes n clones of the template with COPY, table by table. Clone i is created at
@@ -193,6 +200,12 @@ func tablesByForeignKeys(ctx context.Context, db *pgxpool.Pool) ([]string, error
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
+	return orderByDeps(tables, deps)
+}
+
+// orderByDeps orders tables so that each comes after the tables it depends on (deps), keeping the
+// given order otherwise.
+func orderByDeps(tables []string, deps map[string][]string) ([]string, error) {
 	var order []string
 	state := map[string]int{} // 1 visiting, 2 done
 	var visit func(string) error
