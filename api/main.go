@@ -14,6 +14,7 @@ import (
 	"github.com/cao-run/cao/api/internal/cli"
 	"github.com/cao-run/cao/api/internal/devmode"
 	"github.com/cao-run/cao/api/internal/serve"
+	"github.com/cao-run/cao/pkg/node"
 )
 
 func main() {
@@ -50,8 +51,10 @@ func run(ctx context.Context, args []string) error {
 		if len(args) > 0 {
 			return fmt.Errorf("serve takes no arguments\n%s", usage)
 		}
+		node.TuneGC(os.LookupEnv)
 		return serve.Run(ctx)
 	case "dev":
+		node.TuneGC(os.LookupEnv)
 		return devmode.Run(ctx, args)
 	case "migrate":
 		return serve.Migrate(ctx, args, os.Stdout)

@@ -43,6 +43,7 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	node.TuneGC(os.LookupEnv)
 	log := cfg.Logger()
 	n, err := node.Open(ctx, cfg, log, node.ProcessID("worker"))
 	if err != nil {
