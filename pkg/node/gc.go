@@ -1,6 +1,10 @@
 package node
 
-import "runtime/debug"
+import (
+	"math"
+	"runtime/debug"
+	"runtime/metrics"
+)
 
 // DefaultGCPercent is the garbage collector's target at which CAO's processes run unless GOGC is set:
 // twice the Go runtime's default. A worker allocates for every step (rows, JSON, events), and at the
@@ -11,12 +15,16 @@ import "runtime/debug"
 const DefaultGCPercent = 200
 
 // TuneGC sets the collector's target to DefaultGCPercent unless the environment (lookup) sets GOGC,
-// which then keeps its meaning. It returns the target in effect.
+// which then keeps its meaning. It returns the target in effect (-1: off).
 func TuneGC(lookup func(string) (string, bool)) int {
 	if _, ok := lookup("GOGC"); ok {
-		v := debug.SetGCPercent(-1)
-		debug.SetGCPercent(v)
-		return v
+		sample := []metrics.Sample{{Name: "/gc/gogc:percent"}}
+		metrics.Read(sample)
+		v := sample[0].Value.Uint64()
+		if v > math.MaxInt32 {
+			return -1 // GOGC=off (read as -1 in a uint64), as debug.SetGCPercent reports it
+		}
+		return int(v)
 	}
 	debug.SetGCPercent(DefaultGCPercent)
 	return DefaultGCPercent

@@ -405,12 +405,6 @@ type changeRows struct {
 	outbox   []pgOutboxIn
 }
 
-func rowsOf(c *store.Change, n0 int) changeRows {
-	var r changeRows
-	r.add(c, n0)
-	return r
-}
-
 // add appends c's rows to r, its outbox rows numbered from n0.
 func (r *changeRows) add(c *store.Change, n0 int) {
 	jobID := c.Job.ID
@@ -451,7 +445,8 @@ func (r *changeRows) add(c *store.Change, n0 int) {
 // statement returns the SQL and arguments that apply c.
 func (p postgresHot) statement(c *store.Change) (string, []any) {
 	j := c.Job
-	cr := rowsOf(c, 0)
+	var cr changeRows
+	cr.add(c, 0)
 	row := jobToRow(j)
 	args := make([]any, 0, 96)
 	var query string
