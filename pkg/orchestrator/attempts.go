@@ -135,7 +135,7 @@ func (o *Orchestrator) StartAttempt(ctx context.Context, t *Target, workerID str
 // Claim is how StartAttemptFrom claims a step.
 type Claim struct {
 	// From is the step's job as Read read it while the step waited for a slot; nil: the claim reads
-	// the job itself.
+	// the job itself, or starts from the snapshot the task carries (carry.go).
 	From *Snapshot
 	// Holding is set when the worker holds a slot of the step's service while it claims: the slot is
 	// idle until the call leaves, so the claim is written at once (store.Change.Urgent).
@@ -159,12 +159,14 @@ func (o *Orchestrator) Read(ctx context.Context, t *Target) (*Snapshot, error) {
 // snapshot: no other step is queued, retrying or running (a cancel, a resume or the reaper still
 // may, rarely). A claim starts only from a quiet snapshot: starting from a job that moved on costs a
 // refused statement and a read, more than the read it saves.
-func (s *Snapshot) quiet(name string) bool {
-	if s == nil || s.snap.job.Status.Terminal() {
+func (s *Snapshot) quiet(name string) bool { return s != nil && s.snap.quiet(name) }
+
+func (sn *snapshot) quiet(name string) bool {
+	if sn.job.Status.Terminal() {
 		return false
 	}
-	for i := range s.snap.steps {
-		st := &s.snap.steps[i]
+	for i := range sn.steps {
+		st := &sn.steps[i]
 		if st.Name != name && (st.Status.Waiting() || st.Status == store.StepRunning) {
 			return false
 		}
@@ -172,11 +174,15 @@ func (s *Snapshot) quiet(name string) bool {
 	return true
 }
 
-// StartAttemptFrom is StartAttempt as c says: starting from snapshot c.From (Read) when it is quiet,
-// instead of reading the job, so that the claim is one statement. The claim is a compare-and-set on
-// the job's version, so a snapshot the job moved on from is refused and the job read again; a
-// snapshot in which the step does not wait for the attempt is not trusted either (read again).
+// StartAttemptFrom is StartAttempt as c says: starting from snapshot c.From (Read), or else from the
+// snapshot the task carries (carry.go), when it is quiet, instead of reading the job, so that the
+// claim is one statement. The claim is a compare-and-set on the job's version, so a snapshot the job
+// moved on from is refused and the job read again; a snapshot in which the step does not wait for
+// the attempt is not trusted either (read again).
 func (o *Orchestrator) StartAttemptFrom(ctx context.Context, t *Target, workerID string, c Claim) (*Attempt, error) {
+	if c.From == nil {
+		c.From = carried(t)
+	}
 	if c.From.quiet(t.Payload.Step) {
 		a, err := o.startAttempt(ctx, t, workerID, c.From.snap, c.Holding)
 		if !errors.Is(err, ErrStale) {

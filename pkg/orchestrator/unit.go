@@ -145,7 +145,7 @@ func (o *Orchestrator) newUnit(ctx context.Context, job *store.Job, steps []stor
 func (o *Orchestrator) afterCommit(ctx context.Context, u *unit) {
 	if len(u.outbox) > 0 && o.dispatch != nil {
 		// Committed: dispatching must not be skipped because the request was cancelled.
-		o.dispatch.Dispatch(context.WithoutCancel(ctx), u.outbox)
+		o.dispatch.Dispatch(context.WithoutCancel(ctx), o.carry(u))
 	}
 	o.publish(u.events)
 	o.observe(ctx, u)

@@ -221,6 +221,7 @@ func (r *Runner) settleStolen(ctx context.Context, g dispatch.Ring, t *asynq.Tas
 			return // malformed (logged by run), or marked already
 		}
 		p.Failed = strings.TrimPrefix(err.Error(), asynq.SkipRetry.Error()+": ")
+		p.Snap = nil // Asynq archives the task: it keeps no copy of the job
 		back.Payload = p.Marshal()
 	} else {
 		at := r.cfg.Now().Add(retryDelay(0, err, t))

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cao-run/cao/pkg/store"
@@ -36,12 +37,36 @@ type StepPayload struct {
 	// good: the worker that gets it fails it at once with this message, so Asynq archives it with
 	// its error, as it does the tasks it hands out. Empty otherwise.
 	Failed string `json:"failed,omitempty"`
+	// Snap is the step's job as the change that queued the task left it, carried by the copy the
+	// committing process hands to the queue at once (never by the outbox's copy), so that the worker
+	// claims the step without reading the job first. Its format is the orchestrator's; a worker that
+	// cannot use it reads the job. Empty otherwise.
+	Snap json.RawMessage `json:"snap,omitempty"`
 }
 
 // Marshal encodes the payload.
 func (p StepPayload) Marshal() []byte {
-	b, _ := json.Marshal(p) // cannot fail: plain strings and ints
+	b, _ := json.Marshal(p) // cannot fail: plain strings and ints, and Snap is valid JSON or empty
 	return b
+}
+
+// WithSnap returns encoded step payload b carrying snap as its Snap (b carries none), without
+// decoding b: b is a JSON object, as Marshal writes it, and snap valid JSON.
+func WithSnap(b []byte, snap json.RawMessage) []byte {
+	out := make([]byte, 0, len(b)+len(snap)+len(`,"snap":`))
+	out = append(out, b[:len(b)-1]...)
+	out = append(out, `,"snap":`...)
+	out = append(out, snap...)
+	return append(out, '}')
+}
+
+// StepOfTaskID returns the step name in a step task's id (TaskID), or "" if id is not one.
+func StepOfTaskID(id string) string {
+	parts := strings.SplitN(id, ":", 5)
+	if len(parts) != 5 || parts[0] != "step" {
+		return ""
+	}
+	return parts[4]
 }
 
 // ParseStepPayload decodes and checks a step task payload.

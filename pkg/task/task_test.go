@@ -1,6 +1,7 @@
 package task_test
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -59,4 +60,22 @@ func TestForStep(t *testing.T) {
 	past := now.Add(-time.Second)
 	s.NextAttemptAt = &past
 	require.Nil(t, task.ForStep(s, "plan", "acme", now).ProcessAt, "an overdue retry runs now")
+}
+
+// TestWithSnap: a payload given a snapshot decodes to the same payload carrying it, and its task id
+// still names its step.
+func TestWithSnap(t *testing.T) {
+	t.Parallel()
+	p := task.StepPayload{JobID: "0b6a2e0e-3c1f-4a57-9d1e-5a8f2f9c1d11", Feature: "f", Step: "fetch:page", Run: 2, Attempt: 3, Tenant: "acme"}
+	snap := json.RawMessage(`{"v":1,"job":{"id":"x"}}`)
+	got, err := task.ParseStepPayload(task.WithSnap(p.Marshal(), snap))
+	require.NoError(t, err)
+	want := p
+	want.Snap = snap
+	require.Equal(t, want, got)
+
+	require.Equal(t, "fetch:page", task.StepOfTaskID(p.TaskID()), "a step name may hold colons")
+	for _, id := range []string{"", "step:", "step:j:1:1", "webhook:j:1:1:a"} {
+		require.Empty(t, task.StepOfTaskID(id), id)
+	}
 }
