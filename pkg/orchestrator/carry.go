@@ -59,8 +59,9 @@ type carriedJob struct {
 	FinishedAt     *time.Time      `json:"finished_at,omitempty"`
 }
 
-// carriedStep is a step of the carried job (its JobID is the job's).
+// carriedStep is a step of the carried job (its JobID is the job's, not encoded).
 type carriedStep struct {
+	JobID          string           `json:"-"`
 	Name           string           `json:"name"`
 	Position       int              `json:"position"`
 	Service        string           `json:"service"`
@@ -82,23 +83,13 @@ type carriedStep struct {
 	FinishedAt     *time.Time       `json:"finished_at,omitempty"`
 }
 
-// encodeCarried encodes sn for a task.
+// encodeCarried encodes sn for a task. carriedJob and carriedStep have store.Job's and store.Step's
+// fields, in their order, so each converts to the other: a field added to one and not the other
+// does not compile.
 func encodeCarried(sn *snapshot) (json.RawMessage, error) {
-	j := &sn.job
-	c := carriedSnapshot{Format: carriedFormat, Job: carriedJob{
-		ID: j.ID, Tenant: j.Tenant, FeatureName: j.FeatureName, Status: j.Status, Input: j.Input,
-		InputVersion: j.InputVersion, Output: j.Output, Error: j.Error, LastSeq: j.LastSeq, Version: j.Version,
-		StuckAt: j.StuckAt, StuckReason: j.StuckReason, IdempotencyKey: j.IdempotencyKey, WebhookURL: j.WebhookURL,
-		CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt, StartedAt: j.StartedAt, FinishedAt: j.FinishedAt,
-	}, Steps: make([]carriedStep, len(sn.steps))}
-	for i := range sn.steps {
-		s := &sn.steps[i]
-		c.Steps[i] = carriedStep{
-			Name: s.Name, Position: s.Position, Service: s.Service, Queue: s.Queue, Needs: s.Needs, Status: s.Status,
-			Run: s.Run, Attempts: s.Attempts, Lost: s.Lost, LeaseOwner: s.LeaseOwner, LeaseExpiresAt: s.LeaseExpiresAt,
-			NextAttemptAt: s.NextAttemptAt, Output: s.Output, Error: s.Error, ErrorClass: s.ErrorClass,
-			CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt, StartedAt: s.StartedAt, FinishedAt: s.FinishedAt,
-		}
+	c := carriedSnapshot{Format: carriedFormat, Job: carriedJob(sn.job), Steps: make([]carriedStep, len(sn.steps))}
+	for i, s := range sn.steps {
+		c.Steps[i] = carriedStep(s)
 	}
 	return json.Marshal(c)
 }
@@ -110,26 +101,13 @@ func decodeCarried(b json.RawMessage, jobID string) (*snapshot, bool) {
 	if len(b) == 0 || json.Unmarshal(b, &c) != nil || c.Format != carriedFormat || c.Job.ID != jobID {
 		return nil, false
 	}
-	j := &c.Job
-	sn := &snapshot{job: store.Job{
-		ID: j.ID, Tenant: j.Tenant, FeatureName: j.FeatureName, Status: j.Status, Input: j.Input,
-		InputVersion: j.InputVersion, Output: j.Output, Error: j.Error, LastSeq: j.LastSeq, Version: j.Version,
-		StuckAt: j.StuckAt, StuckReason: j.StuckReason, IdempotencyKey: j.IdempotencyKey, WebhookURL: j.WebhookURL,
-		CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt, StartedAt: j.StartedAt, FinishedAt: j.FinishedAt,
-	}, steps: make([]store.Step, len(c.Steps))}
-	for i := range c.Steps {
-		s := &c.Steps[i]
-		needs := s.Needs
-		if needs == nil {
-			needs = []string{}
+	sn := &snapshot{job: store.Job(c.Job), steps: make([]store.Step, len(c.Steps))}
+	for i, s := range c.Steps {
+		s.JobID = jobID
+		if s.Needs == nil {
+			s.Needs = []string{}
 		}
-		sn.steps[i] = store.Step{
-			JobID: j.ID, Name: s.Name, Position: s.Position, Service: s.Service, Queue: s.Queue, Needs: needs,
-			Status: s.Status, Run: s.Run, Attempts: s.Attempts, Lost: s.Lost, LeaseOwner: s.LeaseOwner,
-			LeaseExpiresAt: s.LeaseExpiresAt, NextAttemptAt: s.NextAttemptAt, Output: s.Output, Error: s.Error,
-			ErrorClass: s.ErrorClass, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt, StartedAt: s.StartedAt,
-			FinishedAt: s.FinishedAt,
-		}
+		sn.steps[i] = store.Step(s)
 	}
 	return sn, true
 }
@@ -142,8 +120,9 @@ func (o *Orchestrator) carry(u *unit) []store.OutboxTask {
 	}
 	tasks := u.outbox
 	var (
-		sn  *snapshot
-		enc json.RawMessage
+		sn     *snapshot
+		enc    json.RawMessage
+		cloned bool
 	)
 	for i, t := range u.outbox {
 		if t.TypeName != task.TypeStep || t.ProcessAt != nil {
@@ -163,8 +142,8 @@ func (o *Orchestrator) carry(u *unit) []store.OutboxTask {
 				return u.outbox
 			}
 		}
-		if &tasks[0] == &u.outbox[0] {
-			tasks = slices.Clone(u.outbox) // the outbox's copies stay plain
+		if !cloned {
+			tasks, cloned = slices.Clone(u.outbox), true // the outbox's copies stay plain
 		}
 		tasks[i].Payload = task.WithSnap(t.Payload, enc)
 	}
