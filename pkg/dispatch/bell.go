@@ -2,7 +2,6 @@ package dispatch
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"time"
@@ -17,12 +16,12 @@ import (
 // reading it back; a ring of a task that was moved to its queue (a parked step handed out) carries
 // only its queue and id.
 type Ring struct {
-	Queue   string          `json:"q"`
-	ID      string          `json:"id"`
-	Type    string          `json:"t,omitempty"`
-	Payload json.RawMessage `json:"p,omitempty"`
+	Queue   string
+	ID      string
+	Type    string
+	Payload []byte
 	// At is when the task was enqueued, in µs since the epoch (the ringing process's clock).
-	At int64 `json:"at"`
+	At int64
 }
 
 // A Bell rings for every task Dispatch puts in a queue to run now, on one pub/sub channel of the
@@ -61,11 +60,7 @@ func BellChannel(rdb redis.UniversalClient) string { return pubsub.Channel(rdb, 
 func (b *Bell) Ring(rs ...Ring) { b.batch.Add(rs...) }
 
 func (b *Bell) send(rs []Ring) {
-	msg, err := json.Marshal(rs)
-	if err != nil {
-		b.log.Debug("encode rings", "err", err)
-		return
-	}
+	msg := encodeRings(rs)
 	ctx, cancel := context.WithTimeout(context.Background(), ringTimeout)
 	defer cancel()
 	if err := b.rdb.Publish(ctx, b.channel, msg).Err(); err != nil {
@@ -97,8 +92,8 @@ func ListenBell(ctx context.Context, rdb redis.UniversalClient, buf int, log *sl
 		defer close(l.done)
 		defer close(l.out)
 		for m := range ps.Channel() {
-			var rs []Ring
-			if err := json.Unmarshal([]byte(m.Payload), &rs); err != nil {
+			rs, err := decodeRings(m.Payload)
+			if err != nil {
 				log.Debug("undecodable ring", "err", err)
 				continue
 			}

@@ -1,7 +1,6 @@
 package dispatch_test
 
 import (
-	"encoding/json"
 	"testing"
 	"time"
 
@@ -64,7 +63,8 @@ func TestStealTakesOnlyPendingTasks(t *testing.T) {
 }
 
 // TestBellRingsDispatchedTasks: Dispatch rings for the tasks it enqueues to run now, not for those it
-// schedules, and the rings carry the tasks whole.
+// schedules, and the rings carry the tasks whole. A task to run now carries its Carried snapshot, in
+// its queue and in its ring; a scheduled one does not.
 func TestBellRingsDispatchedTasks(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -77,10 +77,20 @@ func TestBellRingsDispatchedTasks(t *testing.T) {
 	now := task.StepPayload{JobID: "j1", Step: "a", Run: 1, Attempt: 1}
 	later := task.StepPayload{JobID: "j2", Step: "a", Run: 1, Attempt: 1}
 	at := time.Now().Add(time.Hour)
+	snap := []byte(`{"v":1,"job":{"id":"j"}}`)
 	relay.Dispatch(ctx, []store.OutboxTask{
-		{TaskID: later.TaskID(), Queue: "default", TypeName: task.TypeStep, Payload: later.Marshal(), ProcessAt: &at},
-		{TaskID: now.TaskID(), Queue: "default", TypeName: task.TypeStep, Payload: now.Marshal()},
+		{TaskID: later.TaskID(), Queue: "default", TypeName: task.TypeStep, Payload: later.Marshal(), ProcessAt: &at, Carried: snap},
+		{TaskID: now.TaskID(), Queue: "default", TypeName: task.TypeStep, Payload: now.Marshal(), Carried: snap},
 	})
+	withSnap := now
+	withSnap.Snap = snap
+	for id, want := range map[string]task.StepPayload{now.TaskID(): withSnap, later.TaskID(): later} {
+		info, err := b.insp.GetTaskInfo("default", id)
+		require.NoError(t, err)
+		got, err := task.ParseStepPayload(info.Payload)
+		require.NoError(t, err)
+		require.Equal(t, want, got, id)
+	}
 	var rings []dispatch.Ring
 	select {
 	case rings = <-l.C():
@@ -92,12 +102,12 @@ func TestBellRingsDispatchedTasks(t *testing.T) {
 	require.Equal(t, now.TaskID(), g.ID)
 	require.Equal(t, "default", g.Queue)
 	require.Equal(t, task.TypeStep, g.Type)
-	require.JSONEq(t, string(now.Marshal()), string(g.Payload))
+	require.JSONEq(t, string(withSnap.Marshal()), string(g.Payload))
 	require.WithinDuration(t, time.Now(), time.UnixMicro(g.At), time.Minute)
 
 	// The ringing process's rings of one moment share a message; nothing else was rung.
 	bell := dispatch.NewBell(b.rdb.Client, nil)
-	bell.Ring(dispatch.Ring{ID: "x", Payload: json.RawMessage(`{}`)}, dispatch.Ring{ID: "y", Payload: json.RawMessage(`{}`)})
+	bell.Ring(dispatch.Ring{ID: "x", Payload: []byte(`{}`)}, dispatch.Ring{ID: "y", Payload: []byte(`{}`)})
 	select {
 	case rings = <-l.C():
 	case <-ctx.Done():

@@ -5,7 +5,6 @@ package dispatch
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/cao-run/cao/pkg/startstop"
 	"github.com/cao-run/cao/pkg/store"
+	"github.com/cao-run/cao/pkg/task"
 )
 
 // TaskMaxRetry is the Asynq retry budget of step tasks. CAO counts attempts in the database; Asynq
@@ -144,6 +144,11 @@ func (r *Relay) Dispatch(ctx context.Context, tasks []store.OutboxTask) {
 		if r.cfg.Route != nil {
 			t, enqueued = r.cfg.Route(ctx, t)
 		}
+		if t.ProcessAt != nil {
+			t.Carried = nil // only a task to run now carries its job
+		} else if len(t.Carried) > 0 {
+			t.Payload, t.Carried = task.WithSnap(t.Payload, t.Carried), nil
+		}
 		if err := Enqueue(ctx, r.q, t); err != nil {
 			r.cfg.Logger.Warn("dispatch task; the relay will send it", "task_id", t.TaskID, "err", err)
 			r.Notify()
@@ -152,7 +157,7 @@ func (r *Relay) Dispatch(ctx context.Context, tasks []store.OutboxTask) {
 		if enqueued != nil {
 			enqueued(ctx)
 		}
-		if r.cfg.Bell != nil && t.ProcessAt == nil && json.Valid(t.Payload) {
+		if r.cfg.Bell != nil && t.ProcessAt == nil {
 			rings = append(rings, Ring{Queue: t.Queue, ID: t.TaskID, Type: t.TypeName, Payload: t.Payload, At: r.cfg.Now().UnixMicro()})
 		}
 		if t.ID != 0 {
@@ -291,7 +296,11 @@ func Enqueue(ctx context.Context, q Enqueuer, t store.OutboxTask) error {
 		}
 		opts = append(opts, asynq.ProcessAt(at))
 	}
-	_, err := q.EnqueueContext(ctx, asynq.NewTask(t.TypeName, t.Payload), opts...)
+	payload := t.Payload
+	if len(t.Carried) > 0 && t.ProcessAt == nil {
+		payload = task.WithSnap(payload, t.Carried)
+	}
+	_, err := q.EnqueueContext(ctx, asynq.NewTask(t.TypeName, payload), opts...)
 	if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) && !errors.Is(err, asynq.ErrDuplicateTask) {
 		return fmt.Errorf("enqueue %s: %w", t.TaskID, err)
 	}

@@ -25,6 +25,9 @@ type taskRecorder struct {
 func (r *taskRecorder) Dispatch(ctx context.Context, tasks []store.OutboxTask) {
 	r.mu.Lock()
 	for _, t := range tasks {
+		if len(t.Carried) > 0 {
+			t.Payload = task.WithSnap(t.Payload, t.Carried) // as the queue gets it
+		}
 		r.byID[t.TaskID] = t
 	}
 	r.mu.Unlock()

@@ -207,6 +207,9 @@ type OutboxTask struct {
 	Payload   []byte
 	ProcessAt *time.Time
 	CreatedAt time.Time
+	// Carried is never stored: it is the job's snapshot that the copy of a task to run now, handed
+	// to the queue straight after its commit, carries (task.WithSnap); the stored row is plain.
+	Carried []byte
 }
 
 // IdempotencyRecord remembers a POST /jobs Idempotency-Key.
