@@ -15,34 +15,94 @@ const (
 
 // runChain measures targets 1 and 7: steps per second of five-step chains on raw Asynq (each handler
 // enqueues the next task) and on CAO with 1 API and N workers (each step needs the previous one).
+// With -rounds R, every round measures the floor and then each worker count, in an order rotated
+// from round to round (a later run in a round is not always the same count), and the table gives
+// each figure's median over the rounds with its range: one run on this kind of machine moves by
+// ±15 % for no cause the bench can see.
 func runChain(ctx context.Context, e *env) []row {
-	jobs := e.opts.jobs
-	progress("raw asynq floor: %d chains of %d tasks, %d enqueuers", jobs, chainLength, clients)
-	floor, ferr := chainFloor(ctx, e.opts, jobs, chainLength, clients)
-	floorCell := fmtRate(floor, "steps/s") + " (raw asynq, handler enqueues next)"
-	if ferr != nil {
-		floorCell = errCell(ferr)
-	} else {
-		progress("  floor: %s", fmtRate(floor, "steps/s"))
+	jobs, counts, rounds := e.opts.jobs, e.opts.workers, e.opts.rounds
+	var floors []float64
+	var floorErr error
+	rates := make(map[int][]float64, len(counts))
+	errs := make(map[int]error, len(counts))
+	var perRound []map[int]float64 // each round's rates, for the scaling ratios
+	for r := range rounds {
+		if rounds > 1 {
+			progress("chain round %d of %d", r+1, rounds)
+		}
+		progress("raw asynq floor: %d chains of %d tasks, %d enqueuers", jobs, chainLength, clients)
+		floor, err := chainFloor(ctx, e.opts, jobs, chainLength, clients)
+		if err != nil {
+			floorErr = err
+		} else {
+			floors = append(floors, floor)
+			progress("  floor: %s", fmtRate(floor, "steps/s"))
+		}
+		round := map[int]float64{}
+		for i := range counts {
+			n := counts[(i+r)%len(counts)]
+			progress("CAO chain5: %d worker(s)", n)
+			rate, err := caoChain(ctx, e, n)
+			if err != nil {
+				progress("  error: %v", err)
+				errs[n] = err
+				continue
+			}
+			progress("  CAO: %s", fmtRate(rate, "steps/s"))
+			rates[n] = append(rates[n], rate)
+			round[n] = rate
+		}
+		perRound = append(perRound, round)
+	}
+	floorCell := spread(floors, "steps/s") + " (raw asynq, handler enqueues next)"
+	if len(floors) == 0 {
+		floorCell = errCell(floorErr)
 	}
 	var rows []row
-	for _, n := range e.opts.workers {
+	for _, n := range counts {
 		scenario := fmt.Sprintf("chain5 throughput: 1 API + %d worker(s) × %d, %d jobs × %d steps, %d clients",
 			n, chainConcurrency, jobs, chainLength, clients)
-		progress("CAO chain5: %d worker(s)", n)
-		rate, err := caoChain(ctx, e, n)
-		if err != nil {
-			progress("  error: %v", err)
-			rows = append(rows, errorRow("1, 7", scenario, err))
+		if len(rates[n]) == 0 {
+			rows = append(rows, errorRow("1, 7", scenario, errs[n]))
 			continue
 		}
-		progress("  CAO: %s", fmtRate(rate, "steps/s"))
 		rows = append(rows, row{
 			target: "1, 7", scenario: scenario,
-			cao:   fmtRate(rate, "steps/s"),
+			cao:   spread(rates[n], "steps/s"),
 			floor: floorCell,
-			ratio: ratio(rate, floor),
+			ratio: ratio(median(rates[n]), median(floors)),
 			goal:  "CAO/floor as high as possible; grows with workers",
+		})
+	}
+	return append(rows, scalingRows(counts, perRound)...)
+}
+
+// scalingRows are target 7's rows: for each worker count but the first, its rate over the first
+// count's in the same round (median and range over the rounds).
+func scalingRows(counts []int, perRound []map[int]float64) []row {
+	if len(counts) < 2 {
+		return nil
+	}
+	base := counts[0]
+	var rows []row
+	for _, n := range counts[1:] {
+		var rs []float64
+		for _, round := range perRound {
+			if a, b := round[n], round[base]; a > 0 && b > 0 {
+				rs = append(rs, a/b)
+			}
+		}
+		if len(rs) == 0 {
+			continue
+		}
+		m := median(rs)
+		rows = append(rows, row{
+			target:   "7",
+			scenario: fmt.Sprintf("scaling: chain5 steps/s of %d worker(s) ÷ %d in the same round, %d round(s)", n, base, len(rs)),
+			cao:      ratioSpread(rs),
+			floor:    "—",
+			ratio:    fmt.Sprintf("%.2f", m),
+			goal:     "≥ 1 (may be flat on 2 cores; must not fall)" + verdict(m >= 0.995),
 		})
 	}
 	return rows

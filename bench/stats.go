@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -64,6 +65,41 @@ func ratio(a, b float64) string {
 		return "n/a"
 	}
 	return fmt.Sprintf("%.2f", a/b)
+}
+
+// median returns the median of xs (the mean of the middle two for an even count), 0 for none; xs is
+// not modified.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if n := len(s); n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// spread formats rates measured over rounds: the one rate, or the median with the range.
+func spread(rates []float64, unit string) string {
+	if len(rates) == 1 {
+		return fmtRate(rates[0], unit)
+	}
+	return fmt.Sprintf("%s (median of %d; %s–%s)", fmtRate(median(rates), unit), len(rates),
+		strings.TrimSuffix(fmtRate(slices.Min(rates), ""), " "), fmtRate(slices.Max(rates), unit))
+}
+
+// ratioSpread formats ratios measured over rounds: each one, then their median.
+func ratioSpread(rs []float64) string {
+	parts := make([]string, len(rs))
+	for i, r := range rs {
+		parts[i] = fmt.Sprintf("%.2f", r)
+	}
+	if len(rs) == 1 {
+		return parts[0]
+	}
+	return fmt.Sprintf("%s (median %.2f)", strings.Join(parts, ", "), median(rs))
 }
 
 // fmtDur formats a duration for the table with a precision that suits its size.

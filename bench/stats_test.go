@@ -3,6 +3,7 @@ package main
 import (
 	"math"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -134,5 +135,54 @@ func TestRampUp(t *testing.T) {
 	}
 	if got := rampUp(calls, 4); got != 0 {
 		t.Fatalf("ramp with fewer calls than the limit: %v, want 0", got)
+	}
+}
+
+func TestMedianAndSpread(t *testing.T) {
+	t.Parallel()
+	if got := median(nil); got != 0 {
+		t.Errorf("median(nil) = %v", got)
+	}
+	in := []float64{3, 1, 2}
+	if got := median(in); got != 2 || in[0] != 3 {
+		t.Errorf("median(3, 1, 2) = %v (input now %v)", got, in)
+	}
+	if got := median([]float64{4, 1, 2, 3}); got != 2.5 {
+		t.Errorf("median(4, 1, 2, 3) = %v", got)
+	}
+	if got := spread([]float64{1234.4}, "steps/s"); got != "1,234 steps/s" {
+		t.Errorf("one rate: %q", got)
+	}
+	if got := spread([]float64{1500, 1000, 2000}, "steps/s"); got != "1,500 steps/s (median of 3; 1,000–2,000 steps/s)" {
+		t.Errorf("three rates: %q", got)
+	}
+	if got := ratioSpread([]float64{0.9, 1.1, 1.0}); got != "0.90, 1.10, 1.00 (median 1.00)" {
+		t.Errorf("ratios: %q", got)
+	}
+}
+
+func TestScalingRows(t *testing.T) {
+	t.Parallel()
+	if rows := scalingRows([]int{1}, []map[int]float64{{1: 100}}); rows != nil {
+		t.Errorf("one worker count has no scaling row: %v", rows)
+	}
+	rounds := []map[int]float64{
+		{1: 100, 2: 110, 4: 90},
+		{1: 200, 2: 180, 4: 210},
+		{1: 100, 4: 100}, // the 2-worker run failed in this round
+	}
+	rows := scalingRows([]int{1, 2, 4}, rounds)
+	if len(rows) != 2 {
+		t.Fatalf("rows: %v", rows)
+	}
+	if rows[0].cao != "1.10, 0.90 (median 1.00)" || rows[0].ratio != "1.00" || !strings.HasSuffix(rows[0].goal, "ok") {
+		t.Errorf("2 workers: %+v", rows[0])
+	}
+	if rows[1].cao != "0.90, 1.05, 1.00 (median 1.00)" || !strings.Contains(rows[1].scenario, "3 round(s)") {
+		t.Errorf("4 workers: %+v", rows[1])
+	}
+	falls := scalingRows([]int{1, 4}, []map[int]float64{{1: 100, 4: 90}})
+	if falls[0].ratio != "0.90" || !strings.HasSuffix(falls[0].goal, "missed") {
+		t.Errorf("a fall is missed: %+v", falls[0])
 	}
 }

@@ -30,9 +30,10 @@ const carriedFormat = 1
 const maxCarriedInput = 4 << 10
 
 // carriedSnapshot is a snapshot as a task carries it (encodeCarried writes it, decodeCarried reads
-// it). Every field of store.Job and store.Step
-// is in it (TestCarriedSnapshotKeepsEveryField), so that a claim from it writes back exactly what a
-// claim from a read would.
+// it). Every field of store.Job and store.Step is in it (TestCarriedSnapshotKeepsEveryField), so
+// that a claim from it writes back exactly what a claim from a read would. carriedJob and
+// carriedStep have store.Job's and store.Step's fields, in their order, so each converts to the
+// other: a field added to one and not the other does not compile.
 type carriedSnapshot struct {
 	Format int           `json:"v"`
 	Job    carriedJob    `json:"job"`
