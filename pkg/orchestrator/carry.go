@@ -110,10 +110,7 @@ func encodeCarried(sn *snapshot) (json.RawMessage, error) {
 	w.strOpt("stuck_reason", j.StuckReason)
 	w.strOpt("idempotency_key", j.IdempotencyKey)
 	w.strOpt("webhook_url", j.WebhookURL)
-	w.time("created_at", j.CreatedAt)
-	w.time("updated_at", j.UpdatedAt)
-	w.timeOpt("started_at", j.StartedAt)
-	w.timeOpt("finished_at", j.FinishedAt)
+	w.lifetime(j.CreatedAt, j.UpdatedAt, j.StartedAt, j.FinishedAt)
 	w.close()
 	w.key("steps")
 	w.b = append(w.b, '[')
@@ -138,10 +135,7 @@ func encodeCarried(sn *snapshot) (json.RawMessage, error) {
 		w.rawOpt("output", s.Output)
 		w.strOpt("error", s.Error)
 		w.strOpt("error_class", s.ErrorClass)
-		w.time("created_at", s.CreatedAt)
-		w.time("updated_at", s.UpdatedAt)
-		w.timeOpt("started_at", s.StartedAt)
-		w.timeOpt("finished_at", s.FinishedAt)
+		w.lifetime(s.CreatedAt, s.UpdatedAt, s.StartedAt, s.FinishedAt)
 		w.close()
 	}
 	w.b = append(w.b, ']')
@@ -206,6 +200,14 @@ func (o *Orchestrator) carry(u *unit) []store.OutboxTask {
 		tasks[i].Carried = enc
 	}
 	return tasks
+}
+
+// lifetime writes the four times a job and a step share.
+func (w *jsonWriter) lifetime(created, updated time.Time, started, finished *time.Time) {
+	w.time("created_at", created)
+	w.time("updated_at", updated)
+	w.timeOpt("started_at", started)
+	w.timeOpt("finished_at", finished)
 }
 
 // carried returns the snapshot t's task carries, or nil.
