@@ -39,6 +39,7 @@ type options struct {
 	workers      []int         // worker process counts of the chain scenario
 	jobs         int           // jobs of the chain scenario
 	rounds       int           // rounds of the chain scenario
+	concurrency  int           // CAO_WORKER_CONCURRENCY of each worker in the chain scenario
 	postDuration time.Duration // length of each POST throughput run
 	maxConns     int           // CAO_DATABASE_MAX_CONNS; 0 leaves CAO's default
 	history      bool          // run the history scenario
@@ -62,6 +63,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.floorRedisDB, "floor-redis-db", 15, "Redis DB for the raw Asynq floors (flushed)")
 	workers := fs.String("workers", "1,2,4", "worker process counts for the chain throughput scenario")
 	fs.IntVar(&o.jobs, "jobs", 1000, "jobs (of 5 steps) in the chain throughput scenario")
+	fs.IntVar(&o.concurrency, "concurrency", chainConcurrency, "CAO_WORKER_CONCURRENCY of each worker process in the chain throughput scenario (the floor keeps 50)")
 	fs.IntVar(&o.rounds, "rounds", 1, "rounds of the chain throughput scenario: each measures the floor and every worker count, in an order rotated from round to round; the table gives medians")
 	fs.DurationVar(&o.postDuration, "post-duration", 10*time.Second, "length of each POST throughput run")
 	fs.IntVar(&o.maxConns, "max-conns", 0, "CAO_DATABASE_MAX_CONNS for the CAO processes and the POST floor pool (0: CAO's default, 10)")
@@ -98,8 +100,8 @@ func parseFlags(args []string) (options, error) {
 	if o.redisDB == o.floorRedisDB {
 		return o, errors.New("-redis-db and -floor-redis-db must differ (each is flushed)")
 	}
-	if o.jobs < 1 || o.historyJobs < 1 || o.postDuration <= 0 || o.rounds < 1 {
-		return o, errors.New("-jobs, -rounds, -history-jobs and -post-duration must be positive")
+	if o.jobs < 1 || o.historyJobs < 1 || o.postDuration <= 0 || o.rounds < 1 || o.concurrency < 1 {
+		return o, errors.New("-jobs, -rounds, -concurrency, -history-jobs and -post-duration must be positive")
 	}
 	if o.src == "" {
 		root, err := repoRoot()

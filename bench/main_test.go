@@ -30,6 +30,7 @@ func TestParseFlags(t *testing.T) {
 	for _, bad := range [][]string{
 		{"-src", "/tmp/x", "-workers", "0"},
 		{"-src", "/tmp/x", "-rounds", "0"},
+		{"-src", "/tmp/x", "-concurrency", "0"},
 		{"-src", "/tmp/x", "-run", "nope"},
 		{"-src", "/tmp/x", "-redis-db", "3", "-floor-redis-db", "3"},
 		{"-src", "/tmp/x", "extra"},

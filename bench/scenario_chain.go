@@ -9,7 +9,7 @@ import (
 // Load shape of the throughput scenarios.
 const (
 	clients          = 32 // concurrent HTTP clients (and Asynq enqueuers of the floor)
-	chainConcurrency = 50 // CAO_WORKER_CONCURRENCY in the chain scenario, Concurrency of the floor
+	chainConcurrency = 50 // CAO_WORKER_CONCURRENCY in the chain scenario by default (-concurrency)
 	chainWaitTimeout = 5 * time.Minute
 )
 
@@ -61,7 +61,7 @@ func runChain(ctx context.Context, e *env) []row {
 	var rows []row
 	for _, n := range counts {
 		scenario := fmt.Sprintf("chain5 throughput: 1 API + %d worker(s) × %d, %d jobs × %d steps, %d clients",
-			n, chainConcurrency, jobs, chainLength, clients)
+			n, e.opts.concurrency, jobs, chainLength, clients)
 		if len(rates[n]) == 0 {
 			rows = append(rows, errorRow("1, 7", scenario, errs[n]))
 			continue
@@ -111,7 +111,7 @@ func scalingRows(counts []int, perRound []map[int]float64) []row {
 // caoChain posts the chain jobs to a fresh cluster of `workers` worker processes and returns steps per second
 // from the first POST to the last job's finished_at.
 func caoChain(ctx context.Context, e *env, workers int) (float64, error) {
-	c, err := e.startCluster(ctx, clusterSpec{registry: registryYAML("", 0), workers: workers, concurrency: chainConcurrency})
+	c, err := e.startCluster(ctx, clusterSpec{registry: registryYAML("", 0), workers: workers, concurrency: e.opts.concurrency})
 	if err != nil {
 		return 0, err
 	}
