@@ -296,11 +296,7 @@ func Enqueue(ctx context.Context, q Enqueuer, t store.OutboxTask) error {
 		}
 		opts = append(opts, asynq.ProcessAt(at))
 	}
-	payload := t.Payload
-	if len(t.Carried) > 0 && t.ProcessAt == nil {
-		payload = task.WithSnap(payload, t.Carried)
-	}
-	_, err := q.EnqueueContext(ctx, asynq.NewTask(t.TypeName, payload), opts...)
+	_, err := q.EnqueueContext(ctx, asynq.NewTask(t.TypeName, t.Payload), opts...)
 	if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) && !errors.Is(err, asynq.ErrDuplicateTask) {
 		return fmt.Errorf("enqueue %s: %w", t.TaskID, err)
 	}

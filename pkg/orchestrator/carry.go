@@ -85,7 +85,8 @@ type carriedStep struct {
 	FinishedAt     *time.Time       `json:"finished_at,omitempty"`
 }
 
-// encodeCarried encodes sn for a task: what json.Marshal would write for a carriedSnapshot, written
+// encodeCarried encodes sn for a task: what json.Marshal would write for a carriedSnapshot (but for
+// its HTML escaping, which decoding does not need), written
 // by hand because a job's create runs it on the API's hot path (json.Marshal's reflection and its
 // second pass over every raw value cost more than the rest of the encoding). decodeCarried reads it
 // with encoding/json; TestCarriedSnapshotKeepsEveryField fails when a field is not written here.

@@ -9,7 +9,7 @@ import (
 )
 
 // jsonWriter appends one JSON object's members to b, with what encoding/json would write for each
-// value, but without reflection and without compacting raw values again (json.Marshal scans a
+// value (but for its HTML escaping of <, > and & in strings, see string), without reflection and without compacting raw values again (json.Marshal scans a
 // json.RawMessage twice: to check it and to compact it). A value it cannot write as encoding/json
 // would (a string that is not UTF-8, a raw value that is not JSON) sets err.
 type jsonWriter struct {

@@ -208,7 +208,8 @@ type OutboxTask struct {
 	ProcessAt *time.Time
 	CreatedAt time.Time
 	// Carried is never stored: it is the job's snapshot that the copy of a task to run now, handed
-	// to the queue straight after its commit, carries (task.WithSnap); the stored row is plain.
+	// to the queue straight after its commit, carries; dispatch.Relay.Dispatch joins it to the
+	// payload (task.WithSnap) as it enqueues the task. The stored row is plain.
 	Carried []byte
 }
 
