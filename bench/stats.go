@@ -87,7 +87,7 @@ func spread(rates []float64, unit string) string {
 		return fmtRate(rates[0], unit)
 	}
 	return fmt.Sprintf("%s (median of %d; %s–%s)", fmtRate(median(rates), unit), len(rates),
-		strings.TrimSuffix(fmtRate(slices.Min(rates), ""), " "), fmtRate(slices.Max(rates), unit))
+		fmtCount(slices.Min(rates)), fmtRate(slices.Max(rates), unit))
 }
 
 // ratioSpread formats ratios measured over rounds: each one, then their median.
@@ -117,13 +117,15 @@ func fmtDur(d time.Duration) string {
 }
 
 // fmtRate formats events per second with a thousands separator.
-func fmtRate(perSec float64, unit string) string {
-	n := int64(perSec + 0.5)
-	s := fmt.Sprint(n)
+func fmtRate(perSec float64, unit string) string { return fmtCount(perSec) + " " + unit }
+
+// fmtCount rounds x to an integer and formats it with a thousands separator.
+func fmtCount(x float64) string {
+	s := fmt.Sprint(int64(x + 0.5))
 	for i := len(s) - 3; i > 0; i -= 3 {
 		s = s[:i] + "," + s[i:]
 	}
-	return s + " " + unit
+	return s
 }
 
 // within reports whether the ratio r, as the table shows it (two decimals), meets an upper bound.

@@ -144,10 +144,8 @@ func (r *Relay) Dispatch(ctx context.Context, tasks []store.OutboxTask) {
 		if r.cfg.Route != nil {
 			t, enqueued = r.cfg.Route(ctx, t)
 		}
-		if t.ProcessAt != nil {
-			t.Carried = nil // only a task to run now carries its job
-		} else if len(t.Carried) > 0 {
-			t.Payload, t.Carried = task.WithSnap(t.Payload, t.Carried), nil
+		if t.ProcessAt == nil && len(t.Carried) > 0 { // only a task to run now carries its job
+			t.Payload = task.WithSnap(t.Payload, t.Carried)
 		}
 		if err := Enqueue(ctx, r.q, t); err != nil {
 			r.cfg.Logger.Warn("dispatch task; the relay will send it", "task_id", t.TaskID, "err", err)

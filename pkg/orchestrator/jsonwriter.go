@@ -22,6 +22,8 @@ var errNotJSON = errors.New("a value cannot be encoded to decode back as it is")
 
 func (w *jsonWriter) open() { w.b, w.n = append(w.b, '{'), 0 }
 
+// close ends an object. Objects nest only as members, so the enclosing object (if any) has at least
+// that member: its next member needs a comma.
 func (w *jsonWriter) close() { w.b, w.n = append(w.b, '}'), 1 }
 
 // key starts member k (a name that needs no escaping).
