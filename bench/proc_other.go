@@ -15,3 +15,8 @@ func childSysProcAttr() *syscall.SysProcAttr { return nil }
 func procCPUTime(string) (time.Duration, error) {
 	return 0, errors.New("CPU time is read from /proc, which needs Linux")
 }
+
+// commCPUTime needs /proc, which only Linux has.
+func commCPUTime(string) (time.Duration, error) {
+	return 0, errors.New("CPU time is read from /proc, which needs Linux")
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -118,13 +119,66 @@ func caoChain(ctx context.Context, e *env, workers int) (float64, error) {
 	defer c.stop()
 	cl := c.client()
 	defer cl.close()
+	before := c.cpuAccount()
 	start, err := postMany(ctx, cl, featureChain5, e.opts.jobs, clients)
 	if err != nil {
 		return 0, err
 	}
+	posted := time.Since(start)
 	last, err := c.waitCompleted(ctx, e.opts.jobs, chainWaitTimeout)
 	if err != nil {
 		return 0, err
 	}
+	c.reportPhases(ctx, start, posted, before)
 	return float64(e.opts.jobs*chainLength) / last.Sub(start).Seconds(), nil
+}
+
+// reportPhases writes where a chain run's time went to stderr: when the last POST returned, when
+// each share of the steps had finished (from the first POST), and the CPU each process used. A run
+// that is slow for a fixed cost (a start-up, a tail) shows it here, where the rate alone cannot.
+func (c *cluster) reportPhases(ctx context.Context, start time.Time, posted time.Duration, before cpuAccount) {
+	shares := []float64{0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1}
+	var at []time.Time
+	err := c.e.db.QueryRow(ctx, `SELECT percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY finished_at)
+		FROM job_steps WHERE finished_at IS NOT NULL`, shares).Scan(&at)
+	if err != nil {
+		progress("  phases: %v", err)
+		return
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "  phases (ms from the first POST): posted %d", posted.Milliseconds())
+	for i, t := range at {
+		fmt.Fprintf(&b, "; %g%% %d", shares[i]*100, t.Sub(start).Milliseconds())
+	}
+	after := c.cpuAccount()
+	b.WriteString("; CPU ms since the first POST:")
+	for _, k := range []string{"api", "workers", "postgres", "redis", "bench"} {
+		fmt.Fprintf(&b, " %s %d", k, (after[k] - before[k]).Milliseconds())
+	}
+	progress("%s", b.String())
+}
+
+// cpuAccount is the CPU time used so far by each part of a run: the API, the workers together,
+// every Postgres process, Redis and the bench itself (a part that cannot be read is left out).
+type cpuAccount map[string]time.Duration
+
+func (c *cluster) cpuAccount() cpuAccount {
+	a := cpuAccount{}
+	if d, err := c.api.cpuTime(); err == nil {
+		a["api"] = d
+	}
+	for _, w := range c.workers {
+		if d, err := w.cpuTime(); err == nil {
+			a["workers"] += d
+		}
+	}
+	for k, comm := range map[string]string{"postgres": "postgres", "redis": "redis-server"} {
+		if d, err := commCPUTime(comm); err == nil {
+			a[k] = d
+		}
+	}
+	if d, err := procCPUTime("self"); err == nil {
+		a["bench"] = d
+	}
+	return a
 }
