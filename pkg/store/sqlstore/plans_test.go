@@ -26,8 +26,8 @@ type statement struct {
 }
 
 // TestHotQueriesUseIndexes runs every query of the store's read and hot paths on a small seeded
-// Postgres database, captures the SQL it sends, and checks with EXPLAIN, sequential scans disabled,
-// that an index serves each one: none may need to read a whole table, so their cost does not grow
+// Postgres database, captures the SQL it sends, and checks with EXPLAIN, on one of the store's own
+// connections (which prefer indexes: postgresDSN), that an index serves each one: none may need to read a whole table, so their cost does not grow
 // with the history kept.
 func TestHotQueriesUseIndexes(t *testing.T) {
 	t.Parallel()
@@ -128,8 +128,9 @@ func TestHotQueriesUseIndexes(t *testing.T) {
 	conn, err := sqlDB.Conn(ctx)
 	require.NoError(t, err)
 	defer conn.Close()
-	_, err = conn.ExecContext(ctx, "SET enable_seqscan = off")
-	require.NoError(t, err)
+	var seqscan string
+	require.NoError(t, conn.QueryRowContext(ctx, "SHOW enable_seqscan").Scan(&seqscan))
+	require.Equal(t, "off", seqscan, "the store's connections prefer indexes (postgresDSN)")
 	require.Greater(t, len(captured), 20)
 	for _, st := range captured {
 		if strings.HasPrefix(strings.TrimSpace(st.sql), "ANALYZE") {
@@ -137,6 +138,49 @@ func TestHotQueriesUseIndexes(t *testing.T) {
 		}
 		scans := seqScans(ctx, t, conn, st)
 		require.Empty(t, scans, "sequential scan in the plan of:\n%s", st.sql)
+	}
+}
+
+// TestGroupStatementsUseIndexesOnANewTable checks the plans of the group statements on a new,
+// empty, never analyzed database, as a fresh deployment's first commits make them: the planner
+// then takes every table for a few pages, and without the store's session setting it planned the
+// group update's read of its jobs as a scan of the whole table, a plan each connection kept while
+// the table grew (session 12).
+func TestGroupStatementsUseIndexesOnANewTable(t *testing.T) {
+	t.Parallel()
+	ctx := testinfra.Context(t, time.Minute)
+	url := testinfra.PostgresSchema(t)
+	require.NoError(t, migrate.Up(ctx, "postgres", url))
+	s, err := OpenPostgres(ctx, url, Config{MaxOpenConns: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	sqlDB, err := s.db.DB()
+	require.NoError(t, err)
+	conn, err := sqlDB.Conn(ctx)
+	require.NoError(t, err)
+	defer conn.Close()
+	// The plan a connection keeps for a statement it runs again and again is the generic one, made
+	// without the arguments' values.
+	_, err = conn.ExecContext(ctx, "SET plan_cache_mode = force_generic_plan")
+	require.NoError(t, err)
+
+	now := time.Now()
+	id := uuid.NewString()
+	job := &store.Job{ID: id, FeatureName: "plan", Status: store.JobRunning, Input: json.RawMessage(`{}`), CreatedAt: now, UpdatedAt: now}
+	update := &store.Change{Job: job, Version: 1, Steps: []store.StepChange{{
+		Step:   store.Step{JobID: id, Name: "s1", Status: store.StepRunning, Run: 1, UpdatedAt: now},
+		Expect: store.StepExpect{Status: store.StepQueued, Run: 1}}}}
+	create := &store.Change{Create: true, Job: job, Steps: []store.StepChange{{
+		Step: store.Step{JobID: id, Name: "s1", Status: store.StepQueued, Run: 1, CreatedAt: now, UpdatedAt: now}}}}
+	for i, c := range []*store.Change{update, create} {
+		require.NoError(t, normalizeChange(c))
+		query, args := groupStatement([]*store.Change{c})
+		name := fmt.Sprintf("cao_plan_%d", i)
+		_, err := conn.ExecContext(ctx, "PREPARE "+name+" AS "+query)
+		require.NoError(t, err)
+		nulls := strings.TrimSuffix(strings.Repeat("NULL, ", len(args)), ", ")
+		require.Empty(t, seqScans(ctx, t, conn, statement{sql: "EXECUTE " + name + "(" + nulls + ")"}),
+			"sequential scan in the generic plan of:\n%s", query)
 	}
 }
 

@@ -114,24 +114,40 @@ func OpenPostgres(ctx context.Context, url string, cfg Config) (*Store, error) {
 }
 
 // postgresDSN adds the session settings the store relies on to a Postgres URL or keyword/value DSN
-// (pgx sends unknown parameters as run-time settings), unless the DSN sets them itself.
+// (pgx sends unknown parameters as run-time settings), each unless the DSN sets it itself:
+//   - idle_in_transaction_session_timeout (Config.IdleInTxTimeout; not added when negative);
+//   - enable_seqscan=off. Every statement the store sends finds its rows through an index
+//     (TestHotQueriesUseIndexes checks the read and hot paths with this very setting), and a
+//     statement's plan is made once per connection and kept: made while a table is new and small (a
+//     fresh deployment's first minute, before autovacuum has analyzed it), it scans the whole table,
+//     and keeps doing so as the table grows. The group commit's update read every job row of a fresh
+//     database on each commit that way (session 12, docs/benchmarks.md). A statement with no index to
+//     use still scans its table: the setting only makes the planner prefer an index where one serves.
 func postgresDSN(dsn string, cfg Config) string {
-	const idleKey = "idle_in_transaction_session_timeout"
 	idle := cfg.IdleInTxTimeout
 	if idle == 0 {
 		idle = defaultIdleInTxTimeout
 	}
-	if idle < 0 || strings.Contains(dsn, idleKey) {
-		return dsn
+	var params []string
+	if idle >= 0 {
+		params = append(params, fmt.Sprintf("idle_in_transaction_session_timeout=%d", idle.Milliseconds()))
 	}
-	param := fmt.Sprintf("%s=%d", idleKey, idle.Milliseconds())
-	switch {
-	case !strings.HasPrefix(dsn, "postgres://") && !strings.HasPrefix(dsn, "postgresql://"):
-		return dsn + " " + param
-	case strings.Contains(dsn, "?"):
-		return dsn + "&" + param
+	params = append(params, "enable_seqscan=off")
+	url := strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
+	for _, param := range params {
+		if key, _, _ := strings.Cut(param, "="); strings.Contains(dsn, key) {
+			continue
+		}
+		switch {
+		case !url:
+			dsn += " " + param
+		case strings.Contains(dsn, "?"):
+			dsn += "&" + param
+		default:
+			dsn += "?" + param
+		}
 	}
-	return dsn + "?" + param
+	return dsn
 }
 
 // OpenSQLite opens the SQLite database file at path (created if missing) in WAL mode, with foreign
