@@ -27,8 +27,8 @@ type statement struct {
 
 // TestHotQueriesUseIndexes runs every query of the store's read and hot paths on a small seeded
 // Postgres database, captures the SQL it sends, and checks with EXPLAIN, on one of the store's own
-// connections (which prefer indexes: postgresDSN), that an index serves each one: none may need to read a whole table, so their cost does not grow
-// with the history kept.
+// connections (which prefer indexes: postgresDSN), that an index serves each one: none may need to
+// read a whole table, so their cost does not grow with the history kept.
 func TestHotQueriesUseIndexes(t *testing.T) {
 	t.Parallel()
 	ctx := testinfra.Context(t, 2*time.Minute)
@@ -143,7 +143,7 @@ func TestHotQueriesUseIndexes(t *testing.T) {
 
 // TestGroupStatementsUseIndexesOnANewTable checks the plans of the group statements on a new,
 // empty, never analyzed database, as a fresh deployment's first commits make them: the planner
-// then takes every table for a few pages, and without the store's session setting it planned the
+// then takes every table for ten pages, and without the store's session setting it planned the
 // group update's read of its jobs as a scan of the whole table, a plan each connection kept while
 // the table grew (session 12).
 func TestGroupStatementsUseIndexesOnANewTable(t *testing.T) {
