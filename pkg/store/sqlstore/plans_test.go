@@ -107,6 +107,13 @@ func TestHotQueriesUseIndexes(t *testing.T) {
 		_, err := tx.DeleteExpiredIdempotencyKeys(ctx, now)
 		return err
 	}))
+	// The maintenance leader's statements: due webhook deliveries, and a retention batch (last: it
+	// deletes a few of the seeded finished jobs, so that its deletes are captured too).
+	_, err = s.ClaimWebhooks(ctx, now, now.Add(time.Minute), 10)
+	require.NoError(t, err)
+	deleted, err := s.DeleteFinishedJobs(ctx, now, 3)
+	require.NoError(t, err)
+	require.EqualValues(t, 3, deleted)
 	require.NoError(t, cb.Query().Remove("test:capture"))
 	require.NoError(t, cb.Raw().Remove("test:capture"))
 	require.NoError(t, cb.Delete().Remove("test:capture"))
@@ -226,6 +233,9 @@ func seedPlans(ctx context.Context, t *testing.T, s *Store) []string {
 		}
 		j := &store.Job{ID: uuid.NewString(), FeatureName: "plan", Status: status, Input: json.RawMessage(`{}`),
 			InputVersion: 1, CreatedAt: at, UpdatedAt: at}
+		if status == store.JobCompleted {
+			j.FinishedAt = &at
+		}
 		c := &store.Change{Job: j, Create: true, Inputs: []store.JobInput{{Version: 1, Input: j.Input, CreatedAt: at}}}
 		for k := range 5 {
 			name := fmt.Sprintf("s%d", k+1)
