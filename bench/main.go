@@ -64,7 +64,7 @@ func parseFlags(args []string) (options, error) {
 	workers := fs.String("workers", "1,2,4", "worker process counts for the chain throughput scenario")
 	fs.IntVar(&o.jobs, "jobs", 1000, "jobs (of 5 steps) in the chain throughput scenario")
 	fs.IntVar(&o.concurrency, "concurrency", chainConcurrency, "CAO_WORKER_CONCURRENCY of each worker process in the chain throughput scenario (the floor keeps 50)")
-	fs.IntVar(&o.rounds, "rounds", 1, "rounds of the chain throughput scenario: each measures the floor and every worker count, in an order rotated from round to round; the table gives medians")
+	fs.IntVar(&o.rounds, "rounds", 3, "rounds of the chain throughput scenario: each measures the floor and every worker count, in an order rotated from round to round; the table gives medians (one run moves by ±15-30 % on a 2-core machine)")
 	fs.DurationVar(&o.postDuration, "post-duration", 10*time.Second, "length of each POST throughput run")
 	fs.IntVar(&o.maxConns, "max-conns", 0, "CAO_DATABASE_MAX_CONNS for the CAO processes and the POST floor pool (0: CAO's default, 10)")
 	fs.BoolVar(&o.history, "history", false, "also run the history scenario (seeds -history-jobs finished jobs)")
