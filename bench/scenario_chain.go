@@ -152,15 +152,19 @@ func (c *cluster) reportPhases(ctx context.Context, start time.Time, posted time
 	}
 	after := c.cpuAccount()
 	b.WriteString("; CPU ms since the first POST:")
-	for _, k := range []string{"api", "workers", "postgres", "redis", "bench"} {
+	for _, k := range cpuParts {
 		fmt.Fprintf(&b, " %s %d", k, (after[k] - before[k]).Milliseconds())
 	}
 	progress("%s", b.String())
 }
 
-// cpuAccount is the CPU time used so far by each part of a run: the API, the workers together,
-// every Postgres process, Redis and the bench itself (a part that cannot be read is left out).
+// cpuAccount is the CPU time used so far by each part of a run (cpuParts): the API, the workers
+// together, every Postgres process, Redis and the bench itself (a part that cannot be read is left
+// out).
 type cpuAccount map[string]time.Duration
+
+// cpuParts are cpuAccount's keys, in the order reportPhases prints them.
+var cpuParts = []string{"api", "workers", "postgres", "redis", "bench"}
 
 func (c *cluster) cpuAccount() cpuAccount {
 	a := cpuAccount{}

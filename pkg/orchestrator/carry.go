@@ -86,10 +86,10 @@ type carriedStep struct {
 }
 
 // encodeCarried encodes sn for a task: what json.Marshal would write for a carriedSnapshot (but for
-// its HTML escaping, which decoding does not need), written
-// by hand because a job's create runs it on the API's hot path (json.Marshal's reflection and its
-// second pass over every raw value cost more than the rest of the encoding). decodeCarried reads it
-// with encoding/json; TestCarriedSnapshotKeepsEveryField fails when a field is not written here.
+// its HTML escaping, which decoding does not need), written by hand because a job's create runs it
+// on the API's hot path (json.Marshal's reflection and its second pass over every raw value cost
+// more than the rest of the encoding). decodeCarried reads it with encoding/json;
+// TestCarriedSnapshotKeepsEveryField fails when a field is not written here.
 func encodeCarried(sn *snapshot) (json.RawMessage, error) {
 	w := &jsonWriter{b: make([]byte, 0, 512+len(sn.job.Input)+256*len(sn.steps))}
 	w.open()

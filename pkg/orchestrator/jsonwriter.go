@@ -9,9 +9,10 @@ import (
 )
 
 // jsonWriter appends one JSON object's members to b, with what encoding/json would write for each
-// value (but for its HTML escaping of <, > and & in strings, see string), without reflection and without compacting raw values again (json.Marshal scans a
-// json.RawMessage twice: to check it and to compact it). A value it cannot write as encoding/json
-// would (a string that is not UTF-8, a raw value that is not JSON) sets err.
+// value (but for its HTML escaping of <, > and & in strings, see string), without reflection and
+// without compacting raw values again (json.Marshal scans a json.RawMessage twice: to check it and
+// to compact it). A value it cannot write as encoding/json would (a string that is not UTF-8, a raw
+// value that is not JSON) sets err.
 type jsonWriter struct {
 	b   []byte
 	n   int // members written in the current object

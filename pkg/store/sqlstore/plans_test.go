@@ -32,13 +32,7 @@ type statement struct {
 func TestHotQueriesUseIndexes(t *testing.T) {
 	t.Parallel()
 	ctx := testinfra.Context(t, 2*time.Minute)
-	url := testinfra.PostgresSchema(t)
-	require.NoError(t, migrate.Up(ctx, "postgres", url))
-	// One connection: the EXPLAINs run in the session where sequential scans are off.
-	s, err := OpenPostgres(ctx, url, Config{MaxOpenConns: 1})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = s.Close() })
-
+	s := openOneConnection(ctx, t)
 	ids := seedPlans(ctx, t, s)
 	require.NoError(t, s.db.WithContext(ctx).Exec("ANALYZE").Error)
 
@@ -59,7 +53,7 @@ func TestHotQueriesUseIndexes(t *testing.T) {
 
 	now := time.Now()
 	id := ids[len(ids)/2+1] // a finished job
-	_, err = s.GetJob(ctx, store.AllTenants, id)
+	_, err := s.GetJob(ctx, store.AllTenants, id)
 	require.NoError(t, err)
 	_, err = s.GetSteps(ctx, id)
 	require.NoError(t, err)
@@ -130,11 +124,7 @@ func TestHotQueriesUseIndexes(t *testing.T) {
 		statement{single, singleArgs},
 		statement{group, groupArgs},
 	)
-	sqlDB, err := s.db.DB()
-	require.NoError(t, err)
-	conn, err := sqlDB.Conn(ctx)
-	require.NoError(t, err)
-	defer conn.Close()
+	conn := theConnection(ctx, t, s)
 	var seqscan string
 	require.NoError(t, conn.QueryRowContext(ctx, "SHOW enable_seqscan").Scan(&seqscan))
 	require.Equal(t, "off", seqscan, "the store's connections prefer indexes (postgresDSN)")
@@ -156,19 +146,10 @@ func TestHotQueriesUseIndexes(t *testing.T) {
 func TestGroupStatementsUseIndexesOnANewTable(t *testing.T) {
 	t.Parallel()
 	ctx := testinfra.Context(t, time.Minute)
-	url := testinfra.PostgresSchema(t)
-	require.NoError(t, migrate.Up(ctx, "postgres", url))
-	s, err := OpenPostgres(ctx, url, Config{MaxOpenConns: 1})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = s.Close() })
-	sqlDB, err := s.db.DB()
-	require.NoError(t, err)
-	conn, err := sqlDB.Conn(ctx)
-	require.NoError(t, err)
-	defer conn.Close()
+	conn := theConnection(ctx, t, openOneConnection(ctx, t))
 	// The plan a connection keeps for a statement it runs again and again is the generic one, made
 	// without the arguments' values.
-	_, err = conn.ExecContext(ctx, "SET plan_cache_mode = force_generic_plan")
+	_, err := conn.ExecContext(ctx, "SET plan_cache_mode = force_generic_plan")
 	require.NoError(t, err)
 
 	now := time.Now()
@@ -189,6 +170,29 @@ func TestGroupStatementsUseIndexesOnANewTable(t *testing.T) {
 		require.Empty(t, seqScans(ctx, t, conn, statement{sql: "EXECUTE " + name + "(" + nulls + ")"}),
 			"sequential scan in the generic plan of:\n%s", query)
 	}
+}
+
+// openOneConnection migrates a new Postgres schema and opens a store on it with a pool of one
+// connection, so that every statement, and every EXPLAIN of theConnection, runs in one session.
+func openOneConnection(ctx context.Context, t *testing.T) *Store {
+	t.Helper()
+	url := testinfra.PostgresSchema(t)
+	require.NoError(t, migrate.Up(ctx, "postgres", url))
+	s, err := OpenPostgres(ctx, url, Config{MaxOpenConns: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// theConnection holds the store's one connection until the test ends.
+func theConnection(ctx context.Context, t *testing.T, s *Store) *sql.Conn {
+	t.Helper()
+	sqlDB, err := s.db.DB()
+	require.NoError(t, err)
+	conn, err := sqlDB.Conn(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
 }
 
 // seqScans returns the relations the plan of st reads with a sequential scan.
