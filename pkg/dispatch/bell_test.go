@@ -72,7 +72,7 @@ func TestBellRingsDispatchedTasks(t *testing.T) {
 	l, err := dispatch.ListenBell(ctx, b.rdb.Client, 8, nil)
 	require.NoError(t, err)
 	defer l.Close()
-	relay := dispatch.NewRelay(b.st, b.q, dispatch.RelayConfig{Bell: dispatch.NewBell(b.rdb.Client, nil)})
+	relay := dispatch.NewRelay(b.st, b.rdb.Client, b.q, dispatch.RelayConfig{Bell: dispatch.NewBell(b.rdb.Client, nil)})
 
 	now := task.StepPayload{JobID: "j1", Step: "a", Run: 1, Attempt: 1}
 	later := task.StepPayload{JobID: "j2", Step: "a", Run: 1, Attempt: 1}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -55,7 +56,7 @@ func TestRelayMovesOutboxOnceAndDuplicatesAreHarmless(t *testing.T) {
 	ctx := context.Background()
 	b.addOutbox(t, 5, "a")
 	b.addOutbox(t, 5, "a") // the same task ids again (e.g. a crash after enqueue, before delete)
-	r := dispatch.NewRelay(b.st, b.q, dispatch.RelayConfig{BatchSize: 3})
+	r := dispatch.NewRelay(b.st, b.rdb.Client, b.q, dispatch.RelayConfig{BatchSize: 3})
 	total := 0
 	for {
 		n, err := r.RunOnce(ctx)
@@ -84,7 +85,7 @@ func TestConcurrentRelaysNeverDoubleClaim(t *testing.T) {
 	total := 0
 	for range 3 {
 		wg.Go(func() {
-			r := dispatch.NewRelay(b.st, b.q, dispatch.RelayConfig{BatchSize: 10})
+			r := dispatch.NewRelay(b.st, b.rdb.Client, b.q, dispatch.RelayConfig{BatchSize: 10})
 			for {
 				n, err := r.RunOnce(ctx)
 				require.NoError(t, err)
@@ -108,7 +109,7 @@ func TestRelayStartNotifyStop(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	r := dispatch.NewRelay(b.st, b.q, dispatch.RelayConfig{PollInterval: time.Hour})
+	r := dispatch.NewRelay(b.st, b.rdb.Client, b.q, dispatch.RelayConfig{PollInterval: time.Hour})
 	require.NoError(t, r.Start(ctx))
 	require.NoError(t, r.Start(ctx), "Start twice is safe")
 	b.addOutbox(t, 3, "n")
@@ -130,7 +131,7 @@ func TestReconcilerRestoresTasksRedisLost(t *testing.T) {
 	ctx := context.Background()
 	r, err := registry.Parse("r.yaml", []byte(reg), func(string) (string, bool) { return "", false })
 	require.NoError(t, err)
-	relay := dispatch.NewRelay(b.st, b.q, dispatch.RelayConfig{})
+	relay := dispatch.NewRelay(b.st, b.rdb.Client, b.q, dispatch.RelayConfig{})
 	orch := orchestrator.New(b.st, r, nil, relay, orchestrator.Config{})
 	var ids []string
 	for range 4 {
@@ -165,4 +166,67 @@ func TestReconcilerRestoresTasksRedisLost(t *testing.T) {
 	info, err := b.insp.GetTaskInfo("medium", p.TaskID())
 	require.NoError(t, err)
 	require.Equal(t, asynq.TaskStatePending, info.State)
+}
+
+// TestDispatchHandsOverToTheSender: while the relay runs, concurrent changes' tasks are enqueued by
+// its sender (their outbox rows then deleted), and Stop sends what was handed over before it; a
+// relay that does not run enqueues in the caller.
+func TestDispatchHandsOverToTheSender(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	r := dispatch.NewRelay(b.st, b.rdb.Client, b.q, dispatch.RelayConfig{PollInterval: time.Hour, MinAge: time.Hour})
+	committed := func(prefix string, n int) []store.OutboxTask {
+		var rows []store.OutboxTask
+		for i := range n {
+			p := task.StepPayload{JobID: fmt.Sprintf("%s-%d", prefix, i), Step: "s", Run: 1, Attempt: 1}
+			rows = append(rows, store.OutboxTask{TaskID: p.TaskID(), Queue: "default", TypeName: task.TypeStep, Payload: p.Marshal(), CreatedAt: time.Now()})
+		}
+		require.NoError(t, b.st.Tx(ctx, func(tx store.Tx) error { return tx.InsertOutbox(ctx, rows) }))
+		// InsertOutbox assigned the ids the deleter needs: read them back, as a commit returns them.
+		var out []store.OutboxTask
+		require.NoError(t, b.st.Tx(ctx, func(tx store.Tx) error {
+			all, err := tx.ClaimOutbox(ctx, time.Now().Add(time.Minute), 1000)
+			for _, t := range all {
+				if strings.Contains(t.TaskID, ":"+prefix+"-") {
+					out = append(out, t)
+				}
+			}
+			return err
+		}))
+		require.Len(t, out, n)
+		return out
+	}
+	pending := func() int {
+		info, err := b.insp.GetQueueInfo("default")
+		if err != nil {
+			return 0
+		}
+		return info.Pending
+	}
+
+	// Not running: the caller enqueues.
+	r.Dispatch(ctx, committed("sync", 3))
+	require.Equal(t, 3, pending())
+
+	require.NoError(t, r.Start(ctx))
+	var wg sync.WaitGroup
+	for w := range 20 {
+		tasks := committed(fmt.Sprintf("w%d", w), 10)
+		wg.Go(func() { r.Dispatch(ctx, tasks) })
+	}
+	wg.Wait()
+	testinfra.Eventually(t, 10*time.Second, func() bool { return pending() == 203 }, "every handed-over task enqueued")
+	testinfra.Eventually(t, 10*time.Second, func() bool {
+		left, err := b.st.CountOutbox(ctx)
+		return err == nil && left == 0
+	}, "the rows of enqueued tasks deleted")
+
+	// Handed over just before Stop: sent before Stop returns.
+	r.Dispatch(ctx, committed("last", 5))
+	require.NoError(t, r.Stop(ctx))
+	require.Equal(t, 208, pending())
+	left, err := b.st.CountOutbox(ctx)
+	require.NoError(t, err)
+	require.Zero(t, left)
 }

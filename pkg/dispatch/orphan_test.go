@@ -116,7 +116,7 @@ func createOne(t *testing.T, b *bundle) task.StepPayload {
 	t.Helper()
 	r, err := registry.Parse("r.yaml", []byte(reg), func(string) (string, bool) { return "", false })
 	require.NoError(t, err)
-	orch := orchestrator.New(b.st, r, nil, dispatch.NewRelay(b.st, b.q, dispatch.RelayConfig{}), orchestrator.Config{})
+	orch := orchestrator.New(b.st, r, nil, dispatch.NewRelay(b.st, b.rdb.Client, b.q, dispatch.RelayConfig{}), orchestrator.Config{})
 	v, _, err := orch.CreateJob(context.Background(), orchestrator.CreateRequest{Feature: "one", Input: json.RawMessage(`{}`)})
 	require.NoError(t, err)
 	return task.StepPayload{JobID: v.Job.ID, Step: "a", Run: 1, Attempt: 1}

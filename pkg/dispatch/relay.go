@@ -8,10 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/cao-run/cao/pkg/startstop"
 	"github.com/cao-run/cao/pkg/store"
@@ -85,27 +87,43 @@ type Enqueuer interface {
 	EnqueueContext(ctx context.Context, task *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error)
 }
 
-// Relay moves outbox tasks into Asynq. The process that commits a task enqueues it at once
-// (Dispatch) and deletes its outbox row soon after, batched with others; the relay loop sends what
+// Relay moves outbox tasks into Asynq. The process that commits a task hands it to its relay
+// (Dispatch), which enqueues it at once, with the tasks other changes hand over meanwhile in one
+// round trip, and deletes its outbox row soon after, batched with others; the relay loop sends what
 // such a process left behind (it crashed, or Redis was unreachable), so every committed task reaches
 // the queue. Every process that writes state runs one; concurrent relays skip each other's rows.
 type Relay struct {
 	store store.Store
+	rdb   redis.UniversalClient
 	q     Enqueuer
 	cfg   RelayConfig
 	wake  chan struct{}
 
 	life startstop.Loop
 
-	mu       sync.Mutex
-	enqueued int64
-	sent     []int64       // ids of dispatched tasks whose rows wait to be deleted
-	flush    chan struct{} // wakes the deleter
+	mu        sync.Mutex
+	enqueued  int64
+	accepting bool               // the sender runs: Dispatch hands tasks over to it
+	queued    []store.OutboxTask // tasks handed over and not yet sent
+	handed    chan struct{}      // wakes the sender
+	sent      []int64            // ids of dispatched tasks whose rows wait to be deleted
+	flush     chan struct{}      // wakes the deleter
 }
 
-// NewRelay returns a relay; call Start to run it.
-func NewRelay(st store.Store, q Enqueuer, cfg RelayConfig) *Relay {
-	return &Relay{store: st, q: q, cfg: cfg.withDefaults(), wake: make(chan struct{}, 1), flush: make(chan struct{}, 1)}
+// maxQueued bounds the tasks waiting for the sender; a caller that finds it full enqueues its own
+// tasks (and so waits as long as Redis is behind). maxSend bounds the tasks of one round trip.
+const (
+	maxQueued = 4096
+	maxSend   = 512
+)
+
+// NewRelay returns a relay enqueueing into Asynq on rdb (q schedules the tasks that wait for a time);
+// call Start to run it.
+func NewRelay(st store.Store, rdb redis.UniversalClient, q Enqueuer, cfg RelayConfig) *Relay {
+	return &Relay{
+		store: st, rdb: rdb, q: q, cfg: cfg.withDefaults(),
+		wake: make(chan struct{}, 1), handed: make(chan struct{}, 1), flush: make(chan struct{}, 1),
+	}
 }
 
 // Notify wakes the relay after a commit that added outbox rows. It never blocks.
@@ -116,44 +134,121 @@ func (r *Relay) Notify() {
 	}
 }
 
-// Start runs the relay loop and the deleter of dispatched rows until Stop. Safe to call twice.
+// Start runs the relay loop, the sender of dispatched tasks and the deleter of their rows until
+// Stop. Safe to call twice.
 func (r *Relay) Start(ctx context.Context) error {
 	r.life.Start(ctx, func(ctx context.Context) {
+		r.mu.Lock()
+		r.accepting = true
+		r.mu.Unlock()
+		sent := make(chan struct{})
 		var wg sync.WaitGroup
 		wg.Go(func() { r.loop(ctx) })
-		wg.Go(func() { r.deleter(ctx) })
+		wg.Go(func() {
+			defer close(sent)
+			r.sender(ctx)
+		})
+		wg.Go(func() { r.deleter(ctx, sent) })
 		wg.Wait()
 	})
 	return nil
 }
 
-// Stop ends the loop after the current batch and deletes the rows dispatched so far. Safe to call
-// twice.
+// Stop ends the loop after the current batch, sends the tasks handed over so far and deletes the
+// rows of those dispatched. Safe to call twice.
 func (r *Relay) Stop(ctx context.Context) error {
 	_, err := r.life.Stop(ctx)
 	return err
 }
 
-// Dispatch enqueues the tasks of a change that was just committed, and has their outbox rows
-// deleted soon after. A task it cannot enqueue stays in the outbox for the relay loop.
+// Dispatch hands over the tasks of a change that was just committed. While the relay runs, its
+// sender enqueues them and the caller does not wait for Redis; otherwise, or when maxQueued tasks
+// wait already, the caller enqueues them itself. Their outbox rows are deleted soon after. A task
+// that cannot be enqueued stays in the outbox for the relay loop.
 func (r *Relay) Dispatch(ctx context.Context, tasks []store.OutboxTask) {
-	ids := make([]int64, 0, len(tasks))
-	var rings []Ring
-	for _, t := range tasks {
-		var enqueued func(context.Context)
-		if r.cfg.Route != nil {
-			t, enqueued = r.cfg.Route(ctx, t)
+	if len(tasks) == 0 {
+		return
+	}
+	r.mu.Lock()
+	if r.accepting && len(r.queued) < maxQueued {
+		r.queued = append(r.queued, tasks...)
+		r.mu.Unlock()
+		select {
+		case r.handed <- struct{}{}:
+		default:
 		}
-		if t.ProcessAt == nil && len(t.Carried) > 0 { // only a task to run now carries its job
+		return
+	}
+	r.mu.Unlock()
+	for len(tasks) > 0 {
+		n := min(len(tasks), maxSend)
+		r.send(ctx, slices.Clone(tasks[:n]))
+		tasks = tasks[n:]
+	}
+}
+
+// sender enqueues the tasks handed over, all that wait at a time. When the relay stops it takes no
+// more and sends those that wait.
+func (r *Relay) sender(ctx context.Context) {
+	// A batch being sent is finished when Stop comes meanwhile (Stop waits for it).
+	sctx := context.WithoutCancel(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			r.mu.Lock()
+			r.accepting = false
+			r.mu.Unlock()
+			// The last tasks handed over: Stop waits for them, briefly (the relay loop of this
+			// process or another sends what is left).
+			dctx, cancel := context.WithTimeout(sctx, 2*time.Second)
+			for r.sendQueued(dctx) {
+			}
+			cancel()
+			return
+		case <-r.handed:
+		}
+		for r.sendQueued(sctx) {
+		}
+	}
+}
+
+// sendQueued sends up to maxSend of the tasks handed over and reports whether there were any.
+func (r *Relay) sendQueued(ctx context.Context) bool {
+	r.mu.Lock()
+	n := min(len(r.queued), maxSend)
+	tasks := slices.Clone(r.queued[:n])
+	r.queued = slices.Delete(r.queued, 0, n)
+	r.mu.Unlock()
+	if n == 0 {
+		return false
+	}
+	r.send(ctx, tasks)
+	return true
+}
+
+// send enqueues tasks (its own slice, which it changes) in one round trip, rings for those to run
+// now and queues their rows for deletion; a task it cannot enqueue is left to the relay loop.
+func (r *Relay) send(ctx context.Context, tasks []store.OutboxTask) {
+	after := make([]func(context.Context), len(tasks))
+	for i := range tasks {
+		if r.cfg.Route != nil {
+			tasks[i], after[i] = r.cfg.Route(ctx, tasks[i])
+		}
+		if t := &tasks[i]; t.ProcessAt == nil && len(t.Carried) > 0 { // only a task to run now carries its job
 			t.Payload = task.WithSnap(t.Payload, t.Carried)
 		}
-		if err := Enqueue(ctx, r.q, t); err != nil {
-			r.cfg.Logger.Warn("dispatch task; the relay will send it", "task_id", t.TaskID, "err", err)
-			r.Notify()
+	}
+	errs := EnqueueAll(ctx, r.rdb, r.q, tasks)
+	ids := make([]int64, 0, len(tasks))
+	var rings []Ring
+	var failed []error
+	for i, t := range tasks {
+		if errs[i] != nil {
+			failed = append(failed, errs[i])
 			continue
 		}
-		if enqueued != nil {
-			enqueued(ctx)
+		if after[i] != nil {
+			after[i](ctx)
 		}
 		if r.cfg.Bell != nil && t.ProcessAt == nil {
 			rings = append(rings, Ring{Queue: t.Queue, ID: t.TaskID, Type: t.TypeName, Payload: t.Payload, At: r.cfg.Now().UnixMicro()})
@@ -161,6 +256,10 @@ func (r *Relay) Dispatch(ctx context.Context, tasks []store.OutboxTask) {
 		if t.ID != 0 {
 			ids = append(ids, t.ID)
 		}
+	}
+	if len(failed) > 0 {
+		r.cfg.Logger.Warn("dispatch tasks; the relay will send them", "tasks", len(failed), "err", failed[0])
+		r.Notify()
 	}
 	if len(rings) > 0 {
 		r.cfg.Bell.Ring(rings...)
@@ -180,11 +279,12 @@ func (r *Relay) Dispatch(ctx context.Context, tasks []store.OutboxTask) {
 
 // deleter deletes the outbox rows of dispatched tasks, gathering ids for DeleteDelay so that many
 // share one statement. A row it fails to delete is sent again by the relay loop, harmlessly.
-func (r *Relay) deleter(ctx context.Context) {
+func (r *Relay) deleter(ctx context.Context, sent <-chan struct{}) {
 	for {
 		select {
 		case <-ctx.Done():
-			// Last batch: Stop waits for it, briefly.
+			// Last batch, once the sender sent what was handed over: Stop waits for it, briefly.
+			<-sent
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 			r.deleteSent(dctx)
 			cancel()
@@ -261,11 +361,11 @@ func (r *Relay) RunOnce(ctx context.Context) (int, error) {
 			return err
 		}
 		ids := make([]int64, 0, len(tasks))
-		for _, t := range tasks {
-			if err := Enqueue(ctx, r.q, t); err != nil {
+		for i, err := range EnqueueAll(ctx, r.rdb, r.q, tasks) {
+			if err != nil {
 				return err
 			}
-			ids = append(ids, t.ID)
+			ids = append(ids, tasks[i].ID)
 		}
 		n = len(ids)
 		return tx.DeleteOutbox(ctx, ids)
@@ -283,7 +383,7 @@ func Enqueue(ctx context.Context, q Enqueuer, t store.OutboxTask) error {
 	opts := []asynq.Option{
 		asynq.TaskID(t.TaskID), asynq.Queue(t.Queue), asynq.MaxRetry(TaskMaxRetry),
 		// Asynq's own timeout only guards against hung handlers; steps have their own timeouts.
-		asynq.Timeout(24 * time.Hour),
+		asynq.Timeout(asynqTaskTimeout),
 	}
 	if t.ProcessAt != nil {
 		// Asynq schedules in whole seconds, rounding down; round up so a delay (a service's

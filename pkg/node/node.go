@@ -124,7 +124,7 @@ func Build(cfg config.Config, log *slog.Logger, id string, reg *registry.Registr
 	parker := fairness.New(limiter.FairQueueFor(n.Semaphore), n.Queue, rdb, reg, fairness.Config{
 		Weights: cfg.TenantWeights, Logger: log.With("component", "relay"), Notes: waits.New(rdb, n.Semaphore.Prefix()), Bell: bell,
 	})
-	n.Relay = dispatch.NewRelay(st, n.Queue, dispatch.RelayConfig{Logger: log.With("component", "relay"), Route: parker.Route, Bell: bell})
+	n.Relay = dispatch.NewRelay(st, rdb, n.Queue, dispatch.RelayConfig{Logger: log.With("component", "relay"), Route: parker.Route, Bell: bell})
 	n.Hub = events.NewHub(rdb)
 	n.Publisher = events.NewRedisPublisher(rdb, log.With("component", "events"))
 	n.Orchestrator = orchestrator.New(st, reg, n.Publisher, n.Relay, orchestrator.Config{
