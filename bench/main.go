@@ -185,6 +185,13 @@ var scenarios = []scenario{
 }
 
 func main() {
+	if spec := os.Getenv(floorWorkerEnv); spec != "" {
+		if err := runFloorWorker(spec); err != nil {
+			fmt.Fprintln(os.Stderr, "bench floor worker:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	opts, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		return

@@ -26,7 +26,8 @@ func runChain(ctx context.Context, e *env) []row {
 	var floorErr error
 	rates := make(map[int][]float64, len(counts))
 	errs := make(map[int]error, len(counts))
-	var perRound []map[int]float64 // each round's rates, for the scaling ratios
+	var perRound []map[int]float64    // each round's rates, for the scaling ratios
+	var floorRounds []map[int]float64 // each round's raw Asynq rates by worker processes
 	for r := range rounds {
 		if rounds > 1 {
 			progress("chain round %d of %d", r+1, rounds)
@@ -39,6 +40,20 @@ func runChain(ctx context.Context, e *env) []row {
 			floors = append(floors, floor)
 			progress("  floor: %s", fmtRate(floor, "steps/s"))
 		}
+		// Target 7's floor: raw Asynq in as many worker processes as each CAO run has.
+		floorRound := map[int]float64{}
+		if len(counts) > 1 {
+			for _, n := range counts {
+				rate, err := chainFloorProcs(ctx, e.opts, jobs, chainLength, clients, n)
+				if err != nil {
+					progress("  raw asynq in %d process(es): error: %v", n, err)
+					continue
+				}
+				progress("  raw asynq in %d process(es): %s", n, fmtRate(rate, "steps/s"))
+				floorRound[n] = rate
+			}
+		}
+		floorRounds = append(floorRounds, floorRound)
 		round := map[int]float64{}
 		for i := range counts {
 			n := counts[(i+r)%len(counts)]
@@ -75,33 +90,42 @@ func runChain(ctx context.Context, e *env) []row {
 			goal:  "CAO/floor as high as possible; grows with workers",
 		})
 	}
-	return append(rows, scalingRows(counts, perRound)...)
+	return append(rows, scalingRows(counts, perRound, floorRounds)...)
 }
 
 // scalingRows are target 7's rows: for each worker count but the first, its rate over the first
-// count's in the same round (median and range over the rounds).
-func scalingRows(counts []int, perRound []map[int]float64) []row {
+// count's in the same round (median and range over the rounds), beside the same ratio of raw Asynq
+// run by as many worker processes (chainFloorProcs).
+func scalingRows(counts []int, perRound, floorRounds []map[int]float64) []row {
 	if len(counts) < 2 {
 		return nil
 	}
 	base := counts[0]
-	var rows []row
-	for _, n := range counts[1:] {
+	perRatios := func(rounds []map[int]float64, n int) []float64 {
 		var rs []float64
-		for _, round := range perRound {
+		for _, round := range rounds {
 			if a, b := round[n], round[base]; a > 0 && b > 0 {
 				rs = append(rs, a/b)
 			}
 		}
+		return rs
+	}
+	var rows []row
+	for _, n := range counts[1:] {
+		rs := perRatios(perRound, n)
 		if len(rs) == 0 {
 			continue
+		}
+		floor := "—"
+		if fs := perRatios(floorRounds, n); len(fs) > 0 {
+			floor = ratioSpread(fs) + fmt.Sprintf(" (raw asynq in %d ÷ %d worker process(es))", n, base)
 		}
 		m := median(rs)
 		rows = append(rows, row{
 			target:   "7",
 			scenario: fmt.Sprintf("scaling: chain5 steps/s of %d worker(s) ÷ %d in the same round, %d round(s)", n, base, len(rs)),
 			cao:      ratioSpread(rs),
-			floor:    "—",
+			floor:    floor,
 			ratio:    fmt.Sprintf("%.2f", m),
 			goal:     "≥ 1 (may be flat on 2 cores; must not fall)" + verdict(m >= 0.995),
 		})

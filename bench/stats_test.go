@@ -163,7 +163,7 @@ func TestMedianAndSpread(t *testing.T) {
 
 func TestScalingRows(t *testing.T) {
 	t.Parallel()
-	if rows := scalingRows([]int{1}, []map[int]float64{{1: 100}}); rows != nil {
+	if rows := scalingRows([]int{1}, []map[int]float64{{1: 100}}, nil); rows != nil {
 		t.Errorf("one worker count has no scaling row: %v", rows)
 	}
 	rounds := []map[int]float64{
@@ -171,7 +171,12 @@ func TestScalingRows(t *testing.T) {
 		{1: 200, 2: 180, 4: 210},
 		{1: 100, 4: 100}, // the 2-worker run failed in this round
 	}
-	rows := scalingRows([]int{1, 2, 4}, rounds)
+	floors := []map[int]float64{
+		{1: 1000, 2: 900, 4: 800},
+		{1: 1000, 2: 1000, 4: 700},
+		{}, // the floors failed in this round
+	}
+	rows := scalingRows([]int{1, 2, 4}, rounds, floors)
 	if len(rows) != 2 {
 		t.Fatalf("rows: %v", rows)
 	}
@@ -181,8 +186,11 @@ func TestScalingRows(t *testing.T) {
 	if rows[1].cao != "0.90, 1.05, 1.00 (median 1.00)" || !strings.Contains(rows[1].scenario, "3 round(s)") {
 		t.Errorf("4 workers: %+v", rows[1])
 	}
-	falls := scalingRows([]int{1, 4}, []map[int]float64{{1: 100, 4: 90}})
-	if falls[0].ratio != "0.90" || !strings.HasSuffix(falls[0].goal, "missed") {
+	if rows[0].floor != "0.90, 1.00 (median 0.95) (raw asynq in 2 ÷ 1 worker process(es))" || !strings.HasPrefix(rows[1].floor, "0.80, 0.70 (median 0.75)") {
+		t.Errorf("floors: %q, %q", rows[0].floor, rows[1].floor)
+	}
+	falls := scalingRows([]int{1, 4}, []map[int]float64{{1: 100, 4: 90}}, nil)
+	if falls[0].ratio != "0.90" || !strings.HasSuffix(falls[0].goal, "missed") || falls[0].floor != "—" {
 		t.Errorf("a fall is missed: %+v", falls[0])
 	}
 }
