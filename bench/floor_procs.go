@@ -122,8 +122,11 @@ func chainFloorProcs(ctx context.Context, o options, chains, length, enqueuers, 
 		}
 		children = append(children, c)
 		line, err := bufio.NewReader(out).ReadString('\n')
-		if err != nil || strings.TrimSpace(line) != "ready" {
-			return 0, fmt.Errorf("floor worker did not start: %q %v", line, err)
+		if err == nil && strings.TrimSpace(line) != "ready" {
+			err = errors.New("no ready line")
+		}
+		if err != nil {
+			return 0, fmt.Errorf("floor worker did not start (it wrote %q): %w", line, err)
 		}
 	}
 
