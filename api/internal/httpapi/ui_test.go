@@ -883,7 +883,8 @@ func TestUIBrowserAuthPromptOn401(t *testing.T) {
 	// Entering the right key: the page reloads and works.
 	p.setValue("#key-input", key)
 	p.click(`#key-form button[type="submit"]`)
-	require.NoError(t, pollAcrossNavigation(ctx, `document.getElementById('key-prompt').classList.contains('hidden') &&
+	// The reload may be caught before the new page has its prompt: a missing element is "not yet".
+	require.NoError(t, pollAcrossNavigation(ctx, `document.getElementById('key-prompt')?.classList.contains('hidden') === true &&
 		document.body.dataset.jobStatus === 'PENDING' && document.body.dataset.conn === 'connected'`, 20*time.Second), "the key did not take")
 	require.Equal(t, "0", p.eval(`String(`+visibleBanners+`.length)`))
 	console.requireClean(t)
