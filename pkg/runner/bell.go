@@ -80,7 +80,7 @@ func (r *Runner) answer(g dispatch.Ring) {
 	if (g.Type != "" && g.Type != task.TypeStep) || r.admitCtx.Err() != nil {
 		return
 	}
-	if _, ok := r.cfg.Queues[g.Queue]; !ok {
+	if _, ok := r.cfg.Queues[g.Queue]; !ok || !r.owners.Owns(g) {
 		return
 	}
 	now := r.cfg.Now()

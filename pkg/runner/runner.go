@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -170,6 +172,7 @@ type Runner struct {
 	cancelSub *events.Subscription
 	subDone   chan struct{}
 	bell      *dispatch.BellListener
+	owners    *dispatch.RingOwners // which rings this worker answers
 	bellDone  chan struct{}
 	sweepDone chan struct{}
 }
@@ -231,6 +234,9 @@ func (r *Runner) Start(ctx context.Context) error {
 		// Steps still start, at the next poll of their queue.
 		r.cfg.Logger.Warn("worker does not answer the bell", "err", err)
 	} else {
+		// Listening first: a worker listed among the listeners owns a share of the rings.
+		r.owners = dispatch.NewRingOwners(r.rdb, r.cfg.WorkerID, slices.Collect(maps.Keys(r.cfg.Queues)), r.cfg.Logger)
+		_ = r.owners.Start(ctx)
 		r.bell, r.bellDone = l, make(chan struct{})
 		go func() { defer close(r.bellDone); r.answerBell(l) }()
 	}
@@ -239,6 +245,9 @@ func (r *Runner) Start(ctx context.Context) error {
 	if err := srv.Start(mux); err != nil {
 		r.stopRun(err)
 		_ = r.room.Stop(ctx)
+		if r.owners != nil {
+			_ = r.owners.Stop(ctx)
+		}
 		return fmt.Errorf("runner: start asynq server: %w", err)
 	}
 	r.srv = srv
@@ -261,6 +270,12 @@ func (r *Runner) Stop(ctx context.Context) error {
 	// No new work from here: steps waiting for their service give up, none is continued.
 	r.stopAdmit(errShutdown)
 	<-r.sweepDone
+	if r.owners != nil {
+		// The other workers answer this one's share of the rings from now on.
+		if err := r.owners.Stop(ctx); err != nil {
+			r.cfg.Logger.Debug("leave the bell's listeners", "err", err)
+		}
+	}
 	if r.bell != nil {
 		r.bell.Close()
 		<-r.bellDone // no handler starts for the bell after this
