@@ -22,6 +22,9 @@ type Ring struct {
 	Payload []byte
 	// At is when the task was enqueued, in µs since the epoch (the ringing process's clock).
 	At int64
+	// Open marks a ring passed on by its owner, which had no free handler (Bell.PassOn): any worker
+	// may answer it. It is not in the message: passed-on rings have a channel of their own.
+	Open bool
 }
 
 // A Bell rings for every task Dispatch puts in a queue to run now, on one pub/sub channel of the
@@ -31,10 +34,10 @@ type Ring struct {
 // worker can answer, leaves the task in its queue for the poll. Rings of tasks enqueued at the same
 // time go out as one message.
 type Bell struct {
-	rdb     redis.UniversalClient
-	channel string
-	batch   *pubsub.Batcher[Ring]
-	log     *slog.Logger
+	rdb    redis.UniversalClient
+	rings  *pubsub.Batcher[Ring]
+	passed *pubsub.Batcher[Ring] // rings passed on by their owners
+	log    *slog.Logger
 }
 
 // Bounds of one message of rings: how many it joins, and how long sending it may take.
@@ -48,22 +51,32 @@ func NewBell(rdb redis.UniversalClient, log *slog.Logger) *Bell {
 	if log == nil {
 		log = slog.Default()
 	}
-	b := &Bell{rdb: rdb, channel: BellChannel(rdb), log: log}
-	b.batch = pubsub.NewBatcher(maxRings, b.send)
+	b := &Bell{rdb: rdb, log: log}
+	b.rings = pubsub.NewBatcher(maxRings, func(rs []Ring) { b.send(BellChannel(rdb), rs) })
+	b.passed = pubsub.NewBatcher(maxRings, func(rs []Ring) { b.send(bellPassedChannel(rdb), rs) })
 	return b
 }
 
 // BellChannel is the pub/sub channel of the deployment's bell.
 func BellChannel(rdb redis.UniversalClient) string { return pubsub.Channel(rdb, "", "bell") }
 
-// Ring sends rings without waiting for them to be sent.
-func (b *Bell) Ring(rs ...Ring) { b.batch.Add(rs...) }
+// bellPassedChannel carries the rings their owners passed on (PassOn).
+func bellPassedChannel(rdb redis.UniversalClient) string {
+	return pubsub.Channel(rdb, "", "bell:passed")
+}
 
-func (b *Bell) send(rs []Ring) {
+// Ring sends rings without waiting for them to be sent.
+func (b *Bell) Ring(rs ...Ring) { b.rings.Add(rs...) }
+
+// PassOn sends again, open to every worker, rings that their owner cannot answer at once (it has no
+// free handler; see RingOwners), without waiting for them to be sent.
+func (b *Bell) PassOn(rs ...Ring) { b.passed.Add(rs...) }
+
+func (b *Bell) send(channel string, rs []Ring) {
 	msg := encodeRings(rs)
 	ctx, cancel := context.WithTimeout(context.Background(), ringTimeout)
 	defer cancel()
-	if err := b.rdb.Publish(ctx, b.channel, msg).Err(); err != nil {
+	if err := b.rdb.Publish(ctx, channel, msg).Err(); err != nil {
 		// The tasks are in their queues; they wait for the workers' next poll instead.
 		b.log.Debug("ring the bell", "err", err)
 	}
@@ -82,7 +95,8 @@ func ListenBell(ctx context.Context, rdb redis.UniversalClient, buf int, log *sl
 	if log == nil {
 		log = slog.Default()
 	}
-	ps := rdb.Subscribe(ctx, BellChannel(rdb))
+	passed := bellPassedChannel(rdb)
+	ps := rdb.Subscribe(ctx, BellChannel(rdb), passed)
 	if _, err := ps.Receive(ctx); err != nil {
 		_ = ps.Close()
 		return nil, fmt.Errorf("listen to the bell: %w", err)
@@ -96,6 +110,11 @@ func ListenBell(ctx context.Context, rdb redis.UniversalClient, buf int, log *sl
 			if err != nil {
 				log.Debug("undecodable ring", "err", err)
 				continue
+			}
+			if m.Channel == passed {
+				for i := range rs {
+					rs[i].Open = true
+				}
 			}
 			select {
 			case l.out <- rs:

@@ -115,3 +115,33 @@ func TestBellRingsDispatchedTasks(t *testing.T) {
 	}
 	require.Equal(t, []string{"x", "y"}, []string{rings[0].ID, rings[1].ID})
 }
+
+// TestBellPassOnIsOpen: rings passed on by their owner arrive marked open, other rings not.
+func TestBellPassOnIsOpen(t *testing.T) {
+	t.Parallel()
+	rdb := testinfra.Redis(t)
+	ctx := testinfra.Context(t, 30*time.Second)
+	l, err := dispatch.ListenBell(ctx, rdb.Client, 8, nil)
+	require.NoError(t, err)
+	defer l.Close()
+	bell := dispatch.NewBell(rdb.Client, nil)
+	next := func() dispatch.Ring {
+		t.Helper()
+		select {
+		case rs := <-l.C():
+			require.Len(t, rs, 1)
+			return rs[0]
+		case <-ctx.Done():
+			t.Fatal("no ring")
+			return dispatch.Ring{}
+		}
+	}
+	bell.Ring(dispatch.Ring{Queue: "default", ID: "rung", At: 1})
+	g := next()
+	require.Equal(t, "rung", g.ID)
+	require.False(t, g.Open)
+	bell.PassOn(dispatch.Ring{Queue: "default", ID: "passed", At: 2})
+	g = next()
+	require.Equal(t, "passed", g.ID)
+	require.True(t, g.Open)
+}

@@ -25,8 +25,10 @@ import (
 // members back, every ringRefresh. A worker that is not (yet) in its own view, because Redis could
 // not be reached or it has just started, answers every ring as before. Views of the set may differ
 // for up to a refresh while a worker comes or goes, or for ringListenerTTL after one died: a ring
-// then has two owners (one Steal fails) or none (its task waits for the owner's next free handler,
-// which a busy owner defers it to, or for an Asynq poll). Rings are hints either way.
+// then has two owners (one Steal fails) or none (its task waits for an Asynq poll). Rings are hints
+// either way. An owner with no free handler passes the ring on (Bell.PassOn), open to every worker,
+// and keeps it for its own next free handler too: a busy owner does not hold back a task that an
+// idle worker could start.
 
 // How often a worker renews its place among a queue's listeners, and how long a place lasts.
 const (
@@ -140,6 +142,18 @@ func (o *RingOwners) Owns(g Ring) bool {
 		return true
 	}
 	return ringOwner(g.ID, ids) == o.id
+}
+
+// Shared reports whether another worker listens for queue's rings (by this worker's view): a ring
+// this worker cannot answer at once is then worth passing on.
+func (o *RingOwners) Shared(queue string) bool {
+	if o == nil {
+		return false
+	}
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	ids := o.live[queue]
+	return len(ids) > 1 && slices.Contains(ids, o.id)
 }
 
 // ringOwner is the listener among ids that owns task id: the one whose id hashes highest with it

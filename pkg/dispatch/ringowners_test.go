@@ -71,6 +71,8 @@ func TestRingOwnersOneOwnerPerRing(t *testing.T) {
 	}
 	shares := owners(ws, "default")
 	require.Len(t, shares, 3, "each worker owns a share")
+	require.True(t, ws[0].Shared("default"), "others listen for default")
+	require.False(t, other.Shared("medium"), "w-other alone listens for medium")
 	owners(ws, "heavy")
 
 	// w3 stops: once the others renewed their view, they own its share.
@@ -85,6 +87,7 @@ func TestRingOwnersOneOwnerPerRing(t *testing.T) {
 	ws[0].now = func() time.Time { return time.Now().Add(ringListenerTTL + time.Second) }
 	ws[0].refresh(ctx)
 	require.Len(t, owners(ws[:1], "default"), 1)
+	require.False(t, ws[0].Shared("default"), "w1 is alone now: nothing to pass on")
 
 	// No view: every ring is answered.
 	down := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
@@ -93,6 +96,8 @@ func TestRingOwnersOneOwnerPerRing(t *testing.T) {
 	require.NoError(t, blind.Start(ctx))
 	defer func() { _ = blind.Stop(ctx) }()
 	require.True(t, blind.Owns(Ring{Queue: "default", ID: "anything"}))
+	require.False(t, blind.Shared("default"))
 	var none *RingOwners
 	require.True(t, none.Owns(Ring{Queue: "default", ID: "anything"}))
+	require.False(t, none.Shared("default"))
 }

@@ -73,14 +73,20 @@ func (r *Runner) answerBell(l *dispatch.BellListener) {
 	}
 }
 
-// answer takes and runs the task of ring g when this worker serves its queue and is not stopping.
-// Without a free handler the ring waits for the next handler to free (deferred): the task may still
-// be pending then, since an Asynq server that found its queues empty sleeps until its next poll.
+// answer takes and runs the task of ring g when this worker serves its queue, owns the ring (or its
+// owner passed it on) and is not stopping. Without a free handler the ring waits for the next handler
+// to free (deferred): the task may still be pending then, since an Asynq server that found its queues
+// empty sleeps until its next poll. An owner without a free handler also passes the ring on to the
+// other workers, one of which may have a free handler now.
 func (r *Runner) answer(g dispatch.Ring) {
 	if (g.Type != "" && g.Type != task.TypeStep) || r.admitCtx.Err() != nil {
 		return
 	}
-	if _, ok := r.cfg.Queues[g.Queue]; !ok || !r.owners.Owns(g) {
+	if _, ok := r.cfg.Queues[g.Queue]; !ok {
+		return
+	}
+	// A passed-on ring that this worker owns is one it passed on itself, and deferred already.
+	if owns := r.owners.Owns(g); owns == g.Open {
 		return
 	}
 	now := r.cfg.Now()
@@ -88,6 +94,9 @@ func (r *Runner) answer(g dispatch.Ring) {
 		return
 	}
 	if !r.slots.tryAcquire() {
+		if !g.Open && r.owners.Shared(g.Queue) {
+			r.ringer.PassOn(g)
+		}
 		r.deferred.push(g, maxDeferred)
 		if !r.slots.tryAcquire() {
 			return // the next handler to free takes it (freeSlot)

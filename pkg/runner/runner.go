@@ -173,6 +173,7 @@ type Runner struct {
 	subDone   chan struct{}
 	bell      *dispatch.BellListener
 	owners    *dispatch.RingOwners // which rings this worker answers
+	ringer    *dispatch.Bell       // rings handed-out steps, and passes on rings this worker cannot answer
 	bellDone  chan struct{}
 	sweepDone chan struct{}
 }
@@ -183,12 +184,14 @@ func New(orch *orchestrator.Orchestrator, rdb redis.UniversalClient, sem *limite
 	c *caller.Caller, hub *events.Hub, cfg Config) *Runner {
 	cfg = cfg.WithDefaults()
 	queue := asynq.NewClientFromRedisClient(rdb)
+	ringer := dispatch.NewBell(rdb, cfg.Logger)
 	return &Runner{
 		orch: orch, rdb: rdb, sem: sem, rate: limiter.BudgetsFor(rate), caller: c, hub: hub, cfg: cfg, adapt: limiter.AdaptiveFor(sem),
 		parker: fairness.New(limiter.FairQueueFor(sem), queue, rdb, nil, fairness.Config{
 			Weights: cfg.TenantWeights, Fallback: cfg.ParkFallback, Now: cfg.Now, Logger: cfg.Logger, Notes: waits.New(rdb, sem.Prefix()),
-			Bell: dispatch.NewBell(rdb, cfg.Logger),
+			Bell: ringer,
 		}),
+		ringer:   ringer,
 		queue:    queue,
 		insp:     asynq.NewInspectorFromRedisClient(rdb),
 		slots:    make(slots, cfg.Concurrency),
