@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
@@ -114,4 +115,32 @@ func TestEnqueueAllRedisDown(t *testing.T) {
 	for _, err := range errs {
 		require.Error(t, err)
 	}
+}
+
+// TestEnqueueAllOnTheEmbeddedRedis: the embedded mode's in-process Redis (miniredis) runs the
+// pipelined script, NOSCRIPT included, and Asynq's inspector reads the tasks back.
+func TestEnqueueAllOnTheEmbeddedRedis(t *testing.T) {
+	t.Parallel()
+	m := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+	tasks := []store.OutboxTask{
+		{TaskID: "a", Queue: "default", TypeName: "cao:step", Payload: []byte("{}")},
+		{TaskID: "b", Queue: "heavy", TypeName: "cao:step", Payload: []byte("{}")},
+	}
+	for range 2 { // the second time the ids exist already: success, nothing changed
+		for _, err := range EnqueueAll(ctx, rdb, asynq.NewClientFromRedisClient(rdb), tasks) {
+			require.NoError(t, err)
+		}
+	}
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	for _, task := range tasks {
+		info, err := insp.GetTaskInfo(task.Queue, task.TaskID)
+		require.NoError(t, err)
+		require.Equal(t, asynq.TaskStatePending, info.State)
+	}
+	n, err := rdb.LLen(ctx, asynqPendingKey("default")).Result()
+	require.NoError(t, err)
+	require.EqualValues(t, 1, n)
 }
