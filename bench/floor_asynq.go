@@ -105,17 +105,30 @@ func chainFloor(ctx context.Context, o options, chains, length, enqueuers int) (
 	}
 	defer f.stop()
 
+	start := time.Now()
+	if err := enqueueChainStarts(ctx, f.client, chains, enqueuers); err != nil {
+		return 0, err
+	}
+	select {
+	case end := <-finished:
+		return float64(total) / end.Sub(start).Seconds(), nil
+	case <-ctx.Done():
+		return 0, fmt.Errorf("asynq floor: %d of %d tasks done: %w", done.Load(), total, ctx.Err())
+	}
+}
+
+// enqueueChainStarts enqueues the first task of each chain (numbered 1 to chains) from enqueuers goroutines.
+func enqueueChainStarts(ctx context.Context, client *asynq.Client, chains, enqueuers int) error {
 	var (
 		next    atomic.Int64
 		wg      sync.WaitGroup
 		errOnce sync.Once
 		encErr  error
 	)
-	start := time.Now()
 	for range enqueuers {
 		wg.Go(func() {
 			for i := next.Add(1); i <= int64(chains); i = next.Add(1) {
-				if _, err := f.client.EnqueueContext(ctx, newChainTask(int(i), 0)); err != nil {
+				if _, err := client.EnqueueContext(ctx, newChainTask(int(i), 0)); err != nil {
 					errOnce.Do(func() { encErr = err })
 					return
 				}
@@ -124,14 +137,9 @@ func chainFloor(ctx context.Context, o options, chains, length, enqueuers int) (
 	}
 	wg.Wait()
 	if encErr != nil {
-		return 0, fmt.Errorf("enqueue: %w", encErr)
+		return fmt.Errorf("enqueue: %w", encErr)
 	}
-	select {
-	case end := <-finished:
-		return float64(total) / end.Sub(start).Seconds(), nil
-	case <-ctx.Done():
-		return 0, fmt.Errorf("asynq floor: %d of %d tasks done: %w", done.Load(), total, ctx.Err())
-	}
+	return nil
 }
 
 // idleFloor measures raw Asynq on an idle server: the latency from Enqueue to the handler starting,

@@ -11,8 +11,6 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -131,26 +129,9 @@ func chainFloorProcs(ctx context.Context, o options, chains, length, enqueuers, 
 	}
 
 	client := asynq.NewClientFromRedisClient(rdb)
-	var (
-		next    atomic.Int64
-		wg      sync.WaitGroup
-		errOnce sync.Once
-		encErr  error
-	)
 	start := time.Now()
-	for range enqueuers {
-		wg.Go(func() {
-			for i := next.Add(1); i <= int64(chains); i = next.Add(1) {
-				if _, err := client.EnqueueContext(ctx, newChainTask(int(i), 0)); err != nil {
-					errOnce.Do(func() { encErr = err })
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if encErr != nil {
-		return 0, fmt.Errorf("enqueue: %w", encErr)
+	if err := enqueueChainStarts(ctx, client, chains, enqueuers); err != nil {
+		return 0, err
 	}
 	got, err := rdb.BLPop(ctx, chainWaitTimeout, floorFinishedKey).Result()
 	if err != nil {

@@ -111,7 +111,7 @@ func (o *RingOwners) refresh(ctx context.Context) {
 			key := ringListenersKey(o.rdb, q)
 			p.ZAdd(ctx, key, redis.Z{Score: float64(now.Add(ringListenerTTL).UnixMilli()), Member: o.id})
 			p.ZRemRangeByScore(ctx, key, "-inf", "("+strconv.FormatInt(now.UnixMilli(), 10))
-			reads[q] = p.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: "-inf", Max: "+inf"})
+			reads[q] = p.ZRange(ctx, key, 0, -1)
 			p.PExpire(ctx, key, 2*ringListenerTTL) // a queue no worker serves any more leaves no key
 		}
 		return nil
