@@ -23,6 +23,18 @@ func Channel(rdb redis.UniversalClient) string {
 	return pubsub.Channel(rdb, pubsub.DefaultPrefix, channelName)
 }
 
+// cancelChannelName is the last part of the channel on which the job messages that cancel a job are
+// published too (CancelChannel).
+const cancelChannelName = "cancels"
+
+// CancelChannel returns the pub/sub channel on which every job message that cancels a job is
+// published as well as on Channel, e.g. "cao:{db3}:cancels". Workers act on nothing else of the
+// events: they read this channel (ListenCancels) instead of every event of the fleet, which would
+// cost each worker, and Redis once per worker, the fleet's whole event traffic.
+func CancelChannel(rdb redis.UniversalClient) string {
+	return pubsub.Channel(rdb, pubsub.DefaultPrefix, cancelChannelName)
+}
+
 // Message is the wire form of one event, identical for REST, WebSocket and pub/sub.
 type Message struct {
 	Type    string    `json:"type"` // "job" or "step"
@@ -56,6 +68,11 @@ func FromEvents(evs []store.Event) []Message {
 		out[i] = FromEvent(e)
 	}
 	return out
+}
+
+// Cancels reports whether the message cancels its job (a job message with status CANCELLED).
+func (m Message) Cancels() bool {
+	return m.Type == store.EventJob && m.Status == string(store.JobCancelled)
 }
 
 // Terminal reports whether the message ends its job (a job message with a terminal status).

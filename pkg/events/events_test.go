@@ -48,7 +48,6 @@ func TestHubFansOutAcrossProcessesByJob(t *testing.T) {
 	}()
 	a1, a2 := h1.Subscribe("job-a", 16), h2.Subscribe("job-a", 16)
 	b1 := h1.Subscribe("job-b", 16)
-	all := h2.SubscribeAll(16, nil)
 	pub := events.NewRedisPublisher(rdb.Client, nil)
 	pub.Post([]store.Event{ev("job-a", 1, store.EventStep, "RUNNING"), ev("job-a", 2, store.EventJob, "COMPLETED")})
 	require.NoError(t, pub.Flush(ctx))
@@ -67,16 +66,15 @@ func TestHubFansOutAcrossProcessesByJob(t *testing.T) {
 	}
 	m := <-b1.C
 	require.Equal(t, "job-b", m.JobID)
-	got := 0
-	for range 3 {
-		<-all.C
-		got++
+	select {
+	case m := <-a2.C:
+		t.Fatalf("job-a's subscriber received %+v", m)
+	default:
 	}
-	require.Equal(t, 3, got)
-	require.Equal(t, 4, h1.Subscribers()+h2.Subscribers())
-	a1.Close()
-	a1.Close()
 	require.Equal(t, 3, h1.Subscribers()+h2.Subscribers())
+	a1.Close()
+	a1.Close()
+	require.Equal(t, 2, h1.Subscribers()+h2.Subscribers())
 }
 
 func TestSlowSubscriberOverflowsWithoutBlockingOthers(t *testing.T) {
@@ -118,6 +116,8 @@ func TestDeploymentsOnOtherDatabasesShareNoEvents(t *testing.T) {
 	ctx := testinfra.Context(t, 30*time.Second)
 	require.Equal(t, fmt.Sprintf("cao:{db%d}:events", dbA.DB), events.Channel(dbA.Client))
 	require.NotEqual(t, events.Channel(dbA.Client), events.Channel(dbB.Client))
+	require.Equal(t, fmt.Sprintf("cao:{db%d}:cancels", dbA.DB), events.CancelChannel(dbA.Client))
+	require.NotEqual(t, events.CancelChannel(dbA.Client), events.CancelChannel(dbB.Client))
 
 	hubA, hubB := events.NewHub(dbA.Client), events.NewHub(dbB.Client)
 	require.NoError(t, hubA.Start(ctx))
@@ -126,7 +126,9 @@ func TestDeploymentsOnOtherDatabasesShareNoEvents(t *testing.T) {
 		require.NoError(t, hubA.Stop(context.Background()))
 		require.NoError(t, hubB.Stop(context.Background()))
 	}()
-	allA, allB := hubA.SubscribeAll(16, nil), hubB.SubscribeAll(16, nil)
+	// Each hub follows both jobs: its own deployment's, and the other's, which must never arrive.
+	allA, crossA := hubA.Subscribe("job-of-a", 16), hubA.Subscribe("job-of-b", 16)
+	allB, crossB := hubB.Subscribe("job-of-b", 16), hubB.Subscribe("job-of-a", 16)
 	pubA, pubB := events.NewRedisPublisher(dbA.Client, nil), events.NewRedisPublisher(dbB.Client, nil)
 	require.Equal(t, hubA.Channel(), pubA.Channel())
 
@@ -144,10 +146,12 @@ func TestDeploymentsOnOtherDatabasesShareNoEvents(t *testing.T) {
 	m := next(t, allA)
 	require.Equal(t, "job-of-a", m.JobID)
 	require.Equal(t, int64(2), m.Seq)
-	select {
-	case m := <-allB.C:
-		t.Fatalf("deployment B received %+v", m)
-	default:
+	for name, s := range map[string]*events.Subscription{"A": crossA, "B": crossB} {
+		select {
+		case m := <-s.C:
+			t.Fatalf("deployment %s received the other's %+v", name, m)
+		default:
+		}
 	}
 }
 
@@ -199,32 +203,49 @@ func TestHubStartStopTwice(t *testing.T) {
 	require.Equal(t, int64(2), next(t, sub).Seq)
 }
 
-// TestSubscribeAllMatching: a hub whose only subscriber follows the payloads that contain a match
-// (a worker following cancellations) gets those payloads' messages, and none of the others.
-func TestSubscribeAllMatching(t *testing.T) {
+// TestCancellationsOnTheirOwnChannel: the job messages that cancel a job reach ListenCancels, in
+// order, and nothing else does (a cancelled step, a completed job); the events channel still
+// carries every message, the cancellations included.
+func TestCancellationsOnTheirOwnChannel(t *testing.T) {
 	t.Parallel()
 	rdb := testinfra.Redis(t)
 	ctx := testinfra.Context(t, 30*time.Second)
 	h := startHub(t, ctx, rdb.Client)
-	cancels := h.SubscribeAll(16, []byte(`"CANCELLED"`))
+	b, d := h.Subscribe("job-b", 16), h.Subscribe("job-d", 16)
+	cancelled := make(chan string, 16)
+	l, err := events.ListenCancels(ctx, rdb.Client, nil, func(jobID string) { cancelled <- jobID })
+	require.NoError(t, err)
+	defer l.Close()
+	subs := rdb.Client.PubSubNumSub(ctx, events.CancelChannel(rdb.Client)).Val()
+	require.EqualValues(t, 1, subs[events.CancelChannel(rdb.Client)], "the listener is subscribed when ListenCancels returns")
+
 	pub := events.NewRedisPublisher(rdb.Client, nil)
 	pub.Post([]store.Event{ev("job-a", 1, store.EventStep, "RUNNING")})
-	require.NoError(t, pub.Flush(ctx))
 	pub.Post([]store.Event{ev("job-b", 1, store.EventStep, "CANCELLED"), ev("job-b", 2, store.EventJob, "CANCELLED")})
-	require.NoError(t, pub.Flush(ctx))
 	pub.Post([]store.Event{ev("job-c", 1, store.EventJob, "COMPLETED")})
-	require.NoError(t, pub.Flush(ctx))
 	pub.Post([]store.Event{ev("job-d", 1, store.EventJob, "CANCELLED")})
 	require.NoError(t, pub.Flush(ctx))
 	var got []string
-	for range 3 {
-		m := <-cancels.C
-		got = append(got, fmt.Sprintf("%s/%d", m.JobID, m.Seq))
+	for range 2 {
+		select {
+		case id := <-cancelled:
+			got = append(got, id)
+		case <-ctx.Done():
+			t.Fatalf("cancellations heard: %v", got)
+		}
 	}
-	require.Equal(t, []string{"job-b/1", "job-b/2", "job-d/1"}, got, "every message of the matching payloads, in order, and only those")
+	require.Equal(t, []string{"job-b", "job-d"}, got, "the cancelled jobs, in order, and only those")
+	require.Equal(t, int64(1), next(t, b).Seq)
+	require.Equal(t, int64(2), next(t, b).Seq, "the events channel still carries the cancellation")
+	require.Equal(t, "CANCELLED", next(t, d).Status)
+
+	l.Close()
+	l.Close()
+	pub.Post([]store.Event{ev("job-e", 1, store.EventJob, "CANCELLED")})
+	require.NoError(t, pub.Flush(ctx))
 	select {
-	case m := <-cancels.C:
-		t.Fatalf("unexpected message %+v", m)
+	case id := <-cancelled:
+		t.Fatalf("heard %s after Close", id)
 	default:
 	}
 }

@@ -1,7 +1,6 @@
 package events
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"sync"
@@ -11,8 +10,8 @@ import (
 	"github.com/cao-run/cao/pkg/startstop"
 )
 
-// Hub holds one Redis subscription per process and fans messages out to local subscribers, by job or
-// to every-job listeners. Delivery to a subscriber never blocks the hub: a subscriber whose buffer is
+// Hub holds one Redis subscription per process, to every job's events (Channel), and fans messages
+// out to local subscribers by job. Delivery to a subscriber never blocks the hub: a subscriber whose buffer is
 // full is marked overflowed and its channel closed, and it must resynchronise from the event log.
 type Hub struct {
 	rdb     redis.UniversalClient
@@ -27,17 +26,13 @@ type Hub struct {
 
 	mu    sync.Mutex
 	byJob map[string]map[*Subscription]struct{}
-	all   map[*Subscription]struct{}
 }
 
 // Subscription receives messages; C is closed when the subscription ends or overflows.
 type Subscription struct {
-	C     chan Message
-	hub   *Hub
-	jobID string // empty: all jobs
-	// match, for a subscription to all jobs, keeps only the payloads that contain it (the rest are
-	// not even decoded when no other subscriber wants them).
-	match      []byte
+	C          chan Message
+	hub        *Hub
+	jobID      string
 	overflowed bool
 	closed     bool
 }
@@ -62,7 +57,6 @@ func NewHub(rdb redis.UniversalClient) *Hub {
 		rdb:     rdb,
 		channel: Channel(rdb),
 		byJob:   map[string]map[*Subscription]struct{}{},
-		all:     map[*Subscription]struct{}{},
 	}
 }
 
@@ -95,57 +89,32 @@ func (h *Hub) read(ctx context.Context, ps *redis.PubSub) error {
 			if !ok {
 				return nil
 			}
-			raw := []byte(msg.Payload)
-			if !h.wanted(raw) {
+			if !h.wanted() {
 				continue
 			}
-			msgs, err := Decode(raw)
+			msgs, err := Decode([]byte(msg.Payload))
 			if err != nil {
 				continue
 			}
-			h.deliver(raw, msgs)
+			h.deliver(msgs)
 		}
 	}
 }
 
-// wanted reports whether a subscriber may want the messages of payload raw: one follows a job, or
-// one follows all jobs and raw has what it matches. A worker, which follows only cancellations,
-// then decodes a few of the fleet's payloads instead of every one.
-func (h *Hub) wanted(raw []byte) bool {
+// wanted reports whether a subscriber of this process follows a job: payloads that arrive while
+// none does are not even decoded.
+func (h *Hub) wanted() bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if len(h.byJob) > 0 {
-		return true
-	}
-	for s := range h.all {
-		if s.matches(raw) {
-			return true
-		}
-	}
-	return false
+	return len(h.byJob) > 0
 }
 
-func (s *Subscription) matches(raw []byte) bool {
-	return s.match == nil || bytes.Contains(raw, s.match)
-}
-
-// deliver fans the messages of payload raw out to local subscribers without ever blocking on one.
-func (h *Hub) deliver(raw []byte, msgs []Message) {
+// deliver fans the messages out to local subscribers without ever blocking on one.
+func (h *Hub) deliver(msgs []Message) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	// Which subscribers to all jobs want this payload is decided once, not once per message: a
-	// payload may join the events of many changes.
-	var all []*Subscription
-	for s := range h.all {
-		if s.matches(raw) {
-			all = append(all, s)
-		}
-	}
 	for _, m := range msgs {
 		for s := range h.byJob[m.JobID] {
-			h.sendLocked(s, m)
-		}
-		for _, s := range all {
 			h.sendLocked(s, m)
 		}
 	}
@@ -169,10 +138,6 @@ func (h *Hub) removeLocked(s *Subscription) {
 	}
 	s.closed = true
 	close(s.C)
-	if s.jobID == "" {
-		delete(h.all, s)
-		return
-	}
 	if m := h.byJob[s.jobID]; m != nil {
 		delete(m, s)
 		if len(m) == 0 {
@@ -195,24 +160,12 @@ func (h *Hub) Subscribe(jobID string, buf int) *Subscription {
 	return s
 }
 
-// SubscribeAll returns a subscription to every job's messages with a buffer of buf messages, from
-// the payloads that contain match (nil: every payload); a payload holds the events of one committed
-// change. The subscriber still checks each message: match only spares it (and the hub) the payloads
-// that cannot concern it.
-func (h *Hub) SubscribeAll(buf int, match []byte) *Subscription {
-	s := &Subscription{C: make(chan Message, buf), hub: h, match: match}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.all[s] = struct{}{}
-	return s
-}
-
 // Subscribers returns the number of local subscriptions. Tests read it (here and in the API) to check
 // that subscriptions are released.
 func (h *Hub) Subscribers() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	n := len(h.all)
+	n := 0
 	for _, m := range h.byJob {
 		n += len(m)
 	}
@@ -225,9 +178,6 @@ func (h *Hub) Stop(ctx context.Context) error {
 	h.startMu.Lock()
 	defer h.startMu.Unlock()
 	h.mu.Lock()
-	for s := range h.all {
-		h.removeLocked(s)
-	}
 	for _, m := range h.byJob {
 		for s := range m {
 			h.removeLocked(s)

@@ -16,10 +16,12 @@ import (
 // RedisPublisher publishes events on the deployment's events channel (Channel), in the order they
 // were handed to it. The events of changes committed while an earlier publish is on its way go out
 // together, as one message: a process committing many changes at once sends (and every subscriber
-// receives and decodes) one payload per round trip instead of one per change.
+// receives and decodes) one payload per round trip instead of one per change. The job messages that
+// cancel a job go, in the same round trip, on CancelChannel too, which the workers read.
 type RedisPublisher struct {
 	rdb     redis.UniversalClient
 	channel string
+	cancels string
 	log     *slog.Logger
 	batch   *pubsub.Batcher[*pendingPublish]
 }
@@ -43,7 +45,7 @@ func NewRedisPublisher(rdb redis.UniversalClient, log *slog.Logger) *RedisPublis
 	if log == nil {
 		log = slog.Default()
 	}
-	p := &RedisPublisher{rdb: rdb, channel: Channel(rdb), log: log}
+	p := &RedisPublisher{rdb: rdb, channel: Channel(rdb), cancels: CancelChannel(rdb), log: log}
 	p.batch = pubsub.NewBatcher(maxJoined, p.send)
 	return p
 }
@@ -99,9 +101,29 @@ func (p *RedisPublisher) publish(msgs []Message) error {
 	if err != nil {
 		return fmt.Errorf("events: encode: %w", err)
 	}
+	var cancels []Message
+	for _, m := range msgs {
+		if m.Cancels() {
+			cancels = append(cancels, m)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
 	defer cancel()
-	if err := p.rdb.Publish(ctx, p.channel, b).Err(); err != nil {
+	if len(cancels) == 0 {
+		if err := p.rdb.Publish(ctx, p.channel, b).Err(); err != nil {
+			return fmt.Errorf("events: publish: %w", err)
+		}
+		return nil
+	}
+	c, err := encode(cancels)
+	if err != nil {
+		return fmt.Errorf("events: encode: %w", err)
+	}
+	// The cancellations first: a worker stops a cancelled job's calls as soon as it reads them.
+	pipe := p.rdb.Pipeline()
+	pipe.Publish(ctx, p.cancels, c)
+	pipe.Publish(ctx, p.channel, b)
+	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("events: publish: %w", err)
 	}
 	return nil

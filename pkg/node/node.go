@@ -201,7 +201,7 @@ func (n *Node) NewRunner(cfg runner.Config) *runner.Runner {
 	if cfg.Hooks.OnWait == nil {
 		cfg.Hooks.OnWait = n.Metrics.ObserveWait
 	}
-	return runner.New(n.Orchestrator, n.Redis, n.Semaphore, n.RateLimiter, n.Caller, n.Hub, cfg)
+	return runner.New(n.Orchestrator, n.Redis, n.Semaphore, n.RateLimiter, n.Caller, cfg)
 }
 
 // NewDeliverer returns the completion-webhook deliverer workers run (nil when CAO_WEBHOOK_SECRET is
@@ -215,8 +215,8 @@ func (n *Node) NewDeliverer() (*webhook.Deliverer, error) {
 	})
 }
 
-// Start pings the backends and starts the event hub, the relay, the maintenance loop and the queue
-// depth sampler.
+// Start pings the backends and starts the relay, the maintenance loop and the queue depth sampler.
+// The event hub is started by the processes that serve watchers (StartHub).
 func (n *Node) Start(ctx context.Context) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -228,9 +228,6 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	if err := n.Redis.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("redis: %w", err)
-	}
-	if err := n.Hub.Start(ctx); err != nil {
-		return err
 	}
 	if err := n.Relay.Start(ctx); err != nil {
 		return err
@@ -245,6 +242,13 @@ func (n *Node) Start(ctx context.Context) error {
 	return nil
 }
 
+// StartHub starts the event hub: this process then reads every job event of the deployment, to
+// serve its WebSocket and REST watchers (API replicas, dev mode). A worker does not start it: it
+// follows only cancellations (events.ListenCancels). Node.Stop stops it. Safe to call twice.
+func (n *Node) StartHub(ctx context.Context) error {
+	return n.Hub.Start(ctx)
+}
+
 // Stop stops the loops in reverse order and closes what the node owns. Safe to call twice.
 func (n *Node) Stop(ctx context.Context) error {
 	n.mu.Lock()
@@ -252,9 +256,10 @@ func (n *Node) Stop(ctx context.Context) error {
 	// The health probe loop may run without Start (a report starts it): stop it first, always.
 	errs := []error{n.Health.Stop(ctx)}
 	if n.started {
-		errs = append(errs, n.QueueDepth.Stop(ctx), n.Maintainer.Stop(ctx), n.Relay.Stop(ctx), n.Hub.Stop(ctx))
+		errs = append(errs, n.QueueDepth.Stop(ctx), n.Maintainer.Stop(ctx), n.Relay.Stop(ctx))
 		n.started = false
 	}
+	errs = append(errs, n.Hub.Stop(ctx)) // started by StartHub, if at all
 	// The last changes' events, before the Redis client closes (a failure is only logged: readers
 	// find those events in the log).
 	if err := n.Publisher.Flush(ctx); err != nil {

@@ -153,7 +153,6 @@ type Runner struct {
 	adapt  *limiter.Adaptive // holds and adaptive limits, on sem's Redis and prefix
 	parker *fairness.Parker  // parks steps while their service is saturated, hands them out fairly
 	caller *caller.Caller
-	hub    *events.Hub
 	queue  *asynq.Client // schedules the copies of tasks that wait for their service
 	insp   *asynq.Inspector
 	cfg    Config
@@ -161,16 +160,17 @@ type Runner struct {
 	slots    slots         // the handlers, shared by Asynq and the bell
 	deferred deferredRings // rings waiting for a free handler
 
+	inflightMu sync.Mutex                       // guards inflight only: cancelJob takes it while Start may hold mu
+	inflight   map[string]map[*running]struct{} // by job id, the calls running (track)
+
 	mu        sync.Mutex
 	srv       *asynq.Server
 	runCtx    context.Context
 	stopRun   context.CancelCauseFunc
 	admitCtx  context.Context // ends when Stop begins: steps still waiting for their service give up
 	stopAdmit context.CancelCauseFunc
-	inflight  map[string]map[*running]struct{} // by job id
 	wg        sync.WaitGroup
-	cancelSub *events.Subscription
-	subDone   chan struct{}
+	cancels   *events.CancelListener // nil if it could not subscribe: cancellations then reach calls through their heartbeats
 	bell      *dispatch.BellListener
 	owners    *dispatch.RingOwners // which rings this worker answers
 	ringer    *dispatch.Bell       // rings handed-out steps, and passes on rings this worker cannot answer
@@ -178,15 +178,14 @@ type Runner struct {
 	sweepDone chan struct{}
 }
 
-// New returns a runner. hub may be nil (cancellation then reaches running calls through their
-// heartbeats only).
+// New returns a runner.
 func New(orch *orchestrator.Orchestrator, rdb redis.UniversalClient, sem *limiter.Semaphore, rate *limiter.RateLimiter,
-	c *caller.Caller, hub *events.Hub, cfg Config) *Runner {
+	c *caller.Caller, cfg Config) *Runner {
 	cfg = cfg.WithDefaults()
 	queue := asynq.NewClientFromRedisClient(rdb)
 	ringer := dispatch.NewBell(rdb, cfg.Logger)
 	return &Runner{
-		orch: orch, rdb: rdb, sem: sem, rate: limiter.BudgetsFor(rate), caller: c, hub: hub, cfg: cfg, adapt: limiter.AdaptiveFor(sem),
+		orch: orch, rdb: rdb, sem: sem, rate: limiter.BudgetsFor(rate), caller: c, cfg: cfg, adapt: limiter.AdaptiveFor(sem),
 		parker: fairness.New(limiter.FairQueueFor(sem), queue, rdb, nil, fairness.Config{
 			Weights: cfg.TenantWeights, Fallback: cfg.ParkFallback, Now: cfg.Now, Logger: cfg.Logger, Notes: waits.New(rdb, sem.Prefix()),
 			Bell: ringer,
@@ -228,10 +227,11 @@ func (r *Runner) Start(ctx context.Context) error {
 		r.stopRun(err)
 		return fmt.Errorf("runner: %w", err)
 	}
-	if r.hub != nil {
-		r.cancelSub = r.hub.SubscribeAll(4096, cancelledMatch)
-		r.subDone = make(chan struct{})
-		go r.watchCancels(r.cancelSub)
+	if l, err := events.ListenCancels(ctx, r.rdb, r.cfg.Logger, r.cancelJob); err != nil {
+		// Cancellations still reach running calls, through their heartbeats.
+		r.cfg.Logger.Warn("worker does not hear cancellations", "err", err)
+	} else {
+		r.cancels = l
 	}
 	if l, err := dispatch.ListenBell(ctx, r.rdb, 64, r.cfg.Logger); err != nil {
 		// Steps still start, at the next poll of their queue.
@@ -250,6 +250,9 @@ func (r *Runner) Start(ctx context.Context) error {
 		_ = r.room.Stop(ctx)
 		if r.owners != nil {
 			_ = r.owners.Stop(ctx)
+		}
+		if r.cancels != nil {
+			r.cancels.Close()
 		}
 		return fmt.Errorf("runner: start asynq server: %w", err)
 	}
@@ -301,9 +304,8 @@ func (r *Runner) Stop(ctx context.Context) error {
 	}
 	srv.Shutdown()
 	_ = r.room.Stop(ctx)
-	if r.cancelSub != nil {
-		r.cancelSub.Close()
-		<-r.subDone
+	if r.cancels != nil {
+		r.cancels.Close()
 	}
 	r.cfg.Logger.Info("worker stopped", "worker_id", r.cfg.WorkerID)
 	return nil

@@ -162,6 +162,9 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), ou
 		err = n.Start(ctx)
 	}
 	if err == nil {
+		err = n.StartHub(ctx)
+	}
+	if err == nil {
 		err = r.Start(ctx)
 	}
 	if err == nil && hooks != nil {

@@ -88,6 +88,9 @@ func benchChild() error {
 	if err := n.Start(ctx); err != nil {
 		return err
 	}
+	if err := n.StartHub(ctx); err != nil {
+		return err
+	}
 	api := New(nodeDeps(n), Options{})
 	mux := http.NewServeMux()
 	mux.Handle("/", api.Handler())

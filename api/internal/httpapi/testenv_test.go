@@ -162,6 +162,7 @@ func (e *testEnv) startAPI(t testing.TB, opts nodeOptions) *testAPI {
 	n.OnClose(rdb.Close)
 	n.OnClose(st.Close)
 	require.NoError(t, n.Start(ctx))
+	require.NoError(t, n.StartHub(ctx))
 
 	ws := defaultWSConfig()
 	if opts.WS != nil {

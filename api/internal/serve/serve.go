@@ -122,6 +122,10 @@ func Serve(ctx context.Context, n *node.Node, ln net.Listener, opts httpapi.Opti
 		_ = n.Stop(context.Background())
 		return err
 	}
+	if err := n.StartHub(ctx); err != nil {
+		_ = n.Stop(context.Background())
+		return err
+	}
 	api := httpapi.New(APIDeps(n), opts)
 	srv := HTTPServer(api.Handler(), n.Config.HTTPReadTimeout, n.Logger)
 	errc := make(chan error, 1)
