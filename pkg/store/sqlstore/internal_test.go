@@ -352,7 +352,18 @@ func TestWarm(t *testing.T) {
 		require.NoError(t, c.QueryRowContext(ctx, `SELECT count(*) FROM pg_prepared_statements WHERE statement = ANY ($1)`,
 			hotStatements).Scan(&prepared))
 		require.Equal(t, len(hotStatements), prepared, "connection %d", i)
+		var planned int
+		require.NoError(t, c.QueryRowContext(ctx, `SELECT count(*) FROM pg_prepared_statements
+			WHERE statement = ANY ($1) AND generic_plans + custom_plans > 0`, hotStatements).Scan(&planned))
+		require.Equal(t, len(hotStatements), planned, "connection %d: every hot statement ran once", i)
 		require.NoError(t, c.Close())
+	}
+	// The rehearsal of the hot statements on each connection (rehearse) left nothing behind, and
+	// planned every statement there.
+	for _, table := range []string{"jobs", "job_steps", "job_events", "step_attempts", "job_inputs", "outbox"} {
+		var rows int
+		require.NoError(t, sqlDB.QueryRowContext(ctx, "SELECT count(*) FROM "+table).Scan(&rows))
+		require.Zero(t, rows, "%s after Warm", table)
 	}
 	// A warm statement runs as prepared: loading a job that does not exist still answers.
 	_, _, err = s.LoadJob(ctx, "00000000-0000-0000-0000-000000000001")
