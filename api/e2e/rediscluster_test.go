@@ -68,9 +68,10 @@ func TestRedisClusterFleet(t *testing.T) { //nolint:paralleltest // runs alone: 
 	c.startWorker("CAO_WORKER_CONCURRENCY=8")
 	cl1, cl2 := c.client(api1), c.client(api2)
 
-	// Every process subscribes to the deployment's event channel on the cluster: cluster has database
-	// 0 only, so the channel is cao:{db0}:events. A subscriber of the test's own sees the publishes.
-	const channel = "cao:{db0}:events"
+	// The API replicas subscribe to the deployment's event channel on the cluster, the workers to its
+	// cancellations: cluster has database 0 only, so the channels are cao:{db0}:events and
+	// cao:{db0}:cancels. A subscriber of the test's own sees the publishes.
+	const channel, cancels = "cao:{db0}:events", "cao:{db0}:cancels"
 	sub := rc.Client.Subscribe(ctx, channel)
 	defer sub.Close()
 	_, err := sub.Receive(ctx)
@@ -89,13 +90,15 @@ func TestRedisClusterFleet(t *testing.T) { //nolint:paralleltest // runs alone: 
 			}
 		}
 	}()
-	var subscribers int64
+	var subscribers, listeners int64
 	for _, n := range rc.Nodes {
-		counts, err := n.PubSubNumSub(ctx, channel).Result()
+		counts, err := n.PubSubNumSub(ctx, channel, cancels).Result()
 		require.NoError(t, err)
 		subscribers += counts[channel]
+		listeners += counts[cancels]
 	}
-	require.GreaterOrEqual(t, subscribers, int64(5), "2 API replicas, 2 workers and the test subscribe to %s", channel)
+	require.GreaterOrEqual(t, subscribers, int64(3), "2 API replicas and the test subscribe to %s", channel)
+	require.GreaterOrEqual(t, listeners, int64(2), "2 workers subscribe to %s", cancels)
 
 	// A job created on replica 1, its step held by the service, watched on replica 2 with a ticket
 	// replica 1 issued (tickets live in the cluster).
