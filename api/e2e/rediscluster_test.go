@@ -68,9 +68,10 @@ func TestRedisClusterFleet(t *testing.T) { //nolint:paralleltest // runs alone: 
 	c.startWorker("CAO_WORKER_CONCURRENCY=8")
 	cl1, cl2 := c.client(api1), c.client(api2)
 
-	// The API replicas subscribe to the deployment's event channel on the cluster, the workers to its
-	// cancellations: cluster has database 0 only, so the channels are cao:{db0}:events and
-	// cao:{db0}:cancels. A subscriber of the test's own sees the publishes.
+	// An API replica subscribes to the deployment's event channel on the cluster while a client
+	// watches a job through it, the workers to its cancellations: cluster has database 0 only, so the
+	// channels are cao:{db0}:events and cao:{db0}:cancels. A subscriber of the test's own sees the
+	// publishes.
 	const channel, cancels = "cao:{db0}:events", "cao:{db0}:cancels"
 	sub := rc.Client.Subscribe(ctx, channel)
 	defer sub.Close()
@@ -90,15 +91,18 @@ func TestRedisClusterFleet(t *testing.T) { //nolint:paralleltest // runs alone: 
 			}
 		}
 	}()
-	var subscribers, listeners int64
-	for _, n := range rc.Nodes {
-		counts, err := n.PubSubNumSub(ctx, channel, cancels).Result()
-		require.NoError(t, err)
-		subscribers += counts[channel]
-		listeners += counts[cancels]
+	numsub := func() (subscribers, listeners int64) {
+		for _, n := range rc.Nodes {
+			counts, err := n.PubSubNumSub(ctx, channel, cancels).Result()
+			require.NoError(t, err)
+			subscribers += counts[channel]
+			listeners += counts[cancels]
+		}
+		return subscribers, listeners
 	}
-	require.GreaterOrEqual(t, subscribers, int64(3), "2 API replicas and the test subscribe to %s", channel)
-	require.GreaterOrEqual(t, listeners, int64(2), "2 workers subscribe to %s", cancels)
+	subscribers, listeners := numsub()
+	require.Equal(t, int64(1), subscribers, "only the test reads %s while no job is watched", channel)
+	require.Equal(t, int64(2), listeners, "2 workers subscribe to %s", cancels)
 
 	// A job created on replica 1, its step held by the service, watched on replica 2 with a ticket
 	// replica 1 issued (tickets live in the cluster).
@@ -110,6 +114,8 @@ func TestRedisClusterFleet(t *testing.T) { //nolint:paralleltest // runs alone: 
 	require.Equal(t, http.StatusSwitchingProtocols, status)
 	snap := wsFirst(t, conn)
 	require.Equal(t, "snapshot", snap["type"])
+	subscribers, _ = numsub()
+	require.Equal(t, int64(2), subscribers, "the watched replica reads %s too", channel)
 	// The watcher reads from now on, stamping each event when it arrives (not when the test gets to
 	// it after creating the DAG jobs below), up to the job's end.
 	type received struct {

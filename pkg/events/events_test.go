@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -201,6 +202,72 @@ func TestHubStartStopTwice(t *testing.T) {
 	pub.Post([]store.Event{ev("j", 2, store.EventJob, "COMPLETED")})
 	require.NoError(t, pub.Flush(ctx))
 	require.Equal(t, int64(2), next(t, sub).Seq)
+}
+
+// TestHubSubscribesWhileWatched: a started hub reads the events channel only while it has a local
+// subscriber, and for its linger after the last one left; a subscriber gets every event published
+// after Subscribe returned, the first one included.
+func TestHubSubscribesWhileWatched(t *testing.T) {
+	t.Parallel()
+	rdb := testinfra.Redis(t)
+	ctx := testinfra.Context(t, 30*time.Second)
+	h := events.NewHub(rdb.Client)
+	h.SetLinger(50 * time.Millisecond)
+	require.NoError(t, h.Start(ctx))
+	defer func() { require.NoError(t, h.Stop(context.Background())) }()
+	channel := events.Channel(rdb.Client)
+	numsub := func() int64 { return rdb.Client.PubSubNumSub(ctx, channel).Val()[channel] }
+	require.Zero(t, numsub(), "nobody watches: the hub does not read the fleet's events")
+	require.False(t, h.Subscribed())
+
+	pub := events.NewRedisPublisher(rdb.Client, nil)
+	for round := int64(1); round <= 2; round++ {
+		sub := h.Subscribe("j", 4)
+		require.EqualValues(t, 1, numsub(), "round %d: subscribed when Subscribe returns", round)
+		pub.Post([]store.Event{ev("j", round, store.EventJob, "RUNNING")})
+		require.NoError(t, pub.Flush(ctx))
+		require.Equal(t, round, next(t, sub).Seq)
+		sub.Close()
+		testinfra.Eventually(t, 5*time.Second, func() bool { return numsub() == 0 && !h.Subscribed() },
+			"round %d: the subscription closed after the linger", round)
+	}
+	// A subscriber that comes during the linger keeps the subscription.
+	h.SetLinger(time.Hour)
+	a := h.Subscribe("a", 4)
+	a.Close()
+	b := h.Subscribe("b", 4)
+	require.True(t, h.Subscribed())
+	pub.Post([]store.Event{ev("b", 1, store.EventJob, "RUNNING")})
+	require.NoError(t, pub.Flush(ctx))
+	require.Equal(t, "b", next(t, b).JobID)
+}
+
+// TestHubSubscribesOnceRedisAnswers: a hub whose Redis does not answer when its first subscriber
+// comes lets Subscribe return without the subscription, tries again in the background, and
+// delivers once Redis is back. The embedded mode's in-process Redis stands for a server that
+// restarts.
+func TestHubSubscribesOnceRedisAnswers(t *testing.T) {
+	t.Parallel()
+	m := miniredis.NewMiniRedis()
+	require.NoError(t, m.Start())
+	t.Cleanup(m.Close)
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr(), MaxRetries: -1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	ctx := testinfra.Context(t, 30*time.Second)
+	h := startHub(t, ctx, rdb) // stopped before the client closes (cleanups run last first)
+	m.Close()
+
+	sub := h.Subscribe("j", 4)
+	require.False(t, h.Subscribed(), "Redis is down")
+	other := h.Subscribe("k", 4)
+	require.False(t, h.Subscribed())
+	require.NoError(t, m.Restart())
+	testinfra.Eventually(t, 10*time.Second, h.Subscribed, "the hub subscribed once Redis answered")
+	pub := events.NewRedisPublisher(rdb, nil)
+	pub.Post([]store.Event{ev("j", 1, store.EventJob, "RUNNING"), ev("k", 1, store.EventJob, "RUNNING")})
+	require.NoError(t, pub.Flush(ctx))
+	require.Equal(t, "j", next(t, sub).JobID)
+	require.Equal(t, "k", next(t, other).JobID)
 }
 
 // TestCancellationsOnTheirOwnChannel: the job messages that cancel a job reach ListenCancels, in

@@ -242,9 +242,10 @@ func (n *Node) Start(ctx context.Context) error {
 	return nil
 }
 
-// StartHub starts the event hub: this process then reads every job event of the deployment, to
-// serve its WebSocket and REST watchers (API replicas, dev mode). A worker does not start it: it
-// follows only cancellations (events.ListenCancels). Node.Stop stops it. Safe to call twice.
+// StartHub starts the event hub: while a client watches a job through this process, it reads every
+// job event of the deployment, to serve its WebSocket watchers (API replicas, dev mode). A worker
+// does not start it: it follows only cancellations (events.ListenCancels). Node.Stop stops it. Safe
+// to call twice.
 func (n *Node) StartHub(ctx context.Context) error {
 	return n.Hub.Start(ctx)
 }
