@@ -90,6 +90,9 @@ type cluster struct {
 	t     *testing.T
 	ctx   context.Context
 	reg   *registry.Registry
+	cfg   config.Config
+	st    store.Store
+	url   string // the Redis URL every node connects to
 	nodes []*node.Node
 	rdb   *redis.Client
 }
@@ -102,20 +105,22 @@ func startCluster(t *testing.T, registryYAML string, workers int) *cluster {
 // startClusterWith is startCluster with tune, when set, changing each worker's runner.Config.
 func startClusterWith(t *testing.T, registryYAML string, workers int, tune func(*runner.Config)) *cluster {
 	t.Helper()
+	return startClusterEnv(t, registryYAML, workers, nil, tune)
+}
+
+// startClusterEnv is startClusterWith with the nodes configured by env (CAO_* variables) instead of
+// the defaults.
+func startClusterEnv(t *testing.T, registryYAML string, workers int, env map[string]string, tune func(*runner.Config)) *cluster {
+	t.Helper()
 	reg, err := registry.Parse("adapt.yaml", []byte(registryYAML), nil)
 	require.NoError(t, err)
 	st, _ := teststore.Postgres(t)
 	rd := testinfra.Redis(t)
-	c := &cluster{t: t, ctx: testinfra.Context(t, 3*time.Minute), reg: reg, rdb: rd.Client}
-	cfg, err := config.Parse(func(string) (string, bool) { return "", false })
+	cfg, err := config.Parse(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 	require.NoError(t, err)
-	for i := range workers {
-		opt, err := redis.ParseURL(rd.URL)
-		require.NoError(t, err)
-		rdb := redis.NewClient(opt)
-		n := node.Build(cfg, slog.New(slog.DiscardHandler), fmt.Sprintf("w%d-%s", i, testinfra.RandomSuffix()), reg, st, rdb)
-		n.OnClose(rdb.Close)
-		require.NoError(t, n.Start(c.ctx))
+	c := &cluster{t: t, ctx: testinfra.Context(t, 3*time.Minute), reg: reg, cfg: cfg, st: st, url: rd.URL, rdb: rd.Client}
+	for range workers {
+		n := c.startNode("w")
 		rc := runner.Config{
 			Queues: map[string]int{registry.DefaultQueue: 1}, Concurrency: 10,
 			PollInterval: 20 * time.Millisecond, BusyDelay: 50 * time.Millisecond, ShutdownGrace: time.Second,
@@ -128,12 +133,28 @@ func startClusterWith(t *testing.T, registryYAML string, workers int, tune func(
 		t.Cleanup(func() {
 			sctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			require.NoError(t, r.Stop(sctx))
-			require.NoError(t, n.Stop(sctx))
+			require.NoError(t, r.Stop(sctx)) // before its node stops (cleanups run last first)
 		})
 		c.nodes = append(c.nodes, n)
 	}
 	return c
+}
+
+// startNode builds and starts a node of the cluster with its own Redis client, stopped at cleanup.
+func (c *cluster) startNode(role string) *node.Node {
+	c.t.Helper()
+	opt, err := redis.ParseURL(c.url)
+	require.NoError(c.t, err)
+	rdb := redis.NewClient(opt)
+	n := node.Build(c.cfg, slog.New(slog.DiscardHandler), fmt.Sprintf("%s-%s", role, testinfra.RandomSuffix()), c.reg, c.st, rdb)
+	n.OnClose(rdb.Close)
+	require.NoError(c.t, n.Start(c.ctx))
+	c.t.Cleanup(func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		require.NoError(c.t, n.Stop(sctx))
+	})
+	return n
 }
 
 func (c *cluster) create(feature string, n int) []string {
