@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -229,4 +230,44 @@ func TestDispatchHandsOverToTheSender(t *testing.T) {
 	left, err := b.st.CountOutbox(ctx)
 	require.NoError(t, err)
 	require.Zero(t, left)
+}
+
+// TestDispatchParksInTheCaller: with a Route, Dispatch routes each task once, in the caller; a
+// task Route parks is sent by the caller itself, its place recorded before Dispatch returns, so
+// that it never waits in the sender behind other tasks' parking; the others go to the sender.
+func TestDispatchParksInTheCaller(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	var routed, placed atomic.Int64
+	route := func(_ context.Context, ot store.OutboxTask) (store.OutboxTask, func(context.Context)) {
+		routed.Add(1)
+		if !strings.Contains(ot.TaskID, ":park-") {
+			return ot, nil
+		}
+		at := time.Now().Add(time.Hour)
+		ot.ProcessAt = &at
+		return ot, func(context.Context) { placed.Add(1) }
+	}
+	r := dispatch.NewRelay(b.st, b.rdb.Client, b.q, dispatch.RelayConfig{PollInterval: time.Hour, MinAge: time.Hour, Route: route})
+	require.NoError(t, r.Start(ctx))
+	defer func() { require.NoError(t, r.Stop(context.Background())) }()
+	outbox := func(job string) store.OutboxTask {
+		p := task.StepPayload{JobID: job, Step: "s", Run: 1, Attempt: 1}
+		return store.OutboxTask{TaskID: p.TaskID(), Queue: "default", TypeName: task.TypeStep, Payload: p.Marshal(), CreatedAt: time.Now()}
+	}
+
+	r.Dispatch(ctx, []store.OutboxTask{outbox("park-1")})
+	require.EqualValues(t, 1, placed.Load(), "the parked task's place is recorded before Dispatch returns")
+	info, err := b.insp.GetQueueInfo("default")
+	require.NoError(t, err)
+	require.Equal(t, 1, info.Scheduled, "the parked task is scheduled at its fallback")
+
+	r.Dispatch(ctx, []store.OutboxTask{outbox("run-1"), outbox("run-2")})
+	testinfra.Eventually(t, 10*time.Second, func() bool {
+		info, err := b.insp.GetQueueInfo("default")
+		return err == nil && info.Pending == 2
+	}, "the sender enqueued the tasks to run now")
+	require.EqualValues(t, 3, routed.Load(), "each task routed once")
+	require.EqualValues(t, 1, placed.Load())
 }

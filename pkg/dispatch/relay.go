@@ -165,8 +165,19 @@ func (r *Relay) Stop(ctx context.Context) error {
 // sender enqueues them and the caller does not wait for Redis; otherwise, or when maxQueued tasks
 // wait already, the caller enqueues them itself. Their outbox rows are deleted soon after. A task
 // that cannot be enqueued stays in the outbox for the relay loop.
+//
+// The caller routes the tasks (RelayConfig.Route) and sends itself those Route parks (a step of a
+// saturated service, behind the steps that wait for it): parking takes a few round trips per task,
+// and one sender would take them one after the other, so that every task dispatched after a
+// backlog of parked ones would wait for all of them (a tenant's first step behind another's 2,000,
+// session 14). Routing a task of a service without max_concurrency costs nothing.
 func (r *Relay) Dispatch(ctx context.Context, tasks []store.OutboxTask) {
 	if len(tasks) == 0 {
+		return
+	}
+	after := r.route(ctx, tasks)
+	if slices.ContainsFunc(after, func(f func(context.Context)) bool { return f != nil }) {
+		r.sendRouted(ctx, slices.Clone(tasks), after)
 		return
 	}
 	r.mu.Lock()
@@ -182,7 +193,7 @@ func (r *Relay) Dispatch(ctx context.Context, tasks []store.OutboxTask) {
 	r.mu.Unlock()
 	for len(tasks) > 0 {
 		n := min(len(tasks), maxSend)
-		r.send(ctx, slices.Clone(tasks[:n]))
+		r.sendRouted(ctx, slices.Clone(tasks[:n]), nil)
 		tasks = tasks[n:]
 	}
 }
@@ -222,18 +233,28 @@ func (r *Relay) sendQueued(ctx context.Context) bool {
 	if n == 0 {
 		return false
 	}
-	r.send(ctx, tasks)
+	r.sendRouted(ctx, tasks, nil) // routed by Dispatch
 	return true
 }
 
-// send enqueues tasks (its own slice, which it changes) in one round trip, rings for those to run
-// now and queues their rows for deletion; a task it cannot enqueue is left to the relay loop.
-func (r *Relay) send(ctx context.Context, tasks []store.OutboxTask) {
+// route routes tasks in place (RelayConfig.Route) and returns what to run once each is enqueued
+// (nil: nothing to run, for each task or for all).
+func (r *Relay) route(ctx context.Context, tasks []store.OutboxTask) []func(context.Context) {
+	if r.cfg.Route == nil {
+		return nil
+	}
 	after := make([]func(context.Context), len(tasks))
 	for i := range tasks {
-		if r.cfg.Route != nil {
-			tasks[i], after[i] = r.cfg.Route(ctx, tasks[i])
-		}
+		tasks[i], after[i] = r.cfg.Route(ctx, tasks[i])
+	}
+	return after
+}
+
+// sendRouted enqueues tasks (routed already: its own slice, which it changes) in one round trip,
+// runs after[i] (when after and after[i] are set) once task i is enqueued, rings for those to run
+// now and queues their rows for deletion; a task it cannot enqueue is left to the relay loop.
+func (r *Relay) sendRouted(ctx context.Context, tasks []store.OutboxTask, after []func(context.Context)) {
+	for i := range tasks {
 		if t := &tasks[i]; t.ProcessAt == nil && len(t.Carried) > 0 { // only a task to run now carries its job
 			t.Payload = task.WithSnap(t.Payload, t.Carried)
 		}
@@ -247,7 +268,7 @@ func (r *Relay) send(ctx context.Context, tasks []store.OutboxTask) {
 			failed = append(failed, errs[i])
 			continue
 		}
-		if after[i] != nil {
+		if after != nil && after[i] != nil {
 			after[i](ctx)
 		}
 		if r.cfg.Bell != nil && t.ProcessAt == nil {
