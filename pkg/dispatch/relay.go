@@ -175,9 +175,10 @@ func (r *Relay) Dispatch(ctx context.Context, tasks []store.OutboxTask) {
 	if len(tasks) == 0 {
 		return
 	}
+	tasks = slices.Clone(tasks) // routing and sending change them; the caller's stay as they are
 	after := r.route(ctx, tasks)
 	if slices.ContainsFunc(after, func(f func(context.Context)) bool { return f != nil }) {
-		r.sendRouted(ctx, slices.Clone(tasks), after)
+		r.sendRouted(ctx, tasks, after)
 		return
 	}
 	r.mu.Lock()
@@ -193,7 +194,7 @@ func (r *Relay) Dispatch(ctx context.Context, tasks []store.OutboxTask) {
 	r.mu.Unlock()
 	for len(tasks) > 0 {
 		n := min(len(tasks), maxSend)
-		r.sendRouted(ctx, slices.Clone(tasks[:n]), nil)
+		r.sendRouted(ctx, tasks[:n], nil)
 		tasks = tasks[n:]
 	}
 }

@@ -29,10 +29,10 @@ type Hub struct {
 	base     context.Context
 	closeErr error
 	retry    *time.Timer // a subscription that failed is tried again (subscribeRetry)
-	idle     *time.Timer // the subscription is closed hubLinger after the last subscriber left
 
 	mu    sync.Mutex
 	byJob map[string]map[*Subscription]struct{}
+	idle  *time.Timer // set while no subscriber is left: it closes the subscription after the linger
 }
 
 // How the hub holds its Redis subscription: how long it keeps it without a subscriber, how long a
@@ -121,8 +121,11 @@ func (h *Hub) hold() {
 func (h *Hub) release() {
 	h.startMu.Lock()
 	defer h.startMu.Unlock()
+	h.mu.Lock()
 	h.idle = nil
-	if h.base != nil && h.Subscribers() == 0 {
+	empty := len(h.byJob) == 0
+	h.mu.Unlock()
+	if h.base != nil && empty {
 		_, _ = h.life.Stop(h.base)
 	}
 }
@@ -193,17 +196,7 @@ func (h *Hub) removeLocked(s *Subscription) {
 			delete(h.byJob, s.jobID)
 		}
 	}
-	if len(h.byJob) == 0 {
-		// Not under mu: release takes startMu, which hold holds while it counts the subscribers.
-		go h.releaseLater()
-	}
-}
-
-// releaseLater closes the Redis subscription hubLinger from now if no subscriber came meanwhile.
-func (h *Hub) releaseLater() {
-	h.startMu.Lock()
-	defer h.startMu.Unlock()
-	if h.idle == nil && h.life.Running() {
+	if len(h.byJob) == 0 && h.idle == nil {
 		h.idle = time.AfterFunc(h.linger, h.release)
 	}
 }
@@ -246,14 +239,16 @@ func (h *Hub) Stop(ctx context.Context) error {
 			h.removeLocked(s)
 		}
 	}
+	if h.idle != nil {
+		h.idle.Stop()
+		h.idle = nil
+	}
 	h.mu.Unlock()
 	h.base = nil
-	for _, t := range []*time.Timer{h.retry, h.idle} {
-		if t != nil {
-			t.Stop()
-		}
+	if h.retry != nil {
+		h.retry.Stop()
+		h.retry = nil
 	}
-	h.retry, h.idle = nil, nil
 	running, err := h.life.Stop(ctx)
 	if !running || err != nil {
 		return err
