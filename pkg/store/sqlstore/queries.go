@@ -372,8 +372,41 @@ func (t *txn) InsertSteps(ctx context.Context, steps []store.Step) error {
 		}
 		rows[i] = row
 	}
+	ids := make([]string, len(rows))
+	for i := range rows {
+		ids[i] = rows[i].JobID
+	}
+	if err := t.needJobs(ctx, "insert steps", ids...); err != nil {
+		return err
+	}
 	if err := t.conn(ctx).Create(&rows).Error; err != nil {
 		return fmt.Errorf("insert steps of job %s: %w", steps[0].JobID, interpretError(err))
+	}
+	return nil
+}
+
+// needJobs is, on Postgres, the check the foreign keys of job_steps, job_inputs and
+// webhook_deliveries made before migration 000008: every job a row names must exist (store.ErrNotFound
+// otherwise), and it is locked FOR KEY SHARE until the transaction ends, so it cannot be deleted
+// before the rows are committed. The hot statements need no check: they write a job's rows only if
+// they wrote its row. On SQLite the foreign keys are still there.
+func (t *txn) needJobs(ctx context.Context, what string, ids ...string) error {
+	if t.dialect != DialectPostgres || len(ids) == 0 {
+		return nil
+	}
+	want := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	var found []string
+	if err := t.conn(ctx).Raw(`SELECT id FROM jobs WHERE id IN ? FOR KEY SHARE`, ids).Scan(&found).Error; err != nil {
+		return fmt.Errorf("%s: %w", what, interpretError(err))
+	}
+	for _, id := range found {
+		delete(want, id)
+	}
+	for id := range want {
+		return fmt.Errorf("%s: job %s: %w", what, id, store.ErrNotFound)
 	}
 	return nil
 }
@@ -458,6 +491,9 @@ func (t *txn) InsertJobInput(ctx context.Context, in *store.JobInput) error {
 	in.JobID = key
 	in.CreatedAt = orNow(in.CreatedAt)
 	row := jobInputRow{JobID: key, Version: in.Version, Input: nonNullJSON(in.Input), CreatedAt: in.CreatedAt}
+	if err := t.needJobs(ctx, "insert job input", key); err != nil {
+		return err
+	}
 	if err := t.conn(ctx).Create(&row).Error; err != nil {
 		return fmt.Errorf("insert input %d of job %s: %w", in.Version, key, interpretError(err))
 	}

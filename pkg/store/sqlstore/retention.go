@@ -19,9 +19,9 @@ const retentionDoomed = `SELECT id FROM jobs
 // DeleteFinishedJobs deletes a batch of jobs past retention (see store.Store), in one transaction:
 // it selects and locks the jobs first (on Postgres SKIP LOCKED, so a job being resumed right now is
 // left for the next batch), then deletes their rows. Each statement after the first sees every
-// change committed to those jobs before they were locked, and none can come after: the events and
-// attempts, which have no foreign key on Postgres (migration 000007), are deleted explicitly with the
-// Idempotency-Keys; steps, inputs and deliveries go by ON DELETE CASCADE.
+// change committed to those jobs before they were locked, and none can come after. Every row of the
+// jobs is deleted explicitly, children first: on Postgres no table has a foreign key to jobs
+// (migrations 000007 and 000008); on SQLite the keys' cascades then find nothing left.
 func (s *Store) DeleteFinishedJobs(ctx context.Context, finishedBefore time.Time, limit int) (int64, error) {
 	if limit <= 0 {
 		return 0, nil
@@ -41,7 +41,7 @@ func (s *Store) DeleteFinishedJobs(ctx context.Context, finishedBefore time.Time
 		if len(ids) == 0 {
 			return nil
 		}
-		for _, table := range []string{"idempotency_keys", "job_events", "step_attempts"} {
+		for _, table := range []string{"idempotency_keys", "job_events", "step_attempts", "job_steps", "job_inputs", "webhook_deliveries"} {
 			if err := db.Exec(`DELETE FROM `+table+` WHERE job_id IN ?`, ids).Error; err != nil {
 				return err
 			}

@@ -89,6 +89,13 @@ func (t *txn) insertWebhooks(ctx context.Context, ds []store.WebhookDelivery) er
 	for i := range ds {
 		rows[i] = webhookToRow(&ds[i])
 	}
+	ids := make([]string, len(rows))
+	for i := range rows {
+		ids[i] = rows[i].JobID
+	}
+	if err := t.needJobs(ctx, "insert webhook deliveries", ids...); err != nil {
+		return err
+	}
 	if err := t.conn(ctx).Create(&rows).Error; err != nil {
 		return fmt.Errorf("insert webhook deliveries: %w", interpretError(err))
 	}

@@ -1051,6 +1051,11 @@ func testJobInputs(t *testing.T, s store.Store) {
 	})
 	require.ErrorIs(t, err, store.ErrDuplicate)
 
+	err = s.Tx(ctx, func(tx store.Tx) error {
+		return tx.InsertJobInput(ctx, &store.JobInput{JobID: uuid.NewString(), Version: 1, Input: json.RawMessage(`{}`), CreatedAt: base})
+	})
+	require.Error(t, err, "an input needs its job")
+
 	none, err := s.GetJobInputs(ctx, uuid.NewString())
 	require.NoError(t, err)
 	require.Empty(t, none)
