@@ -177,24 +177,27 @@ func (r *Relay) Dispatch(ctx context.Context, tasks []store.OutboxTask) {
 	}
 	tasks = slices.Clone(tasks) // routing and sending change them; the caller's stay as they are
 	after := r.route(ctx, tasks)
-	if slices.ContainsFunc(after, func(f func(context.Context)) bool { return f != nil }) {
-		r.sendRouted(ctx, tasks, after)
-		return
-	}
-	r.mu.Lock()
-	if r.accepting && len(r.queued) < maxQueued {
-		r.queued = append(r.queued, tasks...)
-		r.mu.Unlock()
-		select {
-		case r.handed <- struct{}{}:
-		default:
+	if !slices.ContainsFunc(after, func(f func(context.Context)) bool { return f != nil }) {
+		after = nil
+		r.mu.Lock()
+		if r.accepting && len(r.queued) < maxQueued {
+			r.queued = append(r.queued, tasks...)
+			r.mu.Unlock()
+			select {
+			case r.handed <- struct{}{}:
+			default:
+			}
+			return
 		}
-		return
+		r.mu.Unlock()
 	}
-	r.mu.Unlock()
 	for len(tasks) > 0 {
 		n := min(len(tasks), maxSend)
-		r.sendRouted(ctx, tasks[:n], nil)
+		var a []func(context.Context)
+		if after != nil {
+			a, after = after[:n], after[n:]
+		}
+		r.sendRouted(ctx, tasks[:n], a)
 		tasks = tasks[n:]
 	}
 }

@@ -211,6 +211,10 @@ func (h *Hub) Subscribe(jobID string, buf int) *Subscription {
 		h.byJob[jobID] = m
 	}
 	m[s] = struct{}{}
+	if h.idle != nil { // the linger counts from the last subscriber to leave, not an earlier one
+		h.idle.Stop()
+		h.idle = nil
+	}
 	h.mu.Unlock()
 	h.hold()
 	return s
