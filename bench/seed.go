@@ -118,14 +118,28 @@ func (t *template) hasJob() bool {
 	return slices.ContainsFunc(t.tables, func(tt templateTable) bool { return tt.name == "jobs" && len(tt.rows) == 1 })
 }
 
+// uuidV7At is a version 7 UUID for time at, as CAO gives a job created then (RFC 9562: the Unix
+// time in milliseconds in the first 48 bits, then random bits), so that the seeded history lies in
+// the indexes as a real one does.
+func uuidV7At(at time.Time) uuid.UUID {
+	u := uuid.New() // random, with the variant bits set
+	ms := uint64(at.UnixMilli())
+	for i := range 6 {
+		u[i] = byte(ms >> (40 - 8*i))
+	}
+	u[6] = 0x70 | u[6]&0x0f
+	return u
+}
+
 // seedClones writes n clones of the template with COPY, table by table. Clone i is created at
 // newest − i×spacing, every time of the template shifted by the same amount. It returns the new ids.
 func seedClones(ctx context.Context, db *pgxpool.Pool, t *template, n int, newest time.Time, spacing time.Duration) ([]uuid.UUID, error) {
 	ids := make([]uuid.UUID, n)
 	shifts := make([]time.Duration, n)
 	for i := range n {
-		ids[i] = uuid.New()
-		shifts[i] = newest.Add(-time.Duration(i) * spacing).Sub(t.created)
+		at := newest.Add(-time.Duration(i) * spacing)
+		ids[i] = uuidV7At(at)
+		shifts[i] = at.Sub(t.created)
 	}
 	for _, tt := range t.tables {
 		began := time.Now()

@@ -2,7 +2,9 @@ package main
 
 import (
 	"testing"
+	"time"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 )
 
@@ -23,4 +25,14 @@ func TestTemplateHasJob(t *testing.T) {
 	require.True(t, tpl.hasJob(), "the jobs row need not come first")
 	tpl.tables = tpl.tables[:1]
 	require.False(t, tpl.hasJob())
+}
+
+func TestUUIDV7At(t *testing.T) {
+	at := time.Date(2026, 12, 1, 12, 0, 0, 123e6, time.UTC)
+	u := uuidV7At(at)
+	require.Equal(t, uuid.Version(7), u.Version())
+	require.Equal(t, uuid.RFC4122, u.Variant())
+	sec, nsec := u.Time().UnixTime()
+	require.Equal(t, at.UnixMilli(), sec*1000+nsec/1e6, "the id holds its time")
+	require.Less(t, uuidV7At(at).String(), uuidV7At(at.Add(time.Millisecond)).String(), "later ids sort after")
 }

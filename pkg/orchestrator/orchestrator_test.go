@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
 	"github.com/cao-run/cao/pkg/orchestrator"
@@ -519,6 +520,24 @@ func TestCreateJobValidation(t *testing.T) {
 		_, _, err = b.orch.CreateJob(ctx, orchestrator.CreateRequest{Feature: "diamond", Input: json.RawMessage(in)})
 		require.ErrorAs(t, err, &inErr, in)
 		require.NotEmpty(t, inErr.Fields)
+	}
+}
+
+// TestJobIDsFollowCreation checks that job ids are version 7 UUIDs, later jobs' sorting after
+// earlier ones': every index keyed by a job id is written at its end, not at random places.
+func TestJobIDsFollowCreation(t *testing.T) {
+	t.Parallel()
+	b := setup(t, "postgres")
+	ctx := context.Background()
+	var prev string
+	for range 5 {
+		v, _, err := b.orch.CreateJob(ctx, orchestrator.CreateRequest{Feature: "diamond", Input: json.RawMessage(`{"name":"v7"}`)})
+		require.NoError(t, err)
+		id, err := uuid.Parse(v.Job.ID)
+		require.NoError(t, err)
+		require.Equal(t, uuid.Version(7), id.Version(), v.Job.ID)
+		require.Greater(t, v.Job.ID, prev, "a later job's id sorts after")
+		prev = v.Job.ID
 	}
 }
 
