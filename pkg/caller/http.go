@@ -251,7 +251,11 @@ func RenderRequest(call Call) (*Request, error) {
 	if call.Service == nil || call.Step == nil || call.Service.Kind != registry.KindHTTP {
 		return nil, nil
 	}
-	r, err := renderRequest(call, call.Data.Map())
+	data, derr := call.Data.Map()
+	if derr != nil {
+		return nil, newError(call.Service, ClassTemplate, false, 0, "step %q: %v", call.Step.Name, derr)
+	}
+	r, err := renderRequest(call, data)
 	if err != nil {
 		return nil, err
 	}
@@ -311,7 +315,10 @@ func renderRequest(call Call, data map[string]any) (*Request, *Error) {
 // renderRequest, the final URL must keep the base URL's scheme, host and user info.
 func prepare(call Call) (*preparedRequest, *Error) {
 	svc, step := call.Service, call.Step
-	data := call.Data.Map()
+	data, derr := call.Data.Map()
+	if derr != nil {
+		return nil, newError(svc, ClassTemplate, false, 0, "step %q: %v", step.Name, derr)
+	}
 	rr, rerr := renderRequest(call, data)
 	if rerr != nil {
 		return nil, rerr

@@ -2,6 +2,7 @@ package caller
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 
 	"github.com/cao-run/cao/pkg/render"
@@ -9,13 +10,13 @@ import (
 
 // mockOutput is the default output of a mock service: who was called, with what.
 type mockOutput struct {
-	Service        string `json:"service"`
-	Step           string `json:"step"`
-	Attempt        int    `json:"attempt"`
-	Run            int    `json:"run"`
-	IdempotencyKey string `json:"idempotency_key"`
-	Input          any    `json:"input"`
-	Echo           any    `json:"echo,omitempty"` // the rendered request body, when the step has one
+	Service        string          `json:"service"`
+	Step           string          `json:"step"`
+	Attempt        int             `json:"attempt"`
+	Run            int             `json:"run"`
+	IdempotencyKey string          `json:"idempotency_key"`
+	Input          json.RawMessage `json:"input"`
+	Echo           any             `json:"echo,omitempty"` // the rendered request body, when the step has one
 }
 
 // callMock simulates a service: it waits Mock.Latency (within the step timeout), fails the first
@@ -24,9 +25,16 @@ type mockOutput struct {
 func (c *Caller) callMock(ctx context.Context, call Call) (Result, *Error) {
 	svc, step := call.Service, call.Step
 	spec := step.Mock
-	data := call.Data.Map()
 
-	// Render first: a template error is the step's fault and should not cost the latency.
+	// Render first: a template error is the step's fault and should not cost the latency. The data
+	// is decoded only for templates: the default output echoes the input as stored.
+	var data map[string]any
+	if (step.Request != nil && step.Request.BodyTemplate != nil) || spec.OutputTemplate != nil {
+		var err error
+		if data, err = call.Data.Map(); err != nil {
+			return Result{}, newError(svc, ClassTemplate, false, 0, "step %q: %v", step.Name, err)
+		}
+	}
 	var echo any
 	if step.Request != nil && step.Request.BodyTemplate != nil {
 		v, err := step.Request.BodyTemplate.Execute(data)
@@ -43,13 +51,17 @@ func (c *Caller) callMock(ctx context.Context, call Call) (Result, *Error) {
 		}
 		out = v
 	} else {
+		input, err := call.Data.InputJSON()
+		if err != nil {
+			return Result{}, newError(svc, ClassTemplate, false, 0, "step %q: encode the input: %v", step.Name, err)
+		}
 		out = mockOutput{
 			Service:        svc.Name,
 			Step:           step.Name,
 			Attempt:        call.Attempt,
 			Run:            call.Run,
 			IdempotencyKey: call.IdempotencyKey,
-			Input:          call.Data.Input,
+			Input:          input,
 			Echo:           echo,
 		}
 	}

@@ -32,6 +32,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"text/template"
 	"text/template/parse"
 )
@@ -116,11 +117,15 @@ func (t *Template) Execute(data any) (any, error) {
 	if t == nil {
 		return nil, nil
 	}
+	var err error
 	switch d := data.(type) {
 	case Data:
-		data = d.Map()
+		data, err = d.Map()
 	case *Data:
-		data = d.Map()
+		data, err = d.Map()
+	}
+	if err != nil {
+		return nil, err
 	}
 	v, err := t.root.exec(data)
 	if err != nil {
@@ -193,6 +198,10 @@ func MarshalJSON(v any) ([]byte, error) {
 }
 
 // Data is what a step's templates can see; Map turns it into the map templates are executed against.
+// Input and Steps hold decoded values. A Data made by Stored holds the job's input and the steps'
+// outputs as the JSON they are stored as instead, and decodes them the first time a template reads
+// the data (Map), once for the Data and all its copies: a call whose templates read nothing (a mock
+// without templates, a static request) decodes nothing.
 type Data struct {
 	Input    any            // the job's input
 	Steps    map[string]any // step name -> output, for the steps that have succeeded
@@ -200,20 +209,96 @@ type Data struct {
 	StepName string         // the step being rendered
 	Attempt  int            // 1-based attempt within the run
 	Run      int            // 1-based run; a resume that re-executes a step starts a new run
+	stored   *storedJSON    // set by Stored: Input and Steps are decoded from it on first use
+}
+
+// storedJSON is the JSON a Data made by Stored decodes on first use, and what it decoded to.
+type storedJSON struct {
+	once    sync.Once
+	input   json.RawMessage
+	outputs map[string]json.RawMessage
+	value   any
+	steps   map[string]any
+	err     error
+}
+
+// Stored returns the Data of a call from the job's input and its succeeded steps' outputs as
+// stored (JSON), decoded only when a template reads them.
+func Stored(jobID, step string, attempt, run int, input json.RawMessage, outputs map[string]json.RawMessage) Data {
+	return Data{JobID: jobID, StepName: step, Attempt: attempt, Run: run,
+		stored: &storedJSON{input: input, outputs: outputs}}
+}
+
+// decoded returns the input and outputs, decoding them once when d was made by Stored.
+func (d Data) decoded() (any, map[string]any, error) {
+	st := d.stored
+	if st == nil {
+		return d.Input, d.Steps, nil
+	}
+	st.once.Do(func() {
+		if st.value, st.err = DecodeJSON(st.input); st.err != nil {
+			st.err = fmt.Errorf("decode job input: %w", st.err)
+			return
+		}
+		st.steps = make(map[string]any, len(st.outputs))
+		for name, out := range st.outputs {
+			v, err := DecodeJSON(out)
+			if err != nil {
+				st.err = fmt.Errorf("decode output of step %s: %w", name, err)
+				return
+			}
+			st.steps[name] = v
+		}
+	})
+	return st.value, st.steps, st.err
+}
+
+// InputJSON returns the job's input as JSON (nil when there is none): as stored, or encoded from
+// Input.
+func (d Data) InputJSON() (json.RawMessage, error) {
+	if d.stored != nil {
+		if len(d.stored.input) == 0 {
+			return nil, nil
+		}
+		return d.stored.input, nil
+	}
+	if d.Input == nil {
+		return nil, nil
+	}
+	return MarshalJSON(d.Input)
 }
 
 // Map builds the documented template data shape: input, steps.NAME.output, job.id, step.{name,attempt,run}.
-func (d Data) Map() map[string]any {
-	steps := make(map[string]any, len(d.Steps))
-	for name, out := range d.Steps {
+// Each call returns a new map (its values are shared). The error is the decoding's, for a Data made
+// by Stored whose JSON is not valid.
+func (d Data) Map() (map[string]any, error) {
+	input, outs, err := d.decoded()
+	if err != nil {
+		return nil, err
+	}
+	steps := make(map[string]any, len(outs))
+	for name, out := range outs {
 		steps[name] = map[string]any{"output": out}
 	}
 	return map[string]any{
-		"input": d.Input,
+		"input": input,
 		"steps": steps,
 		"job":   map[string]any{"id": d.JobID},
 		"step":  map[string]any{"name": d.StepName, "attempt": d.Attempt, "run": d.Run},
+	}, nil
+}
+
+// DecodeJSON decodes JSON as templates see it: numbers keep their text (json.Number), and empty
+// JSON is nil.
+func DecodeJSON(b []byte) (any, error) {
+	if len(b) == 0 {
+		return nil, nil
 	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var v any
+	err := dec.Decode(&v)
+	return v, err
 }
 
 // FuncMap returns the functions available to templates besides text/template's builtins: json,

@@ -2,6 +2,7 @@ package render_test
 
 import (
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -210,7 +211,9 @@ func TestCompileString(t *testing.T) {
 		require.NoError(t, err, tt.src)
 		require.Equal(t, tt.want, got, tt.src)
 
-		v, err := tmpl.Execute(render.Data{Input: input, JobID: "job-1"}.Map())
+		m, err := render.Data{Input: input, JobID: "job-1"}.Map()
+		require.NoError(t, err)
+		v, err := tmpl.Execute(m)
 		require.NoError(t, err, tt.src)
 		require.Equal(t, tt.want, v, tt.src)
 	}
@@ -223,13 +226,61 @@ func TestCompileString(t *testing.T) {
 func TestDataMap(t *testing.T) {
 	t.Parallel()
 
-	m := render.Data{Input: "in", Steps: map[string]any{"a": 1}, JobID: "j", StepName: "s", Attempt: 3, Run: 2}.Map()
+	m, err := render.Data{Input: "in", Steps: map[string]any{"a": 1}, JobID: "j", StepName: "s", Attempt: 3, Run: 2}.Map()
+	require.NoError(t, err)
 	require.Equal(t, map[string]any{
 		"input": "in",
 		"steps": map[string]any{"a": map[string]any{"output": 1}},
 		"job":   map[string]any{"id": "j"},
 		"step":  map[string]any{"name": "s", "attempt": 3, "run": 2},
 	}, m)
+}
+
+// TestStoredData checks a Data made from stored JSON: decoded only when read, once for all its
+// copies, with numbers kept as their text; the input as stored for who wants JSON; a decoding
+// error from Map and from Execute.
+func TestStoredData(t *testing.T) {
+	t.Parallel()
+	in := json.RawMessage(`{"n": 12345678901234567890, "s": "x"}`)
+	d := render.Stored("j", "s", 3, 2, in, map[string]json.RawMessage{"a": json.RawMessage(`[1, 2]`), "z": nil})
+	raw, err := d.InputJSON()
+	require.NoError(t, err)
+	require.Equal(t, in, raw, "the input as stored, not decoded")
+
+	m, err := d.Map()
+	require.NoError(t, err)
+	require.Equal(t, map[string]any{
+		"input": map[string]any{"n": json.Number("12345678901234567890"), "s": "x"},
+		"steps": map[string]any{"a": map[string]any{"output": []any{json.Number("1"), json.Number("2")}}, "z": map[string]any{"output": nil}},
+		"job":   map[string]any{"id": "j"},
+		"step":  map[string]any{"name": "s", "attempt": 3, "run": 2},
+	}, m)
+	copied := d
+	m2, err := copied.Map()
+	require.NoError(t, err)
+	m2["extra"] = 1
+	require.NotContains(t, m, "extra", "each Map is a new map")
+	require.Equal(t, reflect.ValueOf(m["input"]).Pointer(), reflect.ValueOf(m2["input"]).Pointer(),
+		"decoded once for the Data and its copies")
+
+	tmpl, err := render.CompileString("{{ .input.s }}-{{ index .steps.a.output 1 }}")
+	require.NoError(t, err)
+	got, err := tmpl.ExecuteString(d)
+	require.NoError(t, err)
+	require.Equal(t, "x-2", got)
+
+	bad := render.Stored("j", "s", 1, 1, json.RawMessage(`{`), nil)
+	_, err = bad.Map()
+	require.ErrorContains(t, err, "decode job input")
+	_, err = tmpl.Execute(bad)
+	require.ErrorContains(t, err, "decode job input")
+
+	raw, err = render.Data{Input: map[string]any{"b": 1, "a": "<"}}.InputJSON()
+	require.NoError(t, err)
+	require.JSONEq(t, `{"a": "<", "b": 1}`, string(raw), "a decoded input is encoded")
+	raw, err = render.Data{}.InputJSON()
+	require.NoError(t, err)
+	require.Nil(t, raw)
 }
 
 func TestNilTemplate(t *testing.T) {

@@ -81,12 +81,13 @@ func planFor(t *orchestrator.Target, sd *orchestrator.StepData) *plan {
 	p := &plan{}
 	var data map[string]any
 	if sd != nil {
-		d, err := templateDataOf(t.Payload.JobID, t.Payload.Step, t.Payload.Attempt, t.Payload.Run, sd.Input, sd.Outputs)
+		d := render.Stored(t.Payload.JobID, t.Payload.Step, t.Payload.Attempt, t.Payload.Run, sd.Input, sd.Outputs)
+		var err error
+		data, err = d.Map()
 		if err != nil {
 			p.fail = err
 			return p
 		}
-		data = d.Map()
 		if kl := st.KeyLimit; kl != nil {
 			v, err := kl.Template.ExecuteString(data)
 			if err != nil {
@@ -226,7 +227,10 @@ func (r *Runner) settle(ctx context.Context, a *orchestrator.Attempt, adm *admis
 	}
 	costs := make([]int64, len(svc.RateLimits))
 	settles := false
-	var tdata map[string]any
+	var (
+		tdata map[string]any
+		terr  error // the call's data could not be decoded: no cost template can be read
+	)
 	for i, b := range svc.RateLimits {
 		costs[i] = -1
 		switch {
@@ -234,10 +238,13 @@ func (r *Runner) settle(ctx context.Context, a *orchestrator.Attempt, adm *admis
 		case b.Cost.IsConst():
 			costs[i], settles = b.Cost.Const, true
 		default:
-			if tdata == nil {
-				tdata = costData(a, data, res)
+			if tdata == nil && terr == nil {
+				tdata, terr = costData(a, data, res)
 			}
-			v, err := b.Cost.Template.Execute(tdata)
+			v, err := any(nil), terr
+			if err == nil {
+				v, err = b.Cost.Template.Execute(tdata)
+			}
 			var n int64
 			if err == nil {
 				n, err = unitsOf(v)
@@ -259,17 +266,20 @@ func (r *Runner) settle(ctx context.Context, a *orchestrator.Attempt, adm *admis
 }
 
 // costData is the data of a cost template: the call's template data, its request and its answer.
-func costData(a *orchestrator.Attempt, data render.Data, res caller.Result) map[string]any {
-	m := data.Map()
+func costData(a *orchestrator.Attempt, data render.Data, res caller.Result) (map[string]any, error) {
+	m, err := data.Map()
+	if err != nil {
+		return nil, err
+	}
 	req, _ := caller.RenderRequest(caller.Call{JobID: a.Payload.JobID, Step: a.Step, Service: a.Service,
 		Run: a.Payload.Run, Attempt: a.Payload.Attempt, Data: data}) // it rendered for the call
 	m["request"] = req.Data()
-	resp, err := decode(res.Output)
+	resp, err := render.DecodeJSON(res.Output)
 	if err != nil {
 		resp = nil
 	}
 	m["response"] = resp
-	return m
+	return m, nil
 }
 
 // cancelUnsent gives back the budgets of an admission whose call never left (the step was claimed

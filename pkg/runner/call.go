@@ -38,10 +38,7 @@ func (r *Runner) execute(ctx context.Context, a *orchestrator.Attempt, adm *admi
 	}()
 	defer func() { close(hbDone); <-hbStopped }()
 
-	data, err := templateData(a)
-	if err != nil {
-		return orchestrator.Outcome{Err: err, ErrorClass: "template"}, 0
-	}
+	data := templateData(a)
 	// The budgets were taken before the attempt was recorded, which takes a variable time: space
 	// this call from the others by when it leaves, not by when it was admitted.
 	if err := r.rate.Sent(callCtx, adm.grant); err != nil {

@@ -65,19 +65,18 @@ func TestTemplateData(t *testing.T) {
 			"z": nil,
 		},
 	}
-	d, err := templateData(a)
+	m, err := templateData(a).Map()
 	require.NoError(t, err)
-	require.Equal(t, "j1", d.JobID)
-	require.Equal(t, "b", d.StepName)
-	require.Equal(t, 2, d.Run)
-	require.Equal(t, 3, d.Attempt)
-	in := d.Input.(map[string]any)
+	require.Equal(t, map[string]any{"id": "j1"}, m["job"])
+	require.Equal(t, map[string]any{"name": "b", "attempt": 3, "run": 2}, m["step"])
+	in := m["input"].(map[string]any)
 	require.Equal(t, json.Number("12345678901234567890"), in["n"], "numbers keep every digit")
-	require.Equal(t, map[string]any{"items": []any{json.Number("1"), json.Number("2")}}, d.Steps["a"])
-	require.Nil(t, d.Steps["z"])
+	steps := m["steps"].(map[string]any)
+	require.Equal(t, map[string]any{"output": map[string]any{"items": []any{json.Number("1"), json.Number("2")}}}, steps["a"])
+	require.Equal(t, map[string]any{"output": nil}, steps["z"])
 
 	a.Outputs["bad"] = json.RawMessage(`{`)
-	_, err = templateData(a)
+	_, err = templateData(a).Map()
 	require.ErrorContains(t, err, "output of step bad")
 }
 

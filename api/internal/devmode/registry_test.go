@@ -98,7 +98,7 @@ func TestOpenAIRegistry(t *testing.T) {
 		require.Equal(t, "/chat/completions", s.Request.Path)
 		body, err := s.Request.BodyTemplate.Execute(render.Data{
 			Input: map[string]any{"business_name": "AI Toys"}, Steps: outputs, StepName: s.Name, Attempt: 1, Run: 1,
-		}.Map())
+		})
 		require.NoError(t, err, "render body of %s", s.Name)
 		b := body.(map[string]any)
 		require.Equal(t, "gpt-4o-mini", b["model"])

@@ -371,7 +371,7 @@ func (p postgresHot) applyGroup(ctx context.Context, changes []*store.Change) ([
 // groupStatement returns the SQL and arguments of the group statement that applies changes.
 func groupStatement(changes []*store.Change) (string, []any) {
 	jobs := make([]pgJobIn, 0, len(changes))
-	var all changeRows
+	all := sizedRows(changes)
 	n := 0
 	for _, c := range changes {
 		j := c.Job

@@ -405,6 +405,23 @@ type changeRows struct {
 	outbox   []pgOutboxIn
 }
 
+// sizedRows returns empty row slices with room for every row of changes: a group's rows are
+// appended without the slices growing (and being copied) on the way.
+func sizedRows(changes []*store.Change) changeRows {
+	var steps, attempts, inputs, events, outbox int
+	for _, c := range changes {
+		steps += len(c.Steps)
+		attempts += len(c.Attempts)
+		inputs += len(c.Inputs)
+		events += len(c.Events)
+		outbox += len(c.Outbox)
+	}
+	return changeRows{
+		steps: make([]pgStep, 0, steps), attempts: make([]pgAttemptIn, 0, attempts),
+		inputs: make([]pgInputIn, 0, inputs), events: make([]pgEventIn, 0, events), outbox: make([]pgOutboxIn, 0, outbox),
+	}
+}
+
 // add appends c's rows to r, its outbox rows numbered from n0.
 func (r *changeRows) add(c *store.Change, n0 int) {
 	jobID := c.Job.ID
@@ -445,7 +462,7 @@ func (r *changeRows) add(c *store.Change, n0 int) {
 // statement returns the SQL and arguments that apply c.
 func (p postgresHot) statement(c *store.Change) (string, []any) {
 	j := c.Job
-	var cr changeRows
+	cr := sizedRows([]*store.Change{c})
 	cr.add(c, 0)
 	row := jobToRow(j)
 	args := make([]any, 0, 96)
