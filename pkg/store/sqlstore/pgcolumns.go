@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // The hot statements receive their rows (steps, attempts, events, ...) as one array parameter per
@@ -20,10 +21,12 @@ type pgColumn[R any] struct {
 	values    func(rows []R) any
 }
 
-// pgCol is the column name of SQL type typ whose value in a row is get(row).
+// pgCol is the column name of SQL type typ whose value in a row is get(row). The values go to pgx
+// as a pgtype.FlatArray, which it encodes as it is: a plain slice of a type it has no case for
+// (*string, *time.Time, int, bool, []byte) it would walk by reflection, value by value.
 func pgCol[R, V any](name, typ string, get func(*R) V) pgColumn[R] {
 	return pgColumn[R]{name: name, typ: typ, values: func(rows []R) any {
-		out := make([]V, len(rows))
+		out := make(pgtype.FlatArray[V], len(rows))
 		for i := range rows {
 			out[i] = get(&rows[i])
 		}

@@ -26,9 +26,13 @@ func TestRowSetNumbersItsParameters(t *testing.T) {
 
 	now := time.Now()
 	args := set.args([]any{"first"}, []row{{"a", &now, 1}, {"b", nil, 2}})
-	require.Equal(t, []any{"first", []string{"a", "b"}, []*time.Time{&now, nil}, []int{1, 2}}, args)
+	require.Equal(t, []any{"first", pgtype.FlatArray[string]{"a", "b"}, pgtype.FlatArray[*time.Time]{&now, nil}, pgtype.FlatArray[int]{1, 2}}, args)
 	// No rows: empty arrays (unnest reads no rows), never NULL.
-	require.Equal(t, []any{[]string{}, []*time.Time{}, []int{}}, set.args(nil, nil))
+	empty := set.args(nil, nil)
+	require.Equal(t, []any{pgtype.FlatArray[string]{}, pgtype.FlatArray[*time.Time]{}, pgtype.FlatArray[int]{}}, empty)
+	for _, a := range empty {
+		require.NotNil(t, a.(pgtype.ArrayGetter).Dimensions(), "an empty array, not NULL")
+	}
 }
 
 // Every row set's parameters are as many as its statement's placeholders, for each statement.
