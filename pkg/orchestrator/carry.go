@@ -3,7 +3,6 @@ package orchestrator
 import (
 	"encoding/json"
 	"slices"
-	"time"
 
 	"github.com/cao-run/cao/pkg/store"
 	"github.com/cao-run/cao/pkg/task"
@@ -23,144 +22,106 @@ import (
 
 // carriedFormat is the version of the carried snapshot's encoding. A worker that finds another
 // reads the job, so API and workers of different releases work together.
-const carriedFormat = 1
+const carriedFormat = 2
 
 // maxCarriedInput is the largest job input a carried snapshot holds: a larger one would be stored
 // twice more (the queued task and the bell's ring) for a read that costs little next to it.
 const maxCarriedInput = 4 << 10
 
-// carriedSnapshot is a snapshot as a task carries it (encodeCarried writes it, decodeCarried reads
-// it). Every field of store.Job and store.Step is in it (TestCarriedSnapshotKeepsEveryField), so
-// that a claim from it writes back exactly what a claim from a read would. carriedJob and
-// carriedStep have store.Job's and store.Step's fields, in their order, so each converts to the
-// other: a field added to one and not the other does not compile.
-type carriedSnapshot struct {
-	Format int           `json:"v"`
-	Job    carriedJob    `json:"job"`
-	Steps  []carriedStep `json:"steps"`
-}
-
-type carriedJob struct {
-	ID             string          `json:"id"`
-	Tenant         string          `json:"tenant"`
-	FeatureName    string          `json:"feature"`
-	Status         store.JobStatus `json:"status"`
-	Input          json.RawMessage `json:"input"`
-	InputVersion   int             `json:"input_version"`
-	Output         json.RawMessage `json:"output,omitempty"`
-	Error          string          `json:"error,omitempty"`
-	LastSeq        int64           `json:"last_seq"`
-	Version        int64           `json:"version"`
-	StuckAt        *time.Time      `json:"stuck_at,omitempty"`
-	StuckReason    string          `json:"stuck_reason,omitempty"`
-	IdempotencyKey string          `json:"idempotency_key,omitempty"`
-	WebhookURL     string          `json:"webhook_url,omitempty"`
-	CreatedAt      time.Time       `json:"created_at"`
-	UpdatedAt      time.Time       `json:"updated_at"`
-	StartedAt      *time.Time      `json:"started_at,omitempty"`
-	FinishedAt     *time.Time      `json:"finished_at,omitempty"`
-}
-
-// carriedStep is a step of the carried job (its JobID is the job's, not encoded).
-type carriedStep struct {
-	JobID          string           `json:"-"`
-	Name           string           `json:"name"`
-	Position       int              `json:"position"`
-	Service        string           `json:"service"`
-	Queue          string           `json:"queue"`
-	Needs          []string         `json:"needs"`
-	Status         store.StepStatus `json:"status"`
-	Run            int              `json:"run"`
-	Attempts       int              `json:"attempts"`
-	Lost           int              `json:"lost,omitempty"`
-	LeaseOwner     string           `json:"lease_owner,omitempty"`
-	LeaseExpiresAt *time.Time       `json:"lease_expires_at,omitempty"`
-	NextAttemptAt  *time.Time       `json:"next_attempt_at,omitempty"`
-	Output         json.RawMessage  `json:"output,omitempty"`
-	Error          string           `json:"error,omitempty"`
-	ErrorClass     string           `json:"error_class,omitempty"`
-	CreatedAt      time.Time        `json:"created_at"`
-	UpdatedAt      time.Time        `json:"updated_at"`
-	StartedAt      *time.Time       `json:"started_at,omitempty"`
-	FinishedAt     *time.Time       `json:"finished_at,omitempty"`
-}
-
-// encodeCarried encodes sn for a task: what json.Marshal would write for a carriedSnapshot (but for
-// its HTML escaping, which decoding does not need), written by hand because a job's create runs it
-// on the API's hot path (json.Marshal's reflection and its second pass over every raw value cost
-// more than the rest of the encoding). decodeCarried reads it with encoding/json;
-// TestCarriedSnapshotKeepsEveryField fails when a field is not written here.
-func encodeCarried(sn *snapshot) (json.RawMessage, error) {
-	w := &jsonWriter{b: make([]byte, 0, 512+len(sn.job.Input)+256*len(sn.steps))}
-	w.open()
-	w.int("v", carriedFormat)
-	w.key("job")
+// encodeCarried encodes sn for a task (carrycodec.go); decodeCarried reads it back.
+// TestCarriedSnapshotKeepsEveryField fails when a field of store.Job or store.Step is not written.
+func encodeCarried(sn *snapshot) json.RawMessage {
 	j := &sn.job
-	w.open()
-	w.str("id", j.ID)
-	w.str("tenant", j.Tenant)
-	w.str("feature", j.FeatureName)
-	w.str("status", string(j.Status))
-	w.raw("input", j.Input)
-	w.int("input_version", int64(j.InputVersion))
-	w.rawOpt("output", j.Output)
-	w.strOpt("error", j.Error)
-	w.int("last_seq", j.LastSeq)
-	w.int("version", j.Version)
-	w.timeOpt("stuck_at", j.StuckAt)
-	w.strOpt("stuck_reason", j.StuckReason)
-	w.strOpt("idempotency_key", j.IdempotencyKey)
-	w.strOpt("webhook_url", j.WebhookURL)
+	w := &snapWriter{b: make([]byte, 0, 256+len(j.Input)+len(j.Output)+128*len(sn.steps))}
+	w.uint(carriedFormat)
+	w.str(j.ID)
+	w.str(j.Tenant)
+	w.str(j.FeatureName)
+	w.str(string(j.Status))
+	w.raw(j.Input)
+	w.int(int64(j.InputVersion))
+	w.rawOpt(j.Output)
+	w.str(j.Error)
+	w.int(j.LastSeq)
+	w.int(j.Version)
+	w.timeOpt(j.StuckAt)
+	w.str(j.StuckReason)
+	w.str(j.IdempotencyKey)
+	w.str(j.WebhookURL)
 	w.lifetime(j.CreatedAt, j.UpdatedAt, j.StartedAt, j.FinishedAt)
-	w.close()
-	w.key("steps")
-	w.b = append(w.b, '[')
+	w.uint(uint64(len(sn.steps)))
 	for i := range sn.steps {
-		if i > 0 {
-			w.b = append(w.b, ',')
-		}
 		s := &sn.steps[i]
-		w.open()
-		w.str("name", s.Name)
-		w.int("position", int64(s.Position))
-		w.str("service", s.Service)
-		w.str("queue", s.Queue)
-		w.strs("needs", s.Needs)
-		w.str("status", string(s.Status))
-		w.int("run", int64(s.Run))
-		w.int("attempts", int64(s.Attempts))
-		w.intOpt("lost", int64(s.Lost))
-		w.strOpt("lease_owner", s.LeaseOwner)
-		w.timeOpt("lease_expires_at", s.LeaseExpiresAt)
-		w.timeOpt("next_attempt_at", s.NextAttemptAt)
-		w.rawOpt("output", s.Output)
-		w.strOpt("error", s.Error)
-		w.strOpt("error_class", s.ErrorClass)
+		w.str(s.Name)
+		w.int(int64(s.Position))
+		w.str(s.Service)
+		w.str(s.Queue)
+		w.strs(s.Needs)
+		w.str(string(s.Status))
+		w.int(int64(s.Run))
+		w.int(int64(s.Attempts))
+		w.int(int64(s.Lost))
+		w.str(s.LeaseOwner)
+		w.timeOpt(s.LeaseExpiresAt)
+		w.timeOpt(s.NextAttemptAt)
+		w.rawOpt(s.Output)
+		w.str(s.Error)
+		w.str(s.ErrorClass)
 		w.lifetime(s.CreatedAt, s.UpdatedAt, s.StartedAt, s.FinishedAt)
-		w.close()
 	}
-	w.b = append(w.b, ']')
-	w.close()
-	if w.err != nil {
-		return nil, w.err
-	}
-	return w.b, nil
+	return w.quoted()
 }
 
 // decodeCarried decodes the snapshot a task of job jobID carries; false when there is none or it
-// is not one this release reads.
+// is not one this release reads (another format, another job's, or not a snapshot at all).
 func decodeCarried(b json.RawMessage, jobID string) (*snapshot, bool) {
-	var c carriedSnapshot
-	if len(b) == 0 || json.Unmarshal(b, &c) != nil || c.Format != carriedFormat || c.Job.ID != jobID {
+	r := unquote(b)
+	if r.uint() != carriedFormat {
 		return nil, false
 	}
-	sn := &snapshot{job: store.Job(c.Job), steps: make([]store.Step, len(c.Steps))}
-	for i, s := range c.Steps {
+	sn := &snapshot{}
+	j := &sn.job
+	if j.ID = r.str(); j.ID != jobID {
+		return nil, false
+	}
+	j.Tenant = r.str()
+	j.FeatureName = r.str()
+	j.Status = store.JobStatus(r.str())
+	j.Input = r.raw()
+	j.InputVersion = r.small()
+	j.Output = r.rawOpt()
+	j.Error = r.str()
+	j.LastSeq = r.int()
+	j.Version = r.int()
+	j.StuckAt = r.timeOpt()
+	j.StuckReason = r.str()
+	j.IdempotencyKey = r.str()
+	j.WebhookURL = r.str()
+	j.CreatedAt, j.UpdatedAt, j.StartedAt, j.FinishedAt = r.lifetime()
+	n := r.count() // each step takes more than a byte
+	sn.steps = make([]store.Step, n)
+	for i := range sn.steps {
+		s := &sn.steps[i]
 		s.JobID = jobID
-		if s.Needs == nil {
-			s.Needs = []string{}
-		}
-		sn.steps[i] = store.Step(s)
+		s.Name = r.str()
+		s.Position = r.small()
+		s.Service = r.str()
+		s.Queue = r.str()
+		s.Needs = r.strs()
+		s.Status = store.StepStatus(r.str())
+		s.Run = r.small()
+		s.Attempts = r.small()
+		s.Lost = r.small()
+		s.LeaseOwner = r.str()
+		s.LeaseExpiresAt = r.timeOpt()
+		s.NextAttemptAt = r.timeOpt()
+		s.Output = r.rawOpt()
+		s.Error = r.str()
+		s.ErrorClass = r.str()
+		s.CreatedAt, s.UpdatedAt, s.StartedAt, s.FinishedAt = r.lifetime()
+	}
+	if r.err != nil || len(r.b) != 0 {
+		return nil, false
 	}
 	return sn, true
 }
@@ -189,11 +150,7 @@ func (o *Orchestrator) carry(u *unit) []store.OutboxTask {
 			continue
 		}
 		if enc == nil {
-			var err error
-			if enc, err = encodeCarried(sn); err != nil {
-				o.cfg.Logger.Warn("encode a task's snapshot; the worker reads the job", "job_id", u.job.ID, "err", err)
-				return u.outbox
-			}
+			enc = encodeCarried(sn)
 		}
 		if !cloned {
 			tasks, cloned = slices.Clone(u.outbox), true // the outbox's copies stay plain
@@ -201,14 +158,6 @@ func (o *Orchestrator) carry(u *unit) []store.OutboxTask {
 		tasks[i].Carried = enc
 	}
 	return tasks
-}
-
-// lifetime writes the four times a job and a step share.
-func (w *jsonWriter) lifetime(created, updated time.Time, started, finished *time.Time) {
-	w.time("created_at", created)
-	w.time("updated_at", updated)
-	w.timeOpt("started_at", started)
-	w.timeOpt("finished_at", finished)
 }
 
 // carried returns the snapshot t's task carries, or nil.
