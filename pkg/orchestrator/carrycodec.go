@@ -109,18 +109,12 @@ func (r *snapReader) fail() {
 	r.err, r.b = errSnapshot, nil
 }
 
-func (r *snapReader) int() int64 {
-	v, n := binary.Varint(r.b)
-	if n <= 0 {
-		r.fail()
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
-}
+func (r *snapReader) int() int64   { return readVarint(r, binary.Varint) }
+func (r *snapReader) uint() uint64 { return readVarint(r, binary.Uvarint) }
 
-func (r *snapReader) uint() uint64 {
-	v, n := binary.Uvarint(r.b)
+// readVarint reads a varint with read (binary.Varint or binary.Uvarint).
+func readVarint[T int64 | uint64](r *snapReader, read func([]byte) (T, int)) T {
+	v, n := read(r.b)
 	if n <= 0 {
 		r.fail()
 		return 0
