@@ -16,9 +16,8 @@ import (
 // CPU in a chain run. The payload's parser only skips over a string, which it does quickly.
 //
 // A field is written as: an integer as a varint; a string or raw JSON as its length (a uvarint)
-// and its bytes, an optional raw JSON as its length + 1, 0 for none; a time as its Unix seconds (a
-// varint) and nanoseconds (a uvarint), an optional time after a byte that is 1 when it is set;
-// a list of strings as its length and each string.
+// and its bytes; a time as its Unix seconds and nanoseconds (varints); an optional field after a
+// byte that is 1 when it is set, 0 when not; a list of strings as its length and each string.
 
 // snapWriter appends a snapshot's fields to b.
 type snapWriter struct{ b []byte }
@@ -38,11 +37,11 @@ func (w *snapWriter) raw(v json.RawMessage) {
 
 func (w *snapWriter) rawOpt(v json.RawMessage) {
 	if v == nil {
-		w.uint(0)
+		w.b = append(w.b, 0)
 		return
 	}
-	w.uint(uint64(len(v)) + 1)
-	w.b = append(w.b, v...)
+	w.b = append(w.b, 1)
+	w.raw(v)
 }
 
 func (w *snapWriter) strs(v []string) {
@@ -54,7 +53,7 @@ func (w *snapWriter) strs(v []string) {
 
 func (w *snapWriter) time(t time.Time) {
 	w.int(t.Unix())
-	w.uint(uint64(t.Nanosecond()))
+	w.int(int64(t.Nanosecond()))
 }
 
 func (w *snapWriter) timeOpt(t *time.Time) {
@@ -130,7 +129,7 @@ func (r *snapReader) count() int {
 		r.fail()
 		return 0
 	}
-	return int(n)
+	return int(n) //nolint:gosec // n ≤ len(r.b), so it is an int
 }
 
 func (r *snapReader) bytes(n int) []byte {
@@ -159,15 +158,23 @@ func (r *snapReader) small() int {
 func (r *snapReader) raw() json.RawMessage { return r.bytes(r.count()) }
 
 func (r *snapReader) rawOpt() json.RawMessage {
-	n := r.uint()
-	if n == 0 || r.err != nil {
+	if !r.present() {
 		return nil
 	}
-	if n-1 > uint64(len(r.b)) {
+	return r.raw()
+}
+
+// present reads the byte before an optional field: whether the field follows.
+func (r *snapReader) present() bool {
+	flag := r.bytes(1)
+	switch {
+	case len(flag) == 0 || flag[0] == 0:
+		return false
+	case flag[0] != 1:
 		r.fail()
-		return nil
+		return false
 	}
-	return r.bytes(int(n - 1))
+	return true
 }
 
 func (r *snapReader) strs() []string {
@@ -180,21 +187,16 @@ func (r *snapReader) strs() []string {
 }
 
 func (r *snapReader) time() time.Time {
-	s, ns := r.int(), r.uint()
-	if ns >= uint64(time.Second) {
+	s, ns := r.int(), r.int()
+	if ns < 0 || ns >= int64(time.Second) {
 		r.fail()
 		return time.Time{}
 	}
-	return time.Unix(s, int64(ns)).UTC()
+	return time.Unix(s, ns).UTC()
 }
 
 func (r *snapReader) timeOpt() *time.Time {
-	flag := r.bytes(1)
-	switch {
-	case len(flag) == 0 || flag[0] == 0:
-		return nil
-	case flag[0] != 1:
-		r.fail()
+	if !r.present() {
 		return nil
 	}
 	t := r.time()
