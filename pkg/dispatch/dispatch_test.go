@@ -232,6 +232,40 @@ func TestDispatchHandsOverToTheSender(t *testing.T) {
 	require.Zero(t, left)
 }
 
+// TestStopDeletesTheRowsOfSentTasks: tasks sent while the deleter gathers ids for its next batch
+// have their rows deleted by Stop, which cancels that wait (the batch used to be tried under the
+// cancelled context, fail, and be forgotten).
+func TestStopDeletesTheRowsOfSentTasks(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	r := dispatch.NewRelay(b.st, b.rdb.Client, b.q, dispatch.RelayConfig{PollInterval: time.Hour, MinAge: time.Hour, DeleteDelay: time.Hour})
+	var rows []store.OutboxTask
+	for i := range 5 {
+		p := task.StepPayload{JobID: fmt.Sprintf("stop-%d", i), Step: "s", Run: 1, Attempt: 1}
+		rows = append(rows, store.OutboxTask{TaskID: p.TaskID(), Queue: "default", TypeName: task.TypeStep, Payload: p.Marshal(), CreatedAt: time.Now()})
+	}
+	require.NoError(t, b.st.Tx(ctx, func(tx store.Tx) error { return tx.InsertOutbox(ctx, rows) }))
+	var tasks []store.OutboxTask
+	require.NoError(t, b.st.Tx(ctx, func(tx store.Tx) error {
+		var err error
+		tasks, err = tx.ClaimOutbox(ctx, time.Now().Add(time.Minute), 100)
+		return err
+	}))
+	require.Len(t, tasks, 5)
+
+	require.NoError(t, r.Start(ctx))
+	r.Dispatch(ctx, tasks)
+	testinfra.Eventually(t, 10*time.Second, func() bool {
+		info, err := b.insp.GetQueueInfo("default")
+		return err == nil && info.Pending == 5
+	}, "the tasks sent (their ids wait an hour for the deleter)")
+	require.NoError(t, r.Stop(ctx))
+	left, err := b.st.CountOutbox(ctx)
+	require.NoError(t, err)
+	require.Zero(t, left, "Stop deletes the rows of the tasks sent")
+}
+
 // TestDispatchParksInTheCaller: with a Route, Dispatch routes each task once, in the caller; a
 // task Route parks is sent by the caller itself, its place recorded before Dispatch returns, so
 // that it never waits in the sender behind other tasks' parking; the others go to the sender.

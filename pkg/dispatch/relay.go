@@ -319,13 +319,22 @@ func (r *Relay) deleter(ctx context.Context, sent <-chan struct{}) {
 		t := time.NewTimer(r.cfg.DeleteDelay)
 		select {
 		case <-ctx.Done():
+			t.Stop()
+			continue // Stopping: the last batch (above) takes these ids too
 		case <-t.C:
 		}
-		t.Stop()
-		r.deleteSent(ctx)
+		// Not cut short by Stop, which would drop the batch: Stop waits for it.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deleteTimeout)
+		r.deleteSent(dctx)
+		cancel()
 	}
 }
 
+// deleteTimeout bounds one batch of deletions.
+const deleteTimeout = 10 * time.Second
+
+// deleteSent deletes the rows of the tasks sent so far. The ids of rows it could not delete go back
+// to the next batch (until then, the relay loop may send their tasks again, harmlessly).
 func (r *Relay) deleteSent(ctx context.Context) {
 	r.mu.Lock()
 	ids := r.sent
@@ -334,9 +343,10 @@ func (r *Relay) deleteSent(ctx context.Context) {
 	for len(ids) > 0 {
 		n := min(len(ids), 1000)
 		if err := r.store.DeleteOutbox(ctx, ids[:n]); err != nil {
-			if ctx.Err() == nil {
-				r.cfg.Logger.Warn("delete dispatched outbox rows; the relay will send them again", "err", err)
-			}
+			r.cfg.Logger.Warn("delete dispatched outbox rows; the relay may send them again", "err", err)
+			r.mu.Lock()
+			r.sent = slices.Concat(ids, r.sent)
+			r.mu.Unlock()
 			return
 		}
 		ids = ids[n:]
