@@ -27,17 +27,11 @@ func (c *Caller) callMock(ctx context.Context, call Call) (Result, *Error) {
 	spec := step.Mock
 
 	// Render first: a template error is the step's fault and should not cost the latency. The data
-	// is decoded only for templates: the default output echoes the input as stored.
-	var data map[string]any
-	if (step.Request != nil && step.Request.BodyTemplate != nil) || spec.OutputTemplate != nil {
-		var err error
-		if data, err = call.Data.Map(); err != nil {
-			return Result{}, newError(svc, ClassTemplate, false, 0, "step %q: %v", step.Name, err)
-		}
-	}
+	// is decoded by the first template that reads it (render.Data); the default output echoes the
+	// input as stored.
 	var echo any
 	if step.Request != nil && step.Request.BodyTemplate != nil {
-		v, err := step.Request.BodyTemplate.Execute(data)
+		v, err := step.Request.BodyTemplate.Execute(call.Data)
 		if err != nil {
 			return Result{}, templateError(svc, step, "body", err)
 		}
@@ -45,7 +39,7 @@ func (c *Caller) callMock(ctx context.Context, call Call) (Result, *Error) {
 	}
 	var out any
 	if spec.OutputTemplate != nil {
-		v, err := spec.OutputTemplate.Execute(data)
+		v, err := spec.OutputTemplate.Execute(call.Data)
 		if err != nil {
 			return Result{}, newError(svc, ClassTemplate, false, 0, "step %q: render mock output: %v", step.Name, err)
 		}

@@ -310,9 +310,7 @@ func (r *Relay) deleter(ctx context.Context, sent <-chan struct{}) {
 		case <-ctx.Done():
 			// Last batch, once the sender sent what was handed over: Stop waits for it, briefly.
 			<-sent
-			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-			r.deleteSent(dctx)
-			cancel()
+			r.deleteSent(ctx, 2*time.Second)
 			return
 		case <-r.flush:
 		}
@@ -323,19 +321,20 @@ func (r *Relay) deleter(ctx context.Context, sent <-chan struct{}) {
 			continue // Stopping: the last batch (above) takes these ids too
 		case <-t.C:
 		}
-		// Not cut short by Stop, which would drop the batch: Stop waits for it.
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deleteTimeout)
-		r.deleteSent(dctx)
-		cancel()
+		r.deleteSent(ctx, deleteTimeout)
 	}
 }
 
 // deleteTimeout bounds one batch of deletions.
 const deleteTimeout = 10 * time.Second
 
-// deleteSent deletes the rows of the tasks sent so far. The ids of rows it could not delete go back
-// to the next batch (until then, the relay loop may send their tasks again, harmlessly).
-func (r *Relay) deleteSent(ctx context.Context) {
+// deleteSent deletes the rows of the tasks sent so far, within timeout and whether or not ctx ends
+// meanwhile (Stop waits for the batch; cut short, it would be dropped). The ids of rows it could
+// not delete go back to the next batch (until then, the relay loop may send their tasks again,
+// harmlessly).
+func (r *Relay) deleteSent(ctx context.Context, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	defer cancel()
 	r.mu.Lock()
 	ids := r.sent
 	r.sent = nil
