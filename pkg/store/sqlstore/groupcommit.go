@@ -236,17 +236,13 @@ func (g *groupCommitter) watch() {
 	}
 }
 
-// commitLoop writes what is queued, a group at a time, until nothing is: pipelined on a connection
-// of its own (grouppipe.go) when the pool allows, else one statement after another.
+// commitLoop writes what is queued, a group at a time, until nothing is.
 func (g *groupCommitter) commitLoop() {
-	if g.pipelines() && g.pipeLoop() {
-		return
-	}
 	for {
 		g.mu.Lock()
 		start := time.Now()
 		g.moved = start
-		group := g.take(nil, 1)
+		group := g.take()
 		if len(group) == 0 {
 			g.running--
 			g.mu.Unlock()
@@ -262,11 +258,9 @@ func (g *groupCommitter) commitLoop() {
 
 // take removes from the queue, oldest first, up to maxGroup changes of distinct jobs (a job's later
 // change waits for the next group: it was computed after the first, which it expects to be
-// written), none of a job in busy (whose earlier change is being written), all creates or all
-// updates as the oldest is, whose context has not ended; those whose context ended are answered
-// with its error. A group of fewer than least changes is left in the queue and nil returned.
-// Called with mu.
-func (g *groupCommitter) take(busy map[string]bool, least int) []*pendingChange {
+// written), all creates or all updates as the oldest is, whose context has not ended; those whose
+// context ended are answered with its error. Called with mu.
+func (g *groupCommitter) take() []*pendingChange {
 	var group []*pendingChange
 	jobs := make(map[string]bool)
 	rest := g.queue[:0]
@@ -274,7 +268,7 @@ func (g *groupCommitter) take(busy map[string]bool, least int) []*pendingChange 
 		switch {
 		case pc.ctx.Err() != nil:
 			pc.done <- fmt.Errorf("apply change of job %s: %w", pc.c.Job.ID, pc.ctx.Err())
-		case len(group) < maxGroup && !jobs[pc.c.Job.ID] && !busy[pc.c.Job.ID] && (len(group) == 0 || pc.c.Create == group[0].c.Create):
+		case len(group) < maxGroup && !jobs[pc.c.Job.ID] && (len(group) == 0 || pc.c.Create == group[0].c.Create):
 			jobs[pc.c.Job.ID] = true
 			group = append(group, pc)
 		default:
@@ -283,10 +277,6 @@ func (g *groupCommitter) take(busy map[string]bool, least int) []*pendingChange 
 	}
 	clear(g.queue[len(rest):])
 	g.queue = rest
-	if len(group) < least {
-		g.queue = append(group, g.queue...) // oldest first still: they were ahead of the rest
-		return nil
-	}
 	return group
 }
 
@@ -307,15 +297,8 @@ func (g *groupCommitter) commit(group []*pendingChange) {
 		changes[i] = pc.c
 	}
 	errs, err := g.p.applyGroup(ctx, changes)
-	g.settle(group, errs, err)
-}
-
-// settle answers the changes of a group statement: errs, its changes' outcomes, when the statement
-// ran (err nil); when the database could not be reached, each change's outcome is unknown, as for a
-// change applied alone whose connection failed; after any other error of the statement, each change
-// is applied alone.
-func (g *groupCommitter) settle(group []*pendingChange, errs []error, err error) {
 	if err != nil && errors.Is(interpretError(err), store.ErrUnavailable) {
+		// The outcome is unknown, as for a change applied alone whose connection failed.
 		for _, pc := range group {
 			pc.done <- fmt.Errorf("apply change of job %s: %w", pc.c.Job.ID, interpretError(err))
 		}
@@ -350,12 +333,6 @@ func (p postgresHot) applyGroup(ctx context.Context, changes []*store.Change) ([
 	if err := p.db.QueryRowContext(ctx, query, args...).Scan(&written, &ok, &ids); err != nil {
 		return nil, err
 	}
-	return groupOutcome(changes, written, ids)
-}
-
-// groupOutcome is each change's outcome from a group statement's answer: the ids of the jobs it
-// wrote and the outbox ids it assigned (both comma-separated), which it also sets on the tasks.
-func groupOutcome(changes []*store.Change, written, ids string) ([]error, error) {
 	done := make(map[string]bool, len(changes))
 	for id := range strings.SplitSeq(written, ",") {
 		if id != "" {
