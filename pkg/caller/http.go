@@ -251,15 +251,25 @@ func RenderRequest(call Call) (*Request, error) {
 	if call.Service == nil || call.Step == nil || call.Service.Kind != registry.KindHTTP {
 		return nil, nil
 	}
-	data, derr := call.Data.Map()
+	data, derr := templateData(call)
 	if derr != nil {
-		return nil, newError(call.Service, ClassTemplate, false, 0, "step %q: %v", call.Step.Name, derr)
+		return nil, derr
 	}
 	r, err := renderRequest(call, data)
 	if err != nil {
 		return nil, err
 	}
 	return r, nil
+}
+
+// templateData is the data the call's templates are executed against; a stored input or output that
+// cannot be decoded fails the call as a template would.
+func templateData(call Call) (map[string]any, *Error) {
+	data, err := call.Data.Map()
+	if err != nil {
+		return nil, newError(call.Service, ClassTemplate, false, 0, "step %q: %v", call.Step.Name, err)
+	}
+	return data, nil
 }
 
 // renderRequest renders the method, path, query and body of the step's request from data.
@@ -315,9 +325,9 @@ func renderRequest(call Call, data map[string]any) (*Request, *Error) {
 // renderRequest, the final URL must keep the base URL's scheme, host and user info.
 func prepare(call Call) (*preparedRequest, *Error) {
 	svc, step := call.Service, call.Step
-	data, derr := call.Data.Map()
+	data, derr := templateData(call)
 	if derr != nil {
-		return nil, newError(svc, ClassTemplate, false, 0, "step %q: %v", step.Name, derr)
+		return nil, derr
 	}
 	rr, rerr := renderRequest(call, data)
 	if rerr != nil {
