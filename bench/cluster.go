@@ -159,6 +159,9 @@ type clusterSpec struct {
 	registry    string // registry YAML
 	workers     int    // cao-worker processes
 	concurrency int    // CAO_WORKER_CONCURRENCY of each worker
+	// The backends, when not the bench's own: a database URL (created and empty; startCluster then
+	// cleans nothing) and a Redis URL (flushed by the caller).
+	database, redisURL string
 }
 
 // cluster is one cao-api and zero or more cao-worker processes over the bench database and Redis DB.
@@ -174,8 +177,14 @@ type cluster struct {
 // startCluster cleans the backends, writes the registry, starts the API (which migrates), waits until
 // it answers /health, then starts the workers and waits until each has registered its Asynq server.
 func (e *env) startCluster(ctx context.Context, spec clusterSpec) (*cluster, error) {
-	if err := e.clean(ctx); err != nil {
-		return nil, fmt.Errorf("clean: %w", err)
+	if spec.database == "" {
+		if err := e.clean(ctx); err != nil {
+			return nil, fmt.Errorf("clean: %w", err)
+		}
+		spec.database = e.opts.pg
+	}
+	if spec.redisURL == "" {
+		spec.redisURL = e.redisURL
 	}
 	reg, err := os.CreateTemp(e.dir, "registry-*.yaml")
 	if err != nil {
@@ -193,8 +202,8 @@ func (e *env) startCluster(ctx context.Context, spec clusterSpec) (*cluster, err
 	}
 	c := &cluster{e: e, apiAddr: addr, spec: spec}
 	c.env = append(os.Environ(),
-		"CAO_DATABASE_URL="+e.opts.pg,
-		"CAO_REDIS_URL="+e.redisURL,
+		"CAO_DATABASE_URL="+spec.database,
+		"CAO_REDIS_URL="+spec.redisURL,
 		"CAO_REGISTRY="+reg.Name(),
 		"CAO_AUTH=off",
 		"CAO_HTTP_ADDR="+addr,

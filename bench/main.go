@@ -1,10 +1,12 @@
 // Command bench measures CAO's hot paths against real cao-api and cao-worker processes and prints one
 // markdown table in which every figure stands beside a floor measured in the same run (raw Asynq, a
-// bare Postgres insert, an ideal schedule, or the same query on an empty database), so that figures
+// bare Postgres insert, an ideal schedule, or the same query on a small database), so that figures
 // from different machines or runs are compared by their ratios.
 //
 // It builds both binaries from a source tree (-src), recreates a dedicated Postgres database (-pg)
-// and flushes a dedicated Redis DB (-redis-db), and starts fresh processes for every scenario.
+// and flushes a dedicated Redis DB (-redis-db), and starts fresh processes for every scenario. The
+// history scenario (-history) also recreates a second database, -pg's name + "_small", with an API
+// of its own on the floor's Redis DB (-floor-redis-db).
 // Progress goes to stderr, the table to stdout (and to -out).
 //
 //	go run ./bench                        # from the repository root
@@ -57,7 +59,7 @@ func parseFlags(args []string) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.StringVar(&o.src, "src", "", "source tree to build cao-api and cao-worker from (default: the repository root above the working directory)")
-	fs.StringVar(&o.pg, "pg", "postgres://postgres@127.0.0.1:5432/cao_bench?sslmode=disable", "bench database URL; the database is DROPPED and recreated")
+	fs.StringVar(&o.pg, "pg", "postgres://postgres@127.0.0.1:5432/cao_bench?sslmode=disable", "bench database URL; the database (and, with -history, its name + _small) is DROPPED and recreated")
 	fs.StringVar(&o.redisAddr, "redis", "127.0.0.1:6379", "Redis host:port")
 	fs.IntVar(&o.redisDB, "redis-db", 14, "Redis DB for the CAO processes (flushed)")
 	fs.IntVar(&o.floorRedisDB, "floor-redis-db", 15, "Redis DB for the raw Asynq floors (flushed)")

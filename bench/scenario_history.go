@@ -5,70 +5,56 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/coder/websocket"
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
 )
 
 // Shape of the history scenario.
 const (
-	historyBase       = 100            // finished jobs on the "empty" database, so that GETs have targets
-	historySamples    = 500            // sequential samples of each HTTP request
-	historyWSSamples  = 300            // sequential WebSocket snapshots
-	historyWarmup     = 20             // unmeasured requests before each series
+	historyBase       = 100            // finished jobs on the small ("empty") database, so that GETs have targets
+	historySamples    = 500            // sequential samples of each HTTP request, per series
+	historyWSSamples  = 300            // sequential WebSocket snapshots, per series
+	historyBlock      = 25             // requests to one API before the next series' turn
 	historyWorkingSet = historyBase    // jobs the like-for-like series reads on the full database
 	historySpan       = 24 * time.Hour // the seeded jobs' created_at spread (well inside CAO_RETENTION)
 )
 
-// historyOp is one request the history scenario times on both databases.
+// historyOp is one request the history scenario times on both databases: run sends it to c's API
+// (cl is a client of it) about job id.
 type historyOp struct {
 	name    string
 	samples int
 	perJob  bool // reads the job it is given (GET job, WebSocket); POST and the list ignore it
-	run     func(ctx context.Context, id string) error
+	run     func(ctx context.Context, c *cluster, cl *apiClient, id string) error
 }
 
 // runHistory checks that the hot requests do not slow down as finished jobs pile up: the p50 of
-// POST, GET one job, GET the newest page of a filtered list and a WebSocket snapshot, first with
-// historyBase finished jobs, then with -history-jobs more, each a clone (via COPY) of a real chain5
-// job with all its steps, attempts and events.
+// POST, GET one job, GET the newest page of a filtered list and a WebSocket snapshot on a database
+// of historyBase finished jobs and on one of -history-jobs, each job a clone (via COPY) of a real
+// chain5 job with all its steps, attempts and events.
 //
-// The requests that read one job (GET job, the snapshot) are timed twice on the full database. The
-// like-for-like series reads historyWorkingSet jobs drawn at random from the whole history, each
-// read once before timing, as the empty database's series reads its historyBase jobs: what differs
-// is only how much history the indexes and tables hold. The cold series reads a job drawn from the
-// whole history on every request, so nearly every request is that job's first read and waits for
-// the pages the database has not cached (docs/benchmarks.md, session 18); it is reported beside the
-// goal's row, against the same empty-database figure.
+// Each database has an API process of its own (the small one's on the floor's Redis DB, which no
+// floor uses in this scenario), and the requests alternate between them, so that the machine's
+// drift over the minutes of a run weighs on both series alike. The requests that read one job (GET
+// job, the snapshot) are timed twice on the full database. The like-for-like series reads
+// historyWorkingSet jobs drawn at random from the whole history, each read once before timing, as
+// the small database's series reads its historyBase jobs: what differs is only how much history
+// the indexes and tables hold. The cold series reads a job drawn from the whole history on every
+// request, so nearly every request is that job's first read and waits for pages the database has
+// not cached (docs/benchmarks.md, session 18); it is reported beside the goal's row, against the
+// same small-database series.
 func runHistory(ctx context.Context, e *env) []row {
 	n := e.opts.historyJobs
 	progress("history: %d finished chain5 jobs vs %d", n, historyBase)
-	c, err := e.startCluster(ctx, clusterSpec{registry: registryYAML("", 0), workers: 1, concurrency: chainConcurrency})
-	if err != nil {
-		return []row{errorRow("history", "history", err)}
-	}
-	defer c.stop()
-	cl := c.client()
-	defer cl.close()
-	ops := []historyOp{
-		{"POST /api/v1/jobs", historySamples, false, func(ctx context.Context, _ string) error {
-			_, err := cl.postJob(ctx, featureChain5)
-			return err
-		}},
-		{"GET /api/v1/jobs/{id}", historySamples, true, func(ctx context.Context, id string) error {
-			return cl.get(ctx, "/api/v1/jobs/"+id)
-		}},
-		{"GET /api/v1/jobs?status=COMPLETED&feature=chain5&limit=50", historySamples, false, func(ctx context.Context, _ string) error {
-			return cl.get(ctx, "/api/v1/jobs?status=COMPLETED&feature="+featureChain5+"&limit=50")
-		}},
-		{"WebSocket /ws/{id} of a finished job: connect → snapshot", historyWSSamples, true, func(ctx context.Context, id string) error {
-			return wsSnapshot(ctx, "ws://"+c.apiAddr+"/ws/"+id)
-		}},
-	}
-	res, err := historyRun(ctx, e, c, ops)
+	res, err := historyRun(ctx, e)
 	var rows []row
-	for i, op := range ops {
+	for i, op := range historyOps {
 		scenario := fmt.Sprintf("history: %s p50, %d finished jobs (%d rows each) vs %d", op.name, n, res.rowsPerJob, historyBase)
 		if op.perJob {
 			scenario = fmt.Sprintf("history: %s p50, %d of %d finished jobs (%d rows each), each read once before, vs %d",
@@ -87,12 +73,30 @@ func runHistory(ctx context.Context, e *env) []row {
 	return rows
 }
 
+// historyOps are the requests the history scenario times, each against one API (base URL) and, for
+// perJob ones, one job.
+var historyOps = []historyOp{
+	{"POST /api/v1/jobs", historySamples, false, func(ctx context.Context, c *cluster, cl *apiClient, _ string) error {
+		_, err := cl.postJob(ctx, featureChain5)
+		return err
+	}},
+	{"GET /api/v1/jobs/{id}", historySamples, true, func(ctx context.Context, c *cluster, cl *apiClient, id string) error {
+		return cl.get(ctx, "/api/v1/jobs/"+id)
+	}},
+	{"GET /api/v1/jobs?status=COMPLETED&feature=chain5&limit=50", historySamples, false, func(ctx context.Context, c *cluster, cl *apiClient, _ string) error {
+		return cl.get(ctx, "/api/v1/jobs?status=COMPLETED&feature="+featureChain5+"&limit=50")
+	}},
+	{"WebSocket /ws/{id} of a finished job: connect → snapshot", historyWSSamples, true, func(ctx context.Context, c *cluster, _ *apiClient, id string) error {
+		return wsSnapshot(ctx, "ws://"+c.apiAddr+"/ws/"+id)
+	}},
+}
+
 // ratioOf is the ratio of two series' p50s.
 func ratioOf(full, empty []time.Duration) float64 {
 	return float64(percentile(full, 50)) / float64(percentile(empty, 50))
 }
 
-// historyRow is one request's row: its p50 and p99 on the full database against the empty one's.
+// historyRow is one request's row: its p50 and p99 on the full database against the small one's.
 func historyRow(scenario string, full, empty []time.Duration, goal string) row {
 	return row{
 		target: "history", scenario: scenario,
@@ -103,17 +107,31 @@ func historyRow(scenario string, full, empty []time.Duration, goal string) row {
 	}
 }
 
-// historyResult is the latencies of each op: on the empty database, on the full one over a working
-// set as large as the empty one's, and on the full one over the whole history (cold; perJob ops only).
+// historyResult is the latencies of each op: on the small database, on the full one over a working
+// set as large as the small one's, and on the full one over the whole history (cold; perJob ops only).
 type historyResult struct {
 	empty, full, cold [][]time.Duration
 	rowsPerJob        int
 }
 
-// historyRun runs one real chain5 job as the template, seeds historyBase clones, times ops, seeds
-// -history-jobs more clones and times ops again, on a working set and on the whole history.
-func historyRun(ctx context.Context, e *env, c *cluster, ops []historyOp) (historyResult, error) {
+// historyTarget is one series' API and the jobs its requests read.
+type historyTarget struct {
+	c   *cluster
+	cl  *apiClient
+	ids []uuid.UUID
+	out [][]time.Duration // per op
+}
+
+// historyRun runs one real chain5 job on the bench database as the template; seeds -history-jobs
+// clones of it there and historyBase clones in a second, new database with its own API; and times
+// every op on both, alternating.
+func historyRun(ctx context.Context, e *env) (historyResult, error) {
 	var res historyResult
+	c, err := e.startCluster(ctx, clusterSpec{registry: registryYAML("", 0), workers: 1, concurrency: chainConcurrency})
+	if err != nil {
+		return res, err
+	}
+	defer c.stop()
 	cl := c.client()
 	defer cl.close()
 	job, err := cl.postJob(ctx, featureChain5)
@@ -135,14 +153,21 @@ func historyRun(ctx context.Context, e *env, c *cluster, ops []historyOp) (histo
 	res.rowsPerJob = tmpl.rowCount()
 	progress("  template job %s: %d rows", job.JobID, res.rowsPerJob)
 
-	base, err := seedClones(ctx, e.db, tmpl, historyBase, time.Now().Add(-time.Second), 100*time.Millisecond)
+	small, smallDB, err := startSmallCluster(ctx, e)
+	if small != nil {
+		defer small.stop()
+	}
+	if smallDB != nil {
+		defer smallDB.Close()
+	}
 	if err != nil {
 		return res, err
 	}
-	if err := settle(ctx, e.db); err != nil {
+	base, err := seedClones(ctx, smallDB, tmpl, historyBase, time.Now().Add(-time.Second), 100*time.Millisecond)
+	if err != nil {
 		return res, err
 	}
-	if res.empty, err = timeOps(ctx, ops, base, true, false); err != nil {
+	if err := settle(ctx, smallDB); err != nil {
 		return res, err
 	}
 
@@ -157,49 +182,98 @@ func historyRun(ctx context.Context, e *env, c *cluster, ops []historyOp) (histo
 		return res, err
 	}
 	progress("  seeded in %s", time.Since(began).Round(time.Second))
-	// The cold series first: the working set's warming pass would otherwise have read some of its jobs.
-	if res.cold, err = timeOps(ctx, ops, seeded, false, true); err != nil {
-		return res, err
-	}
+
 	set := make([]uuid.UUID, min(historyWorkingSet, len(seeded)))
 	for i, k := range rand.Perm(len(seeded))[:len(set)] {
 		set[i] = seeded[k]
 	}
-	if res.full, err = timeOps(ctx, ops, set, true, false); err != nil {
+	smallCl := small.client()
+	defer smallCl.close()
+	targets := []*historyTarget{
+		{c: small, cl: smallCl, ids: base},
+		{c: c, cl: cl, ids: set},
+		{c: c, cl: cl, ids: seeded}, // cold: perJob ops only, never warmed
+	}
+	if err := timeOps(ctx, targets); err != nil {
 		return res, err
 	}
+	res.empty, res.full, res.cold = targets[0].out, targets[1].out, targets[2].out
 	return res, nil
 }
 
-// timeOps runs each op sequentially, each time on a random job of ids, and returns the latencies.
-// warm reads every job of ids once with each perJob op before timing it; perJobOnly times only the
-// perJob ops (the others' series stay nil).
-func timeOps(ctx context.Context, ops []historyOp, ids []uuid.UUID, warm, perJobOnly bool) ([][]time.Duration, error) {
-	out := make([][]time.Duration, len(ops))
-	for i, op := range ops {
-		if perJobOnly && !op.perJob {
-			continue
-		}
-		if warm && op.perJob {
-			for _, id := range ids {
-				if err := op.run(ctx, id.String()); err != nil {
-					return nil, fmt.Errorf("%s: %w", op.name, err)
+// startSmallCluster creates the small database (the bench database's name + "_small"), flushes the
+// floor's Redis DB and starts an API over both, which migrates the database. It returns the API and
+// a pool on the database.
+func startSmallCluster(ctx context.Context, e *env) (*cluster, *pgxpool.Pool, error) {
+	u, err := url.Parse(e.opts.pg)
+	if err != nil || u.Scheme == "" || strings.Trim(u.Path, "/") == "" {
+		return nil, nil, fmt.Errorf("-pg %s: the history scenario needs a postgres:// URL naming a database", redactURL(e.opts.pg))
+	}
+	u.Path = "/" + strings.Trim(u.Path, "/") + "_small"
+	small := u.String()
+	if err := recreateDatabase(ctx, small); err != nil {
+		return nil, nil, err
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: e.opts.redisAddr, DB: e.opts.floorRedisDB})
+	err = rdb.FlushDB(ctx).Err()
+	_ = rdb.Close()
+	if err != nil {
+		return nil, nil, fmt.Errorf("redis %s db %d: %w", e.opts.redisAddr, e.opts.floorRedisDB, err)
+	}
+	c, err := e.startCluster(ctx, clusterSpec{
+		registry: registryYAML("", 0), database: small,
+		redisURL: fmt.Sprintf("redis://%s/%d", e.opts.redisAddr, e.opts.floorRedisDB),
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("the small database's API: %w", err)
+	}
+	db, err := pgxpool.New(ctx, small)
+	if err != nil {
+		return c, nil, err
+	}
+	return c, db, nil
+}
+
+// timeOps times each op on every target (target 2, the cold one, only perJob ops), alternating
+// between them in blocks of historyBlock requests in a rotating order, each request on a random job
+// of the target's ids. Each block follows one unmeasured request to the same API (whose process was
+// idle during the other targets' blocks). The first two targets' jobs are each read once by every
+// perJob op before its timing.
+func timeOps(ctx context.Context, targets []*historyTarget) error {
+	for _, t := range targets {
+		t.out = make([][]time.Duration, len(historyOps))
+	}
+	for i, op := range historyOps {
+		in := targets[:2]
+		if op.perJob {
+			in = targets
+			for _, t := range targets[:2] {
+				for _, id := range t.ids {
+					if err := op.run(ctx, t.c, t.cl, id.String()); err != nil {
+						return fmt.Errorf("%s: %w", op.name, err)
+					}
 				}
 			}
 		}
-		for k := range historyWarmup + op.samples {
-			id := ids[rand.IntN(len(ids))].String()
-			t0 := time.Now()
-			if err := op.run(ctx, id); err != nil {
-				return nil, fmt.Errorf("%s: %w", op.name, err)
-			}
-			if k >= historyWarmup {
-				out[i] = append(out[i], time.Since(t0))
+		for k := 0; len(in[0].out[i]) < op.samples; k++ {
+			for j := range in {
+				t := in[(k+j)%len(in)]
+				for r := range 1 + min(historyBlock, op.samples-len(t.out[i])) {
+					id := t.ids[rand.IntN(len(t.ids))].String()
+					t0 := time.Now()
+					if err := op.run(ctx, t.c, t.cl, id); err != nil {
+						return fmt.Errorf("%s: %w", op.name, err)
+					}
+					if r > 0 {
+						t.out[i] = append(t.out[i], time.Since(t0))
+					}
+				}
 			}
 		}
-		progress("  %s: p50 %s", op.name, fmtDur(percentile(out[i], 50)))
+		progress("  %s: p50 %s on %d jobs, %s with history", op.name,
+			fmtDur(percentile(targets[0].out[i], 50)), historyBase, fmtDur(percentile(targets[1].out[i], 50)))
 	}
-	return out, nil
+	return nil
 }
 
 // wsSnapshot connects to a job's WebSocket and reads until the snapshot message.
