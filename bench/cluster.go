@@ -164,7 +164,8 @@ type clusterSpec struct {
 	database, redisURL string
 }
 
-// cluster is one cao-api and zero or more cao-worker processes over the bench database and Redis DB.
+// cluster is one cao-api and zero or more cao-worker processes over the bench database and Redis DB
+// (or those its spec names).
 type cluster struct {
 	e       *env
 	api     *proc

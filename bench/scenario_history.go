@@ -73,8 +73,8 @@ func runHistory(ctx context.Context, e *env) []row {
 	return rows
 }
 
-// historyOps are the requests the history scenario times, each against one API (base URL) and, for
-// perJob ones, one job.
+// historyOps are the requests the history scenario times, each sent to one cluster's API and, for
+// perJob ones, about one job.
 var historyOps = []historyOp{
 	{"POST /api/v1/jobs", historySamples, false, func(ctx context.Context, c *cluster, cl *apiClient, _ string) error {
 		_, err := cl.postJob(ctx, featureChain5)
