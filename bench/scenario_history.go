@@ -58,7 +58,7 @@ func runHistory(ctx context.Context, e *env) []row {
 		scenario := fmt.Sprintf("history: %s p50, %d finished jobs (%d rows each) vs %d", op.name, n, res.rowsPerJob, historyBase)
 		if op.perJob {
 			scenario = fmt.Sprintf("history: %s p50, %d of %d finished jobs (%d rows each), each read once before, vs %d",
-				op.name, historyWorkingSet, n, res.rowsPerJob, historyBase)
+				op.name, min(historyWorkingSet, n), n, res.rowsPerJob, historyBase)
 		}
 		if err != nil {
 			rows = append(rows, errorRow("history", scenario, err))
