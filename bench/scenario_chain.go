@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -26,7 +27,15 @@ func runChain(ctx context.Context, e *env) []row {
 	var floorErr error
 	rates := make(map[int][]float64, len(counts))
 	errs := make(map[int]error, len(counts))
-	var perRound []map[int]float64    // each round's rates, for the scaling ratios
+	var perRound []map[int]float64 // each round's rates (pooledRun: the pooled run's), for the scaling ratios
+	// With several worker counts, each round also runs the largest count's handlers in one process
+	// (pooledRun): what the handlers bring without the cost of the processes (pooledRow).
+	runs := slices.Clone(counts)
+	most := slices.Max(counts)
+	pooled := most * e.opts.concurrency
+	if len(counts) > 1 && most > 1 {
+		runs = append(runs, pooledRun)
+	}
 	var floorRounds []map[int]float64 // each round's raw Asynq rates by worker processes
 	for r := range rounds {
 		if rounds > 1 {
@@ -55,17 +64,23 @@ func runChain(ctx context.Context, e *env) []row {
 		}
 		floorRounds = append(floorRounds, floorRound)
 		round := map[int]float64{}
-		for i := range counts {
-			n := counts[(i+r)%len(counts)]
-			progress("CAO chain5: %d worker(s)", n)
-			rate, err := caoChain(ctx, e, n)
+		for i := range runs {
+			n := runs[(i+r)%len(runs)]
+			workers, concurrency := n, e.opts.concurrency
+			if n == pooledRun {
+				workers, concurrency = 1, pooled
+			}
+			progress("CAO chain5: %d worker(s) × %d", workers, concurrency)
+			rate, err := caoChain(ctx, e, workers, concurrency)
 			if err != nil {
 				progress("  error: %v", err)
 				errs[n] = err
 				continue
 			}
 			progress("  CAO: %s", fmtRate(rate, "steps/s"))
-			rates[n] = append(rates[n], rate)
+			if n != pooledRun {
+				rates[n] = append(rates[n], rate)
+			}
 			round[n] = rate
 		}
 		perRound = append(perRound, round)
@@ -90,7 +105,52 @@ func runChain(ctx context.Context, e *env) []row {
 			goal:  "CAO/floor as high as possible; grows with workers",
 		})
 	}
-	return append(rows, scalingRows(counts, perRound, floorRounds)...)
+	rows = append(rows, scalingRows(counts, perRound, floorRounds)...)
+	if len(runs) > len(counts) {
+		rows = append(rows, pooledRow(counts[0], most, e.opts.concurrency, perRound, errs[pooledRun])...)
+	}
+	return rows
+}
+
+// pooledRun keys the pooled run (one worker process with the handlers of the largest worker count)
+// in a round's rates: no worker count is 0.
+const pooledRun = 0
+
+// pooledRow is target 7's reference row: in each round, one worker process with the handlers of
+// most processes (most × concurrency) over base processes, and over most processes. On a machine
+// with fewer cores than processes, the second ratio is what the processes themselves cost (their
+// runtimes, connections and smaller groups), apart from the handlers they bring.
+func pooledRow(base, most, concurrency int, perRound []map[int]float64, err error) []row {
+	var overBase, overMost []float64
+	for _, round := range perRound {
+		p := round[pooledRun]
+		if p <= 0 {
+			continue
+		}
+		if b := round[base]; b > 0 {
+			overBase = append(overBase, p/b)
+		}
+		if m := round[most]; m > 0 {
+			overMost = append(overMost, p/m)
+		}
+	}
+	scenario := fmt.Sprintf("reference: chain5 steps/s of 1 worker × %d (the handlers of %d × %d in one process) in the same round",
+		most*concurrency, most, concurrency)
+	if len(overBase) == 0 || len(overMost) == 0 {
+		if err != nil {
+			return []row{errorRow("7", scenario, err)}
+		}
+		return nil
+	}
+	return []row{{
+		target:   "7",
+		scenario: scenario,
+		cao: fmt.Sprintf("÷ %d × %d: %s; ÷ %d × %d: %s", base, concurrency, ratioSpread(overBase),
+			most, concurrency, ratioSpread(overMost)),
+		floor: "—",
+		ratio: fmt.Sprintf("%.2f", median(overMost)),
+		goal:  "none (the ratio is over the " + fmt.Sprint(most) + " processes: what they cost beside their handlers)",
+	}}
 }
 
 // scalingRows are target 7's rows: for each worker count but the first, its rate over the first
@@ -133,10 +193,10 @@ func scalingRows(counts []int, perRound, floorRounds []map[int]float64) []row {
 	return rows
 }
 
-// caoChain posts the chain jobs to a fresh cluster of `workers` worker processes and returns steps per second
-// from the first POST to the last job's finished_at.
-func caoChain(ctx context.Context, e *env, workers int) (float64, error) {
-	c, err := e.startCluster(ctx, clusterSpec{registry: registryYAML("", 0), workers: workers, concurrency: e.opts.concurrency})
+// caoChain posts the chain jobs to a fresh cluster of `workers` worker processes of concurrency
+// handlers each and returns steps per second from the first POST to the last job's finished_at.
+func caoChain(ctx context.Context, e *env, workers, concurrency int) (float64, error) {
+	c, err := e.startCluster(ctx, clusterSpec{registry: registryYAML("", 0), workers: workers, concurrency: concurrency})
 	if err != nil {
 		return 0, err
 	}

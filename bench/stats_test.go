@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"math"
 	"slices"
 	"strings"
@@ -192,5 +193,32 @@ func TestScalingRows(t *testing.T) {
 	falls := scalingRows([]int{1, 4}, []map[int]float64{{1: 100, 4: 90}}, nil)
 	if falls[0].ratio != "0.90" || !strings.HasSuffix(falls[0].goal, "missed") || falls[0].floor != "—" {
 		t.Errorf("a fall is missed: %+v", falls[0])
+	}
+}
+
+func TestPooledRow(t *testing.T) {
+	t.Parallel()
+	rounds := []map[int]float64{
+		{1: 100, 4: 80, pooledRun: 120},
+		{1: 100, 4: 90, pooledRun: 135},
+		{1: 100, 4: 100}, // the pooled run failed in this round
+	}
+	rows := pooledRow(1, 4, 50, rounds, nil)
+	if len(rows) != 1 {
+		t.Fatalf("rows: %v", rows)
+	}
+	r := rows[0]
+	if r.cao != "÷ 1 × 50: 1.20, 1.35 (median 1.27); ÷ 4 × 50: 1.50, 1.50 (median 1.50)" || r.ratio != "1.50" {
+		t.Errorf("ratios: %+v", r)
+	}
+	if !strings.Contains(r.scenario, "1 worker × 200 (the handlers of 4 × 50 in one process)") {
+		t.Errorf("scenario: %q", r.scenario)
+	}
+	if rows := pooledRow(1, 4, 50, []map[int]float64{{1: 100, 4: 100}}, nil); rows != nil {
+		t.Errorf("no pooled run, no error: no row: %v", rows)
+	}
+	failed := pooledRow(1, 4, 50, []map[int]float64{{1: 100, 4: 100}}, errors.New("boom"))
+	if len(failed) != 1 || !strings.Contains(failed[0].cao, "boom") {
+		t.Errorf("a failed pooled run is shown: %+v", failed)
 	}
 }
