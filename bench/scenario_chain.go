@@ -118,8 +118,9 @@ const pooledRun = 0
 
 // pooledRow is target 7's reference row: in each round, one worker process with the handlers of
 // most processes (most × concurrency) over base processes, and over most processes. On a machine
-// with fewer cores than processes, the second ratio is what the processes themselves cost (their
-// runtimes, connections and smaller groups), apart from the handlers they bring.
+// with fewer cores than processes, the second ratio is what the processes themselves cost apart
+// from the handlers they bring: mostly their committers writing at the same moment, which costs
+// Postgres more than one committer's larger groups (docs/benchmarks.md, session 19).
 func pooledRow(base, most, concurrency int, perRound []map[int]float64, err error) []row {
 	var overBase, overMost []float64
 	for _, round := range perRound {
