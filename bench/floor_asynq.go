@@ -27,13 +27,24 @@ type asynqFloor struct {
 	srv    *asynq.Server
 }
 
-// newAsynqFloor flushes the floor Redis DB and prepares a client and a server; start starts the server.
-func newAsynqFloor(ctx context.Context, o options) (*asynqFloor, error) {
-	f := &asynqFloor{rdb: redis.NewClient(&redis.Options{Addr: o.redisAddr, DB: o.floorRedisDB, PoolSize: 2 * floorConcurrency})}
-	if err := f.rdb.FlushDB(ctx).Err(); err != nil {
-		_ = f.rdb.Close()
+// floorRedis returns a client of the floors' Redis DB (-floor-redis-db) with poolSize connections
+// (0: go-redis's default), after flushing the DB.
+func floorRedis(ctx context.Context, o options, poolSize int) (*redis.Client, error) {
+	rdb := redis.NewClient(&redis.Options{Addr: o.redisAddr, DB: o.floorRedisDB, PoolSize: poolSize})
+	if err := rdb.FlushDB(ctx).Err(); err != nil {
+		_ = rdb.Close()
 		return nil, fmt.Errorf("floor redis %s db %d: %w", o.redisAddr, o.floorRedisDB, err)
 	}
+	return rdb, nil
+}
+
+// newAsynqFloor flushes the floor Redis DB and prepares a client and a server; start starts the server.
+func newAsynqFloor(ctx context.Context, o options) (*asynqFloor, error) {
+	rdb, err := floorRedis(ctx, o, 2*floorConcurrency)
+	if err != nil {
+		return nil, err
+	}
+	f := &asynqFloor{rdb: rdb}
 	f.client = asynq.NewClientFromRedisClient(f.rdb)
 	f.srv = asynq.NewServerFromRedisClient(f.rdb, asynq.Config{
 		Concurrency:       floorConcurrency,

@@ -88,11 +88,11 @@ func runFloorWorker(specJSON string) error {
 // processes (runFloorWorker), the first tasks enqueued by enqueuers goroutines of this process, and
 // returns tasks per second from the first enqueue to the last task done.
 func chainFloorProcs(ctx context.Context, o options, chains, length, enqueuers, procs int) (float64, error) {
-	rdb := redis.NewClient(&redis.Options{Addr: o.redisAddr, DB: o.floorRedisDB, PoolSize: 2 * enqueuers})
-	defer rdb.Close()
-	if err := rdb.FlushDB(ctx).Err(); err != nil {
-		return 0, fmt.Errorf("floor redis %s db %d: %w", o.redisAddr, o.floorRedisDB, err)
+	rdb, err := floorRedis(ctx, o, 2*enqueuers)
+	if err != nil {
+		return 0, err
 	}
+	defer rdb.Close()
 	self, err := os.Executable()
 	if err != nil {
 		return 0, err

@@ -12,7 +12,6 @@ import (
 	"github.com/coder/websocket"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/redis/go-redis/v9"
 )
 
 // Shape of the history scenario.
@@ -215,12 +214,11 @@ func startSmallCluster(ctx context.Context, e *env) (*cluster, *pgxpool.Pool, er
 	if err := recreateDatabase(ctx, small); err != nil {
 		return nil, nil, err
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: e.opts.redisAddr, DB: e.opts.floorRedisDB})
-	err = rdb.FlushDB(ctx).Err()
-	_ = rdb.Close()
+	rdb, err := floorRedis(ctx, e.opts, 0)
 	if err != nil {
-		return nil, nil, fmt.Errorf("redis %s db %d: %w", e.opts.redisAddr, e.opts.floorRedisDB, err)
+		return nil, nil, err
 	}
+	_ = rdb.Close()
 	c, err := e.startCluster(ctx, clusterSpec{
 		registry: registryYAML("", 0), database: small,
 		redisURL: fmt.Sprintf("redis://%s/%d", e.opts.redisAddr, e.opts.floorRedisDB),
